@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages vdisk needs to build, test and benchmark.
+# Idempotent and quick when everything is already there. Run as root.
+set -eu
+pkgs=(
+  gcc libc6-dev make meson ninja-build pkg-config    # toolchain and build
+  liburing-dev zlib1g-dev libzstd-dev libnbd-dev     # libvdisk dependencies
+  libcmocka-dev                                      # unit-test framework
+  clang libclang-rt-14-dev                           # fuzzers (libFuzzer) and sanitizers
+  qemu-utils qemu-system-common                      # oracles: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon
+  libnbd-bin nbdkit fio                              # NBD clients and load for tests/benchmarks
+  python3 strace util-linux procps                   # test helpers
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,201 @@
+/*
+ * The driver interface: what a format, protocol or filter driver implements
+ * and the node fields it may use. Drivers include this; tools and exports use
+ * include/vdisk/block.h only.
+ *
+ * Contract: the block core calls a driver's co_* functions only from a
+ * coroutine in the node's AioContext, with offset/bytes already checked
+ * against the node's size and aligned to bl.request_alignment, bytes <=
+ * bl.max_transfer (if set), and never for a read-only node's writes. Drivers
+ * reach their children only through the node API (vd_co_preadv(child->node...)).
+ */
+#ifndef VDISK_BLOCK_DRIVER_H
+#define VDISK_BLOCK_DRIVER_H
+
+#include "vdisk/block.h"
+#include "vdisk/coroutine.h"
+
+typedef enum VdChildRole {
+    VD_CHILD_FILE,       /* the storage a format reads and writes */
+    VD_CHILD_BACKING,    /* the backing image (COW source) */
+    VD_CHILD_DATA,       /* external data file */
+    VD_CHILD_FILTERED,   /* a filter's child */
+} VdChildRole;
+
+struct VdChild {
+    VdNode *node;        /* the child */
+    VdNode *parent;      /* NULL for a backend's root edge */
+    char *name;          /* "file", "backing", ... */
+    VdChildRole role;
+    VdChild *next;        /* in parent->children */
+    VdChild *next_parent; /* in node->parents */
+};
+
+typedef struct VdBlockLimits {
+    uint32_t request_alignment;   /* bytes; 1 = any; 4096 typical with O_DIRECT */
+    int64_t max_transfer;         /* 0 = no limit */
+    int64_t opt_transfer;
+    int64_t pwrite_zeroes_alignment;
+    int64_t max_pwrite_zeroes;
+    int64_t pdiscard_alignment;
+    int64_t max_pdiscard;
+    size_t min_mem_alignment;     /* buffer alignment needed (O_DIRECT) */
+    int max_iov;                  /* 0 = IOV_MAX */
+} VdBlockLimits;
+
+typedef struct VdSnapshotInfo {
+    char id_str[128];
+    char name[256];
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;          /* UINT64_MAX: not recorded */
+} VdSnapshotInfo;
+
+/* Description of a create option, for -o help and validation. */
+typedef struct VdCreateOption {
+    const char *name;
+    enum { VD_OPT_STRING, VD_OPT_BOOL, VD_OPT_NUMBER, VD_OPT_SIZE } type;
+    const char *help;
+    const char *def_value;    /* NULL: none */
+} VdCreateOption;
+
+typedef struct VdDriver {
+    const char *format_name;      /* "qcow2", "raw", "file", "null-co" */
+    const char *alias;            /* second accepted name, or NULL ("null") */
+    const char *protocol_name;    /* URI scheme for protocols ("nbd"), or NULL */
+    size_t instance_size;         /* bytes of node->opaque, zeroed */
+    bool is_format;               /* sits on a file child */
+    bool is_filter;
+    bool supports_backing;
+    int supported_write_flags;    /* VD_REQ_FUA if honoured natively */
+    int supported_zero_flags;     /* VD_REQ_FUA|VD_REQ_MAY_UNMAP|VD_REQ_NO_FALLBACK */
+
+    /* Format probe: score 0 (no) .. 100 (sure) from the first bytes. */
+    int (*probe)(const uint8_t *buf, int buf_size, const char *filename);
+    /* Protocols: turn a filename/URI into options (e.g. filename=, path=). */
+    int (*parse_filename)(const char *filename, VdOpts *options, VdError **errp);
+
+    /* Open: consume the options it knows (vd_opts_take_*), open children with
+     * vd_open_child / vd_open_backing, set node->bl via refresh_limits. Leftover
+     * options are reported by the core. */
+    int coroutine_fn (*co_open)(VdNode *node, VdOpts *options, int flags, VdError **errp);
+    /* Close: flush caches, mark clean; children are released by the core after. */
+    void coroutine_fn (*co_close)(VdNode *node);
+    /* Create an image at filename; opts as qemu-img create -o (not taken). */
+    int coroutine_fn (*co_create)(const char *filename, const VdOpts *opts, VdError **errp);
+    const VdCreateOption *create_opts;   /* terminated by {NULL} */
+
+    void (*refresh_limits)(VdNode *node);
+
+    int coroutine_fn (*co_preadv)(VdNode *node, int64_t offset, int64_t bytes,
+                                  VdIOVector *qiov, size_t qiov_offset, int flags);
+    int coroutine_fn (*co_pwritev)(VdNode *node, int64_t offset, int64_t bytes,
+                                   VdIOVector *qiov, size_t qiov_offset, int flags);
+    /* -ENOTSUP: the core falls back to writing zeros (unless NO_FALLBACK). */
+    int coroutine_fn (*co_pwrite_zeroes)(VdNode *node, int64_t offset, int64_t bytes, int flags);
+    int coroutine_fn (*co_pdiscard)(VdNode *node, int64_t offset, int64_t bytes);
+    int coroutine_fn (*co_pwritev_compressed)(VdNode *node, int64_t offset, int64_t bytes,
+                                              VdIOVector *qiov, size_t qiov_offset);
+    /* Write cached state down to the children (metadata caches). */
+    int coroutine_fn (*co_flush_to_os)(VdNode *node);
+    /* Make what the node wrote stable (fdatasync for file). */
+    int coroutine_fn (*co_flush_to_disk)(VdNode *node);
+    int coroutine_fn (*co_block_status)(VdNode *node, bool want_zero, int64_t offset,
+                                        int64_t bytes, int64_t *pnum, int64_t *map,
+                                        VdNode **file);
+    int coroutine_fn (*co_truncate)(VdNode *node, int64_t offset, bool exact,
+                                    VdPrealloc prealloc, VdError **errp);
+    int64_t coroutine_fn (*co_getlength)(VdNode *node);
+    int64_t coroutine_fn (*co_get_allocated_file_size)(VdNode *node);
+
+    /* Info: cluster size (0 = none), dirty flag, and format-specific data
+     * ({"type": "qcow2", "data": {...}} as qemu-img prints). */
+    int (*get_info)(VdNode *node, int64_t *cluster_size, bool *is_dirty);
+    VdJson *(*get_specific_info)(VdNode *node, VdError **errp);
+
+    int coroutine_fn (*co_check)(VdNode *node, VdCheckResult *result, int fix);
+    int coroutine_fn (*co_amend)(VdNode *node, const VdOpts *opts, bool force, VdError **errp);
+    /* qemu-img measure: sizes for a new image of this format with opts,
+     * holding in's data (in may be NULL: just the size in opts). */
+    int (*measure)(const VdOpts *opts, VdNode *in, uint64_t *required,
+                   uint64_t *fully_allocated, VdError **errp);
+
+    int coroutine_fn (*co_snapshot_create)(VdNode *node, VdSnapshotInfo *sn, VdError **errp);
+    int coroutine_fn (*co_snapshot_goto)(VdNode *node, const char *id_or_name, VdError **errp);
+    int coroutine_fn (*co_snapshot_delete)(VdNode *node, const char *id, const char *name,
+                                           VdError **errp);
+    int (*snapshot_list)(VdNode *node, VdSnapshotInfo **list);  /* returns count */
+
+    /* Rewrite the backing file name/format in the image header (rebase -u). */
+    int coroutine_fn (*co_change_backing_file)(VdNode *node, const char *file, const char *fmt);
+    /* Drop all data (commit's "make empty"). */
+    int coroutine_fn (*co_make_empty)(VdNode *node);
+
+    /* Moving between contexts: drop fd handlers, timers, BHs of the old
+     * context / add them to the new one. Children are moved by the core. */
+    void (*detach_aio_context)(VdNode *node);
+    void (*attach_aio_context)(VdNode *node, VdAioContext *new_ctx);
+} VdDriver;
+
+/* Opaque to drivers: request-layer state kept by the core (src/block/). */
+typedef struct VdNodeCoreState VdNodeCoreState;
+
+struct VdNode {
+    const VdDriver *drv;
+    void *opaque;                 /* driver state (instance_size bytes) */
+    char node_name[64];
+    char filename[4096];          /* what this node opened (path, URI or json:) */
+    char backing_file[1024];      /* backing name recorded in the image, "" if none */
+    char backing_format[32];      /* its format, "" if not recorded */
+    VdAioContext *ctx;
+    int open_flags;
+    bool read_only;
+    bool probed_raw;              /* format guessed as raw: block-0 writes restricted */
+    int supported_write_flags;    /* copied from drv, driver may narrow at open */
+    int supported_zero_flags;
+    VdBlockLimits bl;
+    VdChild *file;                /* the file child, or NULL */
+    VdChild *backing;             /* the backing child, or NULL */
+    VdChild *children;            /* all children */
+    VdChild *parents;             /* edges pointing here (not owned) */
+    VdOpts *full_options;         /* options the node was opened with (for json: names) */
+    int refcnt;
+
+    /* ---- below: block core only; drivers must not touch ---- */
+    VdNodeCoreState *core;
+    VdNode *next_named;           /* registry link */
+};
+
+/* The driver table (src/block/drivers.c). */
+const VdDriver *vd_driver_find(const char *name);
+const VdDriver *vd_driver_find_protocol(const char *filename);   /* by URI scheme */
+const VdDriver *vd_driver_next(const VdDriver *prev);
+
+/*
+ * Open child child_name of parent. Options under "<child_name>." are taken out
+ * of parent_options; "<child_name>=<node-name>" refers to an existing node.
+ * Otherwise filename (may be NULL) is opened; role FILE opens a protocol
+ * node (no probing) unless a driver is given. Child inherits parent's
+ * cache flags and read-only state. Returns NULL with allow_none and nothing to
+ * open (errp untouched), or on error (errp set).
+ */
+VdChild *vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+                       VdNode *parent, VdChildRole role, bool allow_none, VdError **errp);
+/* Open node->backing from the "backing" option or node->backing_file (relative
+ * names resolve against the directory of node->filename) and its format
+ * (node->backing_format, else probed). Sets node->backing. No-op with
+ * VD_O_NO_BACKING or no backing file. */
+int vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp);
+/* Attach an existing node as a child (takes a reference). */
+VdChild *vd_attach_child(VdNode *parent, VdNode *child, const char *name, VdChildRole role);
+/* Detach and drop the reference. */
+void vd_child_unref(VdNode *parent, VdChild *child);
+/* Resolve a backing name relative to the image's own filename into buf. */
+void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size);
+
+/* Mark node corrupt (qcow2 overlap checks): further writes fail with -EIO. */
+void vd_node_mark_corrupt(VdNode *node, const char *fmt, ...) VD_PRINTF(2, 3);
+
+#endif

@@ -1,0 +1,80 @@
+/*
+ * The one table of drivers (DESIGN.md §3). A driver is added here by name;
+ * optional formats are compiled in by their meson option (config.h).
+ */
+#include <string.h>
+#include "config.h"
+#include "block/driver.h"
+
+extern const VdDriver vd_driver_file;
+extern const VdDriver vd_driver_null_co;
+extern const VdDriver vd_driver_raw;
+#ifdef CONFIG_QCOW2
+extern const VdDriver vd_driver_qcow2;
+#endif
+#ifdef CONFIG_QED
+extern const VdDriver vd_driver_qed;
+#endif
+#ifdef CONFIG_NBD_CLIENT
+extern const VdDriver vd_driver_nbd;
+#endif
+
+static const VdDriver *const g_drivers[] = {
+    &vd_driver_file,
+    &vd_driver_null_co,
+    &vd_driver_raw,
+#ifdef CONFIG_QCOW2
+    &vd_driver_qcow2,
+#endif
+#ifdef CONFIG_QED
+    &vd_driver_qed,
+#endif
+#ifdef CONFIG_NBD_CLIENT
+    &vd_driver_nbd,
+#endif
+};
+
+const VdDriver *vd_driver_find(const char *name)
+{
+    for (size_t i = 0; i < VD_ARRAY_SIZE(g_drivers); i++) {
+        const VdDriver *d = g_drivers[i];
+        if (!strcmp(d->format_name, name) || (d->alias && !strcmp(d->alias, name))) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
+const VdDriver *vd_driver_find_protocol(const char *filename)
+{
+    const char *colon = strchr(filename, ':');
+    if (!colon) {
+        return NULL;
+    }
+    size_t len = (size_t)(colon - filename);
+    /* "nbd+unix://" and "nbd://" both belong to the nbd driver */
+    const char *plus = memchr(filename, '+', len);
+    if (plus) {
+        len = (size_t)(plus - filename);
+    }
+    for (size_t i = 0; i < VD_ARRAY_SIZE(g_drivers); i++) {
+        const VdDriver *d = g_drivers[i];
+        if (d->protocol_name && strlen(d->protocol_name) == len &&
+            !strncmp(d->protocol_name, filename, len)) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
+const VdDriver *vd_driver_next(const VdDriver *prev)
+{
+    size_t i = 0;
+    if (prev) {
+        while (i < VD_ARRAY_SIZE(g_drivers) && g_drivers[i] != prev) {
+            i++;
+        }
+        i++;
+    }
+    return i < VD_ARRAY_SIZE(g_drivers) ? g_drivers[i] : NULL;
+}

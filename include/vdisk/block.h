@@ -104,6 +104,9 @@ VdAioContext *vd_node_get_context(const VdNode *node);
 /* Virtual size in bytes or -errno. Any thread that owns the node's context or main. */
 int64_t vd_node_getlength(VdNode *node);
 
+/* Buffer aligned for I/O on node (bl.min_mem_alignment); free with free(). */
+void *vd_node_blockalign(VdNode *node, size_t size);
+
 /* Named-node registry (every node has a name; anonymous ones get "#nodeN"). */
 VdNode *vd_node_find(const char *node_name);
 VdNode *vd_node_next(VdNode *prev);            /* iterate: start with NULL */

@@ -172,6 +172,11 @@ struct VdNode {
 const VdDriver *vd_driver_find(const char *name);
 const VdDriver *vd_driver_find_protocol(const char *filename);   /* by URI scheme */
 const VdDriver *vd_driver_next(const VdDriver *prev);
+/* Add a driver at run time (tests' fault-injection drivers). Main thread,
+ * before use. Returns 0, -EEXIST if the name is taken, -ENOSPC if full. */
+int vd_driver_register_extra(const VdDriver *drv);
+/* The format driver whose probe scores buf highest (raw if none). */
+const VdDriver *vd_driver_probe(const uint8_t *buf, int buf_size, const char *filename);
 
 /*
  * Open child child_name of parent. Options under "<child_name>." are taken out

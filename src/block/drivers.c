@@ -2,6 +2,7 @@
  * The one table of drivers (DESIGN.md §3). A driver is added here by name;
  * optional formats are compiled in by their meson option (config.h).
  */
+#include <errno.h>
 #include <string.h>
 #include "config.h"
 #include "block/driver.h"
@@ -34,10 +35,36 @@ static const VdDriver *const g_drivers[] = {
 #endif
 };
 
+/* Drivers added at run time (tests); main thread. */
+#define VD_MAX_EXTRA_DRIVERS 8
+static const VdDriver *g_extra_drivers[VD_MAX_EXTRA_DRIVERS];
+static size_t g_n_extra;
+
+static const VdDriver *driver_at(size_t i)
+{
+    if (i < VD_ARRAY_SIZE(g_drivers)) {
+        return g_drivers[i];
+    }
+    i -= VD_ARRAY_SIZE(g_drivers);
+    return i < g_n_extra ? g_extra_drivers[i] : NULL;
+}
+
+int vd_driver_register_extra(const VdDriver *drv)
+{
+    if (vd_driver_find(drv->format_name)) {
+        return -EEXIST;
+    }
+    if (g_n_extra >= VD_MAX_EXTRA_DRIVERS) {
+        return -ENOSPC;
+    }
+    g_extra_drivers[g_n_extra++] = drv;
+    return 0;
+}
+
 const VdDriver *vd_driver_find(const char *name)
 {
-    for (size_t i = 0; i < VD_ARRAY_SIZE(g_drivers); i++) {
-        const VdDriver *d = g_drivers[i];
+    for (size_t i = 0; driver_at(i); i++) {
+        const VdDriver *d = driver_at(i);
         if (!strcmp(d->format_name, name) || (d->alias && !strcmp(d->alias, name))) {
             return d;
         }
@@ -57,8 +84,8 @@ const VdDriver *vd_driver_find_protocol(const char *filename)
     if (plus) {
         len = (size_t)(plus - filename);
     }
-    for (size_t i = 0; i < VD_ARRAY_SIZE(g_drivers); i++) {
-        const VdDriver *d = g_drivers[i];
+    for (size_t i = 0; driver_at(i); i++) {
+        const VdDriver *d = driver_at(i);
         if (d->protocol_name && strlen(d->protocol_name) == len &&
             !strncmp(d->protocol_name, filename, len)) {
             return d;
@@ -71,10 +98,10 @@ const VdDriver *vd_driver_next(const VdDriver *prev)
 {
     size_t i = 0;
     if (prev) {
-        while (i < VD_ARRAY_SIZE(g_drivers) && g_drivers[i] != prev) {
+        while (driver_at(i) && driver_at(i) != prev) {
             i++;
         }
         i++;
     }
-    return i < VD_ARRAY_SIZE(g_drivers) ? g_drivers[i] : NULL;
+    return driver_at(i);
 }

@@ -1,0 +1,588 @@
+/*
+ * Backends (DESIGN.md §3): the handle a tool or an export holds on a root
+ * node. Adds the error policy (rerror/werror with a paused state that holds
+ * failed requests until resume), I/O statistics, write-through with group
+ * commit, and the callback (aio) and synchronous entry points.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include "block/block-int.h"
+#include "vdisk/coroutine.h"
+
+typedef enum BackendOp {
+    OP_READ, OP_WRITE, OP_ZEROES, OP_DISCARD, OP_FLUSH,
+} BackendOp;
+
+typedef struct VdAioReq {
+    VdBackend *blk;
+    BackendOp op;
+    int64_t offset, bytes;
+    VdIOVector *qiov;
+    int flags;
+    VdCompletionFunc *cb;
+    void *opaque;
+    int ret;
+    struct VdAioReq *next;
+} VdAioReq;
+
+struct VdBackend {
+    VdNode *root;
+    VdChild *edge;
+    int refcnt;                     /* main thread */
+    bool write_cache;
+    VdErrorAction on_read, on_write;
+    void (*stop_cb)(void *opaque, int err, bool is_write);
+    void *stop_opaque;
+
+    int paused;                     /* atomic: held requests wait for resume */
+    int pending_resumes;            /* atomic: resume BHs not yet run */
+    VdCoQueue paused_queue;         /* home thread */
+
+    int in_flight;                  /* home thread writes, relaxed reads elsewhere */
+    int quiesce_counter;            /* home thread */
+    int drain_waiters;              /* home thread */
+    VdCoQueue drain_queue;
+
+    VdBlockStats stats;             /* home thread writes, relaxed reads elsewhere */
+
+    VdBH *done_bh;                  /* aio completions, home thread */
+    VdAioReq *done_head, *done_tail;
+    VdAioReq *free_reqs;
+};
+
+/* ---- in flight, drain, pause ------------------------------------------------------ */
+
+static inline void coroutine_fn backend_enter(VdBackend *blk)
+{
+    while (VD_UNLIKELY(blk->quiesce_counter > 0 || __atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE))) {
+        if (blk->quiesce_counter > 0) {
+            vd_co_queue_wait(&blk->drain_queue, NULL);
+        } else {
+            vd_co_queue_wait(&blk->paused_queue, NULL);
+        }
+    }
+    VD_RELAXED_ADD(blk->in_flight, 1);
+}
+
+static inline void backend_leave(VdBackend *blk)
+{
+    int v = blk->in_flight - 1;
+    VD_RELAXED_SET(blk->in_flight, v);
+    if (VD_UNLIKELY(v == 0 && blk->drain_waiters)) {
+        vd_aio_wait_kick();
+    }
+}
+
+static void backend_quiesce_begin(void *opaque)
+{
+    VdBackend *blk = opaque;
+    blk->quiesce_counter++;
+    blk->drain_waiters++;
+}
+
+static void backend_quiesce_end(void *opaque)
+{
+    VdBackend *blk = opaque;
+    assert(blk->quiesce_counter > 0);
+    blk->drain_waiters--;
+    if (--blk->quiesce_counter == 0) {
+        vd_co_queue_restart_all(&blk->drain_queue);
+    }
+}
+
+void vd_backend_drain_begin(VdBackend *blk)
+{
+    VdAioContext *ctx = blk->root->ctx;
+    vd_aio_run_sync(ctx, backend_quiesce_begin, blk);
+    VD_AIO_WAIT_WHILE(ctx, VD_RELAXED_READ(blk->in_flight) > 0);
+    vd_node_drain_begin(blk->root);
+}
+
+void vd_backend_drain_end(VdBackend *blk)
+{
+    vd_node_drain_end(blk->root);
+    vd_aio_run_sync(blk->root->ctx, backend_quiesce_end, blk);
+}
+
+static void resume_bh(void *opaque)
+{
+    VdBackend *blk = opaque;
+    if (!__atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE)) {
+        vd_co_queue_restart_all(&blk->paused_queue);
+    }
+    __atomic_fetch_sub(&blk->pending_resumes, 1, __ATOMIC_RELEASE);
+    vd_aio_wait_kick();
+}
+
+void vd_backend_resume(VdBackend *blk)
+{
+    __atomic_store_n(&blk->paused, 0, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&blk->pending_resumes, 1, __ATOMIC_ACQUIRE);
+    vd_bh_schedule_oneshot(blk->root->ctx, resume_bh, blk);
+}
+
+bool vd_backend_is_paused(VdBackend *blk)
+{
+    return __atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE);
+}
+
+/* ---- statistics ------------------------------------------------------------------- */
+
+static inline int latency_bucket(uint64_t ns)
+{
+    uint64_t us = ns / 1000;
+    if (us == 0) {
+        return 0;
+    }
+    int b = 63 - __builtin_clzll(us);
+    return b >= VD_LATENCY_BUCKETS ? VD_LATENCY_BUCKETS - 1 : b;
+}
+
+static void account(VdBackend *blk, BackendOp op, int64_t bytes, int ret, uint64_t ns)
+{
+    VdBlockStats *s = &blk->stats;
+    if (ret < 0) {
+        switch (op) {
+        case OP_READ: VD_RELAXED_ADD(s->failed_rd_ops, 1); break;
+        case OP_WRITE:
+        case OP_ZEROES: VD_RELAXED_ADD(s->failed_wr_ops, 1); break;
+        case OP_DISCARD: VD_RELAXED_ADD(s->failed_discard_ops, 1); break;
+        case OP_FLUSH: VD_RELAXED_ADD(s->failed_flush_ops, 1); break;
+        }
+        return;
+    }
+    switch (op) {
+    case OP_READ:
+        VD_RELAXED_ADD(s->rd_ops, 1);
+        VD_RELAXED_ADD(s->rd_bytes, (uint64_t)bytes);
+        VD_RELAXED_ADD(s->rd_total_ns, ns);
+        break;
+    case OP_WRITE:
+        VD_RELAXED_ADD(s->wr_ops, 1);
+        VD_RELAXED_ADD(s->wr_bytes, (uint64_t)bytes);
+        VD_RELAXED_ADD(s->wr_total_ns, ns);
+        break;
+    case OP_ZEROES:
+        VD_RELAXED_ADD(s->zero_ops, 1);
+        VD_RELAXED_ADD(s->zero_bytes, (uint64_t)bytes);
+        VD_RELAXED_ADD(s->wr_total_ns, ns);
+        break;
+    case OP_DISCARD:
+        VD_RELAXED_ADD(s->discard_ops, 1);
+        VD_RELAXED_ADD(s->discard_bytes, (uint64_t)bytes);
+        break;
+    case OP_FLUSH:
+        VD_RELAXED_ADD(s->flush_ops, 1);
+        VD_RELAXED_ADD(s->flush_total_ns, ns);
+        break;
+    }
+    VD_RELAXED_ADD(s->latency_hist[latency_bucket(ns)], 1);
+}
+
+void vd_backend_get_stats(VdBackend *blk, VdBlockStats *out)
+{
+    const uint64_t *src = (const uint64_t *)&blk->stats;
+    uint64_t *dst = (uint64_t *)out;
+    for (size_t i = 0; i < sizeof(VdBlockStats) / sizeof(uint64_t); i++) {
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+    }
+}
+
+/* ---- the request path ---------------------------------------------------------------- */
+
+static VdErrorAction error_action(VdBackend *blk, BackendOp op, int err)
+{
+    VdErrorAction a = op == OP_READ ? blk->on_read : blk->on_write;
+    if (a == VD_ERROR_ACTION_ENOSPC) {
+        return err == -ENOSPC ? VD_ERROR_ACTION_STOP : VD_ERROR_ACTION_REPORT;
+    }
+    return a;
+}
+
+static int coroutine_fn backend_issue(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes,
+                                      VdIOVector *qiov, int flags)
+{
+    VdNode *root = blk->root;
+    int ret;
+    switch (op) {
+    case OP_READ:
+        return vd_co_preadv(root, offset, bytes, qiov, 0, flags);
+    case OP_WRITE:
+        ret = vd_co_pwritev(root, offset, bytes, qiov, 0, flags);
+        break;
+    case OP_ZEROES:
+        ret = vd_co_pwrite_zeroes(root, offset, bytes, flags);
+        break;
+    case OP_DISCARD:
+        return vd_co_pdiscard(root, offset, bytes);
+    case OP_FLUSH:
+        return vd_co_flush(root);
+    default:
+        return -EINVAL;
+    }
+    /* write-through: complete only when stable; concurrent writers share one
+     * flush through the node's flush generations (group commit) */
+    if (ret == 0 && !blk->write_cache) {
+        ret = vd_co_flush(root);
+    }
+    return ret;
+}
+
+/* One request, counted in flight by the caller (backend_enter done). */
+static int coroutine_fn backend_do(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes,
+                                   VdIOVector *qiov, int flags)
+{
+    int64_t start = vd_clock_ns();
+    int ret;
+
+    if (op != OP_FLUSH) {
+        int64_t len = vd_node_getlength(blk->root);
+        if (offset < 0 || bytes < 0 || len < 0 || offset > len || bytes > len - offset) {
+            ret = len < 0 ? (int)len : -EINVAL;
+            account(blk, op, bytes, ret, 0);
+            return ret;
+        }
+        if (qiov && (uint64_t)bytes > qiov->size) {
+            account(blk, op, bytes, -EINVAL, 0);
+            return -EINVAL;
+        }
+    }
+    for (;;) {
+        ret = backend_issue(blk, op, offset, bytes, qiov, flags);
+        if (VD_LIKELY(ret >= 0)) {
+            break;
+        }
+        VdErrorAction a = error_action(blk, op, ret);
+        if (a == VD_ERROR_ACTION_IGNORE) {
+            account(blk, op, bytes, ret, 0);
+            return 0;
+        }
+        if (a != VD_ERROR_ACTION_STOP) {
+            break;
+        }
+        /* stop: hold this request (not counted in flight, so drains finish) */
+        __atomic_store_n(&blk->paused, 1, __ATOMIC_RELEASE);
+        if (blk->stop_cb) {
+            blk->stop_cb(blk->stop_opaque, -ret, op != OP_READ);
+        }
+        backend_leave(blk);
+        while (__atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE)) {
+            vd_co_queue_wait(&blk->paused_queue, NULL);
+        }
+        backend_enter(blk);
+    }
+    account(blk, op, bytes, ret, (uint64_t)(vd_clock_ns() - start));
+    return ret;
+}
+
+static int coroutine_fn backend_co_request(VdBackend *blk, BackendOp op, int64_t offset,
+                                           int64_t bytes, VdIOVector *qiov, int flags)
+{
+    VdAioContext *caller = vd_aio_current();
+    bool moved = false;
+    for (;;) {
+        if (VD_UNLIKELY(vd_aio_current() != blk->root->ctx)) {
+            vd_co_move_to(blk->root->ctx);
+            moved = true;
+        }
+        backend_enter(blk);
+        /* a context move may have happened while we waited for a drain */
+        if (VD_LIKELY(vd_aio_current() == blk->root->ctx)) {
+            break;
+        }
+        backend_leave(blk);
+    }
+    int ret = backend_do(blk, op, offset, bytes, qiov, flags);
+    backend_leave(blk);
+    if (VD_UNLIKELY(moved && caller)) {
+        vd_co_move_to(caller);
+    }
+    return ret;
+}
+
+int coroutine_fn vd_backend_co_preadv(VdBackend *blk, int64_t offset, int64_t bytes,
+                                      VdIOVector *qiov, int flags)
+{
+    return backend_co_request(blk, OP_READ, offset, bytes, qiov, flags);
+}
+
+int coroutine_fn vd_backend_co_pwritev(VdBackend *blk, int64_t offset, int64_t bytes,
+                                       VdIOVector *qiov, int flags)
+{
+    return backend_co_request(blk, OP_WRITE, offset, bytes, qiov, flags);
+}
+
+int coroutine_fn vd_backend_co_pwrite_zeroes(VdBackend *blk, int64_t offset, int64_t bytes,
+                                             int flags)
+{
+    return backend_co_request(blk, OP_ZEROES, offset, bytes, NULL, flags);
+}
+
+int coroutine_fn vd_backend_co_pdiscard(VdBackend *blk, int64_t offset, int64_t bytes)
+{
+    return backend_co_request(blk, OP_DISCARD, offset, bytes, NULL, 0);
+}
+
+int coroutine_fn vd_backend_co_flush(VdBackend *blk)
+{
+    return backend_co_request(blk, OP_FLUSH, 0, 0, NULL, 0);
+}
+
+/* ---- callback (aio) entry points -------------------------------------------------------- */
+
+static void aio_done_bh(void *opaque)
+{
+    VdBackend *blk = opaque;
+    VdAioReq *r = blk->done_head;
+    blk->done_head = blk->done_tail = NULL;
+    while (r) {
+        VdAioReq *next = r->next;
+        r->cb(r->opaque, r->ret);
+        backend_leave(blk);
+        r->next = blk->free_reqs;
+        blk->free_reqs = r;
+        r = next;
+    }
+}
+
+static void coroutine_fn aio_entry(void *opaque)
+{
+    VdAioReq *r = opaque;
+    VdBackend *blk = r->blk;
+    backend_enter(blk);
+    r->ret = backend_do(blk, r->op, r->offset, r->bytes, r->qiov, r->flags);
+    /* the callback runs from a BH, never inside the submitting call */
+    if (VD_UNLIKELY(!blk->done_bh)) {
+        blk->done_bh = vd_bh_new(blk->root->ctx, aio_done_bh, blk);
+    }
+    r->next = NULL;
+    if (blk->done_tail) {
+        blk->done_tail->next = r;
+    } else {
+        blk->done_head = r;
+    }
+    blk->done_tail = r;
+    vd_bh_schedule(blk->done_bh);
+}
+
+static void aio_submit(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes,
+                       VdIOVector *qiov, int flags, VdCompletionFunc *cb, void *opaque)
+{
+    VdAioContext *ctx = blk->root->ctx;
+    VdAioReq *r;
+    if (vd_aio_current() == ctx && blk->free_reqs) {
+        r = blk->free_reqs;
+        blk->free_reqs = r->next;
+    } else {
+        r = malloc(sizeof(*r));
+        if (!r) {
+            abort();
+        }
+    }
+    r->blk = blk;
+    r->op = op;
+    r->offset = offset;
+    r->bytes = bytes;
+    r->qiov = qiov;
+    r->flags = flags;
+    r->cb = cb;
+    r->opaque = opaque;
+    r->ret = 0;
+    vd_aio_co_enter(ctx, vd_co_create(aio_entry, r));
+}
+
+void vd_backend_aio_preadv(VdBackend *blk, int64_t offset, VdIOVector *qiov, int flags,
+                           VdCompletionFunc *cb, void *opaque)
+{
+    aio_submit(blk, OP_READ, offset, (int64_t)qiov->size, qiov, flags, cb, opaque);
+}
+
+void vd_backend_aio_pwritev(VdBackend *blk, int64_t offset, VdIOVector *qiov, int flags,
+                            VdCompletionFunc *cb, void *opaque)
+{
+    aio_submit(blk, OP_WRITE, offset, (int64_t)qiov->size, qiov, flags, cb, opaque);
+}
+
+void vd_backend_aio_pwrite_zeroes(VdBackend *blk, int64_t offset, int64_t bytes, int flags,
+                                  VdCompletionFunc *cb, void *opaque)
+{
+    aio_submit(blk, OP_ZEROES, offset, bytes, NULL, flags, cb, opaque);
+}
+
+void vd_backend_aio_pdiscard(VdBackend *blk, int64_t offset, int64_t bytes,
+                             VdCompletionFunc *cb, void *opaque)
+{
+    aio_submit(blk, OP_DISCARD, offset, bytes, NULL, 0, cb, opaque);
+}
+
+void vd_backend_aio_flush(VdBackend *blk, VdCompletionFunc *cb, void *opaque)
+{
+    aio_submit(blk, OP_FLUSH, 0, 0, NULL, 0, cb, opaque);
+}
+
+/* ---- synchronous entry points ------------------------------------------------------------ */
+
+typedef struct BackendSync {
+    VdBackend *blk;
+    BackendOp op;
+    int64_t offset, bytes;
+    VdIOVector *qiov;
+    int flags;
+    int ret;
+} BackendSync;
+
+static void coroutine_fn sync_entry(void *opaque)
+{
+    BackendSync *s = opaque;
+    s->ret = backend_co_request(s->blk, s->op, s->offset, s->bytes, s->qiov, s->flags);
+}
+
+static int backend_sync(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes, void *buf,
+                        int flags)
+{
+    VdIOVector q;
+    BackendSync s = { blk, op, offset, bytes, NULL, flags, 0 };
+    if (buf) {
+        if (bytes < 0) {
+            return -EINVAL;
+        }
+        vd_iov_init_buf(&q, buf, (size_t)bytes);
+        s.qiov = &q;
+    }
+    if (vd_in_coroutine()) {
+        sync_entry(&s);
+    } else {
+        vd_co_run_sync(blk->root->ctx, sync_entry, &s);
+    }
+    return s.ret;
+}
+
+int vd_backend_pread(VdBackend *blk, int64_t offset, int64_t bytes, void *buf, int flags)
+{
+    return backend_sync(blk, OP_READ, offset, bytes, buf, flags);
+}
+
+int vd_backend_pwrite(VdBackend *blk, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    return backend_sync(blk, OP_WRITE, offset, bytes, (void *)buf, flags);
+}
+
+int vd_backend_pwrite_zeroes(VdBackend *blk, int64_t offset, int64_t bytes, int flags)
+{
+    return backend_sync(blk, OP_ZEROES, offset, bytes, NULL, flags);
+}
+
+int vd_backend_pdiscard(VdBackend *blk, int64_t offset, int64_t bytes)
+{
+    return backend_sync(blk, OP_DISCARD, offset, bytes, NULL, 0);
+}
+
+int vd_backend_flush(VdBackend *blk)
+{
+    return backend_sync(blk, OP_FLUSH, 0, 0, NULL, 0);
+}
+
+/* ---- lifetime and settings ------------------------------------------------------------------ */
+
+VdBackend *vd_backend_new(VdNode *root)
+{
+    VdBackend *blk = calloc(1, sizeof(*blk));
+    if (!blk) {
+        abort();
+    }
+    blk->root = root;
+    blk->edge = vd_attach_child(NULL, root, "root", VD_CHILD_FILTERED);
+    blk->refcnt = 1;
+    blk->write_cache = true;
+    blk->on_read = VD_ERROR_ACTION_REPORT;
+    blk->on_write = VD_ERROR_ACTION_REPORT;
+    vd_co_queue_init(&blk->paused_queue);
+    vd_co_queue_init(&blk->drain_queue);
+    return blk;
+}
+
+VdBackend *vd_backend_open(const char *filename, VdOpts *options, int flags, VdError **errp)
+{
+    VdNode *node = vd_node_open(filename, options, flags, errp);
+    if (!node) {
+        return NULL;
+    }
+    VdBackend *blk = vd_backend_new(node);
+    vd_node_unref(node);
+    return blk;
+}
+
+static void delete_done_bh(void *opaque)
+{
+    VdBackend *blk = opaque;
+    if (blk->done_bh) {
+        vd_bh_delete(blk->done_bh);
+        blk->done_bh = NULL;
+    }
+}
+
+void vd_backend_unref(VdBackend *blk)
+{
+    if (!blk || --blk->refcnt > 0) {
+        return;
+    }
+    VD_AIO_WAIT_WHILE(blk->root->ctx, __atomic_load_n(&blk->pending_resumes, __ATOMIC_ACQUIRE) > 0);
+    vd_backend_drain_begin(blk);
+    vd_aio_run_sync(blk->root->ctx, delete_done_bh, blk);
+    vd_node_drain_end(blk->root);
+    while (blk->free_reqs) {
+        VdAioReq *r = blk->free_reqs;
+        blk->free_reqs = r->next;
+        free(r);
+    }
+    vd_child_unref(NULL, blk->edge);
+    free(blk);
+}
+
+VdNode *vd_backend_node(VdBackend *blk) { return blk->root; }
+int64_t vd_backend_getlength(VdBackend *blk) { return vd_node_getlength(blk->root); }
+bool vd_backend_is_read_only(VdBackend *blk) { return blk->root->read_only; }
+VdAioContext *vd_backend_get_context(VdBackend *blk) { return blk->root->ctx; }
+
+int vd_backend_set_context(VdBackend *blk, VdAioContext *ctx, VdError **errp)
+{
+    if (blk->root->ctx == ctx) {
+        return 0;
+    }
+    vd_backend_drain_begin(blk);
+    vd_aio_run_sync(blk->root->ctx, delete_done_bh, blk);
+    /* the free list is only touched in the home thread; start afresh there */
+    while (blk->free_reqs) {
+        VdAioReq *r = blk->free_reqs;
+        blk->free_reqs = r->next;
+        free(r);
+    }
+    int ret = vd_node_set_context(blk->root, ctx, errp);
+    vd_backend_drain_end(blk);
+    return ret;
+}
+
+void vd_backend_set_write_cache(VdBackend *blk, bool enable)
+{
+    blk->write_cache = enable;
+}
+
+bool vd_backend_write_cache_enabled(VdBackend *blk)
+{
+    return blk->write_cache;
+}
+
+void vd_backend_set_error_action(VdBackend *blk, VdErrorAction on_read, VdErrorAction on_write)
+{
+    blk->on_read = on_read;
+    blk->on_write = on_write;
+}
+
+void vd_backend_set_stop_notifier(VdBackend *blk, void (*cb)(void *opaque, int err, bool is_write),
+                                  void *opaque)
+{
+    blk->stop_cb = cb;
+    blk->stop_opaque = opaque;
+}

@@ -1,0 +1,82 @@
+/*
+ * Private state of the block core (src/block/ only): the per-node request
+ * layer state behind VdNode.core, tracked requests, and the helpers the
+ * graph code (node.c), the request layer (io.c) and backends (backend.c)
+ * share. Drivers never include this.
+ */
+#ifndef VDISK_BLOCK_INT_H
+#define VDISK_BLOCK_INT_H
+
+#include "block/driver.h"
+
+/* Single-writer counters read by other threads: plain load/store, no lock prefix. */
+#define VD_RELAXED_READ(x)      __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define VD_RELAXED_SET(x, v)    __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define VD_RELAXED_ADD(x, v)    VD_RELAXED_SET(x, VD_RELAXED_READ(x) + (v))
+
+/*
+ * An in-flight write, tracked on the coroutine stack of the request that
+ * issued it (no allocation). Serialising requests (read-modify-writes) cover
+ * the aligned range they rewrite; a write overlapping a serialising request
+ * waits for it, and a serialising request waits for every overlapping write.
+ */
+typedef struct VdTrackedReq {
+    VdNode *node;
+    int64_t offset;                 /* range covered (aligned if serialising) */
+    int64_t bytes;
+    bool serialising;
+    struct VdTrackedReq *waiting_for;
+    VdCoQueue waiters;              /* requests waiting for this one */
+    struct VdTrackedReq *prev, *next;
+} VdTrackedReq;
+
+struct VdNodeCoreState {
+    /* Owned by the node's home thread; in_flight and quiesce_counter are also
+     * read by a draining thread (relaxed loads). */
+    int in_flight;                  /* requests inside the node (all kinds) */
+    int quiesce_counter;            /* drain nesting on this node: new requests wait */
+    int drain_waiters;              /* drains waiting for in_flight to drop (kick on 0) */
+    VdCoQueue drain_queue;          /* requests waiting for the drain to end */
+
+    VdTrackedReq *tracked;          /* in-flight writes */
+    int serialising_in_flight;      /* how many of them serialise */
+
+    /* Flush generations: write_gen counts completed writes; a flush covers
+     * every write completed before it started (flush_gen) and on success
+     * sets flushed_gen to it. */
+    uint64_t write_gen;
+    uint64_t flushed_gen;
+    bool active_flush;
+    VdCoQueue flush_queue;
+
+    int64_t total_bytes;            /* cached length (getlength), grows on growable nodes */
+    bool growable;                  /* protocol node: writes past EOF extend it */
+    bool corrupt;                   /* vd_node_mark_corrupt: writes fail with -EIO */
+    bool closing;
+    unsigned index;                 /* for "#nodeN" */
+};
+
+/* ---- io.c ---- */
+void vd_node_core_init(VdNode *node);
+/* Refresh core->total_bytes from the driver (coroutine, node's context). */
+int coroutine_fn vd_node_refresh_total(VdNode *node);
+/* Internal flush: counted in flight but never waits for a drain to end. */
+int coroutine_fn vd_node_co_flush_internal(VdNode *node);
+/* Increment/decrement a node's in-flight counter (home thread). */
+void vd_node_inc_in_flight(VdNode *node);
+void vd_node_dec_in_flight(VdNode *node);
+/* Quiesce: run in the node's home thread. */
+void vd_node_quiesce_begin_local(VdNode *node);
+void vd_node_quiesce_end_local(VdNode *node);
+
+/* ---- node.c ---- */
+/* Open a node (coroutine, main context). options taken (may be NULL). */
+VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int flags,
+                                     VdError **errp);
+/* Calls fn(node, opaque) for node and every node below it (parents first). */
+void vd_node_foreach_subtree(VdNode *node, void (*fn)(VdNode *, void *), void *opaque);
+
+/* ---- backend.c ---- */
+void vd_backend_ctx_changed(VdBackend *blk);
+
+#endif

@@ -1,0 +1,89 @@
+/*
+ * Export registry and NBD server API used by vdiskd (and tests, the fuzzer).
+ * An export serves one backend under a name; its connections run in the
+ * backend's AioContext. All functions here are main-thread only unless noted.
+ */
+#ifndef VDISK_EXPORT_EXPORT_H
+#define VDISK_EXPORT_EXPORT_H
+
+#include "vdisk/block.h"
+
+typedef struct VdExport VdExport;
+typedef struct NbdConn NbdConn;
+
+struct VdExport {
+    char *id;
+    char *name;              /* NBD export name */
+    char *description;       /* "" if none */
+    VdBackend *blk;          /* one reference held */
+    bool writable;
+    uint32_t min_block;      /* advertised minimum block size (power of two) */
+    uint32_t max_block;      /* advertised maximum block size */
+    int64_t size;            /* at export time */
+    /* Connection state, guarded by the server lock (nbd-server.c). */
+    bool quiescing;          /* atomic: connections park instead of reading requests */
+    bool deleting;
+    int n_conns;
+    NbdConn *conns;
+    VdExport *next;
+};
+
+typedef struct VdExportConfig {
+    const char *id;
+    const char *name;          /* NULL: the node name */
+    const char *description;   /* NULL: none */
+    VdBackend *blk;            /* a reference is taken */
+    bool writable;
+    uint32_t min_block;        /* 0: 1 */
+} VdExportConfig;
+
+VdExport *vd_export_add(const VdExportConfig *cfg, VdError **errp);
+/* Remove an export. hard=false fails with EBUSY while clients are connected;
+ * hard=true disconnects them (in-flight requests finish first). */
+int vd_export_del(const char *id, bool hard, VdError **errp);
+VdExport *vd_export_find(const char *id);
+/* Lookup by NBD name; "" selects the export named "" or, failing that, the
+ * only export if there is exactly one. Any thread with the server lock held
+ * by the caller (nbd-server.c) or the main thread. */
+VdExport *vd_export_find_by_name(const char *name, size_t len);
+VdExport *vd_export_next(VdExport *prev);
+int vd_export_n_clients(VdExport *exp);
+
+/* Move blk (its node subtree) and the connections of every export serving it
+ * to ctx: connections stop reading new requests, in-flight ones finish, the
+ * node is drained and moved, connections resume in ctx. No request is lost. */
+int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **errp);
+bool vd_export_backend_in_use(VdBackend *blk);
+
+/* Graceful shutdown: stop reading new requests on every connection, let
+ * in-flight requests reply, close all connections, then drop every export. */
+void vd_export_shutdown_all(void);
+
+/* ---- NBD server ---- */
+
+/* Listen on a UNIX socket path (replaced if it exists) or a TCP host/port. */
+int vd_nbd_server_listen_unix(const char *path, VdError **errp);
+int vd_nbd_server_listen_inet(const char *host, const char *port, VdError **errp);
+/* 0 = unlimited. Further connections are closed right after accept. */
+void vd_nbd_server_set_max_connections(int max);
+bool vd_nbd_server_running(void);
+/* Stop accepting connections (existing ones stay). */
+void vd_nbd_server_close_listeners(void);
+/* Close listeners and disconnect every client. */
+void vd_nbd_server_stop(void);
+/* Serve an already connected socket (tests, the fuzzer); takes fd. */
+void vd_nbd_server_add_client(int fd);
+/* Handshake timeout in nanoseconds (default 10 s). */
+void vd_nbd_server_set_handshake_timeout(int64_t ns);
+int vd_nbd_server_n_clients(void);
+
+/* Internal (export.c <-> nbd-server.c). */
+void nbd_export_quiesce(VdExport *exp);
+bool nbd_export_all_parked(VdExport *exp);
+void nbd_export_resume(VdExport *exp);
+void nbd_export_disconnect(VdExport *exp, bool graceful);
+void nbd_server_lock(void);
+void nbd_server_unlock(void);
+extern VdExport *g_vd_exports;
+
+#endif

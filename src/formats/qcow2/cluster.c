@@ -1,0 +1,919 @@
+/*
+ * qcow2 guest cluster mapping: L2 lookups, reads (backing, zeros,
+ * compressed), allocating writes with copy-on-write of head and tail,
+ * in-place writes, zero clusters, discard, compressed writes, block status
+ * and preallocation. Metadata is touched only under s->lock; guest data
+ * transfers run without it (docs/qcow2.md, "Locks").
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#include <zstd.h>
+#include "formats/qcow2/qcow2.h"
+
+static void *qcow2_buf_alloc(size_t size)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 4096, size ? size : 1)) {
+        return NULL;
+    }
+    return p;
+}
+
+/* Check an L2 entry's host offset for sanity; signal corruption if bad. */
+static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64_t guest)
+{
+    if (t == QCOW2_CLUSTER_NORMAL || t == QCOW2_CLUSTER_ZERO_ALLOC) {
+        uint64_t host = entry & QCOW2_L2E_OFFSET_MASK;
+        if (host % s->cluster_size) {
+            qcow2_signal_corruption(s, "L2 entry for guest offset 0x%llx points to unaligned "
+                                    "host offset 0x%llx", (unsigned long long)guest,
+                                    (unsigned long long)host);
+            return -EIO;
+        }
+    }
+    return 0;
+}
+
+static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
+{
+    *l2 = NULL;
+    if (l1i >= s->l1_size) {
+        return 0;
+    }
+    uint64_t l2off = s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK;
+    if (!l2off) {
+        return 0;
+    }
+    if (l2off % s->cluster_size) {
+        qcow2_signal_corruption(s, "L1 entry %llu points to unaligned L2 table offset 0x%llx",
+                                (unsigned long long)l1i, (unsigned long long)l2off);
+        return -EIO;
+    }
+    void *t;
+    int ret = qcow2_cache_get(s, s->l2_cache, l2off, &t);
+    if (ret < 0) {
+        return ret;
+    }
+    *l2 = t;
+    return 0;
+}
+
+static inline uint64_t l2_get(const uint64_t *l2, uint64_t i)
+{
+    return qcow2_be64((const uint8_t *)&l2[i]);
+}
+static inline void l2_set(uint64_t *l2, uint64_t i, uint64_t v)
+{
+    qcow2_st64((uint8_t *)&l2[i], v);
+}
+
+int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                   uint64_t *entry, uint64_t *n)
+{
+    int cb = s->cluster_bits;
+    uint64_t cs = s->cluster_size;
+    uint64_t l2i = qcow2_l2_index(offset, cb);
+    uint64_t oic = qcow2_offset_in_cluster(offset, cb);
+    uint64_t avail = (s->l2_entries - l2i) * cs - oic;
+    if (bytes > avail) {
+        bytes = avail;
+    }
+    uint64_t *l2;
+    int ret = get_l2_table(s, qcow2_l1_index(offset, cb), &l2);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!l2) {
+        *entry = 0;
+        *n = bytes;
+        return 0;
+    }
+    uint64_t nb = (oic + bytes + cs - 1) >> cb;
+    uint64_t e0 = l2_get(l2, l2i);
+    Qcow2ClusterType t = qcow2_l2_entry_type(e0, s->version);
+    ret = check_entry(s, e0, t, offset);
+    if (ret < 0) {
+        qcow2_cache_put(s->l2_cache, (void **)&l2);
+        return ret;
+    }
+    uint64_t k = 1;
+    if (t != QCOW2_CLUSTER_COMPRESSED) {
+        for (; k < nb; k++) {
+            uint64_t e = l2_get(l2, l2i + k);
+            if (qcow2_l2_entry_type(e, s->version) != t) {
+                break;
+            }
+            if (t == QCOW2_CLUSTER_NORMAL &&
+                ((e & QCOW2_L2E_OFFSET_MASK) != (e0 & QCOW2_L2E_OFFSET_MASK) + k * cs ||
+                 (e & QCOW2_OFLAG_COPIED) != (e0 & QCOW2_OFLAG_COPIED))) {
+                break;
+            }
+        }
+    }
+    qcow2_cache_put(s->l2_cache, (void **)&l2);
+    *entry = e0;
+    *n = VD_MIN(bytes, k * cs - oic);
+    return 0;
+}
+
+static int64_t coroutine_fn backing_length(Qcow2State *s)
+{
+    if (!s->node->backing) {
+        return 0;
+    }
+    return vd_node_getlength(s->node->backing->node);
+}
+
+/* Read guest bytes [offset, offset+bytes) of an unallocated range: from the
+ * backing file where it has data, zeros elsewhere. */
+static int coroutine_fn read_backing(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                     VdIOVector *qiov, size_t qoff)
+{
+    int64_t blen = backing_length(s);
+    if (blen < 0) {
+        return (int)blen;
+    }
+    uint64_t from_backing = 0;
+    if ((int64_t)offset < blen) {
+        from_backing = VD_MIN(bytes, (uint64_t)blen - offset);
+        int ret = vd_co_preadv(s->node->backing->node, (int64_t)offset, (int64_t)from_backing,
+                               qiov, qoff, 0);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (from_backing < bytes) {
+        vd_iov_memset(qiov, qoff + from_backing, 0, bytes - from_backing);
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_read_compressed(Qcow2State *s, uint64_t entry, uint8_t *out)
+{
+    uint64_t host, csize;
+    qcow2_compressed_decode(entry, s->cluster_bits, &host, &csize);
+    int64_t flen = vd_node_getlength(s->file);
+    if (flen < 0) {
+        return (int)flen;
+    }
+    if (host >= (uint64_t)flen) {
+        qcow2_signal_corruption(s, "compressed cluster at host offset 0x%llx is past the end of "
+                                "the file", (unsigned long long)host);
+        return -EIO;
+    }
+    csize = VD_MIN(csize, (uint64_t)flen - host);
+    uint8_t *in = malloc(csize);
+    if (!in) {
+        return -ENOMEM;
+    }
+    int ret = vd_co_pread(s->file, (int64_t)host, (int64_t)csize, in, 0);
+    if (ret < 0) {
+        free(in);
+        return ret;
+    }
+    ret = -EIO;
+    if (s->compression_type == QCOW2_COMPRESSION_ZLIB) {
+        z_stream z;
+        memset(&z, 0, sizeof(z));
+        if (inflateInit2(&z, -12) == Z_OK) {
+            z.next_in = in;
+            z.avail_in = (uInt)csize;
+            z.next_out = out;
+            z.avail_out = (uInt)s->cluster_size;
+            int zr = inflate(&z, Z_FINISH);
+            if ((zr == Z_STREAM_END || zr == Z_BUF_ERROR || zr == Z_OK) && z.avail_out == 0) {
+                ret = 0;
+            }
+            inflateEnd(&z);
+        }
+    } else {
+        ZSTD_DCtx *d = ZSTD_createDCtx();
+        if (d) {
+            ZSTD_outBuffer ob = { out, s->cluster_size, 0 };
+            ZSTD_inBuffer ib = { in, csize, 0 };
+            while (ob.pos < ob.size && ib.pos < ib.size) {
+                size_t zr = ZSTD_decompressStream(d, &ob, &ib);
+                if (ZSTD_isError(zr)) {
+                    break;
+                }
+                if (zr == 0 && ob.pos < ob.size && ib.pos == ib.size) {
+                    break;
+                }
+            }
+            if (ob.pos == ob.size) {
+                ret = 0;
+            }
+            ZSTD_freeDCtx(d);
+        }
+    }
+    free(in);
+    if (ret < 0) {
+        qcow2_signal_corruption(s, "compressed cluster at host offset 0x%llx does not "
+                                "decompress to a full cluster", (unsigned long long)host);
+    }
+    return ret;
+}
+
+int coroutine_fn qcow2_co_preadv_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                      VdIOVector *qiov, size_t qoff)
+{
+    uint8_t *cbuf = NULL;
+    int ret = 0;
+    while (bytes > 0) {
+        uint64_t entry, n;
+        vd_co_mutex_lock(&s->lock);
+        ret = qcow2_get_mapping(s, offset, bytes, &entry, &n);
+        vd_co_mutex_unlock(&s->lock);
+        if (ret < 0) {
+            break;
+        }
+        uint64_t oic = qcow2_offset_in_cluster(offset, s->cluster_bits);
+        switch (qcow2_l2_entry_type(entry, s->version)) {
+        case QCOW2_CLUSTER_UNALLOCATED:
+            if (s->node->backing) {
+                ret = read_backing(s, offset, n, qiov, qoff);
+            } else {
+                vd_iov_memset(qiov, qoff, 0, n);
+            }
+            break;
+        case QCOW2_CLUSTER_ZERO_PLAIN:
+        case QCOW2_CLUSTER_ZERO_ALLOC:
+            vd_iov_memset(qiov, qoff, 0, n);
+            break;
+        case QCOW2_CLUSTER_NORMAL:
+            ret = vd_co_preadv(s->file, (int64_t)((entry & QCOW2_L2E_OFFSET_MASK) + oic),
+                               (int64_t)n, qiov, qoff, 0);
+            break;
+        case QCOW2_CLUSTER_COMPRESSED:
+            if (!cbuf) {
+                cbuf = malloc(s->cluster_size);
+                if (!cbuf) {
+                    ret = -ENOMEM;
+                    break;
+                }
+            }
+            ret = qcow2_read_compressed(s, entry, cbuf);
+            if (ret == 0) {
+                vd_iov_from_buf(qiov, qoff, cbuf + oic, n);
+            }
+            break;
+        }
+        if (ret < 0) {
+            break;
+        }
+        offset += n;
+        bytes -= n;
+        qoff += n;
+    }
+    free(cbuf);
+    return ret;
+}
+
+/* ---- allocation tracking ---------------------------------------------------- */
+
+/* Wait for in-flight allocations overlapping the first cluster of
+ * [start, *end); shorten *end so that it stops before any later one.
+ * Returns true if it waited (the caller must look up again). Under s->lock. */
+static bool coroutine_fn wait_for_allocs(Qcow2State *s, uint64_t start, uint64_t *end)
+{
+    for (Qcow2Alloc *a = s->allocs; a; a = a->next) {
+        if (a->guest_start < *end && start < a->guest_end) {
+            if (a->guest_start <= start) {
+                vd_co_queue_wait(&a->waiters, &s->lock);
+                return true;
+            }
+            *end = a->guest_start;
+        }
+    }
+    return false;
+}
+
+static void alloc_register(Qcow2State *s, Qcow2Alloc *a, uint64_t start, uint64_t end)
+{
+    a->guest_start = start;
+    a->guest_end = end;
+    vd_co_queue_init(&a->waiters);
+    a->next = s->allocs;
+    s->allocs = a;
+}
+
+static void alloc_unregister(Qcow2State *s, Qcow2Alloc *a)
+{
+    for (Qcow2Alloc **p = &s->allocs; *p; p = &(*p)->next) {
+        if (*p == a) {
+            *p = a->next;
+            break;
+        }
+    }
+    vd_co_queue_restart_all(&a->waiters);
+}
+
+/* Free (deferred) the host storage an L2 entry owns. */
+static void free_entry_storage(Qcow2State *s, uint64_t entry)
+{
+    switch (qcow2_l2_entry_type(entry, s->version)) {
+    case QCOW2_CLUSTER_NORMAL:
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        qcow2_free_clusters_deferred(s, entry & QCOW2_L2E_OFFSET_MASK, s->cluster_size);
+        break;
+    case QCOW2_CLUSTER_COMPRESSED: {
+        uint64_t host, bytes;
+        qcow2_compressed_decode(entry, s->cluster_bits, &host, &bytes);
+        qcow2_free_clusters_deferred(s, host, bytes);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1i, uint64_t **l2)
+{
+    *l2 = NULL;
+    if (l1i >= s->l1_size) {
+        int ret = qcow2_grow_l1(s, l1i + 1, false);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint64_t l1e = s->l1_table[l1i];
+    uint64_t old = l1e & QCOW2_L1E_OFFSET_MASK;
+    if (old && (l1e & QCOW2_OFLAG_COPIED)) {
+        return get_l2_table(s, l1i, l2);
+    }
+    int64_t new_off = qcow2_alloc_clusters(s, 1);
+    if (new_off < 0) {
+        return (int)new_off;
+    }
+    if (qcow2_check_overlap(s, 0, (uint64_t)new_off, s->cluster_size)) {
+        qcow2_signal_corruption(s, "new L2 table at 0x%llx overlaps metadata",
+                                (unsigned long long)new_off);
+        return -EIO;
+    }
+    void *table;
+    int ret;
+    if (old) {
+        /* L2 table shared with a snapshot: copy it */
+        void *src;
+        ret = get_l2_table(s, l1i, (uint64_t **)&src);
+        if (ret < 0) {
+            return ret;
+        }
+        uint8_t *copy = malloc(s->cluster_size);
+        if (!copy) {
+            qcow2_cache_put(s->l2_cache, &src);
+            return -ENOMEM;
+        }
+        memcpy(copy, src, s->cluster_size);
+        qcow2_cache_put(s->l2_cache, &src);
+        ret = qcow2_cache_get_empty(s, s->l2_cache, (uint64_t)new_off, &table);
+        if (ret < 0) {
+            free(copy);
+            return ret;
+        }
+        memcpy(table, copy, s->cluster_size);
+        free(copy);
+        qcow2_free_clusters_deferred(s, old, s->cluster_size);
+    } else {
+        ret = qcow2_cache_get_empty(s, s->l2_cache, (uint64_t)new_off, &table);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    qcow2_cache_mark_dirty(s->l2_cache, table);
+    s->l1_table[l1i] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
+    s->l1_dirty = true;
+    *l2 = table;
+    return 0;
+}
+
+/* Fill buf with guest bytes [off, off+len) of one cluster whose L2 entry was
+ * entry (copy-on-write source). guest_cluster is the cluster's guest offset. */
+static int coroutine_fn cow_read(Qcow2State *s, uint64_t entry, uint64_t guest_cluster,
+                                 uint64_t off, uint64_t len, uint8_t *buf)
+{
+    VdIOVector q;
+    int ret = 0;
+    vd_iov_init_buf(&q, buf, len);
+    switch (qcow2_l2_entry_type(entry, s->version)) {
+    case QCOW2_CLUSTER_UNALLOCATED:
+        if (s->node->backing) {
+            ret = read_backing(s, guest_cluster + off, len, &q, 0);
+        } else {
+            memset(buf, 0, len);
+        }
+        break;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        memset(buf, 0, len);
+        break;
+    case QCOW2_CLUSTER_NORMAL:
+        ret = vd_co_pread(s->file, (int64_t)((entry & QCOW2_L2E_OFFSET_MASK) + off),
+                          (int64_t)len, buf, 0);
+        break;
+    case QCOW2_CLUSTER_COMPRESSED: {
+        uint8_t *c = malloc(s->cluster_size);
+        if (!c) {
+            return -ENOMEM;
+        }
+        ret = qcow2_read_compressed(s, entry, c);
+        if (ret == 0) {
+            memcpy(buf, c + off, len);
+        }
+        free(c);
+        break;
+    }
+    }
+    return ret;
+}
+
+static inline bool entry_is_copied_normal(Qcow2State *s, uint64_t e)
+{
+    return qcow2_l2_entry_type(e, s->version) == QCOW2_CLUSTER_NORMAL &&
+           (e & QCOW2_OFLAG_COPIED);
+}
+
+int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                       VdIOVector *qiov, size_t qoff)
+{
+    int cb = s->cluster_bits;
+    uint64_t cs = s->cluster_size;
+    int ret = 0;
+
+    while (bytes > 0) {
+        vd_co_mutex_lock(&s->lock);
+    again:;
+        uint64_t l1i = qcow2_l1_index(offset, cb);
+        uint64_t l2i = qcow2_l2_index(offset, cb);
+        uint64_t oic = qcow2_offset_in_cluster(offset, cb);
+        uint64_t cur = VD_MIN(bytes, (s->l2_entries - l2i) * cs - oic);
+        uint64_t cstart = offset - oic;
+        uint64_t cend = VD_ALIGN_UP(offset + cur, cs);
+        if (wait_for_allocs(s, cstart, &cend)) {
+            goto again;
+        }
+        if (offset + cur > cend) {
+            cur = cend - offset;
+        }
+        if (s->corrupt) {
+            vd_co_mutex_unlock(&s->lock);
+            return -EIO;
+        }
+        if (s->lazy_refcounts && !s->dirty_bit_set) {
+            ret = qcow2_mark_dirty(s);
+            if (ret < 0) {
+                vd_co_mutex_unlock(&s->lock);
+                return ret;
+            }
+        }
+        uint64_t *l2;
+        ret = qcow2_get_l2_for_write(s, l1i, &l2);
+        if (ret < 0) {
+            vd_co_mutex_unlock(&s->lock);
+            return ret;
+        }
+        uint64_t nb = (oic + cur + cs - 1) >> cb;
+        uint64_t e0 = l2_get(l2, l2i);
+        ret = check_entry(s, e0, qcow2_l2_entry_type(e0, s->version), offset);
+        if (ret < 0) {
+            qcow2_cache_put(s->l2_cache, (void **)&l2);
+            vd_co_mutex_unlock(&s->lock);
+            return ret;
+        }
+        if (entry_is_copied_normal(s, e0)) {
+            /* in place: no metadata change */
+            uint64_t k = 1;
+            while (k < nb) {
+                uint64_t e = l2_get(l2, l2i + k);
+                if (!entry_is_copied_normal(s, e) ||
+                    (e & QCOW2_L2E_OFFSET_MASK) != (e0 & QCOW2_L2E_OFFSET_MASK) + k * cs) {
+                    break;
+                }
+                k++;
+            }
+            qcow2_cache_put(s->l2_cache, (void **)&l2);
+            vd_co_mutex_unlock(&s->lock);
+            uint64_t n = VD_MIN(cur, k * cs - oic);
+            ret = vd_co_pwritev(s->file, (int64_t)((e0 & QCOW2_L2E_OFFSET_MASK) + oic),
+                                (int64_t)n, qiov, qoff, 0);
+            if (ret < 0) {
+                return ret;
+            }
+            s->data_unflushed = true;
+            offset += n;
+            bytes -= n;
+            qoff += n;
+            continue;
+        }
+
+        /* allocating write over k clusters that are not in-place writable */
+        uint64_t k = 1;
+        while (k < nb && !entry_is_copied_normal(s, l2_get(l2, l2i + k))) {
+            k++;
+        }
+        uint64_t e_last = l2_get(l2, l2i + k - 1);
+        qcow2_cache_put(s->l2_cache, (void **)&l2);
+        uint64_t n = VD_MIN(cur, k * cs - oic);
+        int64_t host = qcow2_alloc_clusters(s, k);
+        if (host < 0) {
+            vd_co_mutex_unlock(&s->lock);
+            return (int)host;
+        }
+        if (qcow2_check_overlap(s, 0, (uint64_t)host, k * cs)) {
+            qcow2_signal_corruption(s, "newly allocated cluster 0x%llx overlaps metadata",
+                                    (unsigned long long)host);
+            vd_co_mutex_unlock(&s->lock);
+            return -EIO;
+        }
+        Qcow2Alloc alloc;
+        alloc_register(s, &alloc, cstart, cstart + k * cs);
+        vd_co_mutex_unlock(&s->lock);
+
+        /* data + COW fill in one write */
+        uint64_t head = oic;
+        uint64_t tail = k * cs - oic - n;
+        uint8_t *hbuf = NULL, *tbuf = NULL;
+        VdIOVector wq;
+        vd_iov_init(&wq, 4);
+        ret = 0;
+        if (head) {
+            hbuf = qcow2_buf_alloc(head);
+            ret = hbuf ? cow_read(s, e0, cstart, 0, head, hbuf) : -ENOMEM;
+            if (ret == 0) {
+                vd_iov_add(&wq, hbuf, head);
+            }
+        }
+        if (ret == 0) {
+            vd_iov_concat_slice(&wq, qiov, qoff, n);
+        }
+        if (ret == 0 && tail) {
+            tbuf = qcow2_buf_alloc(tail);
+            uint64_t last_cluster = cstart + (k - 1) * cs;
+            ret = tbuf ? cow_read(s, e_last, last_cluster, cs - tail, tail, tbuf) : -ENOMEM;
+            if (ret == 0) {
+                vd_iov_add(&wq, tbuf, tail);
+            }
+        }
+        if (ret == 0) {
+            ret = vd_co_pwritev(s->file, host, (int64_t)(k * cs), &wq, 0, 0);
+        }
+        vd_iov_destroy(&wq);
+        free(hbuf);
+        free(tbuf);
+
+        vd_co_mutex_lock(&s->lock);
+        if (ret == 0) {
+            s->data_unflushed = true;
+            ret = qcow2_get_l2_for_write(s, l1i, &l2);
+            if (ret == 0) {
+                for (uint64_t i = 0; i < k; i++) {
+                    uint64_t old = l2_get(l2, l2i + i);
+                    l2_set(l2, l2i + i, ((uint64_t)host + i * cs) | QCOW2_OFLAG_COPIED);
+                    free_entry_storage(s, old);
+                }
+                qcow2_cache_mark_dirty(s->l2_cache, l2);
+                qcow2_cache_put(s->l2_cache, (void **)&l2);
+            }
+        }
+        if (ret < 0) {
+            /* nothing references the new clusters: give them back */
+            qcow2_update_refcount(s, (uint64_t)host, k * cs, -1);
+        }
+        alloc_unregister(s, &alloc);
+        vd_co_mutex_unlock(&s->lock);
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
+        qoff += n;
+    }
+    return 0;
+}
+
+/* Write explicit zeros (v2 images, unaligned edges). */
+static int coroutine_fn write_zero_bytes(Qcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    uint64_t chunk = VD_MIN(bytes, (uint64_t)VD_MiB);
+    uint8_t *z = qcow2_buf_alloc(chunk);
+    if (!z) {
+        return -ENOMEM;
+    }
+    memset(z, 0, chunk);
+    int ret = 0;
+    while (bytes && ret == 0) {
+        uint64_t n = VD_MIN(bytes, chunk);
+        VdIOVector q;
+        vd_iov_init_buf(&q, z, n);
+        ret = qcow2_co_pwritev_impl(s, offset, n, &q, 0);
+        offset += n;
+        bytes -= n;
+    }
+    free(z);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_zero_or_discard(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                          bool discard, bool may_unmap)
+{
+    int cb = s->cluster_bits;
+    uint64_t cs = s->cluster_size;
+    uint64_t end = offset + bytes;
+    uint64_t astart = VD_ALIGN_UP(offset, cs);
+    uint64_t aend = VD_ALIGN_DOWN(end, cs);
+    /* the last partial cluster at the end of the image counts as whole */
+    if (end == s->header.size && end % cs) {
+        aend = VD_ALIGN_UP(end, cs);
+    }
+    int ret;
+    if (astart >= aend) {
+        return discard ? 0 : write_zero_bytes(s, offset, bytes);
+    }
+    if (!discard && offset < astart) {
+        ret = write_zero_bytes(s, offset, astart - offset);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (!discard && aend < end) {
+        ret = write_zero_bytes(s, aend, end - aend);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint64_t off = astart;
+    ret = 0;
+    while (off < aend && ret == 0) {
+        vd_co_mutex_lock(&s->lock);
+    again:;
+        uint64_t l1i = qcow2_l1_index(off, cb);
+        uint64_t l2i = qcow2_l2_index(off, cb);
+        uint64_t cend = VD_MIN(aend, off + (s->l2_entries - l2i) * cs);
+        if (wait_for_allocs(s, off, &cend)) {
+            goto again;
+        }
+        if (s->corrupt) {
+            vd_co_mutex_unlock(&s->lock);
+            return -EIO;
+        }
+        uint64_t nb = (cend - off) >> cb;
+        bool have_backing = s->node->backing != NULL;
+        bool v3 = s->version >= 3;
+        if (!v3 && !discard) {
+            /* v2 has no zero flag: zero what is not already reading as zeros */
+            uint64_t *l2;
+            ret = get_l2_table(s, l1i, &l2);
+            bool all_zero = !have_backing;
+            if (ret == 0 && l2) {
+                for (uint64_t i = 0; i < nb && all_zero; i++) {
+                    if (qcow2_l2_entry_type(l2_get(l2, l2i + i), 2) != QCOW2_CLUSTER_UNALLOCATED) {
+                        all_zero = false;
+                    }
+                }
+                qcow2_cache_put(s->l2_cache, (void **)&l2);
+            }
+            vd_co_mutex_unlock(&s->lock);
+            if (ret == 0 && !all_zero) {
+                ret = write_zero_bytes(s, off, cend - off);
+            }
+            off = cend;
+            continue;
+        }
+        if (l1i >= s->l1_size || !(s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK)) {
+            if (discard || !have_backing) {
+                /* unallocated without backing reads as zeros already */
+                if (!(discard && have_backing && v3)) {
+                    vd_co_mutex_unlock(&s->lock);
+                    off = cend;
+                    continue;
+                }
+            }
+        }
+        if (s->lazy_refcounts && !s->dirty_bit_set) {
+            ret = qcow2_mark_dirty(s);
+            if (ret < 0) {
+                vd_co_mutex_unlock(&s->lock);
+                return ret;
+            }
+        }
+        uint64_t *l2;
+        ret = qcow2_get_l2_for_write(s, l1i, &l2);
+        if (ret < 0) {
+            vd_co_mutex_unlock(&s->lock);
+            return ret;
+        }
+        for (uint64_t i = 0; i < nb; i++) {
+            uint64_t old = l2_get(l2, l2i + i);
+            Qcow2ClusterType t = qcow2_l2_entry_type(old, s->version);
+            uint64_t nv;
+            if (discard) {
+                if (t == QCOW2_CLUSTER_UNALLOCATED && !have_backing) {
+                    continue;
+                }
+                nv = v3 ? QCOW2_OFLAG_ZERO : 0;
+            } else if (!may_unmap && t == QCOW2_CLUSTER_NORMAL && (old & QCOW2_OFLAG_COPIED)) {
+                nv = (old & QCOW2_L2E_OFFSET_MASK) | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO;
+                l2_set(l2, l2i + i, nv);
+                continue;
+            } else if (!may_unmap && t == QCOW2_CLUSTER_ZERO_ALLOC) {
+                continue;
+            } else {
+                if (t == QCOW2_CLUSTER_ZERO_PLAIN) {
+                    continue;
+                }
+                if (t == QCOW2_CLUSTER_UNALLOCATED && !have_backing) {
+                    continue;
+                }
+                nv = QCOW2_OFLAG_ZERO;
+            }
+            l2_set(l2, l2i + i, nv);
+            free_entry_storage(s, old);
+        }
+        qcow2_cache_mark_dirty(s->l2_cache, l2);
+        qcow2_cache_put(s->l2_cache, (void **)&l2);
+        vd_co_mutex_unlock(&s->lock);
+        off = cend;
+    }
+    return ret;
+}
+
+int coroutine_fn qcow2_co_pwritev_compressed_impl(Qcow2State *s, uint64_t offset,
+                                                  uint64_t bytes, VdIOVector *qiov,
+                                                  size_t qoff)
+{
+    uint64_t cs = s->cluster_size;
+    if (offset % cs || bytes > cs || (bytes < cs && offset + bytes != s->header.size)) {
+        return -EINVAL;
+    }
+    uint8_t *in = calloc(1, cs);
+    uint8_t *out = malloc(cs);
+    if (!in || !out) {
+        free(in);
+        free(out);
+        return -ENOMEM;
+    }
+    vd_iov_to_buf(qiov, qoff, in, bytes);
+    size_t csize = 0;
+    if (s->compression_type == QCOW2_COMPRESSION_ZLIB) {
+        z_stream z;
+        memset(&z, 0, sizeof(z));
+        if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+                         Z_DEFAULT_STRATEGY) == Z_OK) {
+            z.next_in = in;
+            z.avail_in = (uInt)cs;
+            z.next_out = out;
+            z.avail_out = (uInt)(cs - 1);
+            if (deflate(&z, Z_FINISH) == Z_STREAM_END) {
+                csize = cs - 1 - z.avail_out;
+            }
+            deflateEnd(&z);
+        }
+    } else {
+        size_t r = ZSTD_compress(out, cs - 1, in, cs, 1);
+        if (!ZSTD_isError(r)) {
+            csize = r;
+        }
+    }
+    int ret;
+    if (csize == 0) {
+        /* does not compress: store it normally */
+        free(in);
+        free(out);
+        return qcow2_co_pwritev_impl(s, offset, bytes, qiov, qoff);
+    }
+    vd_co_mutex_lock(&s->lock);
+again:;
+    uint64_t cend = offset + cs;
+    if (wait_for_allocs(s, offset, &cend)) {
+        goto again;
+    }
+    if (s->lazy_refcounts && !s->dirty_bit_set) {
+        ret = qcow2_mark_dirty(s);
+        if (ret < 0) {
+            goto out_unlock;
+        }
+    }
+    int64_t host = qcow2_alloc_clusters(s, (csize + cs - 1) / cs);
+    if (host < 0) {
+        ret = (int)host;
+        goto out_unlock;
+    }
+    Qcow2Alloc alloc;
+    alloc_register(s, &alloc, offset, offset + cs);
+    vd_co_mutex_unlock(&s->lock);
+    ret = vd_co_pwrite(s->file, host, (int64_t)csize, out, 0);
+    vd_co_mutex_lock(&s->lock);
+    if (ret == 0) {
+        s->data_unflushed = true;
+        uint64_t *l2;
+        ret = qcow2_get_l2_for_write(s, qcow2_l1_index(offset, s->cluster_bits), &l2);
+        if (ret == 0) {
+            uint64_t l2i = qcow2_l2_index(offset, s->cluster_bits);
+            uint64_t old = l2_get(l2, l2i);
+            l2_set(l2, l2i, qcow2_compressed_encode((uint64_t)host, csize, s->cluster_bits));
+            free_entry_storage(s, old);
+            qcow2_cache_mark_dirty(s->l2_cache, l2);
+            qcow2_cache_put(s->l2_cache, (void **)&l2);
+        }
+    }
+    if (ret < 0) {
+        qcow2_update_refcount(s, (uint64_t)host, VD_ALIGN_UP(csize, cs), -1);
+    }
+    alloc_unregister(s, &alloc);
+out_unlock:
+    vd_co_mutex_unlock(&s->lock);
+    free(in);
+    free(out);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_block_status_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                            int64_t *pnum, int64_t *map)
+{
+    uint64_t entry, n;
+    vd_co_mutex_lock(&s->lock);
+    int ret = qcow2_get_mapping(s, offset, bytes, &entry, &n);
+    vd_co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    *pnum = (int64_t)n;
+    uint64_t oic = qcow2_offset_in_cluster(offset, s->cluster_bits);
+    switch (qcow2_l2_entry_type(entry, s->version)) {
+    case QCOW2_CLUSTER_UNALLOCATED:
+        return 0;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        return VD_BLOCK_ZERO | VD_BLOCK_ALLOCATED;
+    case QCOW2_CLUSTER_NORMAL:
+        *map = (int64_t)((entry & QCOW2_L2E_OFFSET_MASK) + oic);
+        return VD_BLOCK_DATA | VD_BLOCK_OFFSET_VALID | VD_BLOCK_ALLOCATED | VD_BLOCK_RECURSE;
+    default:
+        return VD_BLOCK_DATA | VD_BLOCK_ALLOCATED;
+    }
+}
+
+int coroutine_fn qcow2_preallocate(Qcow2State *s, uint64_t start, uint64_t end,
+                                   VdPrealloc mode)
+{
+    int cb = s->cluster_bits;
+    uint64_t cs = s->cluster_size;
+    uint64_t off = VD_ALIGN_DOWN(start, cs);
+    end = VD_ALIGN_UP(end, cs);
+    int ret = 0;
+    vd_co_mutex_lock(&s->lock);
+    while (off < end) {
+        uint64_t l1i = qcow2_l1_index(off, cb);
+        uint64_t l2i = qcow2_l2_index(off, cb);
+        uint64_t nb = VD_MIN((end - off) >> cb, s->l2_entries - l2i);
+        uint64_t *l2;
+        ret = qcow2_get_l2_for_write(s, l1i, &l2);
+        if (ret < 0) {
+            break;
+        }
+        /* count unallocated clusters from l2i */
+        uint64_t k = 0;
+        while (k < nb && qcow2_l2_entry_type(l2_get(l2, l2i + k), s->version) ==
+                             QCOW2_CLUSTER_UNALLOCATED) {
+            k++;
+        }
+        if (k == 0) {
+            qcow2_cache_put(s->l2_cache, (void **)&l2);
+            off += cs;
+            continue;
+        }
+        qcow2_cache_put(s->l2_cache, (void **)&l2);
+        int64_t host = qcow2_alloc_clusters(s, k);
+        if (host < 0) {
+            ret = (int)host;
+            break;
+        }
+        ret = qcow2_get_l2_for_write(s, l1i, &l2);
+        if (ret < 0) {
+            break;
+        }
+        for (uint64_t i = 0; i < k; i++) {
+            l2_set(l2, l2i + i, ((uint64_t)host + i * cs) | QCOW2_OFLAG_COPIED);
+        }
+        qcow2_cache_mark_dirty(s->l2_cache, l2);
+        qcow2_cache_put(s->l2_cache, (void **)&l2);
+        off += k * cs;
+    }
+    if (ret == 0) {
+        uint64_t file_end = s->alloc_end_cluster << cb;
+        vd_co_mutex_unlock(&s->lock);
+        VdPrealloc fm = mode == VD_PREALLOC_METADATA ? VD_PREALLOC_OFF : mode;
+        int64_t cur = vd_node_getlength(s->file);
+        if (cur >= 0 && (uint64_t)cur < file_end) {
+            ret = vd_co_truncate(s->file, (int64_t)file_end, false, fm, NULL);
+        }
+        vd_co_mutex_lock(&s->lock);
+        if (ret == 0) {
+            ret = qcow2_flush_metadata(s);
+        }
+    }
+    vd_co_mutex_unlock(&s->lock);
+    return ret;
+}

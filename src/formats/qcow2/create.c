@@ -1,0 +1,537 @@
+/*
+ * qcow2 image creation (v2 compat=0.10 and v3 compat=1.1, every cluster size
+ * and refcount width, backing file, preallocation) and qemu-img measure. The
+ * layout matches qemu-img's for the common cases: header, refcount table,
+ * refcount block(s), L1 table, then (preallocated) L2 tables and data.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <libgen.h>
+#include "formats/qcow2/qcow2.h"
+
+const VdCreateOption qcow2_create_opts[] = {
+    { "size", VD_OPT_SIZE, "Virtual disk size", NULL },
+    { "compat", VD_OPT_STRING, "Compatibility level (v2 [0.10], v3 [1.1])", "1.1" },
+    { "backing_file", VD_OPT_STRING, "File name of a base image", NULL },
+    { "backing_fmt", VD_OPT_STRING, "Image format of the base image", NULL },
+    { "cluster_size", VD_OPT_SIZE, "qcow2 cluster size", "65536" },
+    { "preallocation", VD_OPT_STRING,
+      "Preallocation mode (allowed values: off, metadata, falloc, full)", "off" },
+    { "lazy_refcounts", VD_OPT_BOOL, "Postpone refcount updates", "off" },
+    { "refcount_bits", VD_OPT_NUMBER, "Width of a reference count entry in bits", "16" },
+    { "compression_type", VD_OPT_STRING, "Compression method used for image cluster "
+      "compression", "zlib" },
+    { "extended_l2", VD_OPT_BOOL, "Extended L2 tables", "off" },
+    { "nocow", VD_OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)", "off" },
+    { NULL },
+};
+
+typedef struct Qcow2CreateParams {
+    uint64_t size;
+    int version;
+    int cluster_bits;
+    int refcount_order;
+    int compression_type;
+    bool lazy_refcounts;
+    VdPrealloc prealloc;
+    char *backing_file;
+    char *backing_fmt;
+} Qcow2CreateParams;
+
+static void params_free(Qcow2CreateParams *p)
+{
+    free(p->backing_file);
+    free(p->backing_fmt);
+}
+
+/* Parse and check the -o options (opts is copied, not taken). */
+static int parse_params(const VdOpts *opts_in, Qcow2CreateParams *p, bool need_size,
+                        VdError **errp)
+{
+    memset(p, 0, sizeof(*p));
+    VdOpts *opts = opts_in ? vd_json_deep_copy(opts_in) : vd_json_object();
+    char *compat = NULL, *prealloc = NULL, *ctype = NULL, *encrypt = NULL, *data_file = NULL;
+    uint64_t cluster_size, refcount_bits, size;
+    bool extl2 = false, nocow = false, have_size;
+    int ret = -EINVAL;
+    have_size = vd_opts_lookup(opts, "size") != NULL;
+    if (vd_opts_take_size(opts, "size", 0, &size, errp) < 0 ||
+        vd_opts_take_str(opts, "compat", "1.1", &compat, errp) < 0 ||
+        vd_opts_take_str(opts, "backing_file", NULL, &p->backing_file, errp) < 0 ||
+        vd_opts_take_str(opts, "backing_fmt", NULL, &p->backing_fmt, errp) < 0 ||
+        vd_opts_take_size(opts, "cluster_size", 65536, &cluster_size, errp) < 0 ||
+        vd_opts_take_str(opts, "preallocation", "off", &prealloc, errp) < 0 ||
+        vd_opts_take_bool(opts, "lazy_refcounts", false, &p->lazy_refcounts, errp) < 0 ||
+        vd_opts_take_uint(opts, "refcount_bits", 16, &refcount_bits, errp) < 0 ||
+        vd_opts_take_str(opts, "compression_type", "zlib", &ctype, errp) < 0 ||
+        vd_opts_take_bool(opts, "extended_l2", false, &extl2, errp) < 0 ||
+        vd_opts_take_bool(opts, "nocow", false, &nocow, errp) < 0 ||
+        vd_opts_take_str(opts, "encryption", NULL, &encrypt, errp) < 0 ||
+        vd_opts_take_str(opts, "data_file", NULL, &data_file, errp) < 0) {
+        goto out;
+    }
+    if (encrypt && strcmp(encrypt, "off") && strcmp(encrypt, "false")) {
+        vd_error_setg(errp, ENOTSUP, "qcow2 encryption is not supported");
+        ret = -ENOTSUP;
+        goto out;
+    }
+    if (data_file) {
+        vd_error_setg(errp, ENOTSUP, "qcow2 external data files are not supported");
+        ret = -ENOTSUP;
+        goto out;
+    }
+    if (extl2) {
+        vd_error_setg(errp, ENOTSUP, "qcow2 extended L2 entries are not supported");
+        ret = -ENOTSUP;
+        goto out;
+    }
+    if (vd_opts_check_empty(opts, "Block format 'qcow2'", errp) < 0) {
+        goto out;
+    }
+    if (!strcmp(compat, "0.10") || !strcmp(compat, "v2")) {
+        p->version = 2;
+    } else if (!strcmp(compat, "1.1") || !strcmp(compat, "v3")) {
+        p->version = 3;
+    } else {
+        vd_error_setg(errp, EINVAL, "Parameter 'compat' does not accept value '%s'", compat);
+        goto out;
+    }
+    if (!VD_IS_POW2(cluster_size) || cluster_size < 512 || cluster_size > 2 * VD_MiB) {
+        vd_error_setg(errp, EINVAL, "Cluster size must be a power of two between 512 and "
+                      "2048k");
+        goto out;
+    }
+    p->cluster_bits = __builtin_ctzll(cluster_size);
+    if (!VD_IS_POW2(refcount_bits) || refcount_bits > 64) {
+        vd_error_setg(errp, EINVAL, "Refcount width must be a power of two and may not "
+                      "exceed 64 bits");
+        goto out;
+    }
+    p->refcount_order = __builtin_ctzll(refcount_bits);
+    if (p->version == 2 && refcount_bits != 16) {
+        vd_error_setg(errp, EINVAL, "Different refcount widths than 16 bits require "
+                      "compatibility level 1.1 or above (use compat=1.1 or greater)");
+        goto out;
+    }
+    if (p->version == 2 && p->lazy_refcounts) {
+        vd_error_setg(errp, EINVAL, "Lazy refcounts only supported with compatibility level "
+                      "1.1 and above (use compat=1.1 or greater)");
+        goto out;
+    }
+    if (!strcmp(ctype, "zlib")) {
+        p->compression_type = QCOW2_COMPRESSION_ZLIB;
+    } else if (!strcmp(ctype, "zstd")) {
+        p->compression_type = QCOW2_COMPRESSION_ZSTD;
+        if (p->version == 2) {
+            vd_error_setg(errp, EINVAL, "Non-zlib compression type is only supported with "
+                          "compatibility level 1.1 and above (use compat=1.1 or greater)");
+            goto out;
+        }
+    } else {
+        vd_error_setg(errp, EINVAL, "Parameter 'compression_type' does not accept value '%s'",
+                      ctype);
+        goto out;
+    }
+    int pi;
+    for (pi = 0; vd_prealloc_names[pi]; pi++) {
+        if (!strcmp(vd_prealloc_names[pi], prealloc)) {
+            break;
+        }
+    }
+    if (!vd_prealloc_names[pi]) {
+        vd_error_setg(errp, EINVAL, "Parameter 'preallocation' does not accept value '%s'",
+                      prealloc);
+        goto out;
+    }
+    p->prealloc = (VdPrealloc)pi;
+    if (p->backing_file && p->prealloc != VD_PREALLOC_OFF) {
+        vd_error_setg(errp, EINVAL, "Backing file and preallocation can only be used at the "
+                      "same time if extended_l2 is on");
+        goto out;
+    }
+    if (p->backing_file && strlen(p->backing_file) > QCOW2_MAX_BACKING_NAME) {
+        vd_error_setg(errp, EINVAL, "Backing file name too long");
+        goto out;
+    }
+    if (p->backing_fmt && strlen(p->backing_fmt) > 31) {
+        vd_error_setg(errp, EINVAL, "Backing format name too long");
+        goto out;
+    }
+    if (p->backing_fmt && !p->backing_file) {
+        vd_error_setg(errp, EINVAL, "Backing format cannot be used without backing file");
+        goto out;
+    }
+    if (need_size && !have_size) {
+        vd_error_setg(errp, EINVAL, "Image creation needs a size parameter");
+        goto out;
+    }
+    p->size = size;
+    uint64_t l1 = qcow2_l1_entries_for(size, p->cluster_bits);
+    if (size > (uint64_t)INT64_MAX - cluster_size || l1 * 8 > QCOW2_MAX_L1_BYTES) {
+        vd_error_setg(errp, EINVAL, "The image size is too large for file format 'qcow2' "
+                      "(try using a larger cluster size)");
+        goto out;
+    }
+    ret = 0;
+out:
+    free(compat);
+    free(prealloc);
+    free(ctype);
+    free(encrypt);
+    free(data_file);
+    vd_json_unref(opts);
+    if (ret < 0) {
+        params_free(p);
+    }
+    return ret;
+}
+
+/* Size of a backing file, read directly (qcow2 header or plain file length). */
+static int64_t backing_size(const char *image, const char *backing, VdError **errp)
+{
+    char path[8192];
+    if (backing[0] == '/' || strstr(backing, "://")) {
+        snprintf(path, sizeof(path), "%s", backing);
+    } else {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", image);
+        snprintf(path, sizeof(path), "%s/%s", dirname(dir), backing);
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        vd_error_setg_errno(errp, errno, "Could not open backing file '%s'", backing);
+        return -errno;
+    }
+    uint8_t h[32];
+    struct stat st;
+    int64_t size = -EIO;
+    if (fstat(fd, &st) == 0) {
+        size = st.st_size;
+        if (pread(fd, h, sizeof(h), 0) == sizeof(h) && qcow2_be32(h) == QCOW2_MAGIC) {
+            size = (int64_t)qcow2_be64(h + 24);
+        }
+    }
+    close(fd);
+    if (size < 0) {
+        vd_error_setg(errp, EIO, "Could not get the size of backing file '%s'", backing);
+    }
+    return size;
+}
+
+/* Metadata clusters for a fresh image: refcount table and blocks covering
+ * n_other clusters plus themselves. */
+static void refcount_layout(uint64_t n_other, int cluster_bits, int refcount_order,
+                            uint64_t *t_clusters, uint64_t *b_clusters)
+{
+    uint64_t cs = 1ULL << cluster_bits;
+    uint64_t per_block = 1ULL << (cluster_bits + 3 - refcount_order);
+    uint64_t t = 1, b = 1;
+    for (;;) {
+        uint64_t nb = VD_DIV_ROUND_UP(n_other + t + b, per_block);
+        uint64_t nt = VD_DIV_ROUND_UP(nb * 8, cs);
+        if (nb == b && nt == t) {
+            break;
+        }
+        b = nb;
+        t = nt;
+    }
+    *t_clusters = t;
+    *b_clusters = b;
+}
+
+static int write_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const uint8_t *p = buf;
+    while (len) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdError **errp)
+{
+    Qcow2CreateParams p;
+    bool has_backing = opts && vd_opts_lookup(opts, "backing_file");
+    int ret = parse_params(opts, &p, !has_backing, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    const char *path = filename;
+    if (!strncmp(path, "file:", 5)) {
+        path += 5;
+    }
+    if (p.backing_file && !vd_opts_lookup(opts, "size")) {
+        int64_t bs = backing_size(path, p.backing_file, errp);
+        if (bs < 0) {
+            params_free(&p);
+            return (int)bs;
+        }
+        p.size = (uint64_t)bs;
+    }
+    uint64_t cs = 1ULL << p.cluster_bits;
+    uint64_t l2_entries = cs / 8;
+    uint64_t l1_size = qcow2_l1_entries_for(p.size, p.cluster_bits);
+    uint64_t l1_clusters = VD_DIV_ROUND_UP(l1_size * 8, cs);
+    uint64_t data_clusters = 0, l2_tables = 0;
+    if (p.prealloc != VD_PREALLOC_OFF) {
+        data_clusters = VD_DIV_ROUND_UP(p.size, cs);
+        l2_tables = VD_DIV_ROUND_UP(data_clusters, l2_entries);
+    }
+    uint64_t t, b;
+    refcount_layout(1 + l1_clusters + l2_tables + data_clusters, p.cluster_bits,
+                    p.refcount_order, &t, &b);
+    uint64_t reftable_off = cs;
+    uint64_t refblock_off = (1 + t) * cs;
+    uint64_t l1_off = l1_size ? (1 + t + b) * cs : 0;
+    uint64_t l2_off = (1 + t + b + l1_clusters) * cs;
+    uint64_t data_off = l2_off + l2_tables * cs;
+    uint64_t total = 1 + t + b + l1_clusters + l2_tables + data_clusters;
+    if ((total << p.cluster_bits) > QCOW2_MAX_HOST_OFFSET || t * cs > QCOW2_MAX_REFTABLE_BYTES) {
+        vd_error_setg(errp, EFBIG, "%s: image would be too large", filename);
+        params_free(&p);
+        return -EFBIG;
+    }
+
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        ret = -errno;
+        vd_error_setg_errno(errp, errno, "Could not create '%s'", filename);
+        params_free(&p);
+        return ret;
+    }
+    uint8_t *buf = calloc(1, VD_MAX(cs, 4096));
+    if (!buf) {
+        ret = -ENOMEM;
+        goto out;
+    }
+
+    /* header cluster */
+    Qcow2Header h;
+    memset(&h, 0, sizeof(h));
+    h.version = (uint32_t)p.version;
+    h.cluster_bits = (uint32_t)p.cluster_bits;
+    h.size = p.size;
+    h.l1_size = (uint32_t)l1_size;
+    h.l1_table_offset = l1_off;
+    h.refcount_table_offset = reftable_off;
+    h.refcount_table_clusters = (uint32_t)t;
+    h.refcount_order = (uint32_t)p.refcount_order;
+    h.header_length = p.version >= 3 ? QCOW2_HEADER_V3_SIZE : QCOW2_HEADER_V2_SIZE;
+    h.compression_type = (uint8_t)p.compression_type;
+    if (p.compression_type != QCOW2_COMPRESSION_ZLIB) {
+        h.incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
+    }
+    if (p.lazy_refcounts) {
+        h.compatible_features |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+    }
+    size_t hl = qcow2_header_encode(&h, buf, cs);
+    int64_t end = qcow2_write_extensions(buf, cs, hl, h.version,
+                                         p.backing_file ? p.backing_fmt : NULL, NULL, 0);
+    size_t blen = p.backing_file ? strlen(p.backing_file) : 0;
+    if (end < 0 || (uint64_t)end + blen > cs) {
+        vd_error_setg(errp, EINVAL, "%s: header does not fit in one cluster", filename);
+        ret = -EINVAL;
+        goto out;
+    }
+    if (blen) {
+        memcpy(buf + end, p.backing_file, blen);
+        qcow2_st64(buf + 8, (uint64_t)end);
+        qcow2_st32(buf + 16, (uint32_t)blen);
+    }
+    ret = write_all(fd, buf, cs, 0);
+    if (ret < 0) {
+        goto io_error;
+    }
+
+    /* refcount table */
+    for (uint64_t c = 0; c < t; c++) {
+        memset(buf, 0, cs);
+        for (uint64_t i = 0; i < l2_entries; i++) {
+            uint64_t bi = c * l2_entries + i;
+            if (bi < b) {
+                qcow2_st64(buf + i * 8, refblock_off + bi * cs);
+            }
+        }
+        ret = write_all(fd, buf, cs, reftable_off + c * cs);
+        if (ret < 0) {
+            goto io_error;
+        }
+    }
+    /* refcount blocks: clusters [0, total) have refcount 1 */
+    uint64_t per_block = 1ULL << (p.cluster_bits + 3 - p.refcount_order);
+    for (uint64_t bi = 0; bi < b; bi++) {
+        memset(buf, 0, cs);
+        for (uint64_t i = 0; i < per_block && bi * per_block + i < total; i++) {
+            qcow2_refcount_set(buf, i, p.refcount_order, 1);
+        }
+        ret = write_all(fd, buf, cs, refblock_off + bi * cs);
+        if (ret < 0) {
+            goto io_error;
+        }
+    }
+    /* L1 table (as many bytes as entries, like qemu-img) */
+    for (uint64_t done = 0; done < l1_size * 8;) {
+        uint64_t n = VD_MIN(cs, l1_size * 8 - done);
+        memset(buf, 0, cs);
+        for (uint64_t i = 0; i < n / 8; i++) {
+            uint64_t l1i = done / 8 + i;
+            if (l1i < l2_tables) {
+                qcow2_st64(buf + i * 8, (l2_off + l1i * cs) | QCOW2_OFLAG_COPIED);
+            }
+        }
+        ret = write_all(fd, buf, n, l1_off + done);
+        if (ret < 0) {
+            goto io_error;
+        }
+        done += n;
+    }
+    /* preallocated L2 tables and data */
+    for (uint64_t ti = 0; ti < l2_tables; ti++) {
+        memset(buf, 0, cs);
+        for (uint64_t i = 0; i < l2_entries; i++) {
+            uint64_t c = ti * l2_entries + i;
+            if (c < data_clusters) {
+                qcow2_st64(buf + i * 8, (data_off + c * cs) | QCOW2_OFLAG_COPIED);
+            }
+        }
+        ret = write_all(fd, buf, cs, l2_off + ti * cs);
+        if (ret < 0) {
+            goto io_error;
+        }
+    }
+    if (data_clusters) {
+        uint64_t file_end = data_off + data_clusters * cs;
+        if (p.prealloc == VD_PREALLOC_FALLOC || p.prealloc == VD_PREALLOC_FULL) {
+            int r = posix_fallocate(fd, (off_t)data_off, (off_t)(data_clusters * cs));
+            if (r && p.prealloc == VD_PREALLOC_FALLOC) {
+                ret = -r;
+                goto io_error;
+            }
+        }
+        if (p.prealloc == VD_PREALLOC_FULL) {
+            size_t zlen = 4 * VD_MiB;
+            uint8_t *z = calloc(1, zlen);
+            if (!z) {
+                ret = -ENOMEM;
+                goto out;
+            }
+            for (uint64_t o = data_off; o < file_end && ret == 0; o += zlen) {
+                ret = write_all(fd, z, (size_t)VD_MIN(zlen, file_end - o), o);
+            }
+            free(z);
+            if (ret < 0) {
+                goto io_error;
+            }
+        }
+        if (ftruncate(fd, (off_t)file_end) < 0) {
+            ret = -errno;
+            goto io_error;
+        }
+    }
+    if (fdatasync(fd) < 0) {
+        ret = -errno;
+        goto io_error;
+    }
+    ret = 0;
+    goto out;
+io_error:
+    vd_error_setg_errno(errp, -ret, "Could not write the image '%s'", filename);
+out:
+    free(buf);
+    close(fd);
+    params_free(&p);
+    return ret;
+}
+
+/* qemu-img measure: metadata for a fully populated image of this size, plus data. */
+static uint64_t prealloc_meta_size(uint64_t size, int cluster_bits, int refcount_order)
+{
+    uint64_t cs = 1ULL << cluster_bits;
+    uint64_t aligned = VD_ALIGN_UP(size, cs);
+    uint64_t meta = cs;                                     /* header */
+    uint64_t nl2e = VD_ALIGN_UP(aligned / cs, cs / 8);
+    meta += nl2e * 8;                                       /* L2 tables */
+    uint64_t nl1e = VD_ALIGN_UP(nl2e * 8 / cs, cs / 8);
+    meta += nl1e * 8;                                       /* L1 table */
+    /* refcount table and blocks for everything, themselves included */
+    uint64_t clusters = (meta + aligned) / cs;
+    uint64_t per_block = 1ULL << (cluster_bits + 3 - refcount_order);
+    uint64_t blocks = 0, table = 0, last;
+    do {
+        last = table;
+        blocks = VD_DIV_ROUND_UP(clusters + table + blocks, per_block);
+        table = VD_DIV_ROUND_UP(blocks, cs / 8);
+    } while (table != last);
+    return meta + (blocks + table) * cs;
+}
+
+int qcow2_measure(const VdOpts *opts, VdNode *in, uint64_t *required, uint64_t *fully,
+                  VdError **errp)
+{
+    Qcow2CreateParams p;
+    int ret = parse_params(opts, &p, in == NULL, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t size = p.size;
+    if (in) {
+        int64_t l = vd_node_getlength(in);
+        if (l < 0) {
+            params_free(&p);
+            vd_error_setg_errno(errp, (int)-l, "Could not get the input size");
+            return (int)l;
+        }
+        if (!opts || !vd_opts_lookup(opts, "size")) {
+            size = (uint64_t)l;
+        }
+    }
+    uint64_t cs = 1ULL << p.cluster_bits;
+    uint64_t meta = prealloc_meta_size(size, p.cluster_bits, p.refcount_order);
+    uint64_t aligned = VD_ALIGN_UP(size, cs);
+    *fully = meta + aligned;
+    uint64_t data = 0;
+    if (in) {
+        /* count allocated clusters of the input */
+        int64_t off = 0, l = vd_node_getlength(in);
+        while (off < l) {
+            int64_t pnum = 0;
+            int r = vd_block_status_above(in, NULL, true, off, l - off, &pnum, NULL, NULL, NULL);
+            if (r < 0) {
+                params_free(&p);
+                vd_error_setg_errno(errp, -r, "Could not inspect the input image");
+                return r;
+            }
+            if (pnum <= 0) {
+                break;
+            }
+            if ((r & VD_BLOCK_DATA) && !(r & VD_BLOCK_ZERO)) {
+                uint64_t s0 = VD_ALIGN_DOWN((uint64_t)off, cs);
+                uint64_t e0 = VD_ALIGN_UP((uint64_t)(off + pnum), cs);
+                data += e0 - s0;
+            }
+            off += pnum;
+        }
+        data = VD_MIN(data, aligned);
+    }
+    if (p.prealloc == VD_PREALLOC_FALLOC || p.prealloc == VD_PREALLOC_FULL) {
+        *required = *fully;
+    } else {
+        *required = meta + data;
+    }
+    params_free(&p);
+    return 0;
+}

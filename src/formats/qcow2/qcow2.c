@@ -1,0 +1,1146 @@
+/*
+ * The qcow2 format driver: probe, open with full header validation, close,
+ * flush in dependency order, header updates, L1 growth, resize, info,
+ * amend and the driver table. The design note is docs/qcow2.md; invariant
+ * numbers in comments refer to it.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "formats/qcow2/qcow2.h"
+
+static int qcow2_probe(const uint8_t *buf, int buf_size, const char *filename)
+{
+    if (buf_size >= 8 && qcow2_be32(buf) == QCOW2_MAGIC && qcow2_be32(buf + 4) >= 2) {
+        return 100;
+    }
+    return 0;
+}
+
+void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (s->corrupt) {
+        return;
+    }
+    s->corrupt = true;
+    vd_node_mark_corrupt(s->node, "%s: marking image as corrupt: %s; further corruption "
+                         "events will be suppressed", s->name, msg);
+}
+
+int coroutine_fn qcow2_flush_file(Qcow2State *s)
+{
+    if (!s->data_unflushed) {
+        return 0;
+    }
+    int ret = vd_co_flush(s->file);
+    if (ret == 0) {
+        s->data_unflushed = false;
+    }
+    return ret;
+}
+
+int coroutine_fn qcow2_write_l1(Qcow2State *s)
+{
+    size_t bytes = (size_t)s->l1_size * 8;
+    if (!bytes) {
+        s->l1_dirty = false;
+        return 0;
+    }
+    uint8_t *buf = malloc(bytes);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        qcow2_st64(buf + (size_t)i * 8, s->l1_table[i]);
+    }
+    int ret = qcow2_write_meta(s, QCOW2_OL_L1, s->l1_table_offset, buf, bytes);
+    free(buf);
+    if (ret == 0) {
+        s->l1_dirty = false;
+    }
+    return ret;
+}
+
+/*
+ * The write-back order (docs/qcow2.md): refcount blocks; flush (data and
+ * refcounts stable: invariants 1, 2); L2 tables; flush; L1 table; then, with
+ * every reference removal stable, the deferred refcount drops, whose blocks
+ * are written in the next round.
+ */
+int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
+{
+    for (int round = 0; round < 4; round++) {
+        int ret = qcow2_cache_write(s, s->refcount_cache);
+        if (ret < 0) {
+            return ret;
+        }
+        if (qcow2_cache_is_dirty(s->l2_cache)) {
+            ret = qcow2_cache_write(s, s->l2_cache);   /* flushes before the first table */
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (s->l1_dirty) {
+            ret = qcow2_flush_file(s);
+            if (ret < 0) {
+                return ret;
+            }
+            ret = qcow2_write_l1(s);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (!s->nb_pending_free) {
+            return 0;
+        }
+        ret = qcow2_flush_file(s);
+        if (ret < 0) {
+            return ret;
+        }
+        ret = qcow2_apply_pending_frees(s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_update_header(Qcow2State *s)
+{
+    uint64_t cs = s->cluster_size;
+    uint8_t *buf = calloc(1, cs);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    Qcow2Header h = s->header;
+    h.version = (uint32_t)s->version;
+    h.l1_size = s->l1_size;
+    h.l1_table_offset = s->l1_table_offset;
+    h.refcount_table_offset = s->refcount_table_offset;
+    h.refcount_table_clusters = (uint32_t)(s->refcount_table_size * 8 / cs);
+    h.nb_snapshots = s->nb_snapshots;
+    h.snapshots_offset = s->snapshots_offset;
+    h.refcount_order = (uint32_t)s->refcount_order;
+    h.compression_type = (uint8_t)s->compression_type;
+    if (s->version >= 3) {
+        h.header_length = QCOW2_HEADER_V3_SIZE;
+        if (s->compression_type != QCOW2_COMPRESSION_ZLIB) {
+            h.incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
+        } else {
+            h.incompatible_features &= ~QCOW2_INCOMPAT_COMPRESSION;
+        }
+        if (s->lazy_refcounts) {
+            h.compatible_features |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+        } else {
+            h.compatible_features &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
+        }
+    } else {
+        h.header_length = QCOW2_HEADER_V2_SIZE;
+        h.incompatible_features = h.compatible_features = h.autoclear_features = 0;
+    }
+    size_t hl = qcow2_header_encode(&h, buf, cs);
+    int64_t end = qcow2_write_extensions(buf, cs, hl, h.version, s->node->backing_format,
+                                         s->unknown_ext, s->unknown_ext_len);
+    int ret = 0;
+    size_t blen = strlen(s->node->backing_file);
+    if (end < 0 || (uint64_t)end + blen > cs) {
+        ret = -ENOSPC;
+        goto out;
+    }
+    if (blen) {
+        memcpy(buf + end, s->node->backing_file, blen);
+        h.backing_file_offset = (uint64_t)end;
+        h.backing_file_size = (uint32_t)blen;
+    } else {
+        h.backing_file_offset = 0;
+        h.backing_file_size = 0;
+    }
+    qcow2_st64(buf + 8, h.backing_file_offset);
+    qcow2_st32(buf + 16, h.backing_file_size);
+    ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 0, buf, (uint64_t)end + blen);
+    if (ret == 0) {
+        s->header = h;
+    }
+out:
+    free(buf);
+    return ret;
+}
+
+static int coroutine_fn write_incompat(Qcow2State *s, uint64_t bits)
+{
+    uint8_t b[8];
+    qcow2_st64(b, bits);
+    int ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 72, b, 8);
+    if (ret == 0) {
+        s->header.incompatible_features = bits;
+    }
+    return ret;
+}
+
+/* Invariant 3: the dirty bit is stable before the first change relying on it. */
+int coroutine_fn qcow2_mark_dirty(Qcow2State *s)
+{
+    if (s->dirty_bit_set || s->version < 3) {
+        return 0;
+    }
+    int ret = write_incompat(s, s->header.incompatible_features | QCOW2_INCOMPAT_DIRTY);
+    if (ret == 0) {
+        s->data_unflushed = true;
+        ret = qcow2_flush_file(s);
+    }
+    if (ret == 0) {
+        s->dirty_bit_set = true;
+    }
+    return ret;
+}
+
+/* Invariant 3: cleared only after everything before it is stable. */
+static int coroutine_fn qcow2_mark_clean(Qcow2State *s)
+{
+    int ret = qcow2_flush_metadata(s);
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    if (ret == 0 && (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        ret = write_incompat(s, s->header.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
+        if (ret == 0) {
+            s->data_unflushed = true;
+            ret = qcow2_flush_file(s);
+        }
+    }
+    if (ret == 0) {
+        s->dirty_bit_set = false;
+    }
+    return ret;
+}
+
+int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
+{
+    if (min <= s->l1_size) {
+        return 0;
+    }
+    uint64_t n = min;
+    if (!exact) {
+        n = VD_MAX(min, (uint64_t)s->l1_size + s->l1_size / 2);
+    }
+    if (n * 8 > QCOW2_MAX_L1_BYTES) {
+        n = min;
+        if (n * 8 > QCOW2_MAX_L1_BYTES) {
+            return -EFBIG;
+        }
+    }
+    /* the new table points at the L2 tables: they must be stable first */
+    int ret = qcow2_cache_write(s, s->refcount_cache);
+    if (ret == 0) {
+        ret = qcow2_cache_write(s, s->l2_cache);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t bytes = VD_ALIGN_UP(n * 8, s->cluster_size);
+    int64_t off = qcow2_alloc_clusters(s, bytes / s->cluster_size);
+    if (off < 0) {
+        return (int)off;
+    }
+    uint64_t *nt = calloc(bytes / 8, 8);
+    uint8_t *buf = calloc(1, bytes);
+    if (!nt || !buf) {
+        free(nt);
+        free(buf);
+        return -ENOMEM;
+    }
+    memcpy(nt, s->l1_table, (size_t)s->l1_size * 8);
+    for (uint64_t i = 0; i < n; i++) {
+        qcow2_st64(buf + i * 8, nt[i]);
+    }
+    ret = qcow2_cache_write(s, s->refcount_cache);
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    if (ret == 0) {
+        ret = qcow2_write_meta(s, QCOW2_OL_L1, (uint64_t)off, buf, n * 8);
+    }
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    if (ret == 0) {
+        uint8_t h[12];
+        qcow2_st32(h, (uint32_t)n);
+        qcow2_st64(h + 4, (uint64_t)off);
+        ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 36, h, 12);
+    }
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    free(buf);
+    if (ret < 0) {
+        free(nt);
+        return ret;
+    }
+    uint64_t old_off = s->l1_table_offset;
+    uint64_t old_bytes = VD_ALIGN_UP((uint64_t)s->l1_size * 8, s->cluster_size);
+    free(s->l1_table);
+    s->l1_table = nt;
+    s->l1_size = (uint32_t)n;
+    s->l1_table_offset = (uint64_t)off;
+    s->header.l1_size = (uint32_t)n;
+    s->header.l1_table_offset = (uint64_t)off;
+    s->l1_dirty = false;
+    if (old_off && old_bytes) {
+        ret = qcow2_update_refcount(s, old_off, old_bytes, -1);
+    }
+    return ret;
+}
+
+/* ---- open / close ------------------------------------------------------------ */
+
+static void qcow2_free_state(Qcow2State *s)
+{
+    qcow2_cache_free(s->l2_cache);
+    qcow2_cache_free(s->refcount_cache);
+    s->l2_cache = s->refcount_cache = NULL;
+    free(s->l1_table);
+    free(s->refcount_table);
+    free(s->pending_free);
+    free(s->unknown_ext);
+    free(s->zero_cluster);
+    s->l1_table = NULL;
+    s->refcount_table = NULL;
+    s->pending_free = NULL;
+    s->unknown_ext = NULL;
+    s->zero_cluster = NULL;
+    qcow2_free_snapshots(s);
+}
+
+static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
+{
+    Qcow2State *s = node->opaque;
+    memset(s, 0, sizeof(*s));
+    s->node = node;
+    vd_co_mutex_init(&s->lock);
+
+    if (!node->file) {
+        VdChild *c = vd_open_child(node->filename[0] ? node->filename : NULL, options, "file",
+                                   node, VD_CHILD_FILE, false, errp);
+        if (!c) {
+            return -EINVAL;
+        }
+        if (!node->file) {
+            node->file = c;
+        }
+    }
+    s->file = node->file->node;
+    s->name = node->file->node->filename[0] ? node->file->node->filename : node->filename;
+
+    uint64_t l2_cache_bytes = 0, rc_cache_bytes = 0, cache_bytes = 0;
+    bool lazy_opt_set = false, lazy_opt = false;
+    if (vd_opts_take_size(options, "l2-cache-size", 0, &l2_cache_bytes, errp) < 0 ||
+        vd_opts_take_size(options, "refcount-cache-size", 0, &rc_cache_bytes, errp) < 0 ||
+        vd_opts_take_size(options, "cache-size", 0, &cache_bytes, errp) < 0) {
+        return -EINVAL;
+    }
+    if (vd_opts_lookup(options, "lazy-refcounts")) {
+        lazy_opt_set = true;
+        if (vd_opts_take_bool(options, "lazy-refcounts", false, &lazy_opt, errp) < 0) {
+            return -EINVAL;
+        }
+    }
+    /* accepted for compatibility with qemu's option set */
+    char *ignored = NULL;
+    static const char *const compat_keys[] = {
+        "overlap-check", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
+        "cache-clean-interval", "discard-no-unref", "l2-cache-entry-size", NULL,
+    };
+    for (int i = 0; compat_keys[i]; i++) {
+        if (vd_opts_take_str(options, compat_keys[i], NULL, &ignored, errp) < 0) {
+            return -EINVAL;
+        }
+        free(ignored);
+        ignored = NULL;
+    }
+
+    int64_t file_size = vd_node_getlength(s->file);
+    if (file_size < 0) {
+        vd_error_setg_errno(errp, (int)-file_size, "%s: cannot get the file size", s->name);
+        return (int)file_size;
+    }
+    uint8_t first[4096];
+    memset(first, 0, sizeof(first));
+    size_t flen = (size_t)VD_MIN(file_size, (int64_t)sizeof(first));
+    int ret = flen ? vd_co_pread(s->file, 0, (int64_t)flen, first, 0) : 0;
+    if (ret < 0) {
+        vd_error_setg_errno(errp, -ret, "%s: cannot read the header", s->name);
+        return ret;
+    }
+    Qcow2Header *h = &s->header;
+    /* decode with the real length of the header cluster (it may exceed 4k) */
+    ret = qcow2_header_decode(first, flen, s->name, file_size, h, errp);
+    uint8_t *hdr = NULL;
+    if (ret < 0) {
+        /* a header_length beyond 4k needs the whole cluster: retry with it */
+        if (flen == sizeof(first) && qcow2_be32(first) == QCOW2_MAGIC &&
+            qcow2_be32(first + 4) == 3 && qcow2_be32(first + 20) >= 13 &&
+            qcow2_be32(first + 20) <= QCOW2_MAX_CLUSTER_BITS &&
+            qcow2_be32(first + 100) > sizeof(first)) {
+            vd_error_free_and_clear(errp);
+        } else {
+            return ret;
+        }
+    }
+    uint32_t cbits = qcow2_be32(first + 20);
+    uint64_t cs = 1ULL << cbits;
+    size_t hcl = (size_t)VD_MIN((uint64_t)file_size, cs);
+    hdr = calloc(1, cs);
+    if (!hdr) {
+        return -ENOMEM;
+    }
+    ret = vd_co_pread(s->file, 0, (int64_t)hcl, hdr, 0);
+    if (ret < 0) {
+        vd_error_setg_errno(errp, -ret, "%s: cannot read the header cluster", s->name);
+        goto fail;
+    }
+    ret = qcow2_header_decode(hdr, hcl, s->name, file_size, h, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    s->version = (int)h->version;
+    s->cluster_bits = (int)h->cluster_bits;
+    s->cluster_size = cs;
+    s->l2_bits = s->cluster_bits - 3;
+    s->l2_entries = 1ULL << s->l2_bits;
+    s->refcount_order = (int)h->refcount_order;
+    s->refcount_block_bits = s->cluster_bits + 3 - s->refcount_order;
+    s->refcount_max = s->refcount_order == 6 ? UINT64_MAX
+                                             : (1ULL << (1 << s->refcount_order)) - 1;
+    s->compression_type = h->compression_type;
+    s->lazy_refcounts = (h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
+    if (lazy_opt_set) {
+        if (lazy_opt && s->version < 3) {
+            vd_error_setg(errp, EINVAL, "%s: lazy refcounts require a qcow2 image with at "
+                          "least qemu 1.1 compatibility level", s->name);
+            ret = -EINVAL;
+            goto fail;
+        }
+        s->lazy_refcounts = lazy_opt;
+    }
+
+    /* header extensions and backing file name */
+    size_t ext_end = h->backing_file_offset ? (size_t)h->backing_file_offset : hcl;
+    Qcow2Extensions ext;
+    ret = qcow2_parse_extensions(hdr, h->header_length, VD_MAX(ext_end, h->header_length),
+                                 s->name, &ext, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    s->unknown_ext = ext.unknown;
+    s->unknown_ext_len = ext.unknown_len;
+    if (ext.have_data_file || ext.have_crypto) {
+        vd_error_setg(errp, ENOTSUP, "%s: %s is not supported", s->name,
+                      ext.have_data_file ? "an external data file" : "encryption");
+        ret = -ENOTSUP;
+        goto fail;
+    }
+    if (h->backing_file_offset) {
+        if (h->backing_file_offset + h->backing_file_size > hcl) {
+            vd_error_setg(errp, EINVAL, "%s: backing file name is beyond the end of the file",
+                          s->name);
+            ret = -EINVAL;
+            goto fail;
+        }
+        memcpy(node->backing_file, hdr + h->backing_file_offset, h->backing_file_size);
+        node->backing_file[h->backing_file_size] = 0;
+        if (strlen(node->backing_file) != h->backing_file_size) {
+            vd_error_setg(errp, EINVAL, "%s: backing file name contains a NUL byte", s->name);
+            ret = -EINVAL;
+            goto fail;
+        }
+        snprintf(node->backing_format, sizeof(node->backing_format), "%s", ext.backing_format);
+    } else {
+        node->backing_file[0] = 0;
+        node->backing_format[0] = 0;
+    }
+    free(hdr);
+    hdr = NULL;
+
+    if ((h->incompatible_features & QCOW2_INCOMPAT_CORRUPT) && !node->read_only &&
+        !(flags & VD_O_CHECK)) {
+        vd_error_setg(errp, EACCES, "%s: image is corrupt; cannot be opened read/write",
+                      s->name);
+        ret = -EACCES;
+        goto fail;
+    }
+
+    /* L1 table */
+    s->l1_size = h->l1_size;
+    s->l1_table_offset = h->l1_table_offset;
+    s->l1_table = calloc(VD_MAX(s->l1_size, 1), 8);
+    if (!s->l1_table) {
+        ret = -ENOMEM;
+        goto fail;
+    }
+    if (s->l1_size) {
+        uint8_t *b = malloc((size_t)s->l1_size * 8);
+        if (!b) {
+            ret = -ENOMEM;
+            goto fail;
+        }
+        ret = vd_co_pread(s->file, (int64_t)s->l1_table_offset, (int64_t)s->l1_size * 8, b, 0);
+        if (ret < 0) {
+            free(b);
+            vd_error_setg_errno(errp, -ret, "%s: cannot read the L1 table", s->name);
+            goto fail;
+        }
+        for (uint32_t i = 0; i < s->l1_size; i++) {
+            s->l1_table[i] = qcow2_be64(b + (size_t)i * 8);
+        }
+        free(b);
+    }
+
+    /* refcount table */
+    s->refcount_table_offset = h->refcount_table_offset;
+    s->refcount_table_size = (uint64_t)h->refcount_table_clusters * cs / 8;
+    s->refcount_table = calloc(s->refcount_table_size, 8);
+    if (!s->refcount_table) {
+        ret = -ENOMEM;
+        goto fail;
+    }
+    {
+        uint8_t *b = malloc(s->refcount_table_size * 8);
+        if (!b) {
+            ret = -ENOMEM;
+            goto fail;
+        }
+        ret = vd_co_pread(s->file, (int64_t)s->refcount_table_offset,
+                          (int64_t)s->refcount_table_size * 8, b, 0);
+        if (ret < 0) {
+            free(b);
+            vd_error_setg_errno(errp, -ret, "%s: cannot read the refcount table", s->name);
+            goto fail;
+        }
+        for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+            s->refcount_table[i] = qcow2_be64(b + i * 8);
+            if (s->refcount_table[i] & (cs - 1)) {
+                free(b);
+                vd_error_setg(errp, EINVAL, "%s: refcount block offset 0x%llx (refcount table "
+                              "entry %llu) is not cluster-aligned", s->name,
+                              (unsigned long long)s->refcount_table[i], (unsigned long long)i);
+                ret = -EINVAL;
+                goto fail;
+            }
+        }
+        free(b);
+    }
+
+    /* caches: by default enough L2 tables to map the whole disk, up to 32 MiB */
+    if (cache_bytes && !l2_cache_bytes) {
+        l2_cache_bytes = cache_bytes - VD_MIN(cache_bytes, rc_cache_bytes);
+    }
+    if (!l2_cache_bytes) {
+        uint64_t need = qcow2_l1_entries_for(h->size, s->cluster_bits) * cs;
+        l2_cache_bytes = VD_MIN(need, (uint64_t)32 * VD_MiB);
+    }
+    uint64_t l2_tables = VD_MAX(l2_cache_bytes / cs, 4);
+    if (l2_tables > 65536) {
+        l2_tables = 65536;
+    }
+    uint64_t rc_tables = rc_cache_bytes ? rc_cache_bytes / cs : VD_MAX(l2_tables / 4, 4);
+    rc_tables = VD_MIN(VD_MAX(rc_tables, 4), 16384);
+    s->l2_cache = qcow2_cache_new((int)l2_tables, cs, true);
+    s->refcount_cache = qcow2_cache_new((int)rc_tables, cs, false);
+    if (!s->l2_cache || !s->refcount_cache) {
+        vd_error_setg(errp, ENOMEM, "%s: cannot allocate the table caches", s->name);
+        ret = -ENOMEM;
+        goto fail;
+    }
+
+    ret = qcow2_read_snapshots(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+
+    s->alloc_end_cluster = ((uint64_t)file_size + cs - 1) >> s->cluster_bits;
+    s->free_cluster_index = 0;
+    s->dirty_bit_set = (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
+
+    /* writable: clear autoclear bits we do not maintain; repair a dirty image */
+    if (!node->read_only && !(flags & VD_O_CHECK)) {
+        bool rewrite = false;
+        if (h->autoclear_features) {
+            h->autoclear_features = 0;
+            rewrite = true;
+        }
+        if (lazy_opt_set && s->lazy_refcounts !=
+                                ((h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0)) {
+            rewrite = true;
+        }
+        if (s->dirty_bit_set) {
+            VdCheckResult res;
+            memset(&res, 0, sizeof(res));
+            vd_co_mutex_lock(&s->lock);
+            ret = qcow2_co_check_impl(s, &res, VD_FIX_LEAKS | VD_FIX_ERRORS);
+            if (ret == 0 && !s->lazy_refcounts) {
+                ret = qcow2_mark_clean(s);
+            }
+            vd_co_mutex_unlock(&s->lock);
+            if (ret < 0 || res.corruptions > res.corruptions_fixed) {
+                vd_error_setg(errp, ret < 0 ? -ret : EIO, "%s: could not repair the dirty "
+                              "image (%d corruptions left)", s->name,
+                              res.corruptions - res.corruptions_fixed);
+                ret = ret < 0 ? ret : -EIO;
+                goto fail;
+            }
+        }
+        if (rewrite) {
+            vd_co_mutex_lock(&s->lock);
+            ret = qcow2_update_header(s);
+            if (ret == 0) {
+                s->data_unflushed = true;
+                ret = qcow2_flush_file(s);
+            }
+            vd_co_mutex_unlock(&s->lock);
+            if (ret < 0) {
+                vd_error_setg_errno(errp, -ret, "%s: cannot update the header", s->name);
+                goto fail;
+            }
+        }
+    }
+
+    ret = vd_open_backing(node, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    node->supported_zero_flags = VD_REQ_MAY_UNMAP;
+    return 0;
+
+fail:
+    free(hdr);
+    qcow2_free_state(s);
+    return ret < 0 ? ret : -EINVAL;
+}
+
+static void coroutine_fn qcow2_co_close(VdNode *node)
+{
+    Qcow2State *s = node->opaque;
+    if (!s->l2_cache) {
+        return;
+    }
+    if (!node->read_only && !s->corrupt) {
+        vd_co_mutex_lock(&s->lock);
+        if (s->dirty_bit_set || (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+            qcow2_mark_clean(s);
+        } else {
+            if (qcow2_flush_metadata(s) == 0) {
+                qcow2_flush_file(s);
+            }
+        }
+        vd_co_mutex_unlock(&s->lock);
+    }
+    qcow2_free_state(s);
+}
+
+static void qcow2_refresh_limits(VdNode *node)
+{
+    Qcow2State *s = node->opaque;
+    node->bl.request_alignment = 1;
+    node->bl.pwrite_zeroes_alignment = (int64_t)s->cluster_size;
+    node->bl.pdiscard_alignment = (int64_t)s->cluster_size;
+    node->bl.opt_transfer = (int64_t)s->cluster_size;
+}
+
+/* ---- I/O entry points -------------------------------------------------------- */
+
+static int coroutine_fn qcow2_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
+                                        VdIOVector *qiov, size_t qiov_offset, int flags)
+{
+    return qcow2_co_preadv_impl(node->opaque, (uint64_t)offset, (uint64_t)bytes, qiov,
+                                qiov_offset);
+}
+
+static int coroutine_fn qcow2_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
+                                         VdIOVector *qiov, size_t qiov_offset, int flags)
+{
+    if (flags & VD_REQ_WRITE_COMPRESSED) {
+        return qcow2_co_pwritev_compressed_impl(node->opaque, (uint64_t)offset,
+                                                (uint64_t)bytes, qiov, qiov_offset);
+    }
+    return qcow2_co_pwritev_impl(node->opaque, (uint64_t)offset, (uint64_t)bytes, qiov,
+                                 qiov_offset);
+}
+
+static int coroutine_fn qcow2_co_pwritev_compressed(VdNode *node, int64_t offset, int64_t bytes,
+                                                    VdIOVector *qiov, size_t qiov_offset)
+{
+    Qcow2State *s = node->opaque;
+    int ret = 0;
+    /* whole clusters, one at a time (the last may be partial at the end of the image) */
+    while (bytes > 0 && ret == 0) {
+        int64_t n = VD_MIN(bytes, (int64_t)s->cluster_size);
+        ret = qcow2_co_pwritev_compressed_impl(s, (uint64_t)offset, (uint64_t)n, qiov,
+                                               qiov_offset);
+        offset += n;
+        bytes -= n;
+        qiov_offset += (size_t)n;
+    }
+    return ret;
+}
+
+static int coroutine_fn qcow2_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
+                                               int flags)
+{
+    Qcow2State *s = node->opaque;
+    if (s->version < 3 && (flags & VD_REQ_NO_FALLBACK)) {
+        return -ENOTSUP;
+    }
+    return qcow2_co_zero_or_discard(s, (uint64_t)offset, (uint64_t)bytes, false,
+                                    (flags & VD_REQ_MAY_UNMAP) != 0);
+}
+
+static int coroutine_fn qcow2_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
+{
+    Qcow2State *s = node->opaque;
+    int ret = qcow2_co_zero_or_discard(s, (uint64_t)offset, (uint64_t)bytes, true, true);
+    if (ret == 0 && s->nb_pending_free > 4096) {
+        vd_co_mutex_lock(&s->lock);
+        ret = qcow2_flush_metadata(s);
+        vd_co_mutex_unlock(&s->lock);
+    }
+    return ret;
+}
+
+static int coroutine_fn qcow2_co_flush_to_os(VdNode *node)
+{
+    Qcow2State *s = node->opaque;
+    vd_co_mutex_lock(&s->lock);
+    int ret = qcow2_flush_metadata(s);
+    vd_co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int coroutine_fn qcow2_co_block_status(VdNode *node, bool want_zero, int64_t offset,
+                                              int64_t bytes, int64_t *pnum, int64_t *map,
+                                              VdNode **file)
+{
+    Qcow2State *s = node->opaque;
+    int64_t m = 0;
+    int ret = qcow2_co_block_status_impl(s, (uint64_t)offset, (uint64_t)bytes, pnum, &m);
+    if (ret >= 0 && (ret & VD_BLOCK_OFFSET_VALID)) {
+        if (map) {
+            *map = m;
+        }
+        if (file) {
+            *file = s->file;
+        }
+    }
+    return ret;
+}
+
+static int64_t coroutine_fn qcow2_co_getlength(VdNode *node)
+{
+    Qcow2State *s = node->opaque;
+    return (int64_t)s->header.size;
+}
+
+static int64_t coroutine_fn qcow2_co_get_allocated_file_size(VdNode *node)
+{
+    Qcow2State *s = node->opaque;
+    if (s->file->drv && s->file->drv->co_get_allocated_file_size) {
+        return s->file->drv->co_get_allocated_file_size(s->file);
+    }
+    return -ENOTSUP;
+}
+
+static int coroutine_fn qcow2_co_truncate(VdNode *node, int64_t offset, bool exact,
+                                          VdPrealloc prealloc, VdError **errp)
+{
+    Qcow2State *s = node->opaque;
+    if (offset < 0) {
+        vd_error_setg(errp, EINVAL, "%s: invalid size %lld", s->name, (long long)offset);
+        return -EINVAL;
+    }
+    uint64_t new_size = (uint64_t)offset;
+    uint64_t old_size = s->header.size;
+    if (s->nb_snapshots && new_size != old_size) {
+        vd_error_setg(errp, ENOTSUP, "%s: cannot resize an image that has snapshots", s->name);
+        return -ENOTSUP;
+    }
+    if (new_size % 512 && s->version < 3) {
+        /* fine: qcow2 sizes are byte granular */
+    }
+    uint64_t need = qcow2_l1_entries_for(new_size, s->cluster_bits);
+    if (need == UINT64_MAX || need * 8 > QCOW2_MAX_L1_BYTES) {
+        vd_error_setg(errp, EFBIG, "%s: size %llu is too large for cluster size %llu",
+                      s->name, (unsigned long long)new_size, (unsigned long long)s->cluster_size);
+        return -EFBIG;
+    }
+    vd_co_mutex_lock(&s->lock);
+    int ret = 0;
+    if (new_size < old_size) {
+        /* shrinking: only over unallocated space */
+        uint64_t off = new_size;
+        while (off < old_size) {
+            uint64_t entry, n;
+            ret = qcow2_get_mapping(s, off, old_size - off, &entry, &n);
+            if (ret < 0) {
+                break;
+            }
+            if (qcow2_l2_entry_type(entry, s->version) != QCOW2_CLUSTER_UNALLOCATED) {
+                vd_error_setg(errp, ENOTSUP, "%s: cannot shrink: guest offset 0x%llx is "
+                              "allocated (discard it first)", s->name,
+                              (unsigned long long)off);
+                ret = -ENOTSUP;
+                break;
+            }
+            off += n;
+        }
+        if (ret < 0) {
+            vd_co_mutex_unlock(&s->lock);
+            return ret;
+        }
+    } else if (need > s->l1_size) {
+        ret = qcow2_grow_l1(s, need, true);
+        if (ret < 0) {
+            vd_co_mutex_unlock(&s->lock);
+            vd_error_setg_errno(errp, -ret, "%s: cannot grow the L1 table", s->name);
+            return ret;
+        }
+    }
+    ret = qcow2_flush_metadata(s);
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    if (ret == 0) {
+        uint8_t b[8];
+        qcow2_st64(b, new_size);
+        ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 24, b, 8);
+        if (ret == 0) {
+            s->header.size = new_size;
+            s->data_unflushed = true;
+            ret = qcow2_flush_file(s);
+        }
+    }
+    vd_co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        vd_error_setg_errno(errp, -ret, "%s: cannot write the new size", s->name);
+        return ret;
+    }
+    if (new_size > old_size && prealloc != VD_PREALLOC_OFF) {
+        ret = qcow2_preallocate(s, old_size, new_size, prealloc);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: preallocation failed", s->name);
+        }
+    }
+    return ret;
+}
+
+static int qcow2_get_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
+{
+    Qcow2State *s = node->opaque;
+    *cluster_size = (int64_t)s->cluster_size;
+    *is_dirty = (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
+    return 0;
+}
+
+static VdJson *qcow2_get_specific_info(VdNode *node, VdError **errp)
+{
+    Qcow2State *s = node->opaque;
+    VdJson *data = vd_json_object();
+    vd_json_object_put_str(data, "compat", s->version >= 3 ? "1.1" : "0.10");
+    vd_json_object_put_str(data, "compression-type",
+                           s->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib");
+    if (s->version >= 3) {
+        vd_json_object_put_bool(data, "lazy-refcounts", s->lazy_refcounts);
+    }
+    vd_json_object_put_int(data, "refcount-bits", 1 << s->refcount_order);
+    if (s->version >= 3) {
+        vd_json_object_put_bool(data, "corrupt",
+                                (s->header.incompatible_features & QCOW2_INCOMPAT_CORRUPT) ||
+                                s->corrupt);
+        vd_json_object_put_bool(data, "extended-l2", false);
+    }
+    VdJson *o = vd_json_object();
+    vd_json_object_put_str(o, "type", "qcow2");
+    vd_json_object_put(o, "data", data);
+    return o;
+}
+
+static int coroutine_fn qcow2_co_check(VdNode *node, VdCheckResult *result, int fix)
+{
+    Qcow2State *s = node->opaque;
+    vd_co_mutex_lock(&s->lock);
+    int ret = qcow2_flush_metadata(s);
+    if (ret == 0) {
+        ret = qcow2_co_check_impl(s, result, fix);
+    }
+    vd_co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int coroutine_fn qcow2_co_change_backing_file(VdNode *node, const char *file,
+                                                     const char *fmt)
+{
+    Qcow2State *s = node->opaque;
+    if (file && strlen(file) > QCOW2_MAX_BACKING_NAME) {
+        return -EINVAL;
+    }
+    if (fmt && strlen(fmt) >= sizeof(node->backing_format)) {
+        return -EINVAL;
+    }
+    char old_file[sizeof(node->backing_file)], old_fmt[sizeof(node->backing_format)];
+    memcpy(old_file, node->backing_file, sizeof(old_file));
+    memcpy(old_fmt, node->backing_format, sizeof(old_fmt));
+    snprintf(node->backing_file, sizeof(node->backing_file), "%s", file ? file : "");
+    snprintf(node->backing_format, sizeof(node->backing_format), "%s",
+             (file && file[0] && fmt) ? fmt : "");
+    vd_co_mutex_lock(&s->lock);
+    int ret = qcow2_update_header(s);
+    if (ret == 0) {
+        s->data_unflushed = true;
+        ret = qcow2_flush_file(s);
+    }
+    vd_co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        memcpy(node->backing_file, old_file, sizeof(old_file));
+        memcpy(node->backing_format, old_fmt, sizeof(old_fmt));
+    }
+    return ret;
+}
+
+static int coroutine_fn qcow2_co_make_empty(VdNode *node)
+{
+    Qcow2State *s = node->opaque;
+    if (s->nb_snapshots) {
+        return -ENOTSUP;
+    }
+    /* discard everything; v3 needs plain unallocated entries (not zero
+     * clusters) so that the backing file shows through again */
+    uint64_t size = s->header.size;
+    uint64_t step = s->l2_entries * s->cluster_size;
+    int ret = 0;
+    for (uint64_t off = 0; off < size && ret == 0; off += step) {
+        vd_co_mutex_lock(&s->lock);
+        uint64_t l1i = qcow2_l1_index(off, s->cluster_bits);
+        uint64_t *l2 = NULL;
+        if (l1i < s->l1_size && (s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK)) {
+            ret = qcow2_get_l2_for_write(s, l1i, &l2);
+            if (ret == 0) {
+                for (uint64_t i = 0; i < s->l2_entries; i++) {
+                    uint64_t e = qcow2_be64((uint8_t *)&l2[i]);
+                    if (!e) {
+                        continue;
+                    }
+                    qcow2_st64((uint8_t *)&l2[i], 0);
+                    Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
+                    if (t == QCOW2_CLUSTER_NORMAL || t == QCOW2_CLUSTER_ZERO_ALLOC) {
+                        qcow2_free_clusters_deferred(s, e & QCOW2_L2E_OFFSET_MASK,
+                                                     s->cluster_size);
+                    } else if (t == QCOW2_CLUSTER_COMPRESSED) {
+                        uint64_t host, bytes;
+                        qcow2_compressed_decode(e, s->cluster_bits, &host, &bytes);
+                        qcow2_free_clusters_deferred(s, host, bytes);
+                    }
+                }
+                qcow2_cache_mark_dirty(s->l2_cache, l2);
+                qcow2_cache_put(s->l2_cache, (void **)&l2);
+            }
+        }
+        vd_co_mutex_unlock(&s->lock);
+    }
+    vd_co_mutex_lock(&s->lock);
+    if (ret == 0) {
+        ret = qcow2_flush_metadata(s);
+    }
+    vd_co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- amend ------------------------------------------------------------------- */
+
+static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool force,
+                                       VdError **errp)
+{
+    Qcow2State *s = node->opaque;
+    VdOpts *opts = vd_json_deep_copy(opts_in);
+    char *compat = NULL;
+    bool lazy = s->lazy_refcounts;
+    uint64_t rbits = 1ULL << s->refcount_order;
+    int ret = 0;
+    if (vd_opts_take_str(opts, "compat", NULL, &compat, errp) < 0 ||
+        vd_opts_take_bool(opts, "lazy_refcounts", lazy, &lazy, errp) < 0 ||
+        vd_opts_take_uint(opts, "refcount_bits", rbits, &rbits, errp) < 0) {
+        ret = -EINVAL;
+        goto out;
+    }
+    uint64_t size = s->header.size;
+    if (vd_opts_take_size(opts, "size", size, &size, errp) < 0) {
+        ret = -EINVAL;
+        goto out;
+    }
+    if (vd_opts_check_empty(opts, "Amend of qcow2", errp) < 0) {
+        ret = -EINVAL;
+        goto out;
+    }
+    int version = s->version;
+    if (compat) {
+        if (!strcmp(compat, "0.10") || !strcmp(compat, "v2")) {
+            version = 2;
+        } else if (!strcmp(compat, "1.1") || !strcmp(compat, "v3")) {
+            version = 3;
+        } else {
+            vd_error_setg(errp, EINVAL, "Invalid compatibility level: '%s'", compat);
+            ret = -EINVAL;
+            goto out;
+        }
+    }
+    if (rbits != (1ULL << s->refcount_order)) {
+        vd_error_setg(errp, ENOTSUP, "%s: changing refcount_bits (%llu -> %llu) is not "
+                      "supported by this version of vdisk", s->name,
+                      (unsigned long long)(1ULL << s->refcount_order), (unsigned long long)rbits);
+        ret = -ENOTSUP;
+        goto out;
+    }
+    if (version == 2 && lazy) {
+        vd_error_setg(errp, EINVAL, "Lazy refcounts only supported with compatibility level "
+                      "1.1 and above (use compat=1.1 or greater)");
+        ret = -EINVAL;
+        goto out;
+    }
+    if (version == 2 && s->compression_type != QCOW2_COMPRESSION_ZLIB) {
+        vd_error_setg(errp, ENOTSUP, "%s: compat=0.10 requires the zlib compression type",
+                      s->name);
+        ret = -ENOTSUP;
+        goto out;
+    }
+    if (version == 2 && s->refcount_order != 4) {
+        vd_error_setg(errp, ENOTSUP, "%s: compat=0.10 requires refcount_bits=16", s->name);
+        ret = -ENOTSUP;
+        goto out;
+    }
+    vd_co_mutex_lock(&s->lock);
+    if (version == 2 && s->version >= 3) {
+        /* zero clusters have no v2 representation: expand them */
+        ret = qcow2_flush_metadata(s);
+        uint64_t off = 0;
+        while (ret == 0 && off < s->header.size) {
+            uint64_t entry, n;
+            ret = qcow2_get_mapping(s, off, s->header.size - off, &entry, &n);
+            if (ret < 0) {
+                break;
+            }
+            Qcow2ClusterType t = qcow2_l2_entry_type(entry, 3);
+            if (t == QCOW2_CLUSTER_ZERO_PLAIN || t == QCOW2_CLUSTER_ZERO_ALLOC) {
+                vd_co_mutex_unlock(&s->lock);
+                /* make it a normal cluster holding zeros */
+                uint8_t *z = calloc(1, s->cluster_size);
+                VdIOVector q;
+                uint64_t cstart = VD_ALIGN_DOWN(off, s->cluster_size);
+                uint64_t len = VD_MIN(s->cluster_size, VD_ALIGN_UP(s->header.size,
+                                                                   s->cluster_size) - cstart);
+                vd_iov_init_buf(&q, z, len);
+                /* the entry is zero: clear it first so the write allocates */
+                vd_co_mutex_lock(&s->lock);
+                uint64_t *l2;
+                ret = qcow2_get_l2_for_write(s, qcow2_l1_index(cstart, s->cluster_bits), &l2);
+                if (ret == 0) {
+                    uint64_t i = qcow2_l2_index(cstart, s->cluster_bits);
+                    uint64_t e = qcow2_be64((uint8_t *)&l2[i]);
+                    if (t == QCOW2_CLUSTER_ZERO_ALLOC && (e & QCOW2_OFLAG_COPIED)) {
+                        qcow2_st64((uint8_t *)&l2[i], e & ~QCOW2_OFLAG_ZERO);
+                    } else {
+                        qcow2_st64((uint8_t *)&l2[i], 0);
+                        if (t == QCOW2_CLUSTER_ZERO_ALLOC) {
+                            qcow2_free_clusters_deferred(s, e & QCOW2_L2E_OFFSET_MASK,
+                                                         s->cluster_size);
+                        }
+                    }
+                    qcow2_cache_mark_dirty(s->l2_cache, l2);
+                    qcow2_cache_put(s->l2_cache, (void **)&l2);
+                }
+                vd_co_mutex_unlock(&s->lock);
+                if (ret == 0) {
+                    ret = qcow2_co_pwritev_impl(s, cstart, len, &q, 0);
+                }
+                free(z);
+                vd_co_mutex_lock(&s->lock);
+                off = cstart + s->cluster_size;
+                continue;
+            }
+            off += n;
+        }
+        if (ret == 0) {
+            ret = qcow2_mark_clean(s);
+        }
+    }
+    if (ret == 0) {
+        s->version = version;
+        s->lazy_refcounts = lazy;
+        if (!lazy) {
+            ret = qcow2_mark_clean(s);
+        }
+        if (ret == 0) {
+            ret = qcow2_update_header(s);
+        }
+        if (ret == 0) {
+            s->data_unflushed = true;
+            ret = qcow2_flush_file(s);
+        }
+    }
+    vd_co_mutex_unlock(&s->lock);
+    if (ret == 0 && size != s->header.size) {
+        ret = qcow2_co_truncate(node, (int64_t)size, false, VD_PREALLOC_OFF, errp);
+    }
+    if (ret < 0) {
+        vd_error_setg_errno(errp, -ret, "%s: amend failed", s->name);
+    }
+out:
+    free(compat);
+    vd_json_unref(opts);
+    return ret;
+}
+
+/* ---- create and measure: qcow2-create.c ---------------------------------------- */
+extern const VdCreateOption qcow2_create_opts[];
+int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdError **errp);
+int qcow2_measure(const VdOpts *opts, VdNode *in, uint64_t *required, uint64_t *fully,
+                  VdError **errp);
+
+const VdDriver vd_driver_qcow2 = {
+    .format_name = "qcow2",
+    .instance_size = sizeof(Qcow2State),
+    .is_format = true,
+    .supports_backing = true,
+    .supported_zero_flags = VD_REQ_MAY_UNMAP,
+    .probe = qcow2_probe,
+    .co_open = qcow2_co_open,
+    .co_close = qcow2_co_close,
+    .co_create = qcow2_co_create,
+    .create_opts = qcow2_create_opts,
+    .refresh_limits = qcow2_refresh_limits,
+    .co_preadv = qcow2_co_preadv,
+    .co_pwritev = qcow2_co_pwritev,
+    .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
+    .co_pdiscard = qcow2_co_pdiscard,
+    .co_pwritev_compressed = qcow2_co_pwritev_compressed,
+    .co_flush_to_os = qcow2_co_flush_to_os,
+    .co_block_status = qcow2_co_block_status,
+    .co_truncate = qcow2_co_truncate,
+    .co_getlength = qcow2_co_getlength,
+    .co_get_allocated_file_size = qcow2_co_get_allocated_file_size,
+    .get_info = qcow2_get_info,
+    .get_specific_info = qcow2_get_specific_info,
+    .co_check = qcow2_co_check,
+    .co_amend = qcow2_co_amend,
+    .measure = qcow2_measure,
+    .co_snapshot_create = qcow2_co_snapshot_create,
+    .co_snapshot_goto = qcow2_co_snapshot_goto,
+    .co_snapshot_delete = qcow2_co_snapshot_delete,
+    .snapshot_list = qcow2_snapshot_list,
+    .co_change_backing_file = qcow2_co_change_backing_file,
+    .co_make_empty = qcow2_co_make_empty,
+};

@@ -1,0 +1,356 @@
+/*
+ * qcow2 driver internals: on-disk constants, the decoded header, the driver
+ * state and the functions the driver's files share. The design note (on-disk
+ * invariants, write order, locks, caches) is docs/qcow2.md.
+ */
+#ifndef VDISK_QCOW2_H
+#define VDISK_QCOW2_H
+
+#include <stdint.h>
+#include "block/driver.h"
+
+#define QCOW2_MAGIC 0x514649fbu   /* "QFI\xfb" */
+
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_DEFAULT_CLUSTER_BITS 16
+
+#define QCOW2_HEADER_V2_SIZE 72
+#define QCOW2_HEADER_V3_MIN 104
+#define QCOW2_HEADER_V3_SIZE 112     /* with the compression type byte, padded */
+
+/* Limits that keep memory bounded for hostile images (CVE-2014-0143..0148). */
+#define QCOW2_MAX_L1_BYTES        (32 * VD_MiB)
+#define QCOW2_MAX_REFTABLE_BYTES  (8 * VD_MiB)
+#define QCOW2_MAX_SNAPSHOTS       65536
+#define QCOW2_MAX_SNAPSHOT_TABLE  (64 * VD_MiB)
+#define QCOW2_MAX_BACKING_NAME    1023
+#define QCOW2_MAX_HOST_OFFSET     (1ULL << 56)
+
+/* incompatible_features */
+#define QCOW2_INCOMPAT_DIRTY        (1ULL << 0)
+#define QCOW2_INCOMPAT_CORRUPT      (1ULL << 1)
+#define QCOW2_INCOMPAT_DATA_FILE    (1ULL << 2)
+#define QCOW2_INCOMPAT_COMPRESSION  (1ULL << 3)
+#define QCOW2_INCOMPAT_EXTL2        (1ULL << 4)
+#define QCOW2_INCOMPAT_SUPPORTED    (QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT | \
+                                     QCOW2_INCOMPAT_COMPRESSION)
+/* compatible_features */
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ULL << 0)
+/* autoclear_features */
+#define QCOW2_AUTOCLEAR_BITMAPS     (1ULL << 0)
+#define QCOW2_AUTOCLEAR_DATA_RAW    (1ULL << 1)
+
+/* header extensions */
+#define QCOW2_EXT_END              0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT   0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE    0x6803f857u
+#define QCOW2_EXT_BITMAPS          0x23852875u
+#define QCOW2_EXT_CRYPTO           0x0537be77u
+#define QCOW2_EXT_DATA_FILE        0x44415441u
+
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* L1/L2 entry bits */
+#define QCOW2_OFLAG_COPIED      (1ULL << 63)
+#define QCOW2_OFLAG_COMPRESSED  (1ULL << 62)
+#define QCOW2_OFLAG_ZERO        (1ULL << 0)
+#define QCOW2_L1E_OFFSET_MASK   0x00fffffffffffe00ULL
+#define QCOW2_L2E_OFFSET_MASK   0x00fffffffffffe00ULL
+#define QCOW2_L1E_RESERVED_MASK 0x7f000000000001ffULL
+#define QCOW2_L2E_STD_RESERVED  0x3f000000000001feULL
+#define QCOW2_REFT_OFFSET_MASK  0xfffffffffffffe00ULL
+
+/* A decoded header (host byte order). */
+typedef struct Qcow2Header {
+    uint32_t magic;
+    uint32_t version;
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+} Qcow2Header;
+
+/* What the header extensions say (qcow2_parse_extensions). */
+typedef struct Qcow2Extensions {
+    char backing_format[32];
+    bool have_feature_table;
+    bool have_data_file;
+    bool have_crypto;
+    bool have_bitmaps;
+    uint8_t *unknown;           /* unknown extensions, raw, to write back unchanged */
+    size_t unknown_len;
+    uint64_t end;               /* offset after the end-of-extensions marker */
+} Qcow2Extensions;
+
+/* Kinds of L2 entries. */
+typedef enum Qcow2ClusterType {
+    QCOW2_CLUSTER_UNALLOCATED,
+    QCOW2_CLUSTER_ZERO_PLAIN,   /* zero flag, no host cluster */
+    QCOW2_CLUSTER_ZERO_ALLOC,   /* zero flag with a preallocated host cluster */
+    QCOW2_CLUSTER_NORMAL,
+    QCOW2_CLUSTER_COMPRESSED,
+} Qcow2ClusterType;
+
+/* ---- format.c: pure functions (no I/O), unit-tested ---------------------- */
+
+/* Decode and validate the fixed header in buf (len bytes, at least 72).
+ * file_size bounds the offsets (-1: unknown). name is used in messages.
+ * Returns 0 or -errno with errp set ("x.qcow2: L1 table offset 0x1234 is
+ * not cluster-aligned"). */
+int qcow2_header_decode(const uint8_t *buf, size_t len, const char *name, int64_t file_size,
+                        Qcow2Header *h, VdError **errp);
+/* Encode h into buf (big-endian); returns the bytes written (72 or header_length). */
+size_t qcow2_header_encode(const Qcow2Header *h, uint8_t *buf, size_t len);
+/* Parse the header extensions in buf[start, end); fills ext. */
+int qcow2_parse_extensions(const uint8_t *buf, size_t start, size_t end, const char *name,
+                           Qcow2Extensions *ext, VdError **errp);
+void qcow2_extensions_free(Qcow2Extensions *ext);
+/* Write the extensions for an image into buf (which holds len bytes from
+ * offset start); returns the end offset or -ENOSPC. */
+int64_t qcow2_write_extensions(uint8_t *buf, size_t len, size_t start, uint32_t version,
+                               const char *backing_fmt, const uint8_t *unknown,
+                               size_t unknown_len);
+
+/* Refcount entry get/set for refcount_order 0..6 (1..64 bits). */
+uint64_t qcow2_refcount_get(const void *block, uint64_t index, int order);
+void qcow2_refcount_set(void *block, uint64_t index, int order, uint64_t value);
+
+/* L2 entry classification (version 3 understands the zero flag). */
+Qcow2ClusterType qcow2_l2_entry_type(uint64_t entry, int version);
+/* Compressed cluster descriptor: host offset and bytes to read. */
+void qcow2_compressed_decode(uint64_t entry, int cluster_bits, uint64_t *host, uint64_t *bytes);
+/* Build a compressed descriptor for bytes at host. */
+uint64_t qcow2_compressed_encode(uint64_t host, uint64_t bytes, int cluster_bits);
+/* Entries needed in the L1 table for a virtual size (UINT64_MAX on overflow). */
+uint64_t qcow2_l1_entries_for(uint64_t size, int cluster_bits);
+
+static inline uint64_t qcow2_l1_index(uint64_t off, int cluster_bits)
+{
+    return off >> (cluster_bits + cluster_bits - 3);
+}
+static inline uint64_t qcow2_l2_index(uint64_t off, int cluster_bits)
+{
+    return (off >> cluster_bits) & ((1ULL << (cluster_bits - 3)) - 1);
+}
+static inline uint64_t qcow2_offset_in_cluster(uint64_t off, int cluster_bits)
+{
+    return off & ((1ULL << cluster_bits) - 1);
+}
+
+/* big-endian helpers */
+static inline uint16_t qcow2_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t qcow2_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t qcow2_be64(const uint8_t *p)
+{
+    return (uint64_t)qcow2_be32(p) << 32 | qcow2_be32(p + 4);
+}
+static inline void qcow2_st16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = (uint8_t)v; }
+static inline void qcow2_st32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+static inline void qcow2_st64(uint8_t *p, uint64_t v)
+{
+    qcow2_st32(p, (uint32_t)(v >> 32));
+    qcow2_st32(p + 4, (uint32_t)v);
+}
+
+/* ---- cache.c: L2 and refcount block caches ------------------------------------ */
+
+typedef struct Qcow2State Qcow2State;
+typedef struct Qcow2Cache Qcow2Cache;
+
+/* Tables are kept in disk byte order (big-endian); use qcow2_be64 etc. */
+Qcow2Cache *qcow2_cache_new(int nb_tables, size_t table_size, bool is_l2);
+void qcow2_cache_free(Qcow2Cache *c);
+/* Get the table at host offset (read from the file if not cached). Under
+ * s->lock; may yield. The table stays in the cache until put. */
+int coroutine_fn qcow2_cache_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset, void **table);
+/* Same for a freshly allocated table: no read, contents zeroed. */
+int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                       void **table);
+void qcow2_cache_put(Qcow2Cache *c, void **table);
+void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table);
+/* Write every dirty table (dependencies: see qcow2_flush_metadata). */
+int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c);
+/* Forget the table at offset (its cluster is being freed). */
+void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+bool qcow2_cache_is_dirty(Qcow2Cache *c);
+/* Drop every clean table (after snapshot goto / check repair). */
+void qcow2_cache_empty(Qcow2Cache *c);
+
+/* ---- the driver state ------------------------------------------------------------ */
+
+typedef struct Qcow2Alloc {
+    uint64_t guest_start;       /* cluster-aligned guest range being allocated */
+    uint64_t guest_end;
+    VdCoQueue waiters;
+    struct Qcow2Alloc *next;
+} Qcow2Alloc;
+
+typedef struct Qcow2Snapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    char *id_str;
+    char *name;
+    uint64_t disk_size;
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;
+    uint8_t *extra;             /* extra data beyond what we understand */
+    uint32_t extra_size;        /* total extra data size */
+} Qcow2Snapshot;
+
+typedef struct Qcow2PendingFree {
+    uint64_t offset;
+    uint64_t bytes;
+} Qcow2PendingFree;
+
+struct Qcow2State {
+    VdNode *node;
+    VdNode *file;
+    const char *name;            /* for messages: the node's filename */
+
+    Qcow2Header header;          /* as on disk; header.size tracks resizes */
+    int cluster_bits;
+    uint64_t cluster_size;
+    int l2_bits;                 /* log2(entries per L2 table) */
+    uint64_t l2_entries;
+    int refcount_order;
+    int refcount_block_bits;     /* log2(entries per refcount block) */
+    uint64_t refcount_max;
+    int version;
+    int compression_type;
+    bool lazy_refcounts;
+
+    uint64_t *l1_table;          /* host order, l1_size entries (allocated l1_alloc) */
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    bool l1_dirty;
+
+    uint64_t *refcount_table;    /* host order */
+    uint64_t refcount_table_size;  /* entries */
+    uint64_t refcount_table_offset;
+
+    Qcow2Cache *l2_cache;
+    Qcow2Cache *refcount_cache;
+
+    uint64_t free_cluster_index;
+    uint64_t alloc_end_cluster;  /* one past the highest cluster allocated or in the file */
+
+    VdCoMutex lock;              /* guards all metadata state above and below */
+    Qcow2Alloc *allocs;          /* in-flight allocating writes */
+
+    Qcow2PendingFree *pending_free;  /* refcount drops waiting for their L2/L1 to be stable */
+    size_t nb_pending_free, pending_free_alloc;
+
+    bool data_unflushed;         /* data or metadata written since the last file flush */
+    bool dirty_bit_set;          /* lazy refcounts: the dirty bit is on disk */
+    bool corrupt;
+
+    char *backing_format_ext;    /* backing format from the header extension */
+    uint8_t *unknown_ext;        /* unknown header extensions, preserved */
+    size_t unknown_ext_len;
+
+    Qcow2Snapshot *snapshots;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t snapshots_size;     /* bytes */
+
+    void *zero_cluster;          /* a cluster of zeros for COW fill */
+};
+
+/* ---- refcount.c ------------------------------------------------------------- */
+
+int coroutine_fn qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint64_t *refcount);
+/* Add addend to the refcount of every cluster touching [offset, offset+bytes). */
+int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                       int64_t addend);
+/* Allocate n contiguous clusters (refcount 1); returns the host offset or -errno. */
+int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n);
+/* Drop a reference once the tables that referenced it are stable. */
+void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes);
+int coroutine_fn qcow2_apply_pending_frees(Qcow2State *s);
+/* Is [offset, offset+size) free of known metadata (ignore: bit set of kinds)? */
+enum {
+    QCOW2_OL_HEADER = 1 << 0, QCOW2_OL_L1 = 1 << 1, QCOW2_OL_REFTABLE = 1 << 2,
+    QCOW2_OL_REFBLOCK = 1 << 3, QCOW2_OL_SNAPTABLE = 1 << 4, QCOW2_OL_SNAPL1 = 1 << 5,
+    QCOW2_OL_L2 = 1 << 6,
+};
+int qcow2_check_overlap(Qcow2State *s, int ignore, uint64_t offset, uint64_t size);
+/* Write metadata through the overlap check; on overlap marks corrupt, -EIO. */
+int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
+                                  uint64_t size);
+
+/* ---- qcow2.c ------------------------------------------------------------------- */
+
+/* Write all dirty metadata in dependency order (refcounts, flush, L2, flush, L1,
+ * then deferred frees). Under s->lock. */
+int coroutine_fn qcow2_flush_metadata(Qcow2State *s);
+/* Flush the file if anything was written to it since the last flush. */
+int coroutine_fn qcow2_flush_file(Qcow2State *s);
+/* Rewrite the header cluster (fixed header, extensions, backing name). */
+int coroutine_fn qcow2_update_header(Qcow2State *s);
+int coroutine_fn qcow2_mark_dirty(Qcow2State *s);
+int coroutine_fn qcow2_write_l1(Qcow2State *s);
+/* Make the L1 table hold at least min entries (moves it). */
+int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact);
+void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...) VD_PRINTF(2, 3);
+
+/* ---- cluster.c ------------------------------------------------------------------- */
+
+/* Look up guest offset: *entry is the L2 entry (0 if no L2 table), *n the
+ * bytes from offset that map the same way (contiguous). Under s->lock. */
+int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                   uint64_t *entry, uint64_t *n);
+/* Get (allocating or COW-ing as needed) the L2 table for l1 index i. */
+int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1_index, uint64_t **l2);
+int coroutine_fn qcow2_co_preadv_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                      VdIOVector *qiov, size_t qiov_offset);
+int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                       VdIOVector *qiov, size_t qiov_offset);
+int coroutine_fn qcow2_co_zero_or_discard(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                          bool discard, bool may_unmap);
+int coroutine_fn qcow2_co_pwritev_compressed_impl(Qcow2State *s, uint64_t offset,
+                                                  uint64_t bytes, VdIOVector *qiov,
+                                                  size_t qiov_offset);
+int coroutine_fn qcow2_read_compressed(Qcow2State *s, uint64_t entry, uint8_t *out);
+int coroutine_fn qcow2_co_block_status_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                            int64_t *pnum, int64_t *map);
+/* Preallocate the metadata (and with FALLOC/FULL the data) for [start, end). */
+int coroutine_fn qcow2_preallocate(Qcow2State *s, uint64_t start, uint64_t end,
+                                   VdPrealloc mode);
+
+/* ---- check.c ------------------------------------------------------------------- */
+int coroutine_fn qcow2_co_check_impl(Qcow2State *s, VdCheckResult *res, int fix);
+
+/* ---- snapshot.c --------------------------------------------------------------- */
+int coroutine_fn qcow2_read_snapshots(Qcow2State *s, VdError **errp);
+void qcow2_free_snapshots(Qcow2State *s);
+int coroutine_fn qcow2_co_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp);
+int coroutine_fn qcow2_co_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp);
+int coroutine_fn qcow2_co_snapshot_delete(VdNode *node, const char *id, const char *name,
+                                          VdError **errp);
+int qcow2_snapshot_list(VdNode *node, VdSnapshotInfo **list);
+
+#endif

@@ -1,0 +1,521 @@
+/*
+ * qcow2 host cluster management: refcount lookups and updates through the
+ * refcount cache, cluster allocation (free-space search reusing freed
+ * clusters), refcount block creation, refcount table growth, deferred frees,
+ * and the metadata overlap check every metadata write goes through.
+ * All functions run under s->lock and may yield.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include "formats/qcow2/qcow2.h"
+
+static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int depth);
+
+int coroutine_fn qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint64_t *refcount)
+{
+    uint64_t idx = cluster_index >> s->refcount_block_bits;
+    *refcount = 0;
+    if (idx >= s->refcount_table_size) {
+        return 0;
+    }
+    uint64_t block_off = s->refcount_table[idx] & QCOW2_REFT_OFFSET_MASK;
+    if (!block_off) {
+        return 0;
+    }
+    void *block;
+    int ret = qcow2_cache_get(s, s->refcount_cache, block_off, &block);
+    if (ret < 0) {
+        return ret;
+    }
+    *refcount = qcow2_refcount_get(block,
+                                   cluster_index & ((1ULL << s->refcount_block_bits) - 1),
+                                   s->refcount_order);
+    qcow2_cache_put(s->refcount_cache, &block);
+    return 0;
+}
+
+int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                       int64_t addend)
+{
+    if (bytes == 0) {
+        return 0;
+    }
+    uint64_t first = offset >> s->cluster_bits;
+    uint64_t last = (offset + bytes - 1) >> s->cluster_bits;
+    uint64_t mask = (1ULL << s->refcount_block_bits) - 1;
+    for (uint64_t c = first; c <= last;) {
+        uint64_t idx = c >> s->refcount_block_bits;
+        if (idx >= s->refcount_table_size || !(s->refcount_table[idx] & QCOW2_REFT_OFFSET_MASK)) {
+            if (addend < 0) {
+                qcow2_signal_corruption(s, "refcount of cluster 0x%llx would drop below zero "
+                                        "(no refcount block)",
+                                        (unsigned long long)(c << s->cluster_bits));
+                return -EIO;
+            }
+            int ret = refcount_ensure_block(s, idx, 0);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        void *block;
+        uint64_t block_off = s->refcount_table[idx] & QCOW2_REFT_OFFSET_MASK;
+        int ret = qcow2_cache_get(s, s->refcount_cache, block_off, &block);
+        if (ret < 0) {
+            return ret;
+        }
+        /* all clusters of [c, last] in this block */
+        for (; c <= last && (c >> s->refcount_block_bits) == idx; c++) {
+            uint64_t old = qcow2_refcount_get(block, c & mask, s->refcount_order);
+            uint64_t nv = old + (uint64_t)addend;
+            if ((addend < 0 && old < (uint64_t)-addend) ||
+                (addend > 0 && (nv > s->refcount_max || nv < old))) {
+                qcow2_cache_put(s->refcount_cache, &block);
+                if (addend < 0) {
+                    qcow2_signal_corruption(s, "refcount of cluster 0x%llx would drop below "
+                                            "zero", (unsigned long long)(c << s->cluster_bits));
+                    return -EIO;
+                }
+                return -ERANGE;
+            }
+            qcow2_refcount_set(block, c & mask, s->refcount_order, nv);
+            if (nv == 0) {
+                if (c < s->free_cluster_index) {
+                    s->free_cluster_index = c;
+                }
+                uint64_t off = c << s->cluster_bits;
+                qcow2_cache_discard(s->l2_cache, off);
+                if (off != block_off) {
+                    qcow2_cache_discard(s->refcount_cache, off);
+                }
+            }
+        }
+        qcow2_cache_mark_dirty(s->refcount_cache, block);
+        qcow2_cache_put(s->refcount_cache, &block);
+    }
+    return 0;
+}
+
+/* First cluster index >= from with refcount 0. */
+static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
+{
+    for (uint64_t c = from;; c++) {
+        uint64_t r;
+        if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
+            return -EFBIG;
+        }
+        int ret = qcow2_get_refcount(s, c, &r);
+        if (ret < 0) {
+            return ret;
+        }
+        if (r == 0) {
+            return (int64_t)c;
+        }
+    }
+}
+
+/*
+ * Grow the refcount table to at least min_entries. The new table and the
+ * refcount blocks needed to describe it go after everything allocated; they
+ * are written and flushed before the header points at the new table; the old
+ * table is freed afterwards.
+ */
+static int coroutine_fn refcount_grow_table(Qcow2State *s, uint64_t min_entries)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t per_cluster = cs / 8;
+    uint64_t old_size = s->refcount_table_size;
+    uint64_t new_entries = VD_MAX(min_entries, old_size + old_size / 2);
+    new_entries = VD_ALIGN_UP(new_entries, per_cluster);
+    uint64_t start = s->alloc_end_cluster;
+    uint64_t tclusters, nblocks, first_idx, last_idx;
+
+    for (;;) {
+        if (new_entries * 8 > QCOW2_MAX_REFTABLE_BYTES) {
+            return -EFBIG;
+        }
+        tclusters = new_entries / per_cluster;
+        nblocks = 0;
+        bool restart = false;
+        for (;;) {
+            uint64_t total = tclusters + nblocks;
+            first_idx = start >> s->refcount_block_bits;
+            last_idx = (start + total - 1) >> s->refcount_block_bits;
+            if (last_idx >= new_entries) {
+                new_entries = VD_ALIGN_UP(last_idx + 1, per_cluster);
+                restart = true;
+                break;
+            }
+            uint64_t missing = 0;
+            for (uint64_t i = first_idx; i <= last_idx; i++) {
+                if (i >= old_size || !(s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK)) {
+                    missing++;
+                }
+            }
+            if (missing == nblocks) {
+                break;
+            }
+            nblocks = missing;
+        }
+        if (!restart) {
+            break;
+        }
+    }
+    uint64_t total = tclusters + nblocks;
+    if ((start + total) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
+        return -EFBIG;
+    }
+
+    uint64_t *new_table = calloc(new_entries, 8);
+    uint8_t *buf = malloc(VD_MAX(cs, new_entries * 8));
+    if (!new_table || !buf) {
+        free(new_table);
+        free(buf);
+        return -ENOMEM;
+    }
+    memcpy(new_table, s->refcount_table, old_size * 8);
+    uint64_t k = 0;
+    int ret = 0;
+    uint64_t mask = (1ULL << s->refcount_block_bits) - 1;
+    for (uint64_t i = first_idx; i <= last_idx; i++) {
+        bool missing = i >= old_size || !(s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK);
+        uint64_t lo = VD_MAX(start, i << s->refcount_block_bits);
+        uint64_t hi = VD_MIN(start + total, (i + 1) << s->refcount_block_bits);
+        if (missing) {
+            uint64_t boff = (start + k++) << s->cluster_bits;
+            memset(buf, 0, cs);
+            for (uint64_t c = lo; c < hi; c++) {
+                qcow2_refcount_set(buf, c & mask, s->refcount_order, 1);
+            }
+            ret = qcow2_write_meta(s, QCOW2_OL_REFBLOCK, boff, buf, cs);
+            if (ret < 0) {
+                goto out;
+            }
+            new_table[i] = boff;
+        } else {
+            ret = qcow2_update_refcount(s, lo << s->cluster_bits, (hi - lo) << s->cluster_bits, 1);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+    }
+    uint64_t table_off = (start + nblocks) << s->cluster_bits;
+    for (uint64_t i = 0; i < new_entries; i++) {
+        qcow2_st64(buf + i * 8, new_table[i]);
+    }
+    ret = qcow2_cache_write(s, s->refcount_cache);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = qcow2_write_meta(s, QCOW2_OL_REFTABLE, table_off, buf, new_entries * 8);
+    if (ret < 0) {
+        goto out;
+    }
+    s->data_unflushed = true;
+    ret = qcow2_flush_file(s);
+    if (ret < 0) {
+        goto out;
+    }
+    uint8_t hdr[12];
+    qcow2_st64(hdr, table_off);
+    qcow2_st32(hdr + 8, (uint32_t)tclusters);
+    ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr));
+    if (ret < 0) {
+        goto out;
+    }
+    s->data_unflushed = true;
+    ret = qcow2_flush_file(s);
+    if (ret < 0) {
+        goto out;
+    }
+    uint64_t old_off = s->refcount_table_offset;
+    uint64_t old_bytes = VD_ALIGN_UP(old_size * 8, cs);
+    free(s->refcount_table);
+    s->refcount_table = new_table;
+    new_table = NULL;
+    s->refcount_table_size = new_entries;
+    s->refcount_table_offset = table_off;
+    s->header.refcount_table_offset = table_off;
+    s->header.refcount_table_clusters = (uint32_t)tclusters;
+    if (start + total > s->alloc_end_cluster) {
+        s->alloc_end_cluster = start + total;
+    }
+    ret = qcow2_update_refcount(s, old_off, old_bytes, -1);
+out:
+    free(new_table);
+    free(buf);
+    return ret;
+}
+
+/* Make sure refcount block idx exists. A new block is placed in the first
+ * free cluster; it describes itself if it falls in its own range, else its
+ * cluster's refcount is set in the block that covers it. The block is stable
+ * before the refcount table entry pointing at it is written. */
+static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int depth)
+{
+    if (depth > 8) {
+        return -EIO;
+    }
+    for (;;) {
+        if (idx >= s->refcount_table_size) {
+            int ret = refcount_grow_table(s, idx + 1);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        if (s->refcount_table[idx] & QCOW2_REFT_OFFSET_MASK) {
+            return 0;
+        }
+        int64_t b = refcount_find_free(s, s->free_cluster_index);
+        if (b < 0) {
+            return (int)b;
+        }
+        uint64_t bidx = (uint64_t)b >> s->refcount_block_bits;
+        uint64_t boff = (uint64_t)b << s->cluster_bits;
+        void *block;
+        int ret;
+        if (bidx == idx) {
+            ret = qcow2_cache_get_empty(s, s->refcount_cache, boff, &block);
+            if (ret < 0) {
+                return ret;
+            }
+            qcow2_refcount_set(block, (uint64_t)b & ((1ULL << s->refcount_block_bits) - 1),
+                               s->refcount_order, 1);
+        } else {
+            if (bidx >= s->refcount_table_size ||
+                !(s->refcount_table[bidx] & QCOW2_REFT_OFFSET_MASK)) {
+                ret = refcount_ensure_block(s, bidx, depth + 1);
+                if (ret < 0) {
+                    return ret;
+                }
+                continue;
+            }
+            ret = qcow2_update_refcount(s, boff, s->cluster_size, 1);
+            if (ret < 0) {
+                return ret;
+            }
+            ret = qcow2_cache_get_empty(s, s->refcount_cache, boff, &block);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        qcow2_cache_mark_dirty(s->refcount_cache, block);
+        qcow2_cache_put(s->refcount_cache, &block);
+        if ((uint64_t)b + 1 > s->alloc_end_cluster) {
+            s->alloc_end_cluster = (uint64_t)b + 1;
+        }
+        ret = qcow2_cache_write(s, s->refcount_cache);
+        if (ret < 0) {
+            return ret;
+        }
+        s->data_unflushed = true;
+        ret = qcow2_flush_file(s);
+        if (ret < 0) {
+            return ret;
+        }
+        uint8_t ent[8];
+        qcow2_st64(ent, boff);
+        ret = qcow2_write_meta(s, QCOW2_OL_REFTABLE, s->refcount_table_offset + idx * 8, ent, 8);
+        if (ret < 0) {
+            return ret;
+        }
+        s->refcount_table[idx] = boff;
+        return 0;
+    }
+}
+
+int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
+{
+    if (n == 0) {
+        return -EINVAL;
+    }
+    for (;;) {
+        uint64_t start = s->free_cluster_index, run = 0, c = start;
+        int64_t first_free = -1;
+        while (run < n) {
+            uint64_t r;
+            if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
+                return -EFBIG;
+            }
+            int ret = qcow2_get_refcount(s, c, &r);
+            if (ret < 0) {
+                return ret;
+            }
+            if (r) {
+                run = 0;
+                start = c + 1;
+            } else {
+                if (first_free < 0) {
+                    first_free = (int64_t)c;
+                }
+                run++;
+            }
+            c++;
+        }
+        /* every refcount block of the run must exist before we count on it */
+        bool created = false;
+        for (uint64_t i = start >> s->refcount_block_bits;
+             i <= (start + n - 1) >> s->refcount_block_bits; i++) {
+            if (i >= s->refcount_table_size ||
+                !(s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK)) {
+                int ret = refcount_ensure_block(s, i, 0);
+                if (ret < 0) {
+                    return ret;
+                }
+                created = true;
+                break;
+            }
+        }
+        if (created) {
+            continue;
+        }
+        int ret = qcow2_update_refcount(s, start << s->cluster_bits, n << s->cluster_bits, 1);
+        if (ret < 0) {
+            return ret;
+        }
+        if ((uint64_t)first_free == start) {
+            s->free_cluster_index = start + n;
+        } else {
+            s->free_cluster_index = (uint64_t)first_free;
+        }
+        if (start + n > s->alloc_end_cluster) {
+            s->alloc_end_cluster = start + n;
+        }
+        return (int64_t)(start << s->cluster_bits);
+    }
+}
+
+void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    if (!bytes) {
+        return;
+    }
+    if (s->nb_pending_free &&
+        s->pending_free[s->nb_pending_free - 1].offset +
+        s->pending_free[s->nb_pending_free - 1].bytes == offset) {
+        s->pending_free[s->nb_pending_free - 1].bytes += bytes;
+        return;
+    }
+    if (s->nb_pending_free == s->pending_free_alloc) {
+        size_t n = s->pending_free_alloc ? s->pending_free_alloc * 2 : 16;
+        Qcow2PendingFree *p = realloc(s->pending_free, n * sizeof(*p));
+        if (!p) {
+            return;   /* the cluster leaks; check -r leaks reclaims it */
+        }
+        s->pending_free = p;
+        s->pending_free_alloc = n;
+    }
+    s->pending_free[s->nb_pending_free].offset = offset;
+    s->pending_free[s->nb_pending_free].bytes = bytes;
+    s->nb_pending_free++;
+}
+
+int coroutine_fn qcow2_apply_pending_frees(Qcow2State *s)
+{
+    int result = 0;
+    while (s->nb_pending_free) {
+        Qcow2PendingFree f = s->pending_free[--s->nb_pending_free];
+        int ret = qcow2_update_refcount(s, f.offset, f.bytes, -1);
+        if (ret < 0 && !result) {
+            result = ret;
+        }
+        if (ret == 0 && (s->node->open_flags & VD_O_UNMAP) && f.offset % s->cluster_size == 0 &&
+            f.bytes % s->cluster_size == 0) {
+            /* best effort: give the space back to the host if nobody uses it */
+            uint64_t r = 1;
+            qcow2_get_refcount(s, f.offset >> s->cluster_bits, &r);
+            if (r == 0 && f.bytes == s->cluster_size) {
+                vd_co_pdiscard(s->file, (int64_t)f.offset, (int64_t)f.bytes);
+            }
+        }
+    }
+    return result;
+}
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+int qcow2_check_overlap(Qcow2State *s, int ignore, uint64_t offset, uint64_t size)
+{
+    uint64_t cs = s->cluster_size;
+    if (!(ignore & QCOW2_OL_HEADER) && ranges_overlap(offset, size, 0, cs)) {
+        return QCOW2_OL_HEADER;
+    }
+    if (!(ignore & QCOW2_OL_L1) &&
+        ranges_overlap(offset, size, s->l1_table_offset, (uint64_t)s->l1_size * 8)) {
+        return QCOW2_OL_L1;
+    }
+    if (!(ignore & QCOW2_OL_REFTABLE) &&
+        ranges_overlap(offset, size, s->refcount_table_offset, s->refcount_table_size * 8)) {
+        return QCOW2_OL_REFTABLE;
+    }
+    if (!(ignore & QCOW2_OL_SNAPTABLE) &&
+        ranges_overlap(offset, size, s->snapshots_offset, s->snapshots_size)) {
+        return QCOW2_OL_SNAPTABLE;
+    }
+    if (!(ignore & QCOW2_OL_SNAPL1)) {
+        for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+            if (ranges_overlap(offset, size, s->snapshots[i].l1_table_offset,
+                               (uint64_t)s->snapshots[i].l1_size * 8)) {
+                return QCOW2_OL_SNAPL1;
+            }
+        }
+    }
+    if (!(ignore & QCOW2_OL_REFBLOCK)) {
+        for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+            uint64_t b = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+            if (b && ranges_overlap(offset, size, b, cs)) {
+                return QCOW2_OL_REFBLOCK;
+            }
+        }
+    }
+    if (!(ignore & QCOW2_OL_L2)) {
+        for (uint32_t i = 0; i < s->l1_size; i++) {
+            uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+            if (l2 && ranges_overlap(offset, size, l2, cs)) {
+                return QCOW2_OL_L2;
+            }
+        }
+    }
+    return 0;
+}
+
+static const char *overlap_name(int kind)
+{
+    switch (kind) {
+    case QCOW2_OL_HEADER: return "qcow2 header";
+    case QCOW2_OL_L1: return "active L1 table";
+    case QCOW2_OL_REFTABLE: return "refcount table";
+    case QCOW2_OL_REFBLOCK: return "refcount block";
+    case QCOW2_OL_SNAPTABLE: return "snapshot table";
+    case QCOW2_OL_SNAPL1: return "snapshot L1 table";
+    default: return "active L2 table";
+    }
+}
+
+int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
+                                  uint64_t size)
+{
+    if (s->corrupt) {
+        return -EIO;
+    }
+    int ol = qcow2_check_overlap(s, kind, offset, size);
+    if (ol) {
+        qcow2_signal_corruption(s, "preventing a metadata write at 0x%llx (%llu bytes) that "
+                                "would overwrite the %s", (unsigned long long)offset,
+                                (unsigned long long)size, overlap_name(ol));
+        return -EIO;
+    }
+    int ret = vd_co_pwrite(s->file, (int64_t)offset, (int64_t)size, buf, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    s->data_unflushed = true;
+    return 0;
+}

@@ -1,0 +1,183 @@
+"""Helpers for vdiskd functional tests: start/stop the daemon, a small QMP
+client, free ports, running the real NBD clients (qemu-img, qemu-io, nbdinfo,
+nbdcopy, fio) and checking images with qemu-img check."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+SKIP = 77
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def need(*tools):
+    for t in tools:
+        if shutil.which(t) is None:
+            log(f"SKIP: {t} not installed")
+            sys.exit(SKIP)
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    assert port != 10809
+    return port
+
+
+def run(cmd, check=True, timeout=120, **kw):
+    log("+", " ".join(cmd))
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=timeout, **kw)
+    if p.stdout:
+        log(p.stdout.rstrip())
+    if check and p.returncode != 0:
+        raise AssertionError(f"command failed ({p.returncode}): {' '.join(cmd)}")
+    return p
+
+
+def qemu_img_check(path, fmt="qcow2"):
+    p = run(["qemu-img", "check", "-f", fmt, path], check=False)
+    if p.returncode != 0 or "No errors were found" not in p.stdout:
+        raise AssertionError(f"qemu-img check failed on {path}")
+
+
+class TempDir:
+    def __enter__(self):
+        self.path = tempfile.mkdtemp(prefix="vdisk-nbd-")
+        return self.path
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class QMP:
+    def __init__(self, path, timeout=30):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.greeting = self._recv()
+        assert "QMP" in self.greeting, self.greeting
+        r = self.cmd("qmp_capabilities")
+        assert r == {"return": {}}, r
+
+    def _recv(self):
+        while b"\n" not in self.buf:
+            d = self.sock.recv(65536)
+            if not d:
+                raise EOFError("monitor closed")
+            self.buf += d
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, execute, **args):
+        req = {"execute": execute}
+        if args:
+            req["arguments"] = args
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        while True:
+            r = self._recv()
+            if "event" not in r:
+                return r
+
+    def ok(self, execute, **args):
+        r = self.cmd(execute, **args)
+        if "return" not in r:
+            raise AssertionError(f"{execute} failed: {r}")
+        return r["return"]
+
+    def close(self):
+        self.sock.close()
+
+
+class Vdiskd:
+    """vdiskd with the given arguments plus a monitor on <dir>/qmp.sock."""
+
+    def __init__(self, binary, workdir, args, wait_for=None, monitor=True):
+        self.workdir = workdir
+        self.qmp_path = os.path.join(workdir, "qmp.sock")
+        full = [binary]
+        if monitor:
+            full += ["--chardev", f"socket,id=mon0,path={self.qmp_path},server=on,wait=off",
+                     "--monitor", "chardev=mon0"]
+        full += args
+        log("+", " ".join(full))
+        self.logf = open(os.path.join(workdir, "vdiskd.log"), "w+")
+        self.proc = subprocess.Popen(full, stdout=self.logf, stderr=subprocess.STDOUT,
+                                     cwd=workdir)
+        waits = ([self.qmp_path] if monitor else []) + (wait_for or [])
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vdiskd exited with {self.proc.returncode}: {self.log()}")
+            if all(os.path.exists(w) for w in waits):
+                break
+            time.sleep(0.05)
+        else:
+            self.kill()
+            raise AssertionError("vdiskd did not start")
+        self.qmp = QMP(self.qmp_path) if monitor else None
+
+    def log(self):
+        self.logf.flush()
+        self.logf.seek(0)
+        return self.logf.read()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.qmp:
+            self.qmp.close()
+            self.qmp = None
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("vdiskd did not exit after signal")
+        out = self.log()
+        log(out)
+        if rc != 0:
+            raise AssertionError(f"vdiskd exited with {rc}")
+        return out
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def blockdev_qcow2(path, node="disk0", direct=False):
+    s = f"driver=qcow2,node-name={node},file.driver=file,file.filename={path}"
+    if direct:
+        s += ",cache.direct=on"
+    return s
+
+
+def blockdev_raw(path, node="disk0"):
+    return f"driver=raw,node-name={node},file.driver=file,file.filename={path}"
+
+
+def main(fn):
+    """Run fn(vdiskd_binary) and turn exceptions into a failing exit code."""
+    binary = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("VDISKD", "vdiskd")
+    try:
+        fn(os.path.abspath(binary))
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        sys.exit(1)
+    log("PASS")

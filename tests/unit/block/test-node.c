@@ -1,0 +1,2 @@
+#include "blocktest.h"
+int main(void){return 0;}

@@ -197,6 +197,9 @@ void aio_set_fd_handler_internal(VdAioContext *ctx, int fd, VdIOHandler *io_read
                                  VdPollFunc *io_poll, VdIOHandler *io_poll_ready,
                                  void *opaque);
 
+/* wait.c */
+bool aio_poll_foreign(VdAioContext *ctx, bool blocking);
+
 /* thread-pool.c */
 void aio_pool_done_bh(void *opaque);
 /* Number of live pool workers (tests). */

@@ -16,6 +16,7 @@
 #define AIO_MAX_ROUNDS_WITHOUT_EPOLL 8
 #define AIO_MAX_EVENTS 128
 #define AIO_POLL_START_NS 4000
+#define AIO_POLL_MAX_CAP_NS (10 * 1000000000LL)
 
 static __thread VdAioContext *t_current;
 static VdAioContext *g_main_ctx;
@@ -104,6 +105,10 @@ static void aio_remove_handler(VdAioContext *ctx, AioHandler *h)
         ctx->n_poll_handlers--;
     }
     h->deleted = true;
+    if (ctx->poll_depth == 0) {         /* no dispatch round holds it */
+        free(h);
+        return;
+    }
     h->next = ctx->deleted_handlers;
     ctx->deleted_handlers = h;
 }
@@ -239,6 +244,8 @@ void vd_aio_context_unref(VdAioContext *ctx)
         return;
     }
     assert(ctx->poll_depth == 0);
+    /* Whoever drops the last reference tears down (and may poll) it. */
+    atomic_store_explicit(&ctx->home, pthread_self(), memory_order_release);
     /* Requests in flight still point into memory of their owners: let them
      * finish (their callbacks run here) before the ring goes away. */
     while (ctx->uring_ok && ctx->inflight > 0) {
@@ -275,9 +282,10 @@ void vd_aio_notify(VdAioContext *ctx)
 void vd_aio_context_set_poll_params(VdAioContext *ctx, int64_t max_ns,
                                     int64_t grow, int64_t shrink)
 {
-    ctx->poll_max_ns = max_ns > 0 ? max_ns : 0;
-    ctx->poll_grow = grow > 1 ? grow : 2;
-    ctx->poll_shrink = shrink > 1 ? shrink : 2;
+    /* capped so that "now + window" cannot overflow */
+    ctx->poll_max_ns = max_ns > 0 ? VD_MIN(max_ns, AIO_POLL_MAX_CAP_NS) : 0;
+    ctx->poll_grow = grow > 0 ? grow : 2;
+    ctx->poll_shrink = shrink > 0 ? shrink : 2;
     if (ctx->poll_ns > ctx->poll_max_ns) {
         ctx->poll_ns = ctx->poll_max_ns;
     }
@@ -378,7 +386,13 @@ static void aio_adjust_poll_window(VdAioContext *ctx, int64_t block_ns)
             ctx->poll_ns = 0;
         }
     } else if (ctx->poll_ns < ctx->poll_max_ns) {   /* a bit longer would do */
-        ctx->poll_ns = ctx->poll_ns ? ctx->poll_ns * ctx->poll_grow : AIO_POLL_START_NS;
+        if (!ctx->poll_ns) {
+            ctx->poll_ns = AIO_POLL_START_NS;
+        } else if (ctx->poll_ns > ctx->poll_max_ns / ctx->poll_grow) {
+            ctx->poll_ns = ctx->poll_max_ns;    /* (and no overflow) */
+        } else {
+            ctx->poll_ns *= ctx->poll_grow;
+        }
         if (ctx->poll_ns > ctx->poll_max_ns) {
             ctx->poll_ns = ctx->poll_max_ns;
         }
@@ -410,6 +424,13 @@ bool vd_aio_poll(VdAioContext *ctx, bool blocking)
 {
     struct epoll_event ev[AIO_MAX_EVENTS];
     bool progress = false;
+
+    /* A thread without a context that reaches here for a context it does
+     * not own (VD_AIO_WAIT_WHILE polls the main context then) must not run
+     * that loop concurrently with its home thread: it just waits for a kick. */
+    if (VD_UNLIKELY(t_current != ctx) && !t_current && !vd_aio_in_home_thread(ctx)) {
+        return aio_poll_foreign(ctx, blocking);
+    }
 
     ctx->poll_depth++;
     ctx->stats.rounds++;

@@ -24,6 +24,9 @@ struct VdIOThread {
 static void *iothread_run(void *opaque)
 {
     VdIOThread *t = opaque;
+    char name[16];
+    snprintf(name, sizeof(name), "vd-%s", t->id);     /* truncated to 15 */
+    pthread_setname_np(pthread_self(), name);
     vd_aio_set_current(t->ctx);
     pthread_mutex_lock(&t->lock);
     t->tid = (int)syscall(SYS_gettid);

@@ -59,6 +59,7 @@ void aio_pool_done_bh(void *opaque)
 
 static void *aio_pool_worker(void *arg)
 {
+    pthread_setname_np(pthread_self(), "vd-pool");
     pthread_mutex_lock(&g_pool.lock);
     for (;;) {
         while (!g_pool.head) {

@@ -4,13 +4,26 @@
  * vd_aio_wait_kick (which loops are waiting for a condition another thread
  * may change).
  */
+#include <time.h>
+
 #include "aio/aio-internal.h"
 
-/* Threads inside VD_AIO_WAIT_WHILE's slow path, with the context each polls. */
+/* Threads inside VD_AIO_WAIT_WHILE's slow path, with the context each polls.
+ * A thread without a context of its own would poll the main context there,
+ * concurrently with the main thread: instead it is a "foreign" waiter that
+ * sleeps on its own condition variable until kicked (vd_aio_poll routes it
+ * to aio_poll_foreign). */
 typedef struct AioWaiter {
     VdAioContext *ctx;
+    bool foreign;
+    pthread_mutex_t lock;       /* foreign waiters: kicks and cond */
+    pthread_cond_t cond;
+    unsigned kicks;
+    unsigned seen;
     struct AioWaiter *next;
 } AioWaiter;
+
+#define AIO_FOREIGN_WAIT_NS (10 * 1000000LL)    /* safety net, the cond is re-checked */
 
 static _Atomic int g_waiters;
 static pthread_mutex_t g_waiters_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -25,6 +38,16 @@ void vd_aio_wait_begin_(void)
     }
     VdAioContext *ctx = vd_aio_current();
     t_waiter.ctx = ctx ? ctx : vd_aio_main_context();
+    t_waiter.foreign = !ctx && !vd_aio_in_home_thread(t_waiter.ctx);
+    if (t_waiter.foreign) {
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_mutex_init(&t_waiter.lock, NULL);
+        pthread_cond_init(&t_waiter.cond, &attr);
+        pthread_condattr_destroy(&attr);
+        t_waiter.kicks = t_waiter.seen = 0;
+    }
     pthread_mutex_lock(&g_waiters_lock);
     t_waiter.next = g_waiter_list;
     g_waiter_list = &t_waiter;
@@ -47,6 +70,37 @@ void vd_aio_wait_end_(void)
     }
     *p = t_waiter.next;
     pthread_mutex_unlock(&g_waiters_lock);
+    if (t_waiter.foreign) {
+        pthread_mutex_destroy(&t_waiter.lock);
+        pthread_cond_destroy(&t_waiter.cond);
+        t_waiter.foreign = false;
+    }
+}
+
+/* vd_aio_poll called on ctx by a thread that neither owns ctx nor has a
+ * context: do not touch ctx's loop (its home thread runs it); sleep until
+ * a kick (or a short safety timeout) if blocking. Returns false. */
+bool aio_poll_foreign(VdAioContext *ctx, bool blocking)
+{
+    if (!blocking) {
+        return false;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = ts.tv_nsec + AIO_FOREIGN_WAIT_NS;
+    ts.tv_sec += ns / 1000000000LL;
+    ts.tv_nsec = ns % 1000000000LL;
+    if (t_wait_depth > 0 && t_waiter.foreign) {
+        pthread_mutex_lock(&t_waiter.lock);
+        if (t_waiter.kicks == t_waiter.seen) {
+            pthread_cond_timedwait(&t_waiter.cond, &t_waiter.lock, &ts);
+        }
+        t_waiter.seen = t_waiter.kicks;
+        pthread_mutex_unlock(&t_waiter.lock);
+    } else {
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+    }
+    return false;
 }
 
 void vd_aio_wait_kick(void)
@@ -60,7 +114,12 @@ void vd_aio_wait_kick(void)
     bool main_done = false;
     pthread_mutex_lock(&g_waiters_lock);
     for (AioWaiter *w = g_waiter_list; w; w = w->next) {
-        if (w->ctx) {
+        if (w->foreign) {
+            pthread_mutex_lock(&w->lock);
+            w->kicks++;
+            pthread_cond_signal(&w->cond);
+            pthread_mutex_unlock(&w->lock);
+        } else if (w->ctx) {
             vd_aio_notify(w->ctx);
             main_done |= w->ctx == main_ctx;
         }

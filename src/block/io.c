@@ -118,7 +118,9 @@ static void track_mark_serialising(VdTrackedReq *req, uint32_t align)
 }
 
 /* Wait until no overlapping write conflicts with req (one of the two
- * serialises). Yields. Skips requests that wait for req (no deadlock). */
+ * serialises). Yields. Only requests that are running (not waiting
+ * themselves) are waited for; a waiting one rescans when woken, so there
+ * are no wait cycles. */
 static void coroutine_fn track_wait_serialising(VdTrackedReq *req)
 {
     VdNodeCoreState *c = req->node->core;
@@ -133,7 +135,8 @@ retry:
         if (r->offset >= req->offset + req->bytes || req->offset >= r->offset + r->bytes) {
             continue;
         }
-        if (r->waiting_for == req) {
+        if (r->waiting_for) {
+            /* it waits itself and rescans when woken: it will wait for us */
             continue;
         }
         req->waiting_for = r;

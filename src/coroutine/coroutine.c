@@ -48,7 +48,7 @@ static size_t co_stack_bytes;
 
 static pthread_mutex_t co_global_lock = PTHREAD_MUTEX_INITIALIZER;
 static VdCoroutine *co_global_pool;     /* linked by wake_next */
-static unsigned co_global_pool_size;
+static atomic_uint co_global_pool_size;  /* written under co_global_lock */
 static atomic_uint co_alive;
 
 static void co_thread_exit(void *opaque);
@@ -175,7 +175,7 @@ static __thread jmp_buf *co_init_return;
 
 static void co_ucontext_start(unsigned lo, unsigned hi)
 {
-    VdCoroutine *co = (VdCoroutine *)(((uintptr_t)hi << 32) | (uintptr_t)lo);
+    VdCoroutine *co = (VdCoroutine *)(uintptr_t)(((uint64_t)hi << 32) | lo);
 #ifdef VD_CO_ASAN
     const void *bottom;
     size_t size;
@@ -336,8 +336,7 @@ static VdCoroutine *co_pool_get(VdCoThread *t)
 {
     VdCoroutine *co = t->pool;
 
-    if (!co && atomic_load_explicit((atomic_uint *)&co_global_pool_size,
-                                    memory_order_relaxed) == 0) {
+    if (!co && atomic_load_explicit(&co_global_pool_size, memory_order_relaxed) == 0) {
         /* Racy peek: at worst we allocate one stack too many. */
         return NULL;
     }
@@ -346,7 +345,7 @@ static VdCoroutine *co_pool_get(VdCoThread *t)
         for (unsigned i = 0; i < CO_POOL_BATCH && co_global_pool; i++) {
             VdCoroutine *c = co_global_pool;
             co_global_pool = c->wake_next;
-            co_global_pool_size--;
+            atomic_fetch_sub_explicit(&co_global_pool_size, 1, memory_order_relaxed);
             c->wake_next = t->pool;
             t->pool = c;
             t->pool_size++;
@@ -367,10 +366,10 @@ static VdCoroutine *co_pool_get(VdCoThread *t)
 static void co_global_put(VdCoroutine *co)
 {
     pthread_mutex_lock(&co_global_lock);
-    if (co_global_pool_size < CO_GLOBAL_POOL_MAX) {
+    if (atomic_load_explicit(&co_global_pool_size, memory_order_relaxed) < CO_GLOBAL_POOL_MAX) {
         co->wake_next = co_global_pool;
         co_global_pool = co;
-        co_global_pool_size++;
+        atomic_fetch_add_explicit(&co_global_pool_size, 1, memory_order_relaxed);
         co = NULL;
     }
     pthread_mutex_unlock(&co_global_lock);

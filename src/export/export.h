@@ -15,7 +15,7 @@ struct VdExport {
     char *id;
     char *name;              /* NBD export name */
     char *description;       /* "" if none */
-    VdBackend *blk;          /* one reference held */
+    VdBackend *blk;          /* borrowed: its owner (vdiskd's blockdev) outlives the export */
     bool writable;
     uint32_t min_block;      /* advertised minimum block size (power of two) */
     uint32_t max_block;      /* advertised maximum block size */
@@ -32,7 +32,7 @@ typedef struct VdExportConfig {
     const char *id;
     const char *name;          /* NULL: the node name */
     const char *description;   /* NULL: none */
-    VdBackend *blk;            /* a reference is taken */
+    VdBackend *blk;            /* borrowed, must outlive the export */
     bool writable;
     uint32_t min_block;        /* 0: 1 */
 } VdExportConfig;

@@ -12,6 +12,7 @@
  * request boundary, in-flight requests finish, and the loop is restarted in
  * the new context.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -36,6 +37,10 @@
 #define NBD_MAX_EXTENTS     1024
 #define NBD_READ_MAX_CHUNKS 16
 #define NBD_MAX_SKIPPED_OPTION (1024 * 1024)
+#define NBD_POOL_CLASSES    6      /* 4k, 8k, ..., 128k */
+#define NBD_POOL_DEPTH      32
+#define NBD_OBUF_SIZE       (128 * 1024)
+#define NBD_BATCH_MAX_REPLY (64 * 1024 + 64)
 
 struct NbdConn {
     int fd;
@@ -60,13 +65,23 @@ struct NbdConn {
     VdCoroutine *send_waiter;
     bool read_registered, write_registered;
     bool broken;                  /* a send failed or a reply was cut: no more sends */
-    VdCoMutex send_lock;
+    VdCoMutex send_lock;          /* held while a reply (or a batch) is written */
+    /* Reply batching: small replies are copied into obuf; the first sender
+     * (the flusher) lets other ready requests of this loop round append
+     * theirs, then writes the lot with one sendmsg. */
+    uint8_t *obuf, *obuf_spare;
+    size_t obuf_len;
+    bool flusher_active;
 
     /* transmission */
     int in_flight;                /* atomic reads from main */
     bool closing;                 /* stop reading; close when in_flight == 0 */
     bool parked;                  /* atomic: receive loop stopped for a quiesce */
     VdCoroutine *recv_sleeper;    /* receive loop waiting for in_flight to drop */
+    /* Data buffers for requests up to 128 KiB, reused instead of malloc'ed
+     * per request (fresh pages fault on every touch). Conn's thread only. */
+    void *pool[NBD_POOL_CLASSES][NBD_POOL_DEPTH];
+    int pool_n[NBD_POOL_CLASSES];
     int refcnt;                   /* atomic: the connection itself + pending BHs */
     bool dead;                    /* closed; pending BHs do nothing */
 };
@@ -276,7 +291,14 @@ static void nbd_conn_ref(NbdConn *c)
 static void nbd_conn_unref(NbdConn *c)
 {
     if (__atomic_sub_fetch(&c->refcnt, 1, __ATOMIC_ACQ_REL) == 0) {
+        for (int i = 0; i < NBD_POOL_CLASSES; i++) {
+            while (c->pool_n[i] > 0) {
+                free(c->pool[i][--c->pool_n[i]]);
+            }
+        }
         vd_co_mutex_destroy(&c->send_lock);
+        free(c->obuf);
+        free(c->obuf_spare);
         free(c->meta_export);
         free(c->rbuf);
         free(c);
@@ -368,20 +390,90 @@ typedef struct NbdReq {
     const char *why;
 } NbdReq;
 
-static uint8_t *nbd_alloc_buf(size_t len)
+static int nbd_pool_class(size_t len)
 {
+    for (int i = 0; i < NBD_POOL_CLASSES; i++) {
+        if (len <= (size_t)4096 << i) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* A 4 KiB-aligned buffer of at least len bytes (conn's thread). */
+static uint8_t *nbd_alloc_buf(NbdConn *c, size_t len)
+{
+    int cls = nbd_pool_class(len);
     void *p = NULL;
+
+    if (cls >= 0) {
+        if (c->pool_n[cls] > 0) {
+            return c->pool[cls][--c->pool_n[cls]];
+        }
+        len = (size_t)4096 << cls;
+    }
     if (posix_memalign(&p, 4096, VD_MAX(len, 1)) != 0) {
         return NULL;
     }
     return p;
 }
 
-/* Send a complete reply (iov) under the send lock. */
+static void nbd_free_buf(NbdConn *c, void *buf, size_t len)
+{
+    int cls = nbd_pool_class(len);
+
+    if (buf && cls >= 0 && c->pool_n[cls] < NBD_POOL_DEPTH) {
+        c->pool[cls][c->pool_n[cls]++] = buf;
+        return;
+    }
+    free(buf);
+}
+
+/* Send one complete reply (iov, modified). Small replies are batched with
+ * the replies of other requests completing in the same loop round; larger
+ * ones are written directly. Either way a reply is written as a whole under
+ * send_lock, so replies never interleave. Returns 0 or -errno; a batched
+ * reply that fails to go out later breaks the connection instead. */
 static int coroutine_fn nbd_send_locked(NbdConn *c, struct iovec *iov, int niov)
 {
+    size_t total = 0;
+    int ret;
+
+    for (int i = 0; i < niov; i++) {
+        total += iov[i].iov_len;
+    }
+    if (c->broken) {
+        return -EPIPE;
+    }
+    if (c->obuf && total <= NBD_BATCH_MAX_REPLY && c->obuf_len + total <= NBD_OBUF_SIZE) {
+        for (int i = 0; i < niov; i++) {
+            memcpy(c->obuf + c->obuf_len, iov[i].iov_base, iov[i].iov_len);
+            c->obuf_len += iov[i].iov_len;
+        }
+        if (c->flusher_active) {
+            return 0;
+        }
+        c->flusher_active = true;
+        vd_co_yield_to_loop();
+        vd_co_mutex_lock(&c->send_lock);
+        ret = 0;
+        while (c->obuf_len && ret >= 0) {
+            /* Write this buffer; replies appended meanwhile go to the other. */
+            uint8_t *buf = c->obuf;
+            struct iovec one = { .iov_base = buf, .iov_len = c->obuf_len };
+            c->obuf = c->obuf_spare;
+            c->obuf_len = 0;
+            c->obuf_spare = NULL;
+            ret = nbd_co_writev(c, &one, 1);
+            c->obuf_spare = buf;
+        }
+        c->obuf_len = 0;
+        c->flusher_active = false;
+        vd_co_mutex_unlock(&c->send_lock);
+        return ret;
+    }
     vd_co_mutex_lock(&c->send_lock);
-    int ret = nbd_co_writev(c, iov, niov);
+    ret = nbd_co_writev(c, iov, niov);
     vd_co_mutex_unlock(&c->send_lock);
     return ret;
 }
@@ -429,7 +521,7 @@ static int coroutine_fn nbd_do_read(NbdReq *q)
     VdIOVector qiov;
     int ret;
 
-    q->buf = nbd_alloc_buf(r->length);
+    q->buf = nbd_alloc_buf(c, r->length);
     if (!q->buf) {
         return nbd_send_error(c, r, NBD_ENOMEM, "out of memory");
     }
@@ -444,7 +536,7 @@ static int coroutine_fn nbd_do_read(NbdReq *q)
             int64_t pnum = 0;
             bool hole = false;
             if (nseg < NBD_READ_MAX_CHUNKS - 1) {
-                int st = vd_co_block_status_above(node, NULL, true, off, end - off, &pnum,
+                int st = vd_co_block_status_above(node, NULL, false, off, end - off, &pnum,
                                                   NULL, NULL, NULL);
                 if (st < 0 || pnum <= 0) {
                     pnum = end - off;
@@ -512,7 +604,7 @@ static int coroutine_fn nbd_do_cache(NbdReq *q)
     NbdConn *c = q->c;
     const NbdRequest *r = &q->r;
     size_t chunk = VD_MIN(r->length, 1024 * 1024);
-    uint8_t *buf = nbd_alloc_buf(chunk);
+    uint8_t *buf = nbd_alloc_buf(c, chunk);
     int ret = 0;
 
     if (!buf) {
@@ -524,7 +616,7 @@ static int coroutine_fn nbd_do_cache(NbdReq *q)
         vd_iov_init_buf(&qiov, buf, n);
         ret = vd_backend_co_preadv(c->exp->blk, r->offset + off, n, &qiov, VD_REQ_PREFETCH);
     }
-    free(buf);
+    nbd_free_buf(c, buf, chunk);
     return nbd_send_result(c, r, ret);
 }
 
@@ -658,6 +750,9 @@ static void coroutine_fn nbd_request_entry(void *opaque)
     VdIOVector qiov;
     int ret;
 
+    /* Invariant: requests run in the thread that owns the export's node
+     * (a context move parks every connection first). */
+    assert(vd_aio_current() == vd_backend_get_context(blk));
     if (q->err) {
         nbd_send_error(c, r, q->err, q->why);
         goto out;
@@ -701,7 +796,7 @@ static void coroutine_fn nbd_request_entry(void *opaque)
         break;
     }
 out:
-    free(q->buf);
+    nbd_free_buf(c, q->buf, r->length);
     free(q);
     int left = __atomic_sub_fetch(&c->in_flight, 1, __ATOMIC_ACQ_REL);
     if (c->recv_sleeper && (left < NBD_MAX_IN_FLIGHT / 2 || left == 0)) {
@@ -760,7 +855,7 @@ static void coroutine_fn nbd_conn_recv_loop(void *opaque)
             if (v == NBD_VERDICT_ERROR) {
                 ret = nbd_co_skip(c, q->r.length);
             } else {
-                q->buf = nbd_alloc_buf(q->r.length);
+                q->buf = nbd_alloc_buf(c, q->r.length);
                 if (!q->buf) {
                     q->err = NBD_ENOMEM;
                     q->why = "out of memory";
@@ -770,7 +865,7 @@ static void coroutine_fn nbd_conn_recv_loop(void *opaque)
                 }
             }
             if (ret < 0) {
-                free(q->buf);
+                nbd_free_buf(c, q->buf, q->r.length);
                 free(q);
                 break;
             }
@@ -1138,6 +1233,12 @@ static void coroutine_fn nbd_conn_handshake_entry(void *opaque)
     vd_timer_free(c->handshake_timer);
     c->handshake_timer = NULL;
     if (!exp || c->handshake_timed_out) {
+        nbd_conn_free(c);
+        return;
+    }
+    c->obuf = malloc(NBD_OBUF_SIZE);
+    c->obuf_spare = malloc(NBD_OBUF_SIZE);
+    if (!c->obuf || !c->obuf_spare) {
         nbd_conn_free(c);
         return;
     }

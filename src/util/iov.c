@@ -63,6 +63,7 @@ void vd_iov_add(VdIOVector *q, void *base, size_t len)
 
 void vd_iov_concat_slice(VdIOVector *dst, const VdIOVector *src, size_t offset, size_t len)
 {
+    assert(dst != src);   /* growing dst would move the array being read */
     assert(offset <= src->size && len <= src->size - offset);
     for (int i = 0; i < src->niov && len > 0; i++) {
         size_t l = src->iov[i].iov_len;

@@ -806,8 +806,7 @@ static VdJson *json_parse_number(JsonParser *ps)
     char *tmp = n < sizeof(small) ? small : json_xmalloc(n + 1);
     memcpy(tmp, ps->p + start, n);
     tmp[n] = '\0';
-    errno = 0;
-    double d = strtod(tmp, NULL);
+    double d = strbuf_strtod_c(tmp);
     if (tmp != small) {
         free(tmp);
     }
@@ -1065,8 +1064,8 @@ static void json_gen_double(StrBuf *b, double d)
     }
     char buf[40];
     for (int prec = 15; prec <= 17; prec++) {
-        snprintf(buf, sizeof(buf), "%.*g", prec, d);
-        if (strtod(buf, NULL) == d) {
+        strbuf_format_double_c(buf, sizeof(buf), prec, d);
+        if (strbuf_strtod_c(buf) == d) {
             break;
         }
     }

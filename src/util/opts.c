@@ -190,7 +190,7 @@ int vd_parse_size(const char *str, uint64_t *out)
             }
             memcpy(tmp + 2, f, n);
             tmp[2 + n] = '\0';
-            double fraction = strtod(tmp, NULL);
+            double fraction = strbuf_strtod_c(tmp);
             if (fraction >= 1.0) {
                 valf = UINT64_MAX;
             } else {
@@ -440,35 +440,56 @@ static int opts_normalize(VdJson *obj, int depth, VdError **errp)
         vd_error_setg(errp, EINVAL, "Option tree nested too deeply");
         return -EINVAL;
     }
-    size_t i = 0;
-    while (i < vd_json_object_size(obj)) {
-        VdJson *v;
-        const char *key = vd_json_object_entry(obj, i, &v);
+    /* Pass 1: move every dotted key of this level to its nested place. */
+    size_t n = vd_json_object_size(obj);
+    char **dotted = NULL;
+    size_t ndotted = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *key = vd_json_object_entry(obj, i, NULL);
         if (strchr(key, '.')) {
-            char *k = strdup(key);
-            if (!k) {
+            if (!dotted) {
+                dotted = calloc(n, sizeof(char *));
+                if (!dotted) {
+                    abort();
+                }
+            }
+            dotted[ndotted] = strdup(key);
+            if (!dotted[ndotted]) {
                 abort();
             }
-            vd_json_ref(v);
+            ndotted++;
+        }
+    }
+    int ret = 0;
+    for (size_t i = 0; i < ndotted; i++) {
+        const char *k = dotted[i];
+        if (ret == 0) {
+            VdJson *v = vd_json_ref(vd_json_object_get(obj, k));
             vd_json_object_del(obj, k);
             size_t bad = 0;
-            if (!opts_key_valid(k, strlen(k)) || opts_set_path(obj, k, v, true, &bad) < 0) {
-                vd_error_setg(errp, EINVAL, "Parameter '%s' used inconsistently or invalid", k);
-                if (!opts_key_valid(k, strlen(k))) {
-                    vd_json_unref(v);
-                }
-                free(k);
-                return -EINVAL;
+            if (!opts_key_valid(k, strlen(k))) {
+                vd_error_setg(errp, EINVAL, "Invalid parameter '%.256s'", k);
+                vd_json_unref(v);
+                ret = -EINVAL;
+            } else if (opts_set_path(obj, k, v, true, &bad) < 0) {
+                vd_error_setg(errp, EINVAL, "Parameter '%.256s' used inconsistently", k);
+                ret = -EINVAL;
             }
-            free(k);
-            /* The entry moved (or merged): restart the scan of this level. */
-            i = 0;
-            continue;
         }
+        free(dotted[i]);
+    }
+    free(dotted);
+    if (ret < 0) {
+        return ret;
+    }
+    /* Pass 2: the same below (moved subtrees included). */
+    n = vd_json_object_size(obj);
+    for (size_t i = 0; i < n; i++) {
+        VdJson *v;
+        vd_json_object_entry(obj, i, &v);
         if (vd_json_type(v) == VD_JSON_OBJECT && opts_normalize(v, depth + 1, errp) < 0) {
             return -EINVAL;
         }
-        i++;
     }
     return 0;
 }

@@ -5,6 +5,8 @@
 #ifndef VDISK_UTIL_STRBUF_H
 #define VDISK_UTIL_STRBUF_H
 
+#include <locale.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +83,40 @@ VD_PRINTF(2, 3) static inline void strbuf_printf(StrBuf *b, const char *fmt, ...
     vsnprintf(b->s + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
     b->len += (size_t)n;
+}
+
+/*
+ * Numbers in JSON and option strings use '.' whatever LC_NUMERIC the
+ * program set: conversions go through a private "C" locale.
+ */
+static locale_t g_strbuf_c_locale;
+static pthread_once_t g_strbuf_c_locale_once = PTHREAD_ONCE_INIT;
+
+static inline void strbuf_c_locale_init(void)
+{
+    g_strbuf_c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+    if (!g_strbuf_c_locale) {
+        abort();
+    }
+}
+
+static inline locale_t strbuf_c_locale(void)
+{
+    pthread_once(&g_strbuf_c_locale_once, strbuf_c_locale_init);
+    return g_strbuf_c_locale;
+}
+
+VD_UNUSED static inline double strbuf_strtod_c(const char *s)
+{
+    return strtod_l(s, NULL, strbuf_c_locale());
+}
+
+/* snprintf(buf, size, "%.*g", prec, d) in the C locale. */
+VD_UNUSED static inline void strbuf_format_double_c(char *buf, size_t size, int prec, double d)
+{
+    locale_t old = uselocale(strbuf_c_locale());
+    snprintf(buf, size, "%.*g", prec, d);
+    uselocale(old);
 }
 
 /* Returns the malloc'ed string (never NULL) and resets b. */

@@ -39,7 +39,7 @@ static bool fuzz_init(void)
     VdExportConfig cfg2 = { .id = "fuzz-ro", .name = "ro", .blk = blk, .writable = false,
                             .min_block = 512 };
     vd_export_add(&cfg2, NULL);
-    vd_backend_unref(blk);   /* the exports hold their own references */
+    /* blk stays alive for the whole run: exports borrow it */
     vd_nbd_server_set_handshake_timeout(2LL * 1000 * 1000 * 1000);
     done = 1;
     return true;

@@ -5,17 +5,21 @@
  * the same tree.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "vdisk/opts.h"
 
-static void fuzz_check(bool cond)
-{
-    if (!cond) {
-        abort();
-    }
-}
+/* An invariant of the code under test broke: say which, then crash. */
+#define fuzz_check(cond)                                                    \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                    #cond);                                                 \
+            abort();                                                        \
+        }                                                                   \
+    } while (0)
 
 static void exercise_getters(VdOpts *o)
 {

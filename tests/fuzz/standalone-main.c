@@ -2,8 +2,9 @@
  * Driver that runs a libFuzzer target without libFuzzer, for the
  * fuzz-smoke suite: every corpus file, then deterministic mutations of it.
  *
- *   fuzz-<name>-smoke [DIR-or-FILE...]
- *   VDISK_FUZZ_ITERATIONS=N   mutations per input (default 2000)
+ *   fuzz-<name>-smoke [-runs=N] [DIR-or-FILE...]
+ *   -runs=N                   mutations per input (default 2000)
+ *   VDISK_FUZZ_ITERATIONS=N   the same, overriding -runs
  *   VDISK_FUZZ_SAVE=path      write each input there before running it, so
  *                             after a crash the file holds the culprit
  */
@@ -225,6 +226,16 @@ int main(int argc, char **argv)
 {
     const char *prog = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
     long iterations = 2000;
+    for (int i = 1; i < argc; i++) {
+        if (!strncmp(argv[i], "-runs=", 6)) {
+            char *end;
+            iterations = strtol(argv[i] + 6, &end, 10);
+            if (*end || iterations < 0) {
+                fprintf(stderr, "%s: bad %s\n", prog, argv[i]);
+                return 1;
+            }
+        }
+    }
     const char *env = getenv("VDISK_FUZZ_ITERATIONS");
     if (env && *env) {
         char *end;
@@ -239,7 +250,9 @@ int main(int argc, char **argv)
         LLVMFuzzerInitialize(&argc, &argv);
     }
     for (int i = 1; i < argc; i++) {
-        load_path(argv[i]);
+        if (argv[i][0] != '-') {
+            load_path(argv[i]);
+        }
     }
 
     unsigned long runs = 0;

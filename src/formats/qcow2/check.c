@@ -346,5 +346,17 @@ int coroutine_fn qcow2_co_check_impl(Qcow2State *s, VdCheckResult *res, int fix)
         s->free_cluster_index = 0;
     }
     res->image_end_offset = (int64_t)((highest + 1) << s->cluster_bits);
+    if (ret == 0 && (fix & VD_FIX_ERRORS) && res->corruptions == res->corruptions_fixed &&
+        (s->header.incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
+        /* everything found was repaired: the image is usable again */
+        uint8_t b[8];
+        qcow2_st64(b, s->header.incompatible_features & ~QCOW2_INCOMPAT_CORRUPT);
+        ret = vd_co_pwrite(s->file, 72, 8, b, 0);
+        if (ret == 0) {
+            ret = vd_co_flush(s->file);
+            s->header.incompatible_features &= ~QCOW2_INCOMPAT_CORRUPT;
+            s->corrupt = false;
+        }
+    }
     return ret;
 }

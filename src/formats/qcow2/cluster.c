@@ -24,6 +24,24 @@ static void *qcow2_buf_alloc(size_t size)
 /* Check an L2 entry's host offset for sanity; signal corruption if bad. */
 static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64_t guest)
 {
+    if (t == QCOW2_CLUSTER_UNALLOCATED && (entry & QCOW2_OFLAG_COPIED)) {
+        qcow2_signal_corruption(s, "L2 entry 0x%llx for guest offset 0x%llx has the copied "
+                                "flag but no host offset", (unsigned long long)entry,
+                                (unsigned long long)guest);
+        return -EIO;
+    }
+    if (t == QCOW2_CLUSTER_NORMAL) {
+        uint64_t host = entry & QCOW2_L2E_OFFSET_MASK;
+        int64_t flen = vd_node_getlength(s->file);
+        if (host < s->cluster_size || (flen >= 0 && host >= (uint64_t)flen)) {
+            qcow2_signal_corruption(s, "L2 entry for guest offset 0x%llx points to host "
+                                    "offset 0x%llx, %s", (unsigned long long)guest,
+                                    (unsigned long long)host,
+                                    host < s->cluster_size ? "the header cluster"
+                                                           : "past the end of the file");
+            return -EIO;
+        }
+    }
     if (t == QCOW2_CLUSTER_NORMAL || t == QCOW2_CLUSTER_ZERO_ALLOC) {
         uint64_t host = entry & QCOW2_L2E_OFFSET_MASK;
         if (host % s->cluster_size) {
@@ -46,9 +64,12 @@ static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
     if (!l2off) {
         return 0;
     }
-    if (l2off % s->cluster_size) {
-        qcow2_signal_corruption(s, "L1 entry %llu points to unaligned L2 table offset 0x%llx",
-                                (unsigned long long)l1i, (unsigned long long)l2off);
+    int64_t flen = vd_node_getlength(s->file);
+    if (l2off % s->cluster_size || l2off < s->cluster_size ||
+        (flen >= 0 && l2off >= (uint64_t)flen)) {
+        qcow2_signal_corruption(s, "L1 entry %llu points to invalid L2 table offset 0x%llx%s",
+                                (unsigned long long)l1i, (unsigned long long)l2off,
+                                l2off % s->cluster_size ? " (unaligned)" : "");
         return -EIO;
     }
     void *t;

@@ -339,9 +339,9 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
         h.compatible_features |= QCOW2_COMPAT_LAZY_REFCOUNTS;
     }
     size_t hl = qcow2_header_encode(&h, buf, cs);
-    int64_t end = qcow2_write_extensions(buf, cs, hl, h.version,
-                                         p.backing_file ? p.backing_fmt : NULL, NULL, 0);
     size_t blen = p.backing_file ? strlen(p.backing_file) : 0;
+    int64_t end = qcow2_write_extensions(buf, cs, hl, h.version,
+                                         p.backing_file ? p.backing_fmt : NULL, NULL, 0, blen);
     if (end < 0 || (uint64_t)end + blen > cs) {
         vd_error_setg(errp, EINVAL, "%s: header does not fit in one cluster", filename);
         ret = -EINVAL;

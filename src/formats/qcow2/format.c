@@ -351,7 +351,7 @@ static const struct {
 
 int64_t qcow2_write_extensions(uint8_t *buf, size_t len, size_t start, uint32_t version,
                                const char *backing_fmt, const uint8_t *unknown,
-                               size_t unknown_len)
+                               size_t unknown_len, size_t reserve)
 {
     size_t off = start;
 #define NEED(n) do { if (off + (n) > len) return -ENOSPC; } while (0)
@@ -365,9 +365,10 @@ int64_t qcow2_write_extensions(uint8_t *buf, size_t len, size_t start, uint32_t 
         memcpy(buf + off + 8, backing_fmt, l);
         off += 8 + padded;
     }
-    if (version >= 3) {
-        size_t n = VD_ARRAY_SIZE(g_feature_table) * 48;
-        NEED(8 + n);
+    size_t n = VD_ARRAY_SIZE(g_feature_table) * 48;
+    /* the feature name table is optional: like qemu, only images with
+     * clusters above 4k carry it (and only if it fits next to the rest) */
+    if (version >= 3 && len > 4096 && off + 8 + n + unknown_len + 8 + reserve <= len) {
         qcow2_st32(buf + off, QCOW2_EXT_FEATURE_TABLE);
         qcow2_st32(buf + off + 4, (uint32_t)n);
         off += 8;

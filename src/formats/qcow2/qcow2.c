@@ -30,8 +30,16 @@ void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
         return;
     }
     s->corrupt = true;
-    vd_node_mark_corrupt(s->node, "%s: marking image as corrupt: %s; further corruption "
-                         "events will be suppressed", s->name, msg);
+    vd_node_mark_corrupt(s->node, "%s", msg);
+    /* v3 records it in the header: read-write opens refuse until repaired */
+    if (!s->node->read_only && s->version >= 3 && vd_in_coroutine()) {
+        uint8_t b[8];
+        s->header.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+        qcow2_st64(b, s->header.incompatible_features);
+        if (vd_co_pwrite(s->file, 72, 8, b, 0) == 0) {
+            vd_co_flush(s->file);
+        }
+    }
 }
 
 int coroutine_fn qcow2_flush_file(Qcow2State *s)
@@ -146,10 +154,10 @@ int coroutine_fn qcow2_update_header(Qcow2State *s)
         h.incompatible_features = h.compatible_features = h.autoclear_features = 0;
     }
     size_t hl = qcow2_header_encode(&h, buf, cs);
-    int64_t end = qcow2_write_extensions(buf, cs, hl, h.version, s->node->backing_format,
-                                         s->unknown_ext, s->unknown_ext_len);
-    int ret = 0;
     size_t blen = strlen(s->node->backing_file);
+    int64_t end = qcow2_write_extensions(buf, cs, hl, h.version, s->node->backing_format,
+                                         s->unknown_ext, s->unknown_ext_len, blen);
+    int ret = 0;
     if (end < 0 || (uint64_t)end + blen > cs) {
         ret = -ENOSPC;
         goto out;
@@ -790,7 +798,8 @@ static int coroutine_fn qcow2_co_truncate(VdNode *node, int64_t offset, bool exa
             if (ret < 0) {
                 break;
             }
-            if (qcow2_l2_entry_type(entry, s->version) != QCOW2_CLUSTER_UNALLOCATED) {
+            Qcow2ClusterType t = qcow2_l2_entry_type(entry, s->version);
+            if (t != QCOW2_CLUSTER_UNALLOCATED && t != QCOW2_CLUSTER_ZERO_PLAIN) {
                 vd_error_setg(errp, ENOTSUP, "%s: cannot shrink: guest offset 0x%llx is "
                               "allocated (discard it first)", s->name,
                               (unsigned long long)off);

@@ -120,11 +120,12 @@ size_t qcow2_header_encode(const Qcow2Header *h, uint8_t *buf, size_t len);
 int qcow2_parse_extensions(const uint8_t *buf, size_t start, size_t end, const char *name,
                            Qcow2Extensions *ext, VdError **errp);
 void qcow2_extensions_free(Qcow2Extensions *ext);
-/* Write the extensions for an image into buf (which holds len bytes from
- * offset start); returns the end offset or -ENOSPC. */
+/* Write the extensions for an image into buf (len bytes: the header cluster)
+ * from offset start, keeping reserve bytes free after them (backing name);
+ * returns the end offset or -ENOSPC. */
 int64_t qcow2_write_extensions(uint8_t *buf, size_t len, size_t start, uint32_t version,
                                const char *backing_fmt, const uint8_t *unknown,
-                               size_t unknown_len);
+                               size_t unknown_len, size_t reserve);
 
 /* Refcount entry get/set for refcount_order 0..6 (1..64 bits). */
 uint64_t qcow2_refcount_get(const void *block, uint64_t index, int order);

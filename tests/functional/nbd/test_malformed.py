@@ -324,7 +324,13 @@ def test(vdiskd):
             t0 = time.time()
             handshake_checks(sock)
             transmission_checks(sock, size)
-            # connection cap: 12 in total
+            # connection cap: 12 in total (idle + 11); wait for the clients of
+            # the checks above to be gone first
+            for _ in range(200):
+                if all(e["clients"] == 0 for e in dmn.qmp.ok("query-block-exports")):
+                    break
+                time.sleep(0.05)
+            time.sleep(0.3)
             held = [Client(sock) for _ in range(11)]
             for h in held:
                 h.recvn(18)

@@ -38,13 +38,13 @@ def test(vdiskd):
         assert q.ok("query-block-exports") == []
 
         # bad input: not JSON, not an object, unknown command, bad arguments
-        q.sock.sendall(b'{"execute": \n')
-        q.sock.sendall(b'}\n')
-        r = q._recv()
-        assert "error" in r, r
         q.sock.sendall(b'[1, 2]\n')
         r = q._recv()
         assert r["error"]["class"] == "GenericError", r
+        q.sock.sendall(b'{"execute": \n')
+        q.sock.sendall(b'}\n')
+        r = q._recv()
+        assert "JSON parse error" in r["error"]["desc"], r
         r = q.cmd("no-such-command")
         assert r["error"]["class"] == "CommandNotFound", r
         r = q.cmd("blockdev-add", driver="raw")

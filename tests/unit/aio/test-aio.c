@@ -211,6 +211,49 @@ static void test_bh_reschedule_next_round(void **state)
     free_ctx(ctx);
 }
 
+typedef struct NestedPoll {
+    VdAioContext *ctx;
+    VdBH *victim;                       /* deleted inside the nested round */
+    int fd;
+    int inner_progress;
+    int calls;
+} NestedPoll;
+
+static void nested_outer_cb(void *opaque)
+{
+    NestedPoll *np = opaque;
+    np->calls++;
+    /* a BH scheduled now runs in the nested round, not after us */
+    vd_bh_schedule_oneshot(np->ctx, count_cb, &np->inner_progress);
+    vd_bh_delete(np->victim);           /* still linked in the outer round */
+    vd_aio_set_fd_handler(np->ctx, np->fd, NULL, NULL, NULL, NULL, NULL);
+    assert_true(vd_aio_poll(np->ctx, false));
+}
+
+/* A callback may poll its own context (VD_AIO_WAIT_WHILE does). */
+static void test_poll_nested(void **state)
+{
+    VdAioContext *ctx = new_ctx();
+    int fds[2], victim_runs = 0, nread = 0;
+    assert_int_equal(pipe(fds), 0);
+    NestedPoll np = { .ctx = ctx, .fd = fds[1] };
+    VdBH *outer = vd_bh_new(ctx, nested_outer_cb, &np);
+    np.victim = vd_bh_new(ctx, count_cb, &victim_runs);
+    vd_aio_set_fd_handler(ctx, fds[1], NULL, count_cb, NULL, NULL, &nread);
+    vd_bh_schedule(outer);
+    vd_bh_schedule(np.victim);
+    assert_true(vd_aio_poll(ctx, false));
+    assert_int_equal(np.calls, 1);
+    assert_int_equal(np.inner_progress, 1);
+    assert_int_equal(victim_runs, 0);
+    assert_int_equal(nread, 0);         /* removed before its event ran */
+    assert_false(vd_aio_poll(ctx, false));
+    vd_bh_delete(outer);
+    close(fds[0]);
+    close(fds[1]);
+    free_ctx(ctx);
+}
+
 /* 4 threads schedule one-shot BHs (each with its own id) and re-schedule a
  * reusable BH each once it ran, while the loop polls blocking. */
 #define MT_THREADS 4
@@ -728,13 +771,15 @@ static void test_adaptive_polling(void **state)
     VdTimer *t = vd_timer_new(ctx, count_cb, &fired);
     vd_aio_context_set_poll_params(ctx, 2000000, 0, 0);     /* 2 ms */
     assert_int_equal(ctx->poll_ns, 0);
-    for (int i = 0; i < 10; i++) {
-        vd_timer_mod(t, vd_clock_ns() + 100000);            /* 100 us waits */
+    /* 100 us waits: shorter than max, so the window grows (a scheduling
+     * hiccup longer than max shrinks it again: hence "until", bounded) */
+    for (int i = 0; i < 200 && ctx->poll_ns < 100000; i++) {
+        vd_timer_mod(t, vd_clock_ns() + 100000);
         while (vd_timer_pending(t)) {
             vd_aio_poll(ctx, true);
         }
     }
-    assert_true(ctx->poll_ns > 0);
+    assert_true(ctx->poll_ns >= 100000);
     assert_true(ctx->poll_ns <= 2000000);
     int64_t grown = ctx->poll_ns;
     for (int i = 0; i < 12; i++) {
@@ -747,6 +792,15 @@ static void test_adaptive_polling(void **state)
     assert_int_equal(ctx->poll_ns, 0);
     vd_aio_context_set_poll_params(ctx, 0, 0, 0);
     assert_int_equal(ctx->poll_ns, 0);
+    /* absurd parameters are clamped, nothing overflows (UBSan) */
+    vd_aio_context_set_poll_params(ctx, INT64_MAX, INT64_MAX, -3);
+    ctx->poll_ns = 8000;
+    vd_timer_mod(t, vd_clock_ns() + 20000);
+    while (vd_timer_pending(t)) {
+        vd_aio_poll(ctx, true);
+    }
+    assert_true(ctx->poll_ns > 0);
+    vd_aio_context_set_poll_params(ctx, 0, 0, 0);
     vd_timer_free(t);
     free_ctx(ctx);
 }
@@ -935,6 +989,48 @@ static void test_wait_while_kick(void **state)
     vd_iothread_free(t);
 }
 
+typedef struct Foreign {
+    _Atomic int flag;
+    _Atomic int done;
+    int timer_tid;
+} Foreign;
+
+static void *foreign_waiter_thread(void *opaque)
+{
+    Foreign *f = opaque;
+    /* no context here: must not run the main loop behind main's back */
+    VD_AIO_WAIT_WHILE(vd_aio_main_context(), !atomic_load(&f->flag));
+    atomic_store(&f->done, 1);
+    vd_aio_notify(vd_aio_main_context());
+    return NULL;
+}
+
+static void foreign_timer_cb(void *opaque)
+{
+    Foreign *f = opaque;
+    f->timer_tid = gettid_();
+    atomic_store(&f->flag, 1);
+    vd_aio_wait_kick();
+}
+
+static void test_wait_while_thread_without_context(void **state)
+{
+    assert_int_equal(vd_aio_init(NULL), 0);
+    VdAioContext *main_ctx = vd_aio_main_context();
+    vd_aio_set_current(main_ctx);
+    Foreign f = { 0 };
+    VdTimer *t = vd_timer_new(main_ctx, foreign_timer_cb, &f);
+    vd_timer_mod(t, vd_clock_ns() + 5000000);
+    pthread_t th;
+    pthread_create(&th, NULL, foreign_waiter_thread, &f);
+    while (!atomic_load(&f.done)) {
+        vd_aio_poll(main_ctx, true);
+    }
+    pthread_join(th, NULL);
+    assert_int_equal(f.timer_tid, gettid_());   /* main's loop ran in main */
+    vd_timer_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -946,6 +1042,7 @@ int main(void)
         TEST("/aio/bh/oneshot", test_bh_oneshot),
         TEST("/aio/bh/reschedule-next-round", test_bh_reschedule_next_round),
         TEST("/aio/bh/multithread", test_bh_multithread),
+        TEST("/aio/poll/nested", test_poll_nested),
         TEST("/aio/notify/no-kick-when-not-sleeping", test_no_kick_when_not_sleeping),
         TEST("/aio/poll/nonblocking-never-sleeps", test_poll_nonblocking_never_sleeps),
         TEST("/aio/poll/blocking-wakes-on-notify", test_poll_blocking_wakes_on_notify),
@@ -967,6 +1064,7 @@ int main(void)
         TEST("/aio/run-sync/between-iothreads", test_run_sync_between_iothreads),
         TEST("/aio/run-sync/thread-without-context", test_run_sync_from_thread_without_context),
         TEST("/aio/wait/while-kick", test_wait_while_kick),
+        TEST("/aio/wait/thread-without-context", test_wait_while_thread_without_context),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -150,8 +150,12 @@ static void test_uring_sync_ops(void **state)
                                          done_cb, &d), 0);
     wait_done(ctx, &d, 4);
     assert_int_equal(d.ret, 0);
-    close(fd);
+    /* teardown with a request in flight: it completes first */
+    assert_int_equal(vd_aio_uring_submit(ctx, VD_URING_NOP, fd, NULL, 0, 0, 0, 0,
+                                         done_cb, &d), 0);
     free_ctx(ctx);
+    assert_int_equal(d.n, 5);
+    close(fd);
 }
 
 static void test_uring_invalid(void **state)
@@ -191,6 +195,7 @@ static void test_uring_plug_batches(void **state)
                                              done_cb, &d), 0);
     }
     vd_aio_unplug(ctx);
+    assert_false(vd_aio_poll(ctx, false));  /* a round that does not wait */
     assert_int_equal(ctx->stats.uring_enter, enter0);
     assert_int_equal(ctx->stats.uring_submitted, 0);
     vd_aio_unplug(ctx);
@@ -323,9 +328,28 @@ static void coroutine_fn co_pool_entry(void *opaque)
 /* VDISK_NO_IO_URING=1: no ring, -ENOSYS, the thread pool does the I/O. */
 static void test_uring_fallback_thread_pool(void **state)
 {
+    /* the notice: one line, once per process (stderr captured) */
+    char log[] = "/tmp/test-uring-stderr-XXXXXX";
+    int logfd = mkstemp(log);
+    assert_true(logfd >= 0);
+    unlink(log);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(logfd, 2);
     setenv("VDISK_NO_IO_URING", "1", 1);
+    VdAioContext *ctx2 = vd_aio_context_new(NULL);
     VdAioContext *ctx = new_ctx();
     unsetenv("VDISK_NO_IO_URING");
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char text[512] = { 0 };
+    assert_true(pread(logfd, text, sizeof(text) - 1, 0) > 0);
+    close(logfd);
+    assert_string_equal(text, "vdisk: io_uring unavailable (VDISK_NO_IO_URING=1), "
+                              "using the thread pool\n");
+    assert_false(vd_aio_uring_available(ctx2));
+    vd_aio_context_unref(ctx2);
     assert_false(vd_aio_uring_available(ctx));
     int fd = open_direct();
     Done d = { 0 };

@@ -1,2 +1,307 @@
+/*
+ * Unit tests of the block graph (src/block/node.c), null-co and raw: option
+ * parsing and its errors, node names, json: filenames, cache flag
+ * inheritance, format probing with raw's block-0 guard, the raw window,
+ * info, create.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include "blocktest.h"
-int main(void){return 0;}
+
+static void test_option_errors(void **state)
+{
+    bt_open_fails("driver=raw,file.driver=testdrv,foo=1", VD_O_RDWR,
+                  "Block format 'raw' does not support the option 'foo'");
+    bt_open_fails("driver=testdrv,bar.baz=1", VD_O_RDWR,
+                  "Block protocol 'testdrv' doesn't support the option 'bar.baz'");
+    bt_open_fails("driver=nosuchdriver", VD_O_RDWR, "nosuchdriver");
+    bt_open_fails("driver=testdrv,read-only=maybe", VD_O_RDWR, "maybe");
+    bt_open_fails("driver=testdrv,discard=bogus", VD_O_RDWR, "bogus");
+    bt_open_fails("driver=testdrv,cache.direct=perhaps", VD_O_RDWR, "perhaps");
+    bt_open_fails("driver=testdrv,aio=magic", VD_O_RDWR, "magic");
+    bt_open_fails("driver=testdrv,node-name=1bad", VD_O_RDWR, "1bad");
+    bt_open_fails("driver=testdrv,force-share=on", VD_O_RDWR, "force-share");
+    bt_open_fails("driver=raw", VD_O_RDWR, "file");
+    bt_open_fails("driver=null-co,size=lots", VD_O_RDWR, "lots");
+    bt_open_fails("driver=raw,file.driver=testdrv,file.size=64k,offset=70000", VD_O_RDWR,
+                  "70000");
+    bt_open_fails("driver=raw,file.driver=testdrv,file.size=64k,offset=4096,size=65536",
+                  VD_O_RDWR, "65536");
+    /* force-share is fine read-only */
+    VdNode *n = bt_open_ok("driver=testdrv,force-share=on", 0);
+    assert_true(n->open_flags & VD_O_FORCE_SHARE);
+    vd_node_unref(n);
+}
+
+static void test_node_names(void **state)
+{
+    VdNode *a = bt_open_ok("driver=testdrv,node-name=disk0", VD_O_RDWR);
+    VdNode *b = bt_open_ok("driver=testdrv", VD_O_RDWR);
+    assert_string_equal(vd_node_name(a), "disk0");
+    assert_true(!strncmp(vd_node_name(b), "#node", 5));
+    assert_ptr_equal(vd_node_find("disk0"), a);
+    assert_ptr_equal(vd_node_find(vd_node_name(b)), b);
+    bt_open_fails("driver=testdrv,node-name=disk0", VD_O_RDWR, "disk0");
+    int seen = 0;
+    for (VdNode *n = vd_node_next(NULL); n; n = vd_node_next(n)) {
+        seen += n == a || n == b;
+    }
+    assert_int_equal(seen, 2);
+    /* a child given by reference to an existing node */
+    VdNode *r = bt_open_ok("driver=raw,file=disk0", VD_O_RDWR);
+    assert_ptr_equal(vd_node_file(r), a);
+    assert_int_equal(a->refcnt, 2);
+    vd_node_unref(r);
+    assert_int_equal(a->refcnt, 1);
+    vd_node_unref(a);
+    vd_node_unref(b);
+    assert_null(vd_node_find("disk0"));
+}
+
+static void test_json_and_inheritance(void **state)
+{
+    VdError *err = NULL;
+    VdNode *n = vd_node_open("json:{\"driver\":\"raw\",\"cache\":{\"direct\":true},"
+                             "\"file\":{\"driver\":\"testdrv\",\"size\":\"128k\"}}",
+                             NULL, VD_O_RDWR, &err);
+    if (!n) {
+        fail_msg("%s", err->msg);
+    }
+    assert_string_equal(vd_node_format_name(n), "raw");
+    assert_int_equal(vd_node_getlength(n), 128 * 1024);
+    assert_true(n->open_flags & VD_O_NOCACHE);
+    assert_true(vd_node_file(n)->open_flags & VD_O_NOCACHE);
+    assert_true(vd_node_file(n)->open_flags & VD_O_RDWR);
+    vd_node_unref(n);
+
+    /* a child may override what it inherits */
+    n = bt_open_ok("driver=raw,cache.direct=on,file.driver=testdrv,file.cache.direct=off",
+                   VD_O_RDWR);
+    assert_false(vd_node_file(n)->open_flags & VD_O_NOCACHE);
+    vd_node_unref(n);
+
+    n = bt_open_ok("driver=raw,read-only=on,file.driver=testdrv", VD_O_RDWR);
+    assert_true(vd_node_is_read_only(n));
+    assert_true(vd_node_is_read_only(vd_node_file(n)));
+    vd_node_unref(n);
+}
+
+static void test_cache_modes(void **state)
+{
+    int flags = VD_O_RDWR | VD_O_NO_FLUSH;
+    bool wt = true;
+    assert_int_equal(vd_parse_cache_mode("writeback", &flags, &wt), 0);
+    assert_int_equal(flags, VD_O_RDWR);
+    assert_false(wt);
+    assert_int_equal(vd_parse_cache_mode("none", &flags, &wt), 0);
+    assert_int_equal(flags, VD_O_RDWR | VD_O_NOCACHE);
+    assert_false(wt);
+    assert_int_equal(vd_parse_cache_mode("writethrough", &flags, &wt), 0);
+    assert_int_equal(flags, VD_O_RDWR);
+    assert_true(wt);
+    assert_int_equal(vd_parse_cache_mode("directsync", &flags, &wt), 0);
+    assert_int_equal(flags, VD_O_RDWR | VD_O_NOCACHE);
+    assert_true(wt);
+    assert_int_equal(vd_parse_cache_mode("unsafe", &flags, &wt), 0);
+    assert_int_equal(flags, VD_O_RDWR | VD_O_NO_FLUSH);
+    assert_false(wt);
+    assert_int_equal(vd_parse_cache_mode("sometimes", &flags, &wt), -EINVAL);
+    assert_string_equal(vd_prealloc_names[VD_PREALLOC_FALLOC], "falloc");
+    assert_string_equal(vd_error_action_names[VD_ERROR_ACTION_ENOSPC], "enospc");
+}
+
+static void test_null_co(void **state)
+{
+    VdNode *n = bt_open_ok("driver=null-co", VD_O_RDWR);
+    assert_int_equal(vd_node_getlength(n), VD_GiB);
+    assert_string_equal(vd_node_format_name(n), "null-co");
+    uint8_t buf[4096];
+    memset(buf, 0xaa, sizeof(buf));
+    assert_int_equal(vd_pread(n, 0, sizeof(buf), buf, 0), 0);
+    assert_int_equal(buf[0], 0xaa);                 /* read-zeroes is off by default */
+    assert_int_equal(vd_pwrite(n, 0, sizeof(buf), buf, 0), 0);
+    vd_node_unref(n);
+
+    n = bt_open_ok("driver=null,size=1M,read-zeroes=on,latency-ns=1000", VD_O_RDWR);
+    assert_int_equal(vd_node_getlength(n), VD_MiB);
+    assert_int_equal(vd_pread(n, 512, sizeof(buf), buf, 0), 0);
+    assert_true(vd_buffer_is_zero(buf, sizeof(buf)));
+    vd_node_unref(n);
+
+    VdError *err = NULL;
+    n = vd_node_open("null-co://", NULL, VD_O_RDWR | VD_O_PROTOCOL, &err);
+    assert_non_null(n);
+    assert_string_equal(vd_node_format_name(n), "null-co");
+    vd_node_unref(n);
+}
+
+static void test_raw_window(void **state)
+{
+    VdNode *n = bt_open_ok("driver=raw,offset=4096,size=8192,file.driver=testdrv,file.size=64k",
+                           VD_O_RDWR);
+    TestDrvState *td = g_testdrv;
+    uint8_t buf[512];
+    memset(buf, 0x33, sizeof(buf));
+    assert_int_equal(vd_node_getlength(n), 8192);
+    assert_int_equal(vd_pwrite(n, 0, 512, buf, 0), 0);
+    assert_int_equal(td->data[4096], 0x33);
+    assert_int_equal(td->data[4095], 0);
+    assert_int_equal(vd_pwrite(n, 8192 - 512, 512, buf, 0), 0);
+    assert_int_equal(td->data[4096 + 8191], 0x33);
+    assert_int_equal(vd_pwrite(n, 8192, 512, buf, 0), -EINVAL);
+    VdError *err = NULL;
+    assert_int_equal(vd_truncate(n, 16384, false, VD_PREALLOC_OFF, &err), -ENOTSUP);
+    vd_error_free(err);
+    vd_node_unref(n);
+
+    /* without size the window reaches the end of the file */
+    n = bt_open_ok("driver=raw,offset=1000,file.driver=testdrv,file.size=64k", VD_O_RDWR);
+    assert_int_equal(vd_node_getlength(n), 65536 - 1000);
+    vd_node_unref(n);
+}
+
+static char *make_temp_file(const void *data, size_t len)
+{
+    char *path = strdup("/var/tmp/vd-block-test-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+/* Run open with stderr captured into buf. */
+static VdNode *open_capturing(const char *filename, VdOpts *opts, int flags, char *buf,
+                              size_t size)
+{
+    char tmpl[] = "/var/tmp/vd-block-stderr-XXXXXX";
+    int fd = mkstemp(tmpl);
+    int saved = dup(2);
+    fflush(stderr);
+    dup2(fd, 2);
+    VdError *err = NULL;
+    VdNode *n = vd_node_open(filename, opts, flags, &err);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    ssize_t got = pread(fd, buf, size - 1, 0);
+    buf[got > 0 ? got : 0] = 0;
+    close(fd);
+    unlink(tmpl);
+    if (!n) {
+        fail_msg("open %s: %s", filename, err ? err->msg : "?");
+    }
+    return n;
+}
+
+static void test_probe_raw_guard(void **state)
+{
+    static uint8_t img[65536];
+    memset(img, 0, sizeof(img));
+    char *path = make_temp_file(img, sizeof(img));
+    char out[2048];
+    char want[512];
+
+    VdNode *n = open_capturing(path, NULL, VD_O_RDWR, out, sizeof(out));
+    assert_string_equal(vd_node_format_name(n), "raw");
+    assert_true(n->probed_raw);
+    snprintf(want, sizeof(want),
+             "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
+             "         Automatically detecting the format is dangerous for raw images, "
+             "write operations on block 0 will be restricted.\n"
+             "         Specify the 'raw' format explicitly to remove the restrictions.\n", path);
+    assert_string_equal(out, want);
+
+    uint8_t sec[1024];
+    memset(sec, 0, sizeof(sec));
+    memcpy(sec, "TESTFMT!", 8);
+    assert_int_equal(vd_pwrite(n, 0, 512, sec, 0), -EPERM);
+    assert_int_equal(vd_pwrite(n, 0, 8, sec, 0), -EPERM);     /* via read-modify-write */
+    assert_int_equal(vd_pwrite(n, 0, 1024, sec, 0), -EPERM);
+    assert_int_equal(vd_pwrite(n, 512, 512, sec, 0), 0);       /* not block 0: fine */
+    memset(sec, 0x61, 512);
+    assert_int_equal(vd_pwrite(n, 0, 512, sec, 0), 0);         /* harmless data: fine */
+    assert_int_equal(vd_pwrite(n, 3, 5, sec, 0), 0);
+    vd_node_unref(n);
+
+    /* read-only probing prints nothing */
+    n = open_capturing(path, NULL, 0, out, sizeof(out));
+    assert_string_equal(out, "");
+    vd_node_unref(n);
+
+    /* with the format given the write goes through; then it probes as testfmt */
+    VdError *err = NULL;
+    VdOpts *o = vd_opts_parse("driver=raw", NULL, &err);
+    n = open_capturing(path, o, VD_O_RDWR, out, sizeof(out));
+    assert_string_equal(out, "");
+    assert_false(n->probed_raw);
+    memset(sec, 0, sizeof(sec));
+    memcpy(sec, "TESTFMT!", 8);
+    assert_int_equal(vd_pwrite(n, 0, 512, sec, 0), 0);
+    vd_node_unref(n);
+    n = open_capturing(path, NULL, VD_O_RDWR, out, sizeof(out));
+    assert_string_equal(vd_node_format_name(n), "testfmt");
+    assert_int_equal(vd_node_getlength(n), 65536 - 512);
+    vd_node_unref(n);
+    unlink(path);
+    free(path);
+}
+
+static void test_info_and_create(void **state)
+{
+    char *path = make_temp_file("", 0);
+    VdError *err = NULL;
+    VdOpts *o = vd_opts_parse("size=1M", NULL, &err);
+    if (vd_img_create(path, "raw", o, &err) < 0) {
+        fail_msg("create: %s", err->msg);
+    }
+    vd_json_unref(o);
+    o = vd_opts_parse("size=1M,bogus=1", NULL, &err);
+    assert_int_equal(vd_img_create(path, "raw", o, &err), -EINVAL);
+    assert_non_null(strstr(err->msg, "Invalid parameter 'bogus'"));
+    vd_error_free_and_clear(&err);
+    vd_json_unref(o);
+    assert_int_equal(vd_img_create(path, "nosuchfmt", NULL, &err), -EINVAL);
+    vd_error_free_and_clear(&err);
+
+    o = vd_opts_parse("driver=raw", NULL, &err);
+    VdNode *n = vd_node_open(path, o, 0, &err);
+    assert_non_null(n);
+    VdJson *info = vd_node_info(n, false, &err);
+    assert_non_null(info);
+    assert_int_equal(vd_json_get_int(vd_json_object_get(info, "virtual-size")), VD_MiB);
+    assert_string_equal(vd_json_get_string(vd_json_object_get(info, "format")), "raw");
+    assert_string_equal(vd_json_get_string(vd_json_object_get(info, "filename")), path);
+    assert_non_null(vd_json_object_get(info, "actual-size"));
+    assert_false(vd_json_get_bool(vd_json_object_get(info, "dirty-flag")));
+    assert_null(vd_json_object_get(info, "cluster-size"));
+    vd_json_unref(info);
+    info = vd_node_info(n, true, &err);
+    assert_int_equal(vd_json_array_size(info), 1);
+    vd_json_unref(info);
+    VdCheckResult res;
+    assert_int_equal(vd_node_check(n, &res, 0, &err), -ENOTSUP);
+    vd_error_free_and_clear(&err);
+    vd_node_unref(n);
+    unlink(path);
+    free(path);
+}
+
+#define BT_TEST(name, fn) { name, fn, NULL, NULL, NULL }
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        BT_TEST("/block/node/options/errors", test_option_errors),
+        BT_TEST("/block/node/names", test_node_names),
+        BT_TEST("/block/node/options/json-inherit", test_json_and_inheritance),
+        BT_TEST("/block/node/cache-modes", test_cache_modes),
+        BT_TEST("/block/null-co/options", test_null_co),
+        BT_TEST("/block/raw/window", test_raw_window),
+        BT_TEST("/block/node/probe/raw-guard", test_probe_raw_guard),
+        BT_TEST("/block/node/info-create", test_info_and_create),
+    };
+    cmocka_set_message_output(CM_OUTPUT_STDOUT);
+    return cmocka_run_group_tests_name("/block/node", tests, bt_setup, NULL);
+}

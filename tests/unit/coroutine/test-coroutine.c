@@ -151,6 +151,39 @@ static void test_pool_reuse(void **state)
     assert_int_equal(vd_co_alive_count(), alive);   /* no new stacks */
 }
 
+static void coroutine_fn yield_once_entry(void *opaque)
+{
+    vd_co_yield();
+}
+
+/* More coroutines than the per-thread free list holds: the rest go to the
+ * global overflow pool and come back from there. */
+static void test_pool_overflow(void **state)
+{
+    enum { N = 1000 };
+    VdCoroutine **co = calloc(N, sizeof(*co));
+    unsigned alive;
+
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            co[i] = vd_co_create(yield_once_entry, NULL);
+            vd_co_enter(co[i]);             /* all N suspended at once */
+        }
+        if (round == 0) {
+            alive = vd_co_alive_count();
+            assert_true(alive >= N);
+        } else {
+            assert_int_equal(vd_co_alive_count(), alive);  /* none allocated */
+        }
+        for (int i = 0; i < N; i++) {
+            vd_co_enter(co[i]);
+        }
+        /* none unmapped: 128 on this thread's list, the rest global */
+        assert_int_equal(vd_co_alive_count(), alive);
+    }
+    free(co);
+}
+
 typedef struct GuardInfo {
     char *map;
     char *stack_lo;
@@ -257,6 +290,52 @@ static void test_guard_page_overflow(void **state)
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 42);
+}
+
+/* Misuse is caught: entering a running coroutine, scheduling one twice. */
+static void coroutine_fn reenter_self_entry(void *opaque)
+{
+    vd_co_enter(vd_co_self());
+}
+
+static void coroutine_fn suspend_entry(void *opaque)
+{
+    vd_co_yield();
+}
+
+static void expect_abort(int which)
+{
+    pid_t pid;
+    int status;
+
+#ifdef VD_CO_TSAN
+    skip();     /* TSan loses the fiber bookkeeping across fork() */
+#endif
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        VdCoroutine *co;
+
+        freopen("/dev/null", "w", stderr);
+        if (which == 0) {
+            vd_co_enter(vd_co_create(reenter_self_entry, NULL));
+        } else {
+            co = vd_co_create(suspend_entry, NULL);
+            vd_co_enter(co);
+            vd_aio_co_schedule(main_ctx, co);
+            vd_aio_co_schedule(main_ctx, co);
+        }
+        _exit(0);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGABRT);
+}
+
+static void test_misuse_aborts(void **state)
+{
+    expect_abort(0);
+    expect_abort(1);
 }
 
 /* ---- wake-ups ---------------------------------------------------------------- */
@@ -376,6 +455,7 @@ typedef struct PingPong {
     VdAioContext *ctx[2];
     long moves;
     bool wrong_thread;
+    VdAioContext *final_ctx;
 } PingPong;
 
 static void coroutine_fn ping_pong_entry(void *opaque)
@@ -390,6 +470,7 @@ static void coroutine_fn ping_pong_entry(void *opaque)
         }
         p->moves++;
     }
+    p->final_ctx = vd_aio_current();
 }
 
 static void sync_nop(void *opaque)
@@ -409,6 +490,7 @@ static void test_move_ping_pong(void **state)
     vd_co_run_sync(p.ctx[0], ping_pong_entry, &p);
     assert_int_equal(p.moves, PING_PONG_MOVES);
     assert_false(p.wrong_thread);
+    assert_ptr_equal(p.final_ctx, p.ctx[PING_PONG_MOVES & 1]);
     /* The thread that scheduled the last hop may still be inside
      * vd_bh_schedule_oneshot() on the other context: let both finish their
      * current BH before freeing either. */
@@ -539,7 +621,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         CO_TEST("/coroutine/basic/enter-yield-terminate", test_basic),
         CO_TEST("/coroutine/basic/nesting", test_nesting),
+        CO_TEST("/coroutine/basic/misuse-aborts", test_misuse_aborts),
         CO_TEST("/coroutine/stack/pool-reuse", test_pool_reuse),
+        CO_TEST("/coroutine/stack/pool-overflow-global", test_pool_overflow),
         CO_TEST("/coroutine/stack/guard-page-mapped", test_guard_page_mapped),
         CO_TEST("/coroutine/stack/guard-page-overflow", test_guard_page_overflow),
         CO_TEST("/coroutine/wake/deferred-in-coroutine", test_wake_deferred),

@@ -215,7 +215,10 @@ static void test_extensions(void **state)
     uint8_t buf[4096];
     memset(buf, 0, sizeof(buf));
     uint8_t unk[16] = {0x12, 0x34, 0x56, 0x78, 0, 0, 0, 3, 'a', 'b', 'c'};
-    int64_t end = qcow2_write_extensions(buf, sizeof(buf), 112, 3, "raw", unk, sizeof(unk));
+    uint8_t big[8192];
+    memset(big, 0, sizeof(big));
+    int64_t end = qcow2_write_extensions(big, sizeof(big), 112, 3, "raw", unk, sizeof(unk), 0);
+    memcpy(buf, big, sizeof(buf));
     assert_true(end > 112);
     Qcow2Extensions ext;
     assert_int_equal(qcow2_parse_extensions(buf, 112, sizeof(buf), "x", &ext, NULL), 0);
@@ -226,7 +229,7 @@ static void test_extensions(void **state)
     assert_int_equal(ext.end, (uint64_t)end);
     qcow2_extensions_free(&ext);
     /* v2 writes no feature table */
-    end = qcow2_write_extensions(buf, sizeof(buf), 72, 2, NULL, NULL, 0);
+    end = qcow2_write_extensions(buf, sizeof(buf), 72, 2, NULL, NULL, 0, 0);
     assert_int_equal(end, 80);
     /* an extension overrunning the area */
     memset(buf, 0, sizeof(buf));
@@ -241,8 +244,13 @@ static void test_extensions(void **state)
     assert_true(qcow2_parse_extensions(buf, 112, sizeof(buf), "x.qcow2", &ext, &err) < 0);
     assert_non_null(strstr(err->msg, "backing format name length 40"));
     vd_error_free(err);
-    /* no room */
-    assert_int_equal(qcow2_write_extensions(buf, 200, 112, 3, NULL, NULL, 0), -ENOSPC);
+    /* clusters of 4k and less: the optional feature table is left out */
+    end = qcow2_write_extensions(buf, 4096, 112, 3, NULL, NULL, 0, 0);
+    assert_int_equal(end, 120);
+    end = qcow2_write_extensions(buf, 512, 112, 3, NULL, NULL, 0, 0);
+    assert_int_equal(end, 120);
+    /* no room for the mandatory parts */
+    assert_int_equal(qcow2_write_extensions(buf, 130, 112, 3, "qcow2", NULL, 0, 0), -ENOSPC);
 }
 
 static void test_refcount_widths(void **state)

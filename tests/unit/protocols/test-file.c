@@ -356,6 +356,69 @@ static void test_rw_short_file(void **state)
     free(r);
 }
 
+/* Many requests in flight at once (one coroutine each), then verified. */
+typedef struct TestWorker {
+    VdNode *node;
+    int index;
+    int ret;
+    bool done;
+} TestWorker;
+
+#define TEST_WORKERS 32
+#define TEST_CHUNK (16 * 1024)
+
+static void coroutine_fn test_worker_entry(void *opaque)
+{
+    TestWorker *w = opaque;
+    uint8_t *buf = NULL;
+    assert_int_equal(posix_memalign((void **)&buf, 4096, TEST_CHUNK), 0);
+    w->ret = 0;
+    for (int round = 0; round < 4 && !w->ret; round++) {
+        memset(buf, (w->index * 4 + round) & 0xff, TEST_CHUNK);
+        VdIOVector q;
+        vd_iov_init_buf(&q, buf, TEST_CHUNK);
+        int64_t off = (int64_t)(round * TEST_WORKERS + w->index) * TEST_CHUNK;
+        w->ret = vd_driver_file.co_pwritev(w->node, off, TEST_CHUNK, &q, 0, 0);
+        if (!w->ret) {
+            memset(buf, 0, TEST_CHUNK);
+            w->ret = vd_driver_file.co_preadv(w->node, off, TEST_CHUNK, &q, 0, 0);
+        }
+        if (!w->ret && !test_is_filled(buf, TEST_CHUNK, (w->index * 4 + round) & 0xff)) {
+            w->ret = -EIO;
+        }
+    }
+    free(buf);
+    w->done = true;
+}
+
+static void test_rw_concurrent_common(const char *extra, int flags)
+{
+    const char *path = test_path("concurrent.img");
+    test_make_file(path, 0);
+    VdNode *node = test_open(path, extra, VD_O_RDWR | flags);
+    TestWorker w[TEST_WORKERS];
+    for (int i = 0; i < TEST_WORKERS; i++) {
+        w[i] = (TestWorker){ .node = node, .index = i };
+        vd_aio_co_enter(g_ctx, vd_co_create(test_worker_entry, &w[i]));
+    }
+    for (int i = 0; i < TEST_WORKERS; i++) {
+        while (!w[i].done) {
+            vd_aio_poll(g_ctx, true);
+        }
+        assert_int_equal(w[i].ret, 0);
+    }
+    TestCall len = { .op = OP_LENGTH, .node = node };
+    assert_int_equal(test_run(&len), 4 * TEST_WORKERS * TEST_CHUNK);
+    test_close(node);
+}
+
+static void test_rw_concurrent(void **state)
+{
+    test_rw_concurrent_common("aio=io_uring", 0);
+    test_rw_concurrent_common("aio=io_uring", VD_O_NOCACHE);
+    test_rw_concurrent_common("aio=threads", 0);
+}
+
 /* ---- O_DIRECT ---- */
 
 static int test_fd_flags(int fd)
@@ -961,6 +1024,7 @@ int main(void)
         cmocka_unit_test(test_rw_io_uring),
         cmocka_unit_test(test_rw_threads),
         cmocka_unit_test(test_rw_short_file),
+        cmocka_unit_test(test_rw_concurrent),
         cmocka_unit_test(test_direct),
         cmocka_unit_test(test_direct_unaligned_eof),
         cmocka_unit_test(test_fua),
@@ -975,7 +1039,7 @@ int main(void)
     };
     /* names by path as the project's tests are */
     static const char *const names[] = {
-        "/file/rw/io_uring", "/file/rw/threads", "/file/rw/short-file", "/file/direct/flags",
+        "/file/rw/io_uring", "/file/rw/threads", "/file/rw/short-file", "/file/rw/concurrent", "/file/direct/flags",
         "/file/direct/unaligned-eof", "/file/fua", "/file/zeroes/punch", "/file/discard",
         "/file/block-status", "/file/truncate", "/file/create/prealloc", "/file/open/errors",
         "/file/lock/qemu-holds", "/file/lock/we-hold",

@@ -250,6 +250,8 @@ static void test_bad(void **state)
     expect_fail_at("\"\\udc00\"", 1, "lone low surrogate \\uDC00");
     expect_fail_at("\"abc", 0, "unterminated string");
     expect_fail_at("\"a\nb\"", 2, "control character 0x0a in string");
+    expect_fail_at("\"\x1f\"", 1, "control character 0x1f in string");
+    expect_fail_at("\"\x7f\x01\"", 2, "control character 0x01 in string");
     expect_fail_at("\"\xc3\"", 1, "invalid UTF-8 in string");
     expect_fail_at("\"\xc0\xaf\"", 1, "invalid UTF-8 in string");        /* overlong */
     expect_fail_at("\"\xed\xa0\x80\"", 1, "invalid UTF-8 in string");    /* surrogate */

@@ -1,0 +1,114 @@
+#!/bin/bash
+# NBD server benchmark: vdiskd beside qemu-storage-daemon and nbdkit in the
+# same run, fio's nbd engine over UNIX sockets, medians of RUNS runs each.
+#
+#   bench/nbd/run.sh [path/to/vdiskd]      (default: build/tools/vdiskd/vdiskd)
+#   RUNS=5 RUNTIME=10 SIZE=1G bench/nbd/run.sh ...
+#
+# 1. qcow2, 4k random reads, depth 32: vdiskd (one IOThread) vs
+#    qemu-storage-daemon, both cache.direct=on + aio=io_uring on the same image.
+#    qemu-storage-daemon 7.2 aborts when an NBD client disconnects while its
+#    export uses an IOThread, so it runs without --object iothread (its export
+#    is served from the main loop). Target ratio >= 1.3.
+# 2. null export vs `nbdkit null`, same fio job. Both send the 4k of data
+#    (null-co read-zeroes=off: no hole chunks). Target >= 1.0.
+# 3. two null exports on two IOThreads with one fio job each (aggregate) vs
+#    one export on one IOThread with one job. Target >= 1.6.
+set -euo pipefail
+
+VDISKD=$(realpath "${1:-build/tools/vdiskd/vdiskd}")
+RUNS=${RUNS:-3}
+RUNTIME=${RUNTIME:-10}
+SIZE=${SIZE:-1G}
+for t in fio qemu-img qemu-io qemu-storage-daemon nbdkit; do
+    command -v $t >/dev/null || { echo "missing $t"; exit 1; }
+done
+[ -x "$VDISKD" ] || { echo "vdiskd not found at $VDISKD"; exit 1; }
+
+DIR=$(mktemp -d /var/tmp/vdisk-bench-nbd.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+IMG=$DIR/disk.qcow2
+qemu-img create -q -f qcow2 "$IMG" "$SIZE"
+# fill it so reads hit allocated clusters
+qemu-io -f qcow2 -c "write -P 0x5a 0 $SIZE" "$IMG" >/dev/null
+
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1"; exit 1; }
+
+start() {   # start <socket> <cmd...>; sets SERVER_PID
+    rm -f "$1"
+    local s=$1; shift
+    "$@" >"$DIR/server.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_sock "$s"
+}
+
+stop() {
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+}
+
+fio_iops() {   # fio_iops <uri> [<uri2>]: total read IOPS
+    local args=(--ioengine=nbd --rw=randread --bs=4k --iodepth=32 --runtime="$RUNTIME"
+                --time_based --ramp_time=1 --size=256M --output-format=json --group_reporting)
+    if [ $# -eq 1 ]; then
+        fio "${args[@]}" --name=j1 --uri="$1" > "$DIR/fio.json"
+    else
+        fio "${args[@]}" --name=j1 --uri="$1" --name=j2 --uri="$2" > "$DIR/fio.json"
+    fi
+    python3 -c 'import json,sys; t=open(sys.argv[1]).read(); d=json.loads(t[t.index("{"):]); print(int(sum(j["read"]["iops"] for j in d["jobs"])))' "$DIR/fio.json"
+}
+
+median() { python3 -c 'import sys,statistics; print(int(statistics.median(map(float, sys.argv[1:]))))' "$@"; }
+ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
+
+S=$DIR/nbd.sock
+U="nbd+unix:///disk?socket=$S"
+VD_QCOW2=(--object iothread,id=io0
+          --blockdev "driver=qcow2,node-name=disk0,file.driver=file,file.filename=$IMG,file.aio=io_uring,cache.direct=on"
+          --nbd-server "addr.type=unix,addr.path=$S"
+          --export type=nbd,id=e0,node-name=disk0,name=disk,iothread=io0)
+QSD_QCOW2=(--blockdev "driver=file,node-name=f0,filename=$IMG,aio=io_uring,cache.direct=on"
+           --blockdev driver=qcow2,node-name=disk0,file=f0
+           --nbd-server "addr.type=unix,addr.path=$S"
+           --export type=nbd,id=e0,node-name=disk0,name=disk)
+VD_NULL=(--object iothread,id=io0 --object iothread,id=io1
+         --blockdev driver=null-co,node-name=n0,size=$SIZE,read-zeroes=off
+         --blockdev driver=null-co,node-name=n1,size=$SIZE,read-zeroes=off
+         --nbd-server "addr.type=unix,addr.path=$S"
+         --export type=nbd,id=e0,node-name=n0,name=disk,iothread=io0
+         --export type=nbd,id=e1,node-name=n1,name=disk2,iothread=io1)
+
+declare -a vq qq vn kn one two
+for r in $(seq "$RUNS"); do
+    start "$S" "$VDISKD" "${VD_QCOW2[@]}"; vq+=("$(fio_iops "$U")"); stop
+    start "$S" qemu-storage-daemon "${QSD_QCOW2[@]}"; qq+=("$(fio_iops "$U")"); stop
+    start "$S" "$VDISKD" "${VD_NULL[@]}"
+    vn+=("$(fio_iops "$U")")
+    one+=("${vn[-1]}")
+    two+=("$(fio_iops "$U" "nbd+unix:///disk2?socket=$S")")
+    stop
+    start "$S" nbdkit --foreground -U "$S" null size=$SIZE; kn+=("$(fio_iops "nbd+unix:///?socket=$S")"); stop
+    echo "run $r: qcow2 vdiskd ${vq[-1]} qsd ${qq[-1]} | null vdiskd ${vn[-1]} nbdkit ${kn[-1]} | 2 exports ${two[-1]}"
+done
+
+mvq=$(median "${vq[@]}"); mqq=$(median "${qq[@]}"); mvn=$(median "${vn[@]}"); mkn=$(median "${kn[@]}")
+mone=$(median "${one[@]}"); mtwo=$(median "${two[@]}")
+echo
+echo "4k randread, iodepth 32, UNIX socket, fio nbd engine, median of $RUNS x ${RUNTIME}s"
+printf '%-58s %10s IOPS\n' "qcow2 vdiskd (1 IOThread, io_uring, cache.direct)" "$mvq"
+printf '%-58s %10s IOPS\n' "qcow2 qemu-storage-daemon 7.2 (main loop, no IOThread)" "$mqq"
+printf '%-58s %10s   (target >= 1.3)\n' "ratio vdiskd / qemu-storage-daemon" "$(ratio "$mvq" "$mqq")"
+printf '%-58s %10s IOPS\n' "null-co vdiskd" "$mvn"
+printf '%-58s %10s IOPS\n' "nbdkit null" "$mkn"
+printf '%-58s %10s   (target >= 1.0)\n' "ratio vdiskd / nbdkit" "$(ratio "$mvn" "$mkn")"
+printf '%-58s %10s IOPS\n' "null-co, 1 export on 1 IOThread, 1 job" "$mone"
+printf '%-58s %10s IOPS\n' "null-co, 2 exports on 2 IOThreads, 2 jobs (aggregate)" "$mtwo"
+printf '%-58s %10s   (target >= 1.6)\n' "ratio two / one" "$(ratio "$mtwo" "$mone")"

@@ -112,6 +112,9 @@ struct VdAioContext {
     _Alignas(AIO_CACHELINE) _Atomic int notify_me;
     _Atomic bool notified;      /* vd_aio_notify() since the last round */
     _Atomic bool kicked;        /* event_fd written and not yet read */
+    /* Threads other than the home thread inside a BH push + kick: teardown
+     * waits for zero so a scheduler never touches a freed context. */
+    _Atomic int schedulers;
 
     _Alignas(AIO_CACHELINE) _Atomic int refcnt;
     _Atomic pthread_t home;     /* home thread */
@@ -166,6 +169,8 @@ bool aio_bh_pending(VdAioContext *ctx);
 void aio_bh_free_all(VdAioContext *ctx);
 /* Wake the home thread if it sleeps or is about to (any thread). */
 void aio_kick_if_sleeping(VdAioContext *ctx);
+/* True if ctx is the calling thread's current context. */
+bool aio_is_current(const VdAioContext *ctx);
 
 /* timer.c */
 bool aio_timers_run(VdAioContext *ctx, int64_t now);

@@ -32,6 +32,26 @@ void aio_kick_if_sleeping(VdAioContext *ctx)
     }
 }
 
+/*
+ * Push bh and wake the loop if it sleeps. Once bh is visible the home thread
+ * may run it and, at teardown, free ctx: a foreign thread therefore counts
+ * itself in ctx->schedulers for the push + kick, and teardown waits for the
+ * count to drop to zero before freeing (vd_aio_context_unref). The home
+ * thread cannot race with its own teardown and skips the count.
+ */
+static inline void aio_bh_publish(VdAioContext *ctx, VdBH *bh)
+{
+    if (aio_is_current(ctx)) {
+        aio_bh_push(ctx, bh);
+        aio_kick_if_sleeping(ctx);
+        return;
+    }
+    atomic_fetch_add_explicit(&ctx->schedulers, 1, memory_order_seq_cst);
+    aio_bh_push(ctx, bh);
+    aio_kick_if_sleeping(ctx);
+    atomic_fetch_sub_explicit(&ctx->schedulers, 1, memory_order_release);
+}
+
 VdBH *vd_bh_new(VdAioContext *ctx, VdBHFunc *cb, void *opaque)
 {
     VdBH *bh = aio_xmalloc0(sizeof(*bh));
@@ -52,8 +72,7 @@ void vd_bh_schedule(VdBH *bh)
                                             AIO_BH_PENDING | AIO_BH_SCHEDULED,
                                             memory_order_acq_rel);
     if (!(old & AIO_BH_PENDING)) {
-        aio_bh_push(ctx, bh);
-        aio_kick_if_sleeping(ctx);
+        aio_bh_publish(ctx, bh);
     }
 }
 
@@ -64,8 +83,7 @@ void vd_bh_schedule_oneshot(VdAioContext *ctx, VdBHFunc *cb, void *opaque)
     bh->cb = cb;
     bh->opaque = opaque;
     atomic_init(&bh->flags, AIO_BH_PENDING | AIO_BH_SCHEDULED | AIO_BH_ONESHOT);
-    aio_bh_push(ctx, bh);
-    aio_kick_if_sleeping(ctx);
+    aio_bh_publish(ctx, bh);
 }
 
 void vd_bh_cancel(VdBH *bh)

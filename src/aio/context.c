@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <time.h>
 
+#include <sched.h>
 #include "aio/aio-internal.h"
 #include "vdisk/log.h"
 
@@ -59,6 +60,11 @@ VdAioContext *vd_aio_main_context(void)
 VdAioContext *vd_aio_current(void)
 {
     return t_current;
+}
+
+bool aio_is_current(const VdAioContext *ctx)
+{
+    return t_current == ctx;
 }
 
 void vd_aio_set_current(VdAioContext *ctx)
@@ -210,6 +216,7 @@ VdAioContext *vd_aio_context_new(VdError **errp)
     }
     memset(ctx, 0, sizeof(*ctx));
     atomic_init(&ctx->refcnt, 1);
+    atomic_init(&ctx->schedulers, 0);
     atomic_init(&ctx->home, pthread_self());
     ctx->uring_efd = -1;
     ctx->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -250,6 +257,11 @@ void vd_aio_context_unref(VdAioContext *ctx)
      * finish (their callbacks run here) before the ring goes away. */
     while (ctx->uring_ok && ctx->inflight > 0) {
         vd_aio_poll(ctx, true);
+    }
+    /* A foreign thread may still be inside its push + kick of a BH that
+     * already ran: wait until none is (see aio_bh_publish). */
+    while (atomic_load_explicit(&ctx->schedulers, memory_order_acquire) > 0) {
+        sched_yield();
     }
     aio_bh_poll(ctx);                   /* pending pool completions etc. */
     vd_bh_delete(ctx->pool_bh);

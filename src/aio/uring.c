@@ -241,7 +241,7 @@ int aio_uring_req_init(AioUringReq *req, VdAioContext *ctx, VdUringOp op, int fd
     if (!ctx->uring_ok) {
         return -ENOSYS;
     }
-    if (fd < 0) {
+    if (fd < 0 && op != VD_URING_NOP) {   /* NOP touches no fd */
         return -EBADF;
     }
     switch (op) {

@@ -89,8 +89,8 @@ VD_PRINTF(2, 3) static inline void strbuf_printf(StrBuf *b, const char *fmt, ...
  * Numbers in JSON and option strings use '.' whatever LC_NUMERIC the
  * program set: conversions go through a private "C" locale.
  */
-static locale_t g_strbuf_c_locale;
-static pthread_once_t g_strbuf_c_locale_once = PTHREAD_ONCE_INIT;
+VD_UNUSED static locale_t g_strbuf_c_locale;
+VD_UNUSED static pthread_once_t g_strbuf_c_locale_once = PTHREAD_ONCE_INIT;
 
 static inline void strbuf_c_locale_init(void)
 {

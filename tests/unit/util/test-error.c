@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -191,8 +192,73 @@ static void test_log_trace(void **state)
     free(out);
 }
 
-int main(void)
+/* Child mode: the log constructor has read VDISK_TRACE(_FILE) at start-up. */
+static int trace_child(void)
 {
+    vd_log_init();   /* idempotent */
+    VD_TRACE(VD_LOG_NBD, "hello %d", 5);
+    VD_TRACE(VD_LOG_QCOW2, "not enabled");
+    return 0;
+}
+
+/* Run this binary again with the environment set; return what the trace
+ * file holds. */
+static char *run_trace_child(const char *trace, char **stderr_out)
+{
+    char path[] = "/tmp/vdisk-test-trace-XXXXXX";
+    char errpath[] = "/tmp/vdisk-test-trace-err-XXXXXX";
+    int fd = mkstemp(path);
+    int efd = mkstemp(errpath);
+    assert_true(fd >= 0 && efd >= 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv("VDISK_TRACE", trace, 1);
+        setenv("VDISK_TRACE_FILE", path, 1);
+        dup2(efd, STDERR_FILENO);
+        execl("/proc/self/exe", "test-error", "--trace-child", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    char *bufs[2];
+    int fds[2] = { fd, efd };
+    for (int i = 0; i < 2; i++) {
+        off_t n = lseek(fds[i], 0, SEEK_END);
+        bufs[i] = calloc(1, (size_t)n + 1);
+        assert_int_equal(pread(fds[i], bufs[i], (size_t)n, 0), n);
+        close(fds[i]);
+    }
+    unlink(path);
+    unlink(errpath);
+    *stderr_out = bufs[1];
+    return bufs[0];
+}
+
+static void test_log_env(void **state)
+{
+    char *err;
+    char *out = run_trace_child("nbd", &err);
+    assert_non_null(strstr(out, "nbd: hello 5\n"));
+    assert_null(strstr(out, "not enabled"));
+    assert_string_equal(err, "");
+    free(out);
+    free(err);
+
+    out = run_trace_child("nbd,bogus", &err);
+    assert_string_equal(out, "");
+    assert_non_null(strstr(err, "VDISK_TRACE='nbd,bogus' names an unknown category"));
+    free(out);
+    free(err);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--trace-child")) {
+        return trace_child();
+    }
+
     const struct CMUnitTest tests[] = {
         TEST("/util/error/setg", test_setg),
         TEST("/util/error/set-once", test_set_once),
@@ -202,6 +268,7 @@ int main(void)
         TEST("/util/error/report", test_report),
         TEST("/util/log/enable", test_log_enable),
         TEST("/util/log/trace", test_log_trace),
+        TEST("/util/log/env", test_log_env),
     };
     return cmocka_run_group_tests_name("util-error", tests, NULL, NULL);
 }

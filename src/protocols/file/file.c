@@ -234,7 +234,6 @@ static int coroutine_fn file_co_open(VdNode *node, VdOpts *options, int flags, V
     }
     ret = file_lock_acquire(s, s->fd, s->lock_mode, perm, shared, filename, errp);
     if (ret < 0) {
-        vd_error_prepend(errp, "Could not open '%s': ", filename);
         goto fail;
     }
 

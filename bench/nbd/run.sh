@@ -55,15 +55,25 @@ stop() {
     wait "$SERVER_PID" 2>/dev/null || true
 }
 
-fio_iops() {   # fio_iops <uri> [<uri2>]: total read IOPS
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+
+fio_iops() {   # fio_iops <uri> [<uri2>]: total read IOPS; server CPU us/IO -> $DIR/cpu
     local args=(--ioengine=nbd --rw=randread --bs=4k --iodepth=32 --runtime="$RUNTIME"
                 --time_based --ramp_time=1 --size=256M --output-format=json --group_reporting)
+    local t0 t1
+    t0=$(cpu_ticks)
     if [ $# -eq 1 ]; then
         fio "${args[@]}" --name=j1 --uri="$1" > "$DIR/fio.json"
     else
         fio "${args[@]}" --name=j1 --uri="$1" --name=j2 --uri="$2" > "$DIR/fio.json"
     fi
-    python3 -c 'import json,sys; t=open(sys.argv[1]).read(); d=json.loads(t[t.index("{"):]); print(int(sum(j["read"]["iops"] for j in d["jobs"])))' "$DIR/fio.json"
+    t1=$(cpu_ticks)
+    python3 -c 'import json,sys,os
+t=open(sys.argv[1]).read(); d=json.loads(t[t.index("{"):])
+iops=sum(j["read"]["iops"] for j in d["jobs"]); ios=sum(j["read"]["total_ios"] for j in d["jobs"])
+hz=os.sysconf("SC_CLK_TCK"); cpu_us=(int(sys.argv[3])-int(sys.argv[2]))*1e6/hz
+open(sys.argv[4],"a").write("%.2f\n" % (cpu_us/max(ios,1)))
+print(int(iops))' "$DIR/fio.json" "$t0" "$t1" "$DIR/cpu.$CPUTAG"
 }
 
 median() { python3 -c 'import sys,statistics; print(int(statistics.median(map(float, sys.argv[1:]))))' "$@"; }
@@ -88,14 +98,14 @@ VD_NULL=(--object iothread,id=io0 --object iothread,id=io1
 
 declare -a vq qq vn kn one two
 for r in $(seq "$RUNS"); do
-    start "$S" "$VDISKD" "${VD_QCOW2[@]}"; vq+=("$(fio_iops "$U")"); stop
-    start "$S" qemu-storage-daemon "${QSD_QCOW2[@]}"; qq+=("$(fio_iops "$U")"); stop
-    start "$S" "$VDISKD" "${VD_NULL[@]}"
+    CPUTAG=vq; start "$S" "$VDISKD" "${VD_QCOW2[@]}"; vq+=("$(fio_iops "$U")"); stop
+    CPUTAG=qq; start "$S" qemu-storage-daemon "${QSD_QCOW2[@]}"; qq+=("$(fio_iops "$U")"); stop
+    CPUTAG=vn; start "$S" "$VDISKD" "${VD_NULL[@]}"
     vn+=("$(fio_iops "$U")")
     one+=("${vn[-1]}")
-    two+=("$(fio_iops "$U" "nbd+unix:///disk2?socket=$S")")
+    CPUTAG=two; two+=("$(fio_iops "$U" "nbd+unix:///disk2?socket=$S")")
     stop
-    start "$S" nbdkit --foreground -U "$S" null size=$SIZE; kn+=("$(fio_iops "nbd+unix:///?socket=$S")"); stop
+    CPUTAG=kn; start "$S" nbdkit --foreground -U "$S" null size=$SIZE; kn+=("$(fio_iops "nbd+unix:///?socket=$S")"); stop
     echo "run $r: qcow2 vdiskd ${vq[-1]} qsd ${qq[-1]} | null vdiskd ${vn[-1]} nbdkit ${kn[-1]} | 2 exports ${two[-1]}"
 done
 
@@ -112,3 +122,9 @@ printf '%-58s %10s   (target >= 1.0)\n' "ratio vdiskd / nbdkit" "$(ratio "$mvn" 
 printf '%-58s %10s IOPS\n' "null-co, 1 export on 1 IOThread, 1 job" "$mone"
 printf '%-58s %10s IOPS\n' "null-co, 2 exports on 2 IOThreads, 2 jobs (aggregate)" "$mtwo"
 printf '%-58s %10s   (target >= 1.6)\n' "ratio two / one" "$(ratio "$mtwo" "$mone")"
+cpu() { median $(python3 -c 'import sys; print(" ".join(str(int(float(l)*100)) for l in open(sys.argv[1])))' "$DIR/cpu.$1") | python3 -c 'import sys; print("%.2f" % (int(sys.stdin.read())/100))'; }
+echo
+echo "server CPU time per request (us, median; lower is better; a disk-bound run can"
+echo "tie on IOPS while using less CPU):"
+printf '  qcow2: vdiskd %s  qemu-storage-daemon %s   null: vdiskd %s  nbdkit %s\n' \
+    "$(cpu vq)" "$(cpu qq)" "$(cpu vn)" "$(cpu kn)"

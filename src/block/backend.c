@@ -37,6 +37,7 @@ struct VdBackend {
     void *stop_opaque;
 
     int paused;                     /* atomic: held requests wait for resume */
+    bool dying;                     /* last reference gone: held requests fail */
     int pending_resumes;            /* atomic: resume BHs not yet run */
     VdCoQueue paused_queue;         /* home thread */
 
@@ -88,7 +89,7 @@ static void backend_quiesce_end(void *opaque)
     assert(blk->quiesce_counter > 0);
     blk->drain_waiters--;
     if (--blk->quiesce_counter == 0) {
-        vd_co_queue_restart_all(&blk->drain_queue);
+        vd_co_queue_wake_all(&blk->drain_queue);
     }
 }
 
@@ -110,7 +111,7 @@ static void resume_bh(void *opaque)
 {
     VdBackend *blk = opaque;
     if (!__atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE)) {
-        vd_co_queue_restart_all(&blk->paused_queue);
+        vd_co_queue_wake_all(&blk->paused_queue);
     }
     __atomic_fetch_sub(&blk->pending_resumes, 1, __ATOMIC_RELEASE);
     vd_aio_wait_kick();
@@ -206,6 +207,9 @@ static int coroutine_fn backend_issue(VdBackend *blk, BackendOp op, int64_t offs
 {
     VdNode *root = blk->root;
     int ret;
+    if (!blk->write_cache) {
+        flags &= ~VD_REQ_FUA;       /* the flush below makes the write stable anyway */
+    }
     switch (op) {
     case OP_READ:
         return vd_co_preadv(root, offset, bytes, qiov, 0, flags);
@@ -272,6 +276,9 @@ static int coroutine_fn backend_do(VdBackend *blk, BackendOp op, int64_t offset,
             vd_co_queue_wait(&blk->paused_queue, NULL);
         }
         backend_enter(blk);
+        if (blk->dying) {
+            break;          /* the backend goes away: complete with the error */
+        }
     }
     account(blk, op, bytes, ret, (uint64_t)(vd_clock_ns() - start));
     return ret;
@@ -523,11 +530,21 @@ static void delete_done_bh(void *opaque)
     }
 }
 
+/* Home thread: fail the requests a stop holds, so none is left behind. */
+static void release_held(void *opaque)
+{
+    VdBackend *blk = opaque;
+    blk->dying = true;
+    __atomic_store_n(&blk->paused, 0, __ATOMIC_RELEASE);
+    vd_co_queue_wake_all(&blk->paused_queue);
+}
+
 void vd_backend_unref(VdBackend *blk)
 {
     if (!blk || --blk->refcnt > 0) {
         return;
     }
+    vd_aio_run_sync(blk->root->ctx, release_held, blk);
     VD_AIO_WAIT_WHILE(blk->root->ctx, __atomic_load_n(&blk->pending_resumes, __ATOMIC_ACQUIRE) > 0);
     vd_backend_drain_begin(blk);
     vd_aio_run_sync(blk->root->ctx, delete_done_bh, blk);

@@ -52,9 +52,21 @@ struct VdNodeCoreState {
     int64_t total_bytes;            /* cached length (getlength), grows on growable nodes */
     bool growable;                  /* protocol node: writes past EOF extend it */
     bool corrupt;                   /* vd_node_mark_corrupt: writes fail with -EIO */
+    int detect_zeroes;              /* 0 off, 1 on, 2 unmap: all-zero writes become zero-writes */
     bool closing;
     unsigned index;                 /* for "#nodeN" */
 };
+
+/*
+ * Wake every coroutine waiting in q. Woken coroutines may run right away and
+ * wait in q again; they are not woken a second time by this call.
+ */
+static inline void vd_co_queue_wake_all(VdCoQueue *q)
+{
+    VdCoQueue local = *q;
+    vd_co_queue_init(q);
+    vd_co_queue_restart_all(&local);
+}
 
 /* ---- io.c ---- */
 void vd_node_core_init(VdNode *node);

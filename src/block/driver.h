@@ -61,6 +61,71 @@ typedef struct VdCreateOption {
     const char *def_value;    /* NULL: none */
 } VdCreateOption;
 
+/*
+ * Fault-injection events (DESIGN.md §8, docs/filters.md). A format driver
+ * calls vd_debug_event(node->file->node, VD_DBG_...) just before it writes
+ * (or loads) metadata of that kind; a blkdebug node in the chain below then
+ * applies its rules ("fail the next write after l2_update"). Names match
+ * QEMU's blkdebug event names; the last few are vdisk's own. The blkdebug
+ * node itself raises read_aio, write_aio, pwritev_zero, pdiscard, flush_to_os
+ * and flush_to_disk for each request that reaches it, so formats need not.
+ */
+typedef enum VdDebugEvent {
+    VD_DBG_L1_UPDATE,
+    VD_DBG_L1_GROW_ALLOC_TABLE,
+    VD_DBG_L1_GROW_WRITE_TABLE,
+    VD_DBG_L1_GROW_ACTIVATE_TABLE,
+    VD_DBG_L2_LOAD,
+    VD_DBG_L2_UPDATE,
+    VD_DBG_L2_UPDATE_COMPRESSED,
+    VD_DBG_L2_ALLOC_COW_READ,
+    VD_DBG_L2_ALLOC_WRITE,
+    VD_DBG_READ_AIO,
+    VD_DBG_READ_BACKING_AIO,
+    VD_DBG_READ_COMPRESSED,
+    VD_DBG_WRITE_AIO,
+    VD_DBG_WRITE_COMPRESSED,
+    VD_DBG_VMSTATE_LOAD,
+    VD_DBG_VMSTATE_SAVE,
+    VD_DBG_COW_READ,
+    VD_DBG_COW_WRITE,
+    VD_DBG_REFTABLE_LOAD,
+    VD_DBG_REFTABLE_GROW,
+    VD_DBG_REFTABLE_UPDATE,
+    VD_DBG_REFBLOCK_LOAD,
+    VD_DBG_REFBLOCK_UPDATE,
+    VD_DBG_REFBLOCK_UPDATE_PART,
+    VD_DBG_REFBLOCK_ALLOC,
+    VD_DBG_REFBLOCK_ALLOC_HOOKUP,
+    VD_DBG_REFBLOCK_ALLOC_WRITE,
+    VD_DBG_REFBLOCK_ALLOC_WRITE_BLOCKS,
+    VD_DBG_REFBLOCK_ALLOC_WRITE_TABLE,
+    VD_DBG_REFBLOCK_ALLOC_SWITCH_TABLE,
+    VD_DBG_CLUSTER_ALLOC,
+    VD_DBG_CLUSTER_ALLOC_BYTES,
+    VD_DBG_CLUSTER_FREE,
+    VD_DBG_FLUSH_TO_OS,
+    VD_DBG_FLUSH_TO_DISK,
+    VD_DBG_PWRITEV_RMW_HEAD,
+    VD_DBG_PWRITEV_RMW_AFTER_HEAD,
+    VD_DBG_PWRITEV_RMW_TAIL,
+    VD_DBG_PWRITEV_RMW_AFTER_TAIL,
+    VD_DBG_PWRITEV,
+    VD_DBG_PWRITEV_ZERO,
+    VD_DBG_PWRITEV_DONE,
+    VD_DBG_EMPTY_IMAGE_PREPARE,
+    VD_DBG_L1_SHRINK_WRITE_TABLE,
+    VD_DBG_L1_SHRINK_FREE_L2_CLUSTERS,
+    VD_DBG_COR_WRITE,
+    VD_DBG_CLUSTER_ALLOC_SPACE,
+    VD_DBG_NONE,
+    /* vdisk's own (no QEMU equivalent) */
+    VD_DBG_HEADER_UPDATE,        /* image header rewrite (dirty bit, backing name, ...) */
+    VD_DBG_SNAPSHOT_TABLE_UPDATE, /* snapshot table write */
+    VD_DBG_PDISCARD,             /* raised by blkdebug for each discard */
+    VD_DBG__MAX
+} VdDebugEvent;
+
 typedef struct VdDriver {
     const char *format_name;      /* "qcow2", "raw", "file", "null-co" */
     const char *alias;            /* second accepted name, or NULL ("null") */
@@ -137,6 +202,10 @@ typedef struct VdDriver {
      * context / add them to the new one. Children are moved by the core. */
     void (*detach_aio_context)(VdNode *node);
     void (*attach_aio_context)(VdNode *node, VdAioContext *new_ctx);
+
+    /* Fault injection (blkdebug): handle a vd_debug_event raised on this
+     * node. NULL for every driver but blkdebug. Node's context. */
+    void (*debug_event)(VdNode *node, VdDebugEvent ev);
 } VdDriver;
 
 /* Opaque to drivers: request-layer state kept by the core (src/block/). */
@@ -199,6 +268,19 @@ VdChild *vd_attach_child(VdNode *parent, VdNode *child, const char *name, VdChil
 void vd_child_unref(VdNode *parent, VdChild *child);
 /* Resolve a backing name relative to the image's own filename into buf. */
 void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size);
+
+/*
+ * Raise a fault-injection event on node (normally a format's file child):
+ * walks down the primary chain (file child, or a filter's only child) to the
+ * first node whose driver has debug_event and calls it. Without blkdebug this
+ * is a couple of pointer tests. node may be NULL. Node's context; does not
+ * yield. Defined in src/filters/debug-event.c.
+ */
+void vd_debug_event(VdNode *node, VdDebugEvent ev);
+/* QEMU's name of ev ("l2_update"), or NULL if out of range. */
+const char *vd_debug_event_name(VdDebugEvent ev);
+/* The event called name, or -1. */
+int vd_debug_event_from_name(const char *name);
 
 /* Mark node corrupt (qcow2 overlap checks): further writes fail with -EIO. */
 void vd_node_mark_corrupt(VdNode *node, const char *fmt, ...) VD_PRINTF(2, 3);

@@ -10,6 +10,8 @@
 extern const VdDriver vd_driver_file;
 extern const VdDriver vd_driver_null_co;
 extern const VdDriver vd_driver_raw;
+extern const VdDriver vd_driver_blkdebug;
+extern const VdDriver vd_driver_log_writes;
 #ifdef CONFIG_QCOW2
 extern const VdDriver vd_driver_qcow2;
 #endif
@@ -24,6 +26,8 @@ static const VdDriver *const g_drivers[] = {
     &vd_driver_file,
     &vd_driver_null_co,
     &vd_driver_raw,
+    &vd_driver_blkdebug,
+    &vd_driver_log_writes,
 #ifdef CONFIG_QCOW2
     &vd_driver_qcow2,
 #endif

@@ -63,7 +63,7 @@ void vd_node_quiesce_end_local(VdNode *node)
     assert(c->quiesce_counter > 0);
     VD_RELAXED_ADD(c->quiesce_counter, -1);
     if (c->quiesce_counter == 0) {
-        vd_co_queue_restart_all(&c->drain_queue);
+        vd_co_queue_wake_all(&c->drain_queue);
     }
 }
 
@@ -101,7 +101,7 @@ static inline void track_end(VdTrackedReq *req)
         c->serialising_in_flight--;
     }
     if (!vd_co_queue_empty(&req->waiters)) {
-        vd_co_queue_restart_all(&req->waiters);
+        vd_co_queue_wake_all(&req->waiters);
     }
 }
 
@@ -545,6 +545,12 @@ int coroutine_fn vd_co_pwritev(VdNode *node, int64_t offset, int64_t bytes, VdIO
     if (bytes == 0) {
         return 0;
     }
+    if (VD_UNLIKELY(node->core->detect_zeroes) && !(flags & VD_REQ_WRITE_COMPRESSED) &&
+        vd_iov_is_zero(qiov, qiov_offset, (size_t)bytes)) {
+        int zflags = (flags & VD_REQ_FUA) |
+                     (node->core->detect_zeroes == 2 ? VD_REQ_MAY_UNMAP : 0);
+        return vd_co_pwrite_zeroes(node, offset, bytes, zflags);
+    }
     node_enter(node);
     VdTrackedReq req;
     track_begin(&req, node, offset, bytes);
@@ -723,7 +729,7 @@ static int coroutine_fn node_do_flush(VdNode *node)
         c->flushed_gen = flush_gen;
     }
     c->active_flush = false;
-    vd_co_queue_restart_all(&c->flush_queue);
+    vd_co_queue_wake_all(&c->flush_queue);
     return ret;
 }
 

@@ -307,7 +307,8 @@ VdChild *vd_open_child(const char *filename, VdOpts *parent_options, const char 
         sub = vd_json_object();
     }
     int flags = child_flags(parent->open_flags, role);
-    if (role == VD_CHILD_FILE && !vd_opts_lookup(sub, "driver")) {
+    /* a format's file and data-file are protocol nodes unless a driver is given */
+    if ((role == VD_CHILD_FILE || role == VD_CHILD_DATA) && !vd_opts_lookup(sub, "driver")) {
         flags |= VD_O_PROTOCOL;
     }
     VdNode *n = vd_node_open_co(filename, sub, flags, errp);
@@ -428,8 +429,9 @@ static void opts_drop_empty(VdOpts *o, const char *key)
 
 /* Generic options of every node; updates *flags, fills node_name. */
 static int parse_generic_options(VdOpts *o, int *flags, char *node_name, size_t nn_size,
-                                  const char *what, VdError **errp)
+                                  int *detect_zeroes, const char *what, VdError **errp)
 {
+    static const char *const dz_names[] = { "off", "on", "unmap", NULL };
     char *s = NULL;
     bool b;
     int idx;
@@ -479,6 +481,13 @@ static int parse_generic_options(VdOpts *o, int *flags, char *node_name, size_t 
     if (b && (*flags & VD_O_RDWR)) {
         vd_error_setg(errp, EINVAL, "%s: force-share=on needs a read-only image (read-only=on)",
                       what);
+        return -EINVAL;
+    }
+    if (vd_opts_take_enum(o, "detect-zeroes", dz_names, 0, detect_zeroes, errp) < 0) {
+        return -EINVAL;
+    }
+    if (*detect_zeroes == 2 && !(*flags & VD_O_UNMAP)) {
+        vd_error_setg(errp, EINVAL, "%s: detect-zeroes=unmap needs discard=unmap", what);
         return -EINVAL;
     }
     int aio_def = (*flags & VD_O_THREADS) ? 0 : 2;
@@ -588,6 +597,7 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
     char node_name[64] = "";
     char what[300];
     bool probed = false;
+    int detect_zeroes = 0;
     int ret;
 
     if (!options) {
@@ -642,18 +652,19 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
         }
     }
     snprintf(what, sizeof(what), "%s", filename ? filename : (drv ? drv->format_name : "node"));
-    if (parse_generic_options(options, &flags, node_name, sizeof(node_name), what, errp) < 0) {
+    if (parse_generic_options(options, &flags, node_name, sizeof(node_name), &detect_zeroes,
+                              what, errp) < 0) {
         goto fail_full;
     }
 
-    if (drv && !drv->is_format && !drv->is_filter) {
-        /* protocol node */
+    if (drv && !drv->is_format) {
+        /* protocol node, or a filter named by a URI-like filename */
         if (filename) {
             if (drv->parse_filename) {
                 if (drv->parse_filename(filename, options, errp) < 0) {
                     goto fail_full;
                 }
-            } else if (!vd_opts_lookup(options, "filename")) {
+            } else if (!drv->is_filter && !vd_opts_lookup(options, "filename")) {
                 vd_opts_set(options, "filename", filename);
             }
         }
@@ -704,6 +715,7 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
 
     node = node_new(drv, flags);
     node->probed_raw = probed;
+    node->core->detect_zeroes = detect_zeroes;
     node->full_options = full;
     full = NULL;
     if (node_name[0]) {
@@ -753,6 +765,10 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
         goto fail_close;
     }
     node_finish_limits(node);
+    if (drv->is_filter && node->file) {
+        /* a filter over a protocol node grows with it (a format writes past EOF) */
+        node->core->growable = node->file->node->core->growable;
+    }
     if (!VD_IS_POW2(node->bl.request_alignment) || node->bl.request_alignment > 64 * VD_MiB) {
         vd_error_setg(errp, EINVAL, "%s: driver set invalid request alignment %u", what,
                       node->bl.request_alignment);
@@ -1082,6 +1098,72 @@ static VdJson *node_info_one(VdNode *node, VdError **errp)
     return o;
 }
 
+/* QEMU prints dictionaries in the iteration order of its hash table: buckets
+ * in increasing order (hash % 512), newest entry first within a bucket. */
+static unsigned qemu_dict_bucket(const char *key)
+{
+    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
+    for (unsigned i = 0; key[i]; i++) {
+        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
+    }
+    return (1103515243u * v + 12345u) % 512;
+}
+
+typedef struct QemuOrderEntry {
+    char *key;
+    VdJson *value;
+    unsigned bucket;
+    size_t index;
+} QemuOrderEntry;
+
+static int qemu_order_cmp(const void *a, const void *b)
+{
+    const QemuOrderEntry *x = a, *y = b;
+    if (x->bucket != y->bucket) {
+        return x->bucket < y->bucket ? -1 : 1;
+    }
+    return x->index > y->index ? -1 : 1;     /* later insertion first */
+}
+
+void vd_json_qemu_order(VdJson *v)
+{
+    if (!v) {
+        return;
+    }
+    if (vd_json_type(v) == VD_JSON_ARRAY) {
+        for (size_t i = 0; i < vd_json_array_size(v); i++) {
+            vd_json_qemu_order(vd_json_array_get(v, i));
+        }
+        return;
+    }
+    if (vd_json_type(v) != VD_JSON_OBJECT) {
+        return;
+    }
+    size_t n = vd_json_object_size(v);
+    QemuOrderEntry *e = calloc(n ? n : 1, sizeof(*e));
+    if (!e) {
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        VdJson *val;
+        const char *k = vd_json_object_entry(v, i, &val);
+        e[i].key = strdup(k);
+        e[i].value = vd_json_ref(val);
+        e[i].bucket = qemu_dict_bucket(k);
+        e[i].index = i;
+        vd_json_qemu_order(val);
+    }
+    qsort(e, n, sizeof(*e), qemu_order_cmp);
+    for (size_t i = 0; i < n; i++) {
+        vd_json_object_del(v, e[i].key);
+    }
+    for (size_t i = 0; i < n; i++) {
+        vd_json_object_put(v, e[i].key, e[i].value);
+        free(e[i].key);
+    }
+    free(e);
+}
+
 VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp)
 {
     if (!node || !node->drv) {
@@ -1089,7 +1171,9 @@ VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp)
         return NULL;
     }
     if (!backing_chain) {
-        return node_info_one(node, errp);
+        VdJson *o = node_info_one(node, errp);
+        vd_json_qemu_order(o);
+        return o;
     }
     VdJson *arr = vd_json_array();
     for (VdNode *n = node; n; n = vd_node_backing(n)) {
@@ -1100,6 +1184,7 @@ VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp)
         }
         vd_json_array_append(arr, o);
     }
+    vd_json_qemu_order(arr);
     return arr;
 }
 

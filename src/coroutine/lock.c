@@ -82,8 +82,17 @@ bool vd_co_queue_next(VdCoQueue *q)
 
 void vd_co_queue_restart_all(VdCoQueue *q)
 {
-    while (vd_co_queue_next(q)) {
-        /* each woken in its own context, in queue order */
+    VdCoroutine *co = q->head;
+
+    /* Wake those waiting now, in order. Outside coroutines a waiter runs at
+     * once and may queue itself again: it then waits for the next call
+     * instead of being woken over and over by this one. */
+    q->head = q->tail = NULL;
+    while (co) {
+        VdCoroutine *next = co->queue_next;
+        co->queue_next = NULL;
+        vd_aio_co_wake(co);
+        co = next;
     }
 }
 

@@ -171,6 +171,13 @@ static bool export_all_parked(VdBackend *blk)
     return true;
 }
 
+#define EXPORT_QUIESCE_GRACE_NS (10LL * 1000 * 1000 * 1000)
+
+static void export_timer_cb(void *opaque)
+{
+    *(bool *)opaque = true;
+}
+
 int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **errp)
 {
     if (vd_backend_get_context(blk) == ctx) {
@@ -181,7 +188,22 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
             nbd_export_quiesce(e);
         }
     }
-    VD_AIO_WAIT_WHILE(NULL, !export_all_parked(blk));
+    /* Connections park once their in-flight requests have replied. A client
+     * that stops reading replies would stall the move forever: after a grace
+     * period its connection is cut (it closes, which also counts). */
+    bool expired = false;
+    VdTimer *t = vd_timer_new(vd_aio_main_context(), export_timer_cb, &expired);
+    vd_timer_mod(t, vd_clock_ns() + EXPORT_QUIESCE_GRACE_NS);
+    VD_AIO_WAIT_WHILE(NULL, !expired && !export_all_parked(blk));
+    vd_timer_free(t);
+    if (!export_all_parked(blk)) {
+        for (VdExport *e = g_vd_exports; e; e = e->next) {
+            if (e->blk == blk) {
+                nbd_export_abort_unparked(e);
+            }
+        }
+        VD_AIO_WAIT_WHILE(NULL, !export_all_parked(blk));
+    }
     int ret = vd_backend_set_context(blk, ctx, errp);
     for (VdExport *e = g_vd_exports; e; e = e->next) {
         if (e->blk == blk) {

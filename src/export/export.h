@@ -81,6 +81,8 @@ int vd_nbd_server_n_clients(void);
 void nbd_export_quiesce(VdExport *exp);
 bool nbd_export_all_parked(VdExport *exp);
 void nbd_export_resume(VdExport *exp);
+/* Cut connections that did not park (e.g. a client not reading replies). */
+void nbd_export_abort_unparked(VdExport *exp);
 void nbd_export_disconnect(VdExport *exp, bool graceful);
 void nbd_server_lock(void);
 void nbd_server_unlock(void);

@@ -34,6 +34,8 @@
 
 #define NBD_RBUF_SIZE       (64 * 1024)
 #define NBD_MAX_IN_FLIGHT   128
+#define NBD_GRACEFUL_CLOSE_NS (10LL * 1000 * 1000 * 1000)
+#define NBD_MAX_INFLIGHT_BYTES (64u * 1024 * 1024)   /* per connection */
 #define NBD_MAX_EXTENTS     1024
 #define NBD_READ_MAX_CHUNKS 16
 #define NBD_MAX_SKIPPED_OPTION (1024 * 1024)
@@ -78,6 +80,7 @@ struct NbdConn {
     bool closing;                 /* stop reading; close when in_flight == 0 */
     bool parked;                  /* atomic: receive loop stopped for a quiesce */
     VdCoroutine *recv_sleeper;    /* receive loop waiting for in_flight to drop */
+    uint64_t inflight_bytes;      /* data buffers of requests in flight */
     /* Data buffers for requests up to 128 KiB, reused instead of malloc'ed
      * per request (fresh pages fault on every touch). Conn's thread only. */
     void *pool[NBD_POOL_CLASSES][NBD_POOL_DEPTH];
@@ -88,6 +91,7 @@ struct NbdConn {
 
 typedef struct NbdListener {
     int fd;
+    VdTimer *retry;               /* re-arms accept after EMFILE and the like */
     char *unix_path;
     struct NbdListener *next;
 } NbdListener;
@@ -387,6 +391,7 @@ typedef struct NbdReq {
     NbdRequest r;
     uint8_t *buf;
     uint32_t err;          /* pre-validated error to reply with */
+    uint32_t cost;         /* bytes of data buffer this request holds */
     const char *why;
 } NbdReq;
 
@@ -797,9 +802,10 @@ static void coroutine_fn nbd_request_entry(void *opaque)
     }
 out:
     nbd_free_buf(c, q->buf, r->length);
+    c->inflight_bytes -= q->cost;
     free(q);
     int left = __atomic_sub_fetch(&c->in_flight, 1, __ATOMIC_ACQ_REL);
-    if (c->recv_sleeper && (left < NBD_MAX_IN_FLIGHT / 2 || left == 0)) {
+    if (c->recv_sleeper) {
         VdCoroutine *co = c->recv_sleeper;
         c->recv_sleeper = NULL;
         vd_aio_co_schedule(c->ctx, co);
@@ -851,6 +857,19 @@ static void coroutine_fn nbd_conn_recv_loop(void *opaque)
             free(q);
             break;
         }
+        /* Bound the memory a client can pin: wait while the buffers of the
+         * requests in flight would exceed the per-connection budget. */
+        if (v == NBD_VERDICT_OK && (q->r.type == NBD_CMD_READ || q->r.type == NBD_CMD_WRITE ||
+                                    q->r.type == NBD_CMD_CACHE)) {
+            q->cost = q->r.type == NBD_CMD_CACHE ? VD_MIN(q->r.length, 1024 * 1024)
+                                                 : q->r.length;
+        }
+        while (__atomic_load_n(&c->in_flight, __ATOMIC_ACQUIRE) > 0 &&
+               c->inflight_bytes + q->cost > NBD_MAX_INFLIGHT_BYTES) {
+            c->recv_sleeper = vd_co_self();
+            vd_co_yield();
+        }
+        c->inflight_bytes += q->cost;
         if (q->r.type == NBD_CMD_WRITE) {
             if (v == NBD_VERDICT_ERROR) {
                 ret = nbd_co_skip(c, q->r.length);
@@ -866,6 +885,7 @@ static void coroutine_fn nbd_conn_recv_loop(void *opaque)
             }
             if (ret < 0) {
                 nbd_free_buf(c, q->buf, q->r.length);
+                c->inflight_bytes -= q->cost;
                 free(q);
                 break;
             }
@@ -961,7 +981,8 @@ static int coroutine_fn nbd_opt_info(NbdConn *c, uint32_t option, const uint8_t 
     nbd_put16(info + 8, nbd_tx_flags(c, exp));
     char *name = strdup(exp->name);
     char *desc = strdup(exp->description);
-    uint32_t bs[3] = { exp->min_block, VD_MAX(exp->min_block, NBD_PREFERRED_BLOCK), exp->max_block };
+    uint32_t bs[3] = { exp->min_block, VD_MAX(exp->min_block, NBD_PREFERRED_BLOCK),
+                       exp->max_block };
     uint64_t size = exp->size;
     uint16_t txf = nbd_tx_flags(c, exp);
     if (!name || !desc) {
@@ -1369,6 +1390,23 @@ static void nbd_conn_abort_bh(void *opaque)
     nbd_conn_wake_recv(c);
 }
 
+void nbd_export_abort_unparked(VdExport *exp)
+{
+    nbd_server_lock();
+    for (NbdConn *c = exp->conns; c; c = c->next_in_export) {
+        if (!__atomic_load_n(&c->parked, __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&c->in_flight, __ATOMIC_ACQUIRE) > 0) {
+            nbd_conn_schedule(c, nbd_conn_abort_bh);
+        }
+    }
+    nbd_server_unlock();
+}
+
+static void nbd_wakeup_timer_cb(void *opaque)
+{
+    *(bool *)opaque = true;
+}
+
 void nbd_export_disconnect(VdExport *exp, bool graceful)
 {
     nbd_server_lock();
@@ -1377,12 +1415,35 @@ void nbd_export_disconnect(VdExport *exp, bool graceful)
         nbd_conn_schedule(c, graceful ? nbd_conn_close_bh : nbd_conn_abort_bh);
     }
     nbd_server_unlock();
+    if (graceful) {
+        /* A client that does not read its replies could hold a graceful
+         * close forever: after the grace period, cut the connections. */
+        bool expired = false;
+        VdTimer *t = vd_timer_new(vd_aio_main_context(), nbd_wakeup_timer_cb, &expired);
+        vd_timer_mod(t, vd_clock_ns() + NBD_GRACEFUL_CLOSE_NS);
+        VD_AIO_WAIT_WHILE(NULL, !expired &&
+                          __atomic_load_n(&exp->n_conns, __ATOMIC_ACQUIRE) > 0);
+        vd_timer_free(t);
+        nbd_server_lock();
+        for (NbdConn *c = exp->conns; c; c = c->next_in_export) {
+            nbd_conn_schedule(c, nbd_conn_abort_bh);
+        }
+        nbd_server_unlock();
+    }
     VD_AIO_WAIT_WHILE(NULL, __atomic_load_n(&exp->n_conns, __ATOMIC_ACQUIRE) > 0);
 }
 
 /* ---------------------------------------------------------------------------
  * Listeners (main context)
  */
+
+static void nbd_listener_accept(void *opaque);
+
+static void nbd_listener_retry(void *opaque)
+{
+    NbdListener *l = opaque;
+    vd_aio_set_fd_handler(vd_aio_main_context(), l->fd, nbd_listener_accept, NULL, NULL, NULL, l);
+}
 
 static void nbd_listener_accept(void *opaque)
 {
@@ -1391,6 +1452,13 @@ static void nbd_listener_accept(void *opaque)
     for (;;) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: the listener stays readable, so pause
+                 * accepting for a moment instead of spinning. */
+                vd_aio_set_fd_handler(vd_aio_main_context(), l->fd, NULL, NULL, NULL, NULL,
+                                      NULL);
+                vd_timer_mod(l->retry, vd_clock_ns() + 100 * 1000 * 1000);
+            }
             return;
         }
         if (g_max_conns > 0 && vd_nbd_server_n_clients() >= g_max_conns) {
@@ -1406,6 +1474,7 @@ static void nbd_listener_add(int fd, const char *unix_path)
 {
     NbdListener *l = calloc(1, sizeof(*l));
     l->fd = fd;
+    l->retry = vd_timer_new(vd_aio_main_context(), nbd_listener_retry, l);
     l->unix_path = unix_path ? strdup(unix_path) : NULL;
     l->next = g_listeners;
     g_listeners = l;
@@ -1484,6 +1553,7 @@ void vd_nbd_server_close_listeners(void)
         NbdListener *l = g_listeners;
         g_listeners = l->next;
         vd_aio_set_fd_handler(vd_aio_main_context(), l->fd, NULL, NULL, NULL, NULL, NULL);
+        vd_timer_free(l->retry);
         close(l->fd);
         if (l->unix_path) {
             unlink(l->unix_path);

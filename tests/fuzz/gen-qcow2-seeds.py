@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write the text seed corpus of fuzz-qcow2 (tests/fuzz/corpus/qcow2/*.txt).
+"""Write the text seed corpus (kept small: the fuzz-smoke suite mutates each
+seed 2000 times) of fuzz-qcow2 (tests/fuzz/corpus/qcow2/*.txt).
 Each seed is "hex:" followed by patches (offset: 2 bytes, length: 1 byte,
 data) applied to the fuzzer's built-in template image (512-byte clusters;
 see fuzz-qcow2.c for its layout)."""
@@ -14,21 +15,11 @@ def patch(off, data):
 SEEDS = {
     'valid': [],
     'l1-size-huge': [patch(36, bytes.fromhex('7fffffff'))],
-    'l1-offset-unaligned': [patch(40, bytes.fromhex('0000000000000612'))],
-    'reftable-past-eof': [patch(48, bytes.fromhex('0000000100000000'))],
-    'reftable-clusters-huge': [patch(56, bytes.fromhex('00ffffff'))],
-    'snapshots-many': [patch(60, bytes.fromhex('00010000'))],
     'snapshot-extra-huge': [patch(5 * 1024 + 36, bytes.fromhex('7fffffff'))],
-    'backing-name-long': [patch(8, bytes.fromhex('000000000000007000000400'))],
-    'header-length-odd': [patch(100, bytes.fromhex('00000071'))],
-    'incompat-unknown': [patch(72, bytes.fromhex('0000000000000100'))],
     'dirty-lazy': [patch(72, bytes.fromhex('0000000000000001')),
                    patch(80, bytes.fromhex('0000000000000001'))],
     'l2-entry-past-eof': [patch(4 * 512, bytes.fromhex('8000000010000000'))],
-    'l2-entry-header': [patch(4 * 512, bytes.fromhex('8000000000000000'))],
-    'l1-entry-self': [patch(3 * 512, bytes.fromhex('8000000000000600'))],
     'compressed-bad': [patch(8 * 512, bytes.fromhex('ffffffffffffffff'))],
-    'refblock-zero': [patch(2 * 512, bytes(24))],
     'refcount-order-1': [patch(96, bytes.fromhex('00000001'))],
     'v2': [patch(4, bytes.fromhex('00000002'))],
 }

@@ -504,9 +504,15 @@ void vdd_shutdown(void)
     vdd_monitor_close_all();
     vd_export_shutdown_all();
     vd_nbd_server_stop();
+    /* Newest first: a --blockdev may use an older one as its child
+     * (file=<node-name>), so parents go before their children. */
     while (g_blockdevs) {
-        VddBlockdev *b = g_blockdevs;
-        g_blockdevs = b->next;
+        VddBlockdev **pp = &g_blockdevs;
+        while ((*pp)->next) {
+            pp = &(*pp)->next;
+        }
+        VddBlockdev *b = *pp;
+        *pp = NULL;
         /* Close in the main context: the node's IOThread is stopped next. */
         vd_backend_set_context(b->blk, vd_aio_main_context(), NULL);
         int ret = vd_backend_flush(b->blk);

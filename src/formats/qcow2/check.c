@@ -14,6 +14,7 @@
 typedef struct CheckState {
     Qcow2State *s;
     uint32_t *refs;          /* computed references per cluster */
+    uint64_t next_contiguous;  /* where the next active data cluster would continue */
     uint64_t nb_clusters;    /* clusters inside the file */
     VdCheckResult *res;
     int fix;
@@ -68,6 +69,7 @@ static int coroutine_fn check_l2(CheckState *c, uint64_t l2_off, bool active, ui
             if (active) {
                 c->res->allocated_clusters++;
                 c->res->compressed_clusters++;
+                c->next_contiguous = 0;
             }
             add_ref(c, host, bytes, "compressed cluster");
             break;
@@ -83,6 +85,10 @@ static int coroutine_fn check_l2(CheckState *c, uint64_t l2_off, bool active, ui
             }
             if (active && t == QCOW2_CLUSTER_NORMAL) {
                 c->res->allocated_clusters++;
+                if (c->next_contiguous && host != c->next_contiguous) {
+                    c->res->fragmented_clusters++;
+                }
+                c->next_contiguous = host + s->cluster_size;
             }
             (void)guest;
             add_ref(c, host, s->cluster_size, "data cluster");

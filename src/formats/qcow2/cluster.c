@@ -22,6 +22,15 @@ static void *qcow2_buf_alloc(size_t size)
 }
 
 /* Check an L2 entry's host offset for sanity; signal corruption if bad. */
+/* End of the space in use: the file, or further if clusters were allocated
+ * whose first write has not reached the file yet. */
+static uint64_t host_end(Qcow2State *s)
+{
+    int64_t flen = vd_node_getlength(s->file);
+    uint64_t alloc_end = s->alloc_end_cluster << s->cluster_bits;
+    return flen < 0 ? alloc_end : VD_MAX((uint64_t)flen, alloc_end);
+}
+
 static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64_t guest)
 {
     if (t == QCOW2_CLUSTER_UNALLOCATED && (entry & QCOW2_OFLAG_COPIED)) {
@@ -32,8 +41,7 @@ static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64
     }
     if (t == QCOW2_CLUSTER_NORMAL) {
         uint64_t host = entry & QCOW2_L2E_OFFSET_MASK;
-        int64_t flen = vd_node_getlength(s->file);
-        if (host < s->cluster_size || (flen >= 0 && host >= (uint64_t)flen)) {
+        if (host < s->cluster_size || host >= host_end(s)) {
             qcow2_signal_corruption(s, "L2 entry for guest offset 0x%llx points to host "
                                     "offset 0x%llx, %s", (unsigned long long)guest,
                                     (unsigned long long)host,
@@ -64,9 +72,7 @@ static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
     if (!l2off) {
         return 0;
     }
-    int64_t flen = vd_node_getlength(s->file);
-    if (l2off % s->cluster_size || l2off < s->cluster_size ||
-        (flen >= 0 && l2off >= (uint64_t)flen)) {
+    if (l2off % s->cluster_size || l2off < s->cluster_size || l2off >= host_end(s)) {
         qcow2_signal_corruption(s, "L1 entry %llu points to invalid L2 table offset 0x%llx%s",
                                 (unsigned long long)l1i, (unsigned long long)l2off,
                                 l2off % s->cluster_size ? " (unaligned)" : "");
@@ -246,8 +252,10 @@ int coroutine_fn qcow2_co_preadv_impl(Qcow2State *s, uint64_t offset, uint64_t b
         uint64_t entry, n;
         vd_co_mutex_lock(&s->lock);
         ret = qcow2_get_mapping(s, offset, bytes, &entry, &n);
+        s->data_io_in_flight++;
         vd_co_mutex_unlock(&s->lock);
         if (ret < 0) {
+            s->data_io_in_flight--;
             break;
         }
         uint64_t oic = qcow2_offset_in_cluster(offset, s->cluster_bits);
@@ -281,6 +289,7 @@ int coroutine_fn qcow2_co_preadv_impl(Qcow2State *s, uint64_t offset, uint64_t b
             }
             break;
         }
+        s->data_io_in_flight--;
         if (ret < 0) {
             break;
         }
@@ -450,6 +459,20 @@ static int coroutine_fn cow_read(Qcow2State *s, uint64_t entry, uint64_t guest_c
     return ret;
 }
 
+/* Does the copy-on-write source of a cluster with this entry read as zeros? */
+static bool cow_source_is_zero(Qcow2State *s, uint64_t e)
+{
+    switch (qcow2_l2_entry_type(e, s->version)) {
+    case QCOW2_CLUSTER_UNALLOCATED:
+        return s->node->backing == NULL;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static inline bool entry_is_copied_normal(Qcow2State *s, uint64_t e)
 {
     return qcow2_l2_entry_type(e, s->version) == QCOW2_CLUSTER_NORMAL &&
@@ -515,10 +538,13 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
                 k++;
             }
             qcow2_cache_put(s->l2_cache, (void **)&l2);
-            vd_co_mutex_unlock(&s->lock);
+            s->data_io_in_flight++;
             uint64_t n = VD_MIN(cur, k * cs - oic);
+            qcow2_note_write(s, (e0 & QCOW2_L2E_OFFSET_MASK) + oic, n);
+            vd_co_mutex_unlock(&s->lock);
             ret = vd_co_pwritev(s->file, (int64_t)((e0 & QCOW2_L2E_OFFSET_MASK) + oic),
                                 (int64_t)n, qiov, qoff, 0);
+            s->data_io_in_flight--;
             if (ret < 0) {
                 return ret;
             }
@@ -548,13 +574,21 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             vd_co_mutex_unlock(&s->lock);
             return -EIO;
         }
+        /* Space past the end of the file reads as zeros: when the COW source
+         * is zeros too, the fill need not be written (invariant 1's exception). */
+        bool fresh = (uint64_t)host >= s->zero_frontier;
+        qcow2_prealloc_file(s, (uint64_t)host + k * cs);
+        bool skip_head = fresh && cow_source_is_zero(s, e0);
+        bool skip_tail = fresh && cow_source_is_zero(s, e_last);
         Qcow2Alloc alloc;
         alloc_register(s, &alloc, cstart, cstart + k * cs);
         vd_co_mutex_unlock(&s->lock);
 
         /* data + COW fill in one write */
-        uint64_t head = oic;
-        uint64_t tail = k * cs - oic - n;
+        uint64_t head = skip_head ? 0 : oic;
+        uint64_t tail = skip_tail ? 0 : k * cs - oic - n;
+        uint64_t wstart = (uint64_t)host + (oic - head);
+        qcow2_note_write(s, wstart, head + n + tail);
         uint8_t *hbuf = NULL, *tbuf = NULL;
         VdIOVector wq;
         vd_iov_init(&wq, 4);
@@ -578,7 +612,7 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             }
         }
         if (ret == 0) {
-            ret = vd_co_pwritev(s->file, host, (int64_t)(k * cs), &wq, 0, 0);
+            ret = vd_co_pwritev(s->file, (int64_t)wstart, (int64_t)(head + n + tail), &wq, 0, 0);
         }
         vd_iov_destroy(&wq);
         free(hbuf);
@@ -596,6 +630,7 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
                 }
                 qcow2_cache_mark_dirty(s->l2_cache, l2);
                 qcow2_cache_put(s->l2_cache, (void **)&l2);
+                qcow2_note_activity(s);
             }
         }
         if (ret < 0) {
@@ -823,6 +858,7 @@ again:;
     }
     Qcow2Alloc alloc;
     alloc_register(s, &alloc, offset, offset + cs);
+    qcow2_note_write(s, (uint64_t)host, csize);
     vd_co_mutex_unlock(&s->lock);
     ret = vd_co_pwrite(s->file, host, (int64_t)csize, out, 0);
     vd_co_mutex_lock(&s->lock);
@@ -931,6 +967,8 @@ int coroutine_fn qcow2_preallocate(Qcow2State *s, uint64_t start, uint64_t end,
             ret = vd_co_truncate(s->file, (int64_t)file_end, false, fm, NULL);
         }
         vd_co_mutex_lock(&s->lock);
+        /* preallocated clusters count as written: keep them on close */
+        qcow2_note_write(s, 0, file_end);
         if (ret == 0) {
             ret = qcow2_flush_metadata(s);
         }

@@ -105,7 +105,9 @@ int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
                 return ret;
             }
         }
-        if (!s->nb_pending_free) {
+        /* a guest read or write may still be using a cluster it looked up
+         * before the reference was dropped: free only when none is */
+        if (!s->nb_pending_free || s->data_io_in_flight) {
             return 0;
         }
         ret = qcow2_flush_file(s);
@@ -205,8 +207,61 @@ int coroutine_fn qcow2_mark_dirty(Qcow2State *s)
     }
     if (ret == 0) {
         s->dirty_bit_set = true;
+        qcow2_note_activity(s);
     }
     return ret;
+}
+
+static int coroutine_fn qcow2_mark_clean(Qcow2State *s);
+
+/* Quiet period after which a lazily-refcounted image is marked clean again,
+ * so that a crash rarely needs a full check (DESIGN.md §4, invariant 3). */
+#define QCOW2_CLEAN_DELAY_NS (5LL * 1000 * 1000 * 1000)
+
+void qcow2_note_activity(Qcow2State *s)
+{
+    if (s->clean_timer && s->dirty_bit_set) {
+        vd_timer_mod(s->clean_timer, vd_clock_ns() + QCOW2_CLEAN_DELAY_NS);
+    }
+}
+
+static void coroutine_fn qcow2_clean_entry(void *opaque)
+{
+    Qcow2State *s = opaque;
+    vd_co_mutex_lock(&s->lock);
+    if (s->dirty_bit_set && !s->allocs && !s->corrupt) {
+        qcow2_mark_clean(s);
+    }
+    s->clean_running = false;
+    vd_co_mutex_unlock(&s->lock);
+}
+
+static void qcow2_clean_timer_cb(void *opaque)
+{
+    Qcow2State *s = opaque;
+    if (s->clean_running || !s->dirty_bit_set) {
+        return;
+    }
+    s->clean_running = true;
+    vd_co_enter(vd_co_create(qcow2_clean_entry, s));
+}
+
+static void qcow2_detach_aio_context(VdNode *node)
+{
+    Qcow2State *s = node->opaque;
+    if (s->clean_timer) {
+        vd_timer_free(s->clean_timer);
+        s->clean_timer = NULL;
+    }
+}
+
+static void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx)
+{
+    Qcow2State *s = node->opaque;
+    if (s->lazy_refcounts && !node->read_only && !s->clean_timer) {
+        s->clean_timer = vd_timer_new(ctx, qcow2_clean_timer_cb, s);
+        qcow2_note_activity(s);
+    }
 }
 
 /* Invariant 3: cleared only after everything before it is stable. */
@@ -574,6 +629,7 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
     }
 
     s->alloc_end_cluster = ((uint64_t)file_size + cs - 1) >> s->cluster_bits;
+    s->zero_frontier = (uint64_t)file_size;
     s->free_cluster_index = 0;
     s->dirty_bit_set = (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
 
@@ -624,6 +680,7 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
     if (ret < 0) {
         goto fail;
     }
+    qcow2_attach_aio_context(node, node->ctx);
     node->supported_zero_flags = VD_REQ_MAY_UNMAP;
     return 0;
 
@@ -639,6 +696,10 @@ static void coroutine_fn qcow2_co_close(VdNode *node)
     if (!s->l2_cache) {
         return;
     }
+    qcow2_detach_aio_context(node);
+    /* a running clean-up holds the lock until it is done with s */
+    vd_co_mutex_lock(&s->lock);
+    vd_co_mutex_unlock(&s->lock);
     if (!node->read_only && !s->corrupt) {
         vd_co_mutex_lock(&s->lock);
         if (s->dirty_bit_set || (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
@@ -646,6 +707,13 @@ static void coroutine_fn qcow2_co_close(VdNode *node)
         } else {
             if (qcow2_flush_metadata(s) == 0) {
                 qcow2_flush_file(s);
+            }
+        }
+        /* give back the preallocated tail nothing was written to */
+        if (s->prealloc_end) {
+            int64_t flen = vd_node_getlength(s->file);
+            if (flen > 0 && (uint64_t)flen > s->zero_frontier) {
+                vd_co_truncate(s->file, (int64_t)s->zero_frontier, true, VD_PREALLOC_OFF, NULL);
             }
         }
         vd_co_mutex_unlock(&s->lock);
@@ -1152,4 +1220,6 @@ const VdDriver vd_driver_qcow2 = {
     .snapshot_list = qcow2_snapshot_list,
     .co_change_backing_file = qcow2_co_change_backing_file,
     .co_make_empty = qcow2_co_make_empty,
+    .detach_aio_context = qcow2_detach_aio_context,
+    .attach_aio_context = qcow2_attach_aio_context,
 };

@@ -265,7 +265,18 @@ struct Qcow2State {
     Qcow2PendingFree *pending_free;  /* refcount drops waiting for their L2/L1 to be stable */
     size_t nb_pending_free, pending_free_alloc;
 
+    int data_io_in_flight;       /* guest reads/in-place writes of mapped clusters whose
+                                  * mapping was looked up and the lock dropped: their
+                                  * clusters must not be freed and reused meanwhile */
     bool data_unflushed;         /* data or metadata written since the last file flush */
+    uint64_t zero_frontier;      /* every file byte at or past it was never written by us
+                                  * and reads as zeros (file size at open, then the end of
+                                  * the highest write issued) */
+    uint64_t prealloc_end;       /* file grown (fallocate) ahead of allocations up to here */
+    bool prealloc_failed;        /* the file child cannot preallocate: stop trying */
+
+    VdTimer *clean_timer;        /* lazy refcounts: marks the image clean when idle */
+    bool clean_running;          /* the clean-up coroutine holds a reference to s */
     bool dirty_bit_set;          /* lazy refcounts: the dirty bit is on disk */
     bool corrupt;
 
@@ -289,6 +300,16 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
                                        int64_t addend);
 /* Allocate n contiguous clusters (refcount 1); returns the host offset or -errno. */
 int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n);
+/* Record a file write of [offset, offset+bytes) being issued (zero frontier). */
+static inline void qcow2_note_write(Qcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    if (offset + bytes > s->zero_frontier) {
+        s->zero_frontier = offset + bytes;
+    }
+}
+/* Grow the file ahead of an allocation ending at end (fallocate in big
+ * steps, so that new clusters are written without extending the file). */
+int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end);
 /* Drop a reference once the tables that referenced it are stable. */
 void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes);
 int coroutine_fn qcow2_apply_pending_frees(Qcow2State *s);
@@ -313,6 +334,8 @@ int coroutine_fn qcow2_flush_file(Qcow2State *s);
 /* Rewrite the header cluster (fixed header, extensions, backing name). */
 int coroutine_fn qcow2_update_header(Qcow2State *s);
 int coroutine_fn qcow2_mark_dirty(Qcow2State *s);
+/* Note metadata activity: (re)arm the idle timer that marks the image clean. */
+void qcow2_note_activity(Qcow2State *s);
 int coroutine_fn qcow2_write_l1(Qcow2State *s);
 /* Make the L1 table hold at least min entries (moves it). */
 int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact);

@@ -512,10 +512,35 @@ int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, cons
                                 (unsigned long long)size, overlap_name(ol));
         return -EIO;
     }
+    qcow2_note_write(s, offset, size);
     int ret = vd_co_pwrite(s->file, (int64_t)offset, (int64_t)size, buf, 0);
     if (ret < 0) {
         return ret;
     }
     s->data_unflushed = true;
+    return 0;
+}
+
+#define QCOW2_PREALLOC_MIN (4 * VD_MiB)
+#define QCOW2_PREALLOC_MAX (128 * VD_MiB)
+
+int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end)
+{
+    if (s->prealloc_failed || s->node->read_only || end <= s->prealloc_end) {
+        return 0;
+    }
+    int64_t flen = vd_node_getlength(s->file);
+    if (flen < 0 || end <= (uint64_t)flen) {
+        return 0;
+    }
+    uint64_t ahead = VD_MIN(VD_MAX(end / 8, (uint64_t)QCOW2_PREALLOC_MIN),
+                            (uint64_t)QCOW2_PREALLOC_MAX);
+    uint64_t target = VD_ALIGN_UP(end + ahead, (uint64_t)VD_MiB);
+    int ret = vd_co_truncate(s->file, (int64_t)target, false, VD_PREALLOC_FALLOC, NULL);
+    if (ret < 0) {
+        s->prealloc_failed = true;   /* not a file, or no fallocate: writes extend it */
+        return 0;
+    }
+    s->prealloc_end = target;
     return 0;
 }

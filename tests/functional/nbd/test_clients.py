@@ -48,13 +48,19 @@ def test(vdiskd):
                  "-c", "write -z 18M 128k",
                  "-c", "write -P 0x5a 20M 256k",
                  "-c", "discard 20M 64k",
+                 "-c", "write -f -P 0x44 24M 4k",
+                 "-c", "write -z -u 25M 64k",
+                 "-c", "aio_write -P 0x45 26M 4k", "-c", "aio_write -P 0x46 27M 4k",
+                 "-c", "aio_flush",
                  "-c", "flush", tcp])
             run(["qemu-io", "-f", "raw",
                  "-c", "read -P 0xcd 16M 512",
                  "-c", "read -P 0xab 16777728 65024",
                  "-c", "read -P 0xef 17M 3",
                  "-c", "read -P 0 18M 128k",
-                 "-c", "read -P 0x5a 21037056 192k", uri])
+                 "-c", "read -P 0x5a 21037056 192k",
+                 "-c", "read -P 0x44 24M 4k", "-c", "read -P 0 25M 64k",
+                 "-c", "read -P 0x45 26M 4k", "-c", "read -P 0x46 27M 4k", uri])
             # a read-back pattern mismatch must be detected (the check can fail)
             bad = run(["qemu-io", "-f", "raw", "-c", "read -P 0x99 16M 512", uri], check=False)
             assert "Pattern verification failed" in bad.stdout, bad.stdout

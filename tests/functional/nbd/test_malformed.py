@@ -18,7 +18,8 @@ OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO, OPT_SR = 1
 OPT_LIST_META, OPT_SET_META = 9, 10
 REP_ACK, REP_SERVER, REP_INFO, REP_META = 1, 2, 3, 4
 ERR = 1 << 31
-ERR_UNSUP, ERR_POLICY, ERR_INVALID, ERR_UNKNOWN, ERR_TOO_BIG = ERR + 1, ERR + 2, ERR + 3, ERR + 6, ERR + 9
+ERR_UNSUP, ERR_POLICY, ERR_INVALID = ERR + 1, ERR + 2, ERR + 3
+ERR_UNKNOWN, ERR_TOO_BIG = ERR + 6, ERR + 9
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WZ, CMD_BS = range(8)
 EPERM, EINVAL, ENOSPC = 1, 22, 28
 SIMPLE, STRUCT = 0x67446698, 0x668e33ef
@@ -190,7 +191,7 @@ def handshake_checks(sock):
     assert t == REP_ACK and len(items) == 2, items
     c.opt(OPT_LIST)
     t, items = c.final(OPT_LIST)
-    assert t == REP_ACK and len(items) == 3, items
+    assert t == REP_ACK and len(items) == 4, items
     c.opt(OPT_ABORT)
     assert c.final(OPT_ABORT)[0] == REP_ACK
     assert c.closed()
@@ -314,10 +315,12 @@ def test(vdiskd):
             "--object", "iothread,id=io0",
             "--blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={img}",
             "--blockdev", "driver=null-co,node-name=null0,size=64M,read-zeroes=on",
+            "--blockdev", "driver=null-co,node-name=null1,size=64M,read-zeroes=off",
             "--nbd-server", f"addr.type=unix,addr.path={sock},max-connections=12",
             "--export", "type=nbd,id=exp0,node-name=disk0,name=disk,writable=on,iothread=io0",
             "--export", "type=nbd,id=exp1,node-name=null0,name=ro,min-block-size=512",
             "--export", "type=nbd,id=exp2,node-name=null0,name=null2",
+            "--export", "type=nbd,id=exp3,node-name=null1,name=junk",
         ], wait_for=[sock])
         try:
             idle = Client(sock)          # says nothing: dropped by the 10 s timeout
@@ -338,6 +341,27 @@ def test(vdiskd):
             assert extra.closed(5), "connection over the cap not closed"
             for h in held:
                 h.s.close()
+            # the server notices the closes asynchronously: wait for a free slot
+            for _ in range(100):
+                probe = Client(sock)
+                try:
+                    probe.recvn(18)
+                    probe.s.close()
+                    break
+                except (EOFError, ConnectionResetError):
+                    time.sleep(0.05)
+            time.sleep(0.2)
+            # a client that stops reading replies cannot stall an IOThread
+            # move: after the grace period its connection is cut
+            stuck = Client(sock)
+            stuck.go("junk", meta=())
+            for i in range(64):
+                stuck.send_req(CMD_READ, i << 20, 1 << 20)
+            time.sleep(0.3)
+            dmn.qmp.ok("x-blockdev-set-iothread", **{"node-name": "null1", "iothread": "io0"})
+            assert stuck.closed(5), "stuck client not disconnected"
+            nodes = dmn.qmp.ok("query-named-block-nodes")
+            assert [n["iothread"] for n in nodes if n["node-name"] == "null1"] == ["io0"]
             assert idle.closed(max(1, 20 - (time.time() - t0))), "handshake timeout not enforced"
             assert time.time() - t0 >= 9, "idle client dropped too early"
             # the server still serves well-behaved clients
@@ -345,8 +369,18 @@ def test(vdiskd):
             run(["qemu-io", "-f", "raw", "-c", "read -P 0xab 4096 4096", "-c",
                  "write -P 0x42 1M 64k", "-c", "read -P 0x42 1M 64k", uri])
             st = dmn.qmp.ok("query-block-exports")
-            assert len(st) == 3, st
+            assert len(st) == 4, st
             assert dmn.alive()
+            # a client that never reads its replies cannot block shutdown:
+            # in-flight requests stuck in send are cut after the grace period
+            stuck = Client(sock)
+            stuck.go("junk", meta=())
+            for i in range(64):
+                stuck.send_req(CMD_READ, i << 20, 1 << 20)
+            time.sleep(0.5)
+            t0 = time.time()
+            dmn.stop()
+            log(f"stopped {time.time() - t0:.1f}s after SIGTERM with a stuck client")
         finally:
             if dmn.alive():
                 dmn.stop()

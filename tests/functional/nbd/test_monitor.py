@@ -16,6 +16,34 @@ def test(vdiskd):
     with TempDir() as d:
         img = os.path.join(d, "a.raw")
         run(["qemu-img", "create", "-f", "raw", img, "32M"])
+        # command line basics
+        p = run([vdiskd, "--help"])
+        assert "--blockdev" in p.stdout and "--nbd-server" in p.stdout
+        assert "vdiskd version" in run([vdiskd, "-V"]).stdout
+        p = run([vdiskd, "--export", "type=nbd,id=e,node-name=nope"], check=False)
+        assert p.returncode == 1 and "nope" in p.stdout, p.stdout
+        p = run([vdiskd, "--object", "iothread,id=a,bogus=1"], check=False)
+        assert p.returncode == 1 and "bogus" in p.stdout, p.stdout
+
+        # --daemonize and --pidfile: the parent returns once the export is up
+        pidfile = os.path.join(d, "vd.pid")
+        dsock = os.path.join(d, "daemon.sock")
+        run([vdiskd, "--daemonize", "--pidfile", pidfile,
+             "--blockdev", '{"driver": "null-co", "node-name": "j0", "size": 1048576}',
+             "--nbd-server", f"addr.type=unix,addr.path={dsock}",
+             "--export", "type=nbd,id=e0,node-name=j0"])
+        pid = int(open(pidfile).read())
+        out = run(["nbdinfo", f"nbd+unix:///j0?socket={dsock}"]).stdout
+        assert "1048576" in out, out
+        os.kill(pid, 15)
+        for _ in range(200):
+            if not os.path.exists(pidfile):
+                break
+            time.sleep(0.05)
+        assert not os.path.exists(pidfile) and not os.path.exists(dsock)
+        p = run([vdiskd, "--daemonize", "--blockdev", "driver=nope,node-name=x"], check=False)
+        assert p.returncode == 1 and "nope" in p.stdout, p.stdout
+
         dmn = Vdiskd(vdiskd, d, [])
         q = dmn.qmp
         assert q.greeting["QMP"]["capabilities"] == [], q.greeting

@@ -21,7 +21,9 @@ def test(vdiskd):
         sock = os.path.join(d, "nbd.sock")
         dmn = Vdiskd(vdiskd, d, [
             "--object", "iothread,id=io0",
-            "--blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={img}",
+            # qemu-storage-daemon style: the protocol node is its own --blockdev
+            "--blockdev", f"driver=file,node-name=file0,filename={img},aio=io_uring",
+            "--blockdev", "driver=qcow2,node-name=disk0,file=file0",
             "--nbd-server", f"addr.type=unix,addr.path={sock}",
             "--export", "type=nbd,id=exp0,node-name=disk0,name=disk,writable=on,iothread=io0",
         ], wait_for=[sock])

@@ -8,7 +8,7 @@
  *   qcow2-io [-U] [-t cache] FILE -c CMD [-c CMD...]
  * CMD: write [-P pat] [-z] [-c] OFF LEN | aio_write [-P pat] [-z] OFF LEN |
  *      aio_flush | discard OFF LEN | flush | read [-P pat] OFF LEN |
- *      compare RAWFILE | check [-r leaks|all] | info | abort | truncate SIZE |
+ *      compare RAWFILE | check [-r leaks|all] | info | abort | sleep MS | truncate SIZE |
  *      snapshot_create NAME | snapshot_apply NAME | snapshot_delete NAME |
  *      snapshot_list | amend OPTS | measure OPTS | change_backing FILE FMT | make_empty
  * Exit status 0 when every command succeeded and every read matched.
@@ -188,6 +188,16 @@ static int run_cmd(VdBackend *b, char *cmd)
     if (!strcmp(op, "compare")) {
         wait_pending();
         return i < argc ? compare_raw(b, argv[i]) : -1;
+    }
+    if (!strcmp(op, "sleep")) {
+        /* keep the event loop running (timers fire) for N milliseconds */
+        int64_t ms = argc > 1 ? atoll(argv[1]) : 0;
+        int64_t end = vd_clock_ns() + ms * 1000000;
+        while (vd_clock_ns() < end) {
+            vd_aio_poll(vd_aio_main_context(), false);
+            usleep(10000);
+        }
+        return 0;
     }
     if (!strcmp(op, "abort")) {
         /* simulate a crash: no flush, no close */

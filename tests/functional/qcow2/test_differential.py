@@ -39,6 +39,17 @@ def run(args, **kw):
 def workload(rng, cs, allow_discard, burst=True):
     """A list of (qemu-io command, is_aio) over DISK bytes."""
     cmds = []
+    if burst:
+        # start with a burst into the empty image: parallel first allocations of
+        # L2 tables and clusters, several requests sharing a cluster
+        pos = rng.randrange(0, 4) * cs
+        for _ in range(rng.randint(8, 24)):
+            ln = rng.choice([512, 1024, cs // 2 if cs >= 1024 else 512, cs, 2 * cs])
+            if pos + ln > DISK:
+                break
+            cmds.append('aio_write -P 0x%x %d %d' % (rng.randrange(1, 256), pos, ln))
+            pos += ln + rng.choice([0, 512, cs, 7 * cs])
+        cmds.append('aio_flush')
     n = rng.randint(15, 35)
     for _ in range(n):
         kind = rng.random()

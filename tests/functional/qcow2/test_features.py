@@ -136,6 +136,11 @@ def lazy_refcounts_crash_repair():
     assert qinfo(img)['dirty-flag'] is False
     check_clean(img)
     run(['qemu-io', '-c', 'read -P 0x21 0 1M', img])
+    # invariant 3: after a quiet period the image is marked clean again
+    vio(img, 'write -P 0x23 8M 64k', 'sleep 6500', 'abort')
+    assert qinfo(img)['dirty-flag'] is False
+    check_clean(img)
+    run(['qemu-io', '-c', 'read -P 0x23 8M 64k', img])
     # without lazy refcounts a crash leaves at most leaks
     img2 = path('nolazy.qcow2')
     run([QCOW2_IO, 'create', img2, 'size=16M'])

@@ -355,22 +355,52 @@ static void test_block_status(void **state)
     vd_node_unref(n);
 }
 
+static void test_detect_zeroes(void **state)
+{
+    uint8_t buf[4096];
+    memset(buf, 0, sizeof(buf));
+    VdNode *n = bt_open_ok("driver=testdrv,size=64k,detect-zeroes=on", VD_O_RDWR);
+    TestDrvState *td = g_testdrv;
+    assert_int_equal(vd_pwrite(n, 0, sizeof(buf), buf, 0), 0);
+    assert_int_equal(td->count[TD_ZEROES], 1);
+    assert_int_equal(td->count[TD_WRITE], 0);
+    assert_false(td->log[0].flags & VD_REQ_MAY_UNMAP);
+    buf[100] = 1;
+    assert_int_equal(vd_pwrite(n, 0, sizeof(buf), buf, 0), 0);
+    assert_int_equal(td->count[TD_WRITE], 1);
+    vd_node_unref(n);
+
+    n = bt_open_ok("driver=testdrv,size=64k,discard=unmap,detect-zeroes=unmap", VD_O_RDWR);
+    td = g_testdrv;
+    memset(buf, 0, sizeof(buf));
+    assert_int_equal(vd_pwrite(n, 0, sizeof(buf), buf, 0), 0);
+    assert_true(td->log[0].flags & VD_REQ_MAY_UNMAP);
+    vd_node_unref(n);
+    VdError *err = NULL;
+    assert_null(bt_open("driver=testdrv,detect-zeroes=unmap", VD_O_RDWR, &err));
+    assert_non_null(strstr(err->msg, "discard=unmap"));
+    vd_error_free(err);
+}
+
+#define BT_TEST(name, fn) { name, fn, NULL, NULL, NULL }
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rmw_512),
-        cmocka_unit_test(test_rmw_4096),
-        cmocka_unit_test(test_serialise),
-        cmocka_unit_test(test_flush_merge),
-        cmocka_unit_test(test_flush_chain),
-        cmocka_unit_test(test_fua),
-        cmocka_unit_test(test_zeroes_fallback),
-        cmocka_unit_test(test_max_transfer),
-        cmocka_unit_test(test_read_only),
-        cmocka_unit_test(test_range),
-        cmocka_unit_test(test_discard),
-        cmocka_unit_test(test_drain),
-        cmocka_unit_test(test_block_status),
+        BT_TEST("/block/io/rmw/align-512", test_rmw_512),
+        BT_TEST("/block/io/rmw/align-4096", test_rmw_4096),
+        BT_TEST("/block/io/rmw/serialise", test_serialise),
+        BT_TEST("/block/io/flush/merge", test_flush_merge),
+        BT_TEST("/block/io/flush/children-no-flush", test_flush_chain),
+        BT_TEST("/block/io/fua", test_fua),
+        BT_TEST("/block/io/zeroes/fallback", test_zeroes_fallback),
+        BT_TEST("/block/io/max-transfer", test_max_transfer),
+        BT_TEST("/block/io/read-only", test_read_only),
+        BT_TEST("/block/io/range", test_range),
+        BT_TEST("/block/io/discard", test_discard),
+        BT_TEST("/block/io/drain", test_drain),
+        BT_TEST("/block/io/block-status", test_block_status),
+        BT_TEST("/block/io/detect-zeroes", test_detect_zeroes),
     };
     cmocka_set_message_output(CM_OUTPUT_STDOUT);
     return cmocka_run_group_tests_name("/block/io", tests, bt_setup, NULL);

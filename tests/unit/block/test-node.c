@@ -276,6 +276,15 @@ static void test_info_and_create(void **state)
     assert_non_null(vd_json_object_get(info, "actual-size"));
     assert_false(vd_json_get_bool(vd_json_object_get(info, "dirty-flag")));
     assert_null(vd_json_object_get(info, "cluster-size"));
+    /* byte for byte what qemu-img info --output=json prints */
+    char want[1024];
+    snprintf(want, sizeof(want), "{\n    \"virtual-size\": 1048576,\n    \"filename\": \"%s\",\n"
+             "    \"format\": \"raw\",\n    \"actual-size\": %lld,\n"
+             "    \"dirty-flag\": false\n}", path,
+             (long long)vd_json_get_int(vd_json_object_get(info, "actual-size")));
+    char *text = vd_json_to_string(info, true);
+    assert_string_equal(text, want);
+    free(text);
     vd_json_unref(info);
     info = vd_node_info(n, true, &err);
     assert_int_equal(vd_json_array_size(info), 1);
@@ -286,6 +295,164 @@ static void test_info_and_create(void **state)
     vd_node_unref(n);
     unlink(path);
     free(path);
+}
+
+/* A testfmt image over a raw backing file named relative to it. */
+static void test_backing_chain(void **state)
+{
+    char dir[] = "/var/tmp/vd-block-chain-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char base[256], top[256];
+    snprintf(base, sizeof(base), "%s/base.raw", dir);
+    snprintf(top, sizeof(top), "%s/top.tf", dir);
+    static uint8_t img[512 + 16384];
+    memset(img, 0, sizeof(img));
+    memset(img, 0xbb, 4096);                        /* base: data at [0, 4k) */
+    int fd = open(base, O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    assert_int_equal(write(fd, img, 4096), 4096);
+    assert_int_equal(ftruncate(fd, 16384), 0);      /* a hole after the data */
+    close(fd);
+    memset(img, 0, sizeof(img));
+    memcpy(img, "TESTFMT!", 8);
+    strcpy((char *)img + 16, "base.raw");           /* relative to top's directory */
+    memset(img + 512 + 8192, 0xcc, 4096);           /* top: data at [8k, 12k) */
+    fd = open(top, O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    assert_int_equal(write(fd, img, sizeof(img)), (ssize_t)sizeof(img));
+    close(fd);
+
+    VdError *err = NULL;
+    VdOpts *o = vd_opts_parse("driver=testfmt,backing.driver=raw", NULL, &err);
+    VdNode *n = vd_node_open(top, o, VD_O_RDWR, &err);
+    if (!n) {
+        fail_msg("%s", err->msg);
+    }
+    VdNode *b = vd_node_backing(n);
+    assert_non_null(b);
+    assert_string_equal(vd_node_filename(b), base);
+    assert_true(vd_node_is_read_only(b));
+
+    int64_t pnum, map;
+    VdNode *file;
+    int depth;
+    int ret = vd_block_status_above(n, NULL, true, 0, 16384, &pnum, &map, &file, &depth);
+    assert_true(ret & VD_BLOCK_DATA);
+    assert_int_equal(pnum, 4096);
+    assert_int_equal(depth, 2);
+    ret = vd_block_status_above(n, NULL, true, 4096, 16384 - 4096, &pnum, &map, &file, &depth);
+    assert_true(ret & VD_BLOCK_ZERO);
+    assert_int_equal(pnum, 4096);
+    assert_int_equal(depth, 2);                     /* raw is allocated everywhere */
+    ret = vd_block_status_above(n, NULL, true, 8192, 8192, &pnum, &map, &file, &depth);
+    assert_true(ret & VD_BLOCK_DATA);
+    assert_int_equal(pnum, 4096);
+    assert_int_equal(depth, 1);
+    assert_int_equal(map, 512 + 8192);
+    /* above the base: [0, 8k) is unallocated in the top alone */
+    ret = vd_block_status_above(n, b, true, 0, 16384, &pnum, &map, &file, &depth);
+    assert_false(ret & VD_BLOCK_ALLOCATED);
+    assert_int_equal(pnum, 8192);
+    assert_int_equal(depth, 0);
+
+    VdJson *info = vd_node_info(n, true, &err);
+    assert_int_equal(vd_json_array_size(info), 2);
+    VdJson *i0 = vd_json_array_get(info, 0);
+    assert_string_equal(vd_json_get_string(vd_json_object_get(i0, "backing-filename")), "base.raw");
+    assert_string_equal(vd_json_get_string(vd_json_object_get(i0, "full-backing-filename")), base);
+    vd_json_unref(info);
+    vd_node_unref(n);
+
+    /* backing=null: no backing */
+    o = vd_opts_parse("{\"driver\":\"testfmt\",\"backing\":null}", NULL, &err);
+    n = vd_node_open(top, o, 0, &err);
+    assert_non_null(n);
+    assert_null(vd_node_backing(n));
+    vd_node_unref(n);
+    unlink(base);
+    unlink(top);
+    rmdir(dir);
+}
+
+/* Unaligned I/O with misaligned buffers over a real O_DIRECT file. */
+static void test_odirect_file(void **state)
+{
+    enum { SIZE = 256 * 1024 };
+    static uint8_t ref[SIZE], back[SIZE];
+    unsigned seed = 99;
+    bt_fill_random(ref, SIZE, &seed);
+    char *path = make_temp_file(ref, SIZE);
+    char opts[512];
+    snprintf(opts, sizeof(opts), "driver=raw,cache.direct=on,file.driver=file,file.filename=%s",
+             path);
+    VdError *err = NULL;
+    VdNode *n = bt_open(opts, VD_O_RDWR, &err);
+    if (!n) {
+        /* a file system without O_DIRECT: nothing to test here */
+        vd_error_free(err);
+        unlink(path);
+        free(path);
+        skip();
+    }
+    VdNode *f = vd_node_file(n);
+    assert_true(f->open_flags & VD_O_NOCACHE);
+    assert_true(f->bl.request_alignment >= 512);     /* the file driver probed O_DIRECT */
+    assert_true(f->bl.min_mem_alignment >= 512);
+    static uint8_t mem[70000];
+    for (int i = 0; i < 200; i++) {
+        seed = seed * 1103515245u + 12345u;
+        int64_t off = (seed >> 8) % (SIZE - 66000);
+        seed = seed * 1103515245u + 12345u;
+        int64_t len = 1 + (seed >> 8) % 65536;
+        uint8_t *buf = mem + (i % 7);
+        bt_fill_random(buf, len, &seed);
+        assert_int_equal(vd_pwrite(n, off, len, buf, 0), 0);
+        memcpy(ref + off, buf, len);
+        int64_t roff = (off + 333) % (SIZE - len);
+        assert_int_equal(vd_pread(n, roff, len, buf, 0), 0);
+        assert_memory_equal(buf, ref + roff, len);
+    }
+    assert_int_equal(vd_flush(n), 0);
+    vd_node_unref(n);
+    int fd = open(path, O_RDONLY);
+    assert_int_equal(pread(fd, back, SIZE, 0), SIZE);
+    close(fd);
+    assert_memory_equal(back, ref, SIZE);
+    unlink(path);
+    free(path);
+}
+
+/* QEMU's dictionary output order, as observed from qemu-img 7.2 */
+static void test_qemu_order(void **state)
+{
+    VdError *err = NULL;
+    const char *txt = "{\"id\":\"1\",\"name\":\"snap1\",\"vm-state-size\":0,"
+                              "\"date-sec\":1,\"date-nsec\":2,\"vm-clock-sec\":0,"
+                              "\"vm-clock-nsec\":0,\"icount\":0,"
+                              "\"data\":{\"compat\":\"1.1\",\"lazy-refcounts\":false,"
+                              "\"corrupt\":false,\"refcount-bits\":16,"
+                              "\"extended-l2\":false,\"compression-type\":\"zlib\"}}";
+    VdJson *o = vd_json_parse(txt, strlen(txt), &err);
+    assert_non_null(o);
+    vd_json_qemu_order(o);
+    const char *want[] = { "icount", "vm-clock-nsec", "name", "date-sec", "date-nsec",
+                           "vm-clock-sec", "id", "vm-state-size" };
+    size_t k = 0;
+    for (size_t i = 0; i < vd_json_object_size(o); i++) {
+        VdJson *v;
+        const char *key = vd_json_object_entry(o, i, &v);
+        if (!strcmp(key, "data")) {
+            continue;
+        }
+        assert_string_equal(key, want[k++]);
+    }
+    assert_int_equal(k, 8);
+    const char *want2[] = { "compat", "compression-type", "lazy-refcounts", "refcount-bits",
+                            "corrupt", "extended-l2" };
+    VdJson *d = vd_json_object_get(o, "data");
+    for (size_t i = 0; i < 6; i++) {
+        VdJson *v;
+        assert_string_equal(vd_json_object_entry(d, i, &v), want2[i]);
+    }
+    vd_json_unref(o);
 }
 
 #define BT_TEST(name, fn) { name, fn, NULL, NULL, NULL }
@@ -301,6 +468,9 @@ int main(void)
         BT_TEST("/block/raw/window", test_raw_window),
         BT_TEST("/block/node/probe/raw-guard", test_probe_raw_guard),
         BT_TEST("/block/node/info-create", test_info_and_create),
+        BT_TEST("/block/node/backing-chain", test_backing_chain),
+        BT_TEST("/block/node/info/qemu-order", test_qemu_order),
+        BT_TEST("/block/io/o-direct-file", test_odirect_file),
     };
     cmocka_set_message_output(CM_OUTPUT_STDOUT);
     return cmocka_run_group_tests_name("/block/node", tests, bt_setup, NULL);

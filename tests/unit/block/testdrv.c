@@ -3,6 +3,7 @@
  * testdrv: size, align, max-transfer, mem-align, fua, zeroes, latency-ns, yield.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "testdrv.h"
@@ -234,9 +235,53 @@ static int tf_probe(const uint8_t *buf, int buf_size, const char *filename)
     return buf_size >= 8 && !memcmp(buf, "TESTFMT!", 8) ? 100 : 0;
 }
 
+/* Header: "TESTFMT!" then at byte 16 an optional NUL-terminated backing name.
+ * Guest data lies at +512 in the file; zero file ranges are "unallocated". */
 static int coroutine_fn tf_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
-    return vd_open_child(NULL, options, "file", node, VD_CHILD_FILE, false, errp) ? 0 : -EINVAL;
+    char hdr[512];
+    if (!vd_open_child(NULL, options, "file", node, VD_CHILD_FILE, false, errp)) {
+        return -EINVAL;
+    }
+    if (vd_node_getlength(node->file->node) < 512) {
+        vd_error_setg(errp, EINVAL, "%s: too short for testfmt", node->filename);
+        return -EINVAL;
+    }
+    int ret = vd_co_pread(node->file->node, 0, sizeof(hdr), hdr, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    hdr[sizeof(hdr) - 1] = 0;
+    snprintf(node->backing_file, sizeof(node->backing_file), "%s", hdr + 16);
+    return vd_open_backing(node, options, errp);
+}
+
+static int coroutine_fn tf_block_status(VdNode *node, bool want_zero, int64_t offset,
+                                        int64_t bytes, int64_t *pnum, int64_t *map, VdNode **file)
+{
+    /* allocation by content: a 512-byte sector of zeros is unallocated */
+    static uint8_t buf[65536];
+    int64_t n = VD_MIN(bytes, (int64_t)sizeof(buf));
+    int ret = vd_co_pread(node->file->node, offset + 512, n, buf, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    bool first = false;
+    int64_t pos = 0;
+    while (pos < n) {
+        int64_t len = VD_MIN((int64_t)512, n - pos);
+        bool nz = !vd_buffer_is_zero(buf + pos, (size_t)len);
+        if (pos == 0) {
+            first = nz;
+        } else if (nz != first) {
+            break;
+        }
+        pos += len;
+    }
+    *pnum = pos;
+    *map = offset + 512;
+    *file = node->file->node;
+    return first ? (VD_BLOCK_DATA | VD_BLOCK_OFFSET_VALID) : 0;
 }
 
 static int64_t coroutine_fn tf_getlength(VdNode *node)
@@ -260,8 +305,10 @@ static int coroutine_fn tf_pwritev(VdNode *node, int64_t offset, int64_t bytes, 
 static const VdDriver tf_driver = {
     .format_name = "testfmt",
     .is_format = true,
+    .supports_backing = true,
     .probe = tf_probe,
     .co_open = tf_open,
+    .co_block_status = tf_block_status,
     .co_getlength = tf_getlength,
     .co_preadv = tf_preadv,
     .co_pwritev = tf_pwritev,

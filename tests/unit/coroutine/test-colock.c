@@ -15,19 +15,13 @@
 #include <string.h>
 
 #include "vdisk/coroutine.h"
-
-#define CO_TEST(path, fn) { path, fn, NULL, NULL, NULL }
+#include "co-test.h"
 
 static VdAioContext *main_ctx;
 
 static void poll_until(atomic_int *flag, int value)
 {
-    int64_t deadline = vd_clock_ns() + 60LL * 1000000000;
-
-    while (atomic_load(flag) != value) {
-        assert_true(vd_clock_ns() < deadline);
-        vd_aio_poll(main_ctx, true);
-    }
+    co_test_poll_until(main_ctx, flag, value);
 }
 
 /* ---- CoMutex -------------------------------------------------------------------- */
@@ -159,10 +153,6 @@ static void coroutine_fn cross_worker_entry(void *opaque)
     vd_aio_wait_kick();
 }
 
-static void sync_nop(void *opaque)
-{
-}
-
 static void test_mutex_cross_context(void **state)
 {
     VdIOThread *t[2] = { vd_iothread_new("mx1", 0, NULL), vd_iothread_new("mx2", 0, NULL) };
@@ -180,8 +170,8 @@ static void test_mutex_cross_context(void **state)
     VD_AIO_WAIT_WHILE(NULL, atomic_load(&x->done) != 2 * XCTX_PER_THREAD);
     /* A last cross-thread wake-up may still be inside vd_bh_schedule_oneshot()
      * on the other context: let both threads finish their current BH. */
-    vd_aio_run_sync(workers[0].home, sync_nop, NULL);
-    vd_aio_run_sync(workers[1].home, sync_nop, NULL);
+    vd_aio_run_sync(workers[0].home, co_test_sync_nop, NULL);
+    vd_aio_run_sync(workers[1].home, co_test_sync_nop, NULL);
     vd_iothread_free(t[0]);
     vd_iothread_free(t[1]);
     assert_int_equal(atomic_load(&x->bad_context), 0);
@@ -438,6 +428,39 @@ static void test_queue_order(void **state)
     assert_false(vd_co_queue_next(&c.q));
 }
 
+/* A waiter that queues itself again whenever it is woken (as code re-checking
+ * a condition does). restart_all wakes those waiting at the call, once. */
+typedef struct Rewaiter {
+    VdCoQueue q;
+    int wakes;
+    bool stop;
+} Rewaiter;
+
+static void coroutine_fn rewaiter_entry(void *opaque)
+{
+    Rewaiter *r = opaque;
+
+    while (!r->stop && r->wakes < 1000) {
+        vd_co_queue_wait(&r->q, NULL);
+        r->wakes++;
+    }
+}
+
+static void test_queue_restart_all_snapshot(void **state)
+{
+    Rewaiter r = { 0 };
+
+    vd_co_queue_init(&r.q);
+    vd_co_enter(vd_co_create(rewaiter_entry, &r));
+    vd_co_queue_restart_all(&r.q);          /* outside coroutines: runs it now */
+    assert_int_equal(r.wakes, 1);
+    assert_false(vd_co_queue_empty(&r.q));  /* waiting again, for the next call */
+    r.stop = true;
+    vd_co_queue_restart_all(&r.q);
+    assert_int_equal(r.wakes, 2);
+    assert_true(vd_co_queue_empty(&r.q));
+}
+
 static void coroutine_fn queue_restarter_entry(void *opaque)
 {
     QueueCase *c = opaque;
@@ -480,6 +503,7 @@ int main(void)
         CO_TEST("/coroutine/rwlock/upgrade-downgrade", test_rwlock_upgrade_downgrade),
         CO_TEST("/coroutine/queue/order", test_queue_order),
         CO_TEST("/coroutine/queue/with-mutex", test_queue_with_mutex),
+        CO_TEST("/coroutine/queue/restart-all-snapshot", test_queue_restart_all_snapshot),
     };
 
     if (vd_aio_init(NULL) < 0) {

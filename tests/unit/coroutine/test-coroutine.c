@@ -18,21 +18,14 @@
 #include <unistd.h>
 
 #include "vdisk/coroutine.h"
+#include "co-test.h"
 #include "coroutine/coroutine-int.h"
-
-#define CO_TEST(path, fn) { path, fn, NULL, NULL, NULL }
 
 static VdAioContext *main_ctx;
 
-/* Run the main loop until *flag becomes true (or abort after ~10 s). */
 static void poll_until(atomic_int *flag, int value)
 {
-    int64_t deadline = vd_clock_ns() + 10LL * 1000000000;
-
-    while (atomic_load(flag) != value) {
-        assert_true(vd_clock_ns() < deadline);
-        vd_aio_poll(main_ctx, true);
-    }
+    co_test_poll_until(main_ctx, flag, value);
 }
 
 /* ---- basics ------------------------------------------------------------------ */
@@ -473,10 +466,6 @@ static void coroutine_fn ping_pong_entry(void *opaque)
     p->final_ctx = vd_aio_current();
 }
 
-static void sync_nop(void *opaque)
-{
-}
-
 static void test_move_ping_pong(void **state)
 {
     VdIOThread *t1 = vd_iothread_new("pp1", 0, NULL);
@@ -494,8 +483,8 @@ static void test_move_ping_pong(void **state)
     /* The thread that scheduled the last hop may still be inside
      * vd_bh_schedule_oneshot() on the other context: let both finish their
      * current BH before freeing either. */
-    vd_aio_run_sync(p.ctx[0], sync_nop, NULL);
-    vd_aio_run_sync(p.ctx[1], sync_nop, NULL);
+    vd_aio_run_sync(p.ctx[0], co_test_sync_nop, NULL);
+    vd_aio_run_sync(p.ctx[1], co_test_sync_nop, NULL);
     vd_iothread_free(t1);
     vd_iothread_free(t2);
 }

@@ -293,8 +293,8 @@ static void test_errno_map(void **state)
 static void test_encoders(void **state)
 {
     uint8_t b[NBD_CHUNK_HEADER_SIZE];
-    nbd_chunk_header_encode(b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_HOLE, 0x0102030405060708ULL,
-                            12);
+    nbd_chunk_header_encode(b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_HOLE,
+                            0x0102030405060708ULL, 12);
     assert_int_equal(nbd_get32(b), NBD_MAGIC_STRUCTURED_REPLY);
     assert_int_equal(nbd_get16(b + 4), 1);
     assert_int_equal(nbd_get16(b + 6), 2);
@@ -320,7 +320,8 @@ int main(void)
         { "/nbd/proto/request/roundtrip", test_request_roundtrip, NULL, NULL, NULL },
         { "/nbd/proto/validate/ok", test_validate_ok, NULL, NULL, NULL },
         { "/nbd/proto/validate/bad-magic", test_validate_magic, NULL, NULL, NULL },
-        { "/nbd/proto/validate/unknown-command-and-flags", test_validate_unknown, NULL, NULL, NULL },
+        { "/nbd/proto/validate/unknown-command-and-flags", test_validate_unknown, NULL, NULL,
+          NULL },
         { "/nbd/proto/validate/read-only", test_validate_read_only, NULL, NULL, NULL },
         { "/nbd/proto/validate/range", test_validate_range, NULL, NULL, NULL },
         { "/nbd/proto/validate/sizes", test_validate_sizes, NULL, NULL, NULL },

@@ -1,0 +1,245 @@
+/*
+ * The log-writes filter (DESIGN.md §8, docs/filters.md): passes every request
+ * to its "file" child and records each write, write_zeroes, discard, truncate
+ * and flush that completes, in completion order, with the data: in memory
+ * (vd_log_writes_get_log) or, with log=PATH, appended to a side file that
+ * vdisk-log-replay and vd_write_log_load read back.
+ *
+ * Like blkdebug the node is not flagged is_filter, so that a format above it
+ * can grow the image (the core keeps filter nodes at a fixed size).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "filters/log-writes.h"
+
+typedef struct LogWritesState {
+    VdWriteLog *log;          /* in-memory log, or NULL with a side file */
+    int log_fd;               /* side file, or -1 */
+    uint64_t n_entries;       /* entries recorded so far */
+    uint64_t flush_start;     /* n_entries when the flush in progress began */
+} LogWritesState;
+
+static int coroutine_fn log_writes_co_open(VdNode *node, VdOpts *options, int flags,
+                                           VdError **errp)
+{
+    LogWritesState *s = node->opaque;
+    char *path = NULL;
+
+    s->log_fd = -1;
+    if (vd_opts_take_str(options, "log", NULL, &path, errp) < 0) {
+        return -EINVAL;
+    }
+    if (path) {
+        if (!path[0]) {
+            vd_error_setg(errp, EINVAL, "log-writes: option 'log' is an empty path");
+            free(path);
+            return -EINVAL;
+        }
+        s->log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (s->log_fd < 0) {
+            vd_error_setg_errno(errp, errno, "%s: cannot create the write log", path);
+            free(path);
+            return -EINVAL;
+        }
+        int ret = vd_write_log_write_header(s->log_fd);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: cannot write the write log", path);
+            free(path);
+            close(s->log_fd);
+            s->log_fd = -1;
+            return ret;
+        }
+        free(path);
+    } else {
+        s->log = vd_write_log_new();
+    }
+    if (!vd_open_child(NULL, options, "file", node, VD_CHILD_FILE, false, errp)) {
+        if (s->log_fd >= 0) {
+            close(s->log_fd);
+            s->log_fd = -1;
+        }
+        vd_write_log_free(s->log);
+        s->log = NULL;
+        return -EINVAL;
+    }
+    /* FUA is emulated by the core with a flush after the write: logged as one */
+    node->supported_write_flags = 0;
+    node->supported_zero_flags = VD_REQ_MAY_UNMAP | VD_REQ_NO_FALLBACK;
+    return 0;
+}
+
+static void coroutine_fn log_writes_co_close(VdNode *node)
+{
+    LogWritesState *s = node->opaque;
+    if (s->log_fd >= 0) {
+        close(s->log_fd);
+        s->log_fd = -1;
+    }
+    vd_write_log_free(s->log);
+    s->log = NULL;
+}
+
+static void log_writes_refresh_limits(VdNode *node)
+{
+    const VdBlockLimits *cl = &node->file->node->bl;
+    node->bl.request_alignment = cl->request_alignment;
+    node->bl.pwrite_zeroes_alignment = cl->pwrite_zeroes_alignment;
+    node->bl.max_pwrite_zeroes = cl->max_pwrite_zeroes;
+    node->bl.pdiscard_alignment = cl->pdiscard_alignment;
+    node->bl.max_pdiscard = cl->max_pdiscard;
+}
+
+/*
+ * Record a completed request. The side file is written synchronously (this
+ * is a test filter: simple beats fast). Returns 0 or -errno, in which case
+ * the request is reported failed although it reached the child.
+ */
+static int log_writes_record(VdNode *node, const VdWriteLogEntry *e)
+{
+    LogWritesState *s = node->opaque;
+    int ret = s->log ? vd_write_log_append(s->log, e) : vd_write_log_write_record(s->log_fd, e);
+    if (ret == 0) {
+        s->n_entries++;
+    }
+    return ret;
+}
+
+static int coroutine_fn log_writes_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
+                                             VdIOVector *qiov, size_t qiov_offset, int flags)
+{
+    return vd_co_preadv(node->file->node, offset, bytes, qiov, qiov_offset, flags);
+}
+
+static int coroutine_fn log_writes_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
+                                              VdIOVector *qiov, size_t qiov_offset, int flags)
+{
+    int ret = vd_co_pwritev(node->file->node, offset, bytes, qiov, qiov_offset, flags);
+    if (ret < 0) {
+        return ret;
+    }
+    uint8_t *data = malloc((size_t)VD_MAX(bytes, (int64_t)1));
+    if (!data) {
+        return -ENOMEM;
+    }
+    vd_iov_to_buf(qiov, qiov_offset, data, (size_t)bytes);
+    VdWriteLogEntry e = {
+        .kind = VD_WLOG_WRITE, .flags = (uint32_t)flags, .offset = offset, .bytes = bytes,
+        .data = data,
+    };
+    ret = log_writes_record(node, &e);
+    free(data);
+    return ret;
+}
+
+static int coroutine_fn log_writes_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
+                                                    int flags)
+{
+    int ret = vd_co_pwrite_zeroes(node->file->node, offset, bytes, flags);
+    if (ret < 0) {
+        return ret;    /* -ENOTSUP: the core writes zeros through co_pwritev, logged there */
+    }
+    VdWriteLogEntry e = {
+        .kind = VD_WLOG_ZEROES, .flags = (uint32_t)flags, .offset = offset, .bytes = bytes,
+    };
+    return log_writes_record(node, &e);
+}
+
+static int coroutine_fn log_writes_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
+{
+    int ret = vd_co_pdiscard(node->file->node, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    VdWriteLogEntry e = { .kind = VD_WLOG_DISCARD, .offset = offset, .bytes = bytes };
+    return log_writes_record(node, &e);
+}
+
+/* The core calls this first, then flushes the child, then co_flush_to_disk. */
+static int coroutine_fn log_writes_co_flush_to_os(VdNode *node)
+{
+    LogWritesState *s = node->opaque;
+    s->flush_start = s->n_entries;
+    return 0;
+}
+
+/* The child's flush succeeded: entries completed before the flush began are stable. */
+static int coroutine_fn log_writes_co_flush_to_disk(VdNode *node)
+{
+    LogWritesState *s = node->opaque;
+    VdWriteLogEntry e = { .kind = VD_WLOG_FLUSH, .covers = s->flush_start };
+    return log_writes_record(node, &e);
+}
+
+static int coroutine_fn log_writes_co_block_status(VdNode *node, bool want_zero, int64_t offset,
+                                                   int64_t bytes, int64_t *pnum, int64_t *map,
+                                                   VdNode **file)
+{
+    VdNode *child = node->file->node;
+    int ret = vd_co_block_status(child, want_zero, offset, bytes, pnum, map, file);
+    if (ret < 0) {
+        return ret;
+    }
+    if (*pnum == 0) {
+        *pnum = bytes;
+        *map = offset;
+        *file = child;
+        return VD_BLOCK_ZERO | VD_BLOCK_OFFSET_VALID;
+    }
+    if (!(ret & VD_BLOCK_OFFSET_VALID)) {
+        *map = offset;
+        *file = child;
+        ret |= VD_BLOCK_OFFSET_VALID;
+    }
+    return ret & (VD_BLOCK_DATA | VD_BLOCK_ZERO | VD_BLOCK_OFFSET_VALID);
+}
+
+static int coroutine_fn log_writes_co_truncate(VdNode *node, int64_t offset, bool exact,
+                                               VdPrealloc prealloc, VdError **errp)
+{
+    int ret = vd_co_truncate(node->file->node, offset, exact, prealloc, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    int64_t len = vd_node_getlength(node->file->node);
+    VdWriteLogEntry e = { .kind = VD_WLOG_TRUNCATE, .offset = len >= 0 ? len : offset };
+    ret = log_writes_record(node, &e);
+    if (ret < 0) {
+        vd_error_setg_errno(errp, -ret, "%s: cannot record the resize in the write log",
+                            node->filename);
+    }
+    return ret;
+}
+
+static int64_t coroutine_fn log_writes_co_getlength(VdNode *node)
+{
+    return vd_node_getlength(node->file->node);
+}
+
+const VdDriver vd_driver_log_writes = {
+    .format_name = "log-writes",
+    .instance_size = sizeof(LogWritesState),
+    .co_open = log_writes_co_open,
+    .co_close = log_writes_co_close,
+    .refresh_limits = log_writes_refresh_limits,
+    .co_preadv = log_writes_co_preadv,
+    .co_pwritev = log_writes_co_pwritev,
+    .co_pwrite_zeroes = log_writes_co_pwrite_zeroes,
+    .co_pdiscard = log_writes_co_pdiscard,
+    .co_flush_to_os = log_writes_co_flush_to_os,
+    .co_flush_to_disk = log_writes_co_flush_to_disk,
+    .co_block_status = log_writes_co_block_status,
+    .co_truncate = log_writes_co_truncate,
+    .co_getlength = log_writes_co_getlength,
+};
+
+VdWriteLog *vd_log_writes_get_log(VdNode *node)
+{
+    if (!node || node->drv != &vd_driver_log_writes) {
+        return NULL;
+    }
+    return ((LogWritesState *)node->opaque)->log;
+}

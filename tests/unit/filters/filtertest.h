@@ -1,0 +1,154 @@
+/*
+ * Helpers shared by the filter unit tests: open nodes from option strings,
+ * run one request in a coroutine and wait for it, a scratch directory.
+ */
+#ifndef FILTERTEST_H
+#define FILTERTEST_H
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include "block/driver.h"
+#include "vdisk/coroutine.h"
+
+#define FT_TEST(name, fn) { name, fn, NULL, NULL, NULL }
+
+static char ft_dir[256];
+
+static inline VdNode *ft_open(const char *optstr, int flags, VdError **errp)
+{
+    VdError *err = NULL;
+    VdOpts *o = vd_opts_parse(optstr, NULL, &err);
+    if (!o) {
+        fail_msg("option parse %s: %s", optstr, err->msg);
+    }
+    return vd_node_open(NULL, o, flags, errp);
+}
+
+static inline VdNode *ft_open_ok(const char *optstr, int flags)
+{
+    VdError *err = NULL;
+    VdNode *n = ft_open(optstr, flags, &err);
+    if (!n) {
+        fail_msg("open %s: %s", optstr, err ? err->msg : "?");
+    }
+    return n;
+}
+
+/* Expect the open to fail with a message containing want. */
+static inline void ft_open_fails(const char *optstr, const char *want)
+{
+    VdError *err = NULL;
+    VdNode *n = ft_open(optstr, VD_O_RDWR, &err);
+    if (n) {
+        vd_node_unref(n);
+        fail_msg("open %s succeeded", optstr);
+    }
+    assert_non_null(err);
+    if (want && !strstr(err->msg, want)) {
+        fail_msg("open %s: message '%s' lacks '%s'", optstr, err->msg, want);
+    }
+    vd_error_free(err);
+}
+
+enum { FT_READ, FT_WRITE, FT_FLUSH, FT_ZEROES, FT_DISCARD, FT_STATUS, FT_TRUNCATE };
+
+typedef struct FtReq {
+    VdNode *node;
+    int kind;
+    int64_t offset, bytes;
+    void *buf;
+    int flags;
+    int ret;
+} FtReq;
+
+static void coroutine_fn ft_req_entry(void *opaque)
+{
+    FtReq *r = opaque;
+    int64_t pnum, map;
+    VdNode *file;
+    switch (r->kind) {
+    case FT_READ:
+        r->ret = vd_co_pread(r->node, r->offset, r->bytes, r->buf, r->flags);
+        break;
+    case FT_WRITE:
+        r->ret = vd_co_pwrite(r->node, r->offset, r->bytes, r->buf, r->flags);
+        break;
+    case FT_FLUSH:
+        r->ret = vd_co_flush(r->node);
+        break;
+    case FT_ZEROES:
+        r->ret = vd_co_pwrite_zeroes(r->node, r->offset, r->bytes, r->flags);
+        break;
+    case FT_DISCARD:
+        r->ret = vd_co_pdiscard(r->node, r->offset, r->bytes);
+        break;
+    case FT_STATUS:
+        r->ret = vd_co_block_status(r->node, true, r->offset, r->bytes, &pnum, &map, &file);
+        break;
+    case FT_TRUNCATE:
+        r->ret = vd_co_truncate(r->node, r->offset, true, VD_PREALLOC_OFF, NULL);
+        break;
+    }
+}
+
+/* Run one request to completion from the main thread; returns its result. */
+static inline int ft_io(VdNode *node, int kind, int64_t offset, int64_t bytes, void *buf,
+                        int flags)
+{
+    FtReq r = { .node = node, .kind = kind, .offset = offset, .bytes = bytes, .buf = buf,
+                .flags = flags, .ret = -EINPROGRESS };
+    vd_co_run_sync(vd_node_get_context(node), ft_req_entry, &r);
+    return r.ret;
+}
+
+static inline int ft_write_byte(VdNode *node, int64_t offset, int64_t bytes, int c)
+{
+    uint8_t *buf = malloc((size_t)bytes);
+    memset(buf, c, (size_t)bytes);
+    int ret = ft_io(node, FT_WRITE, offset, bytes, buf, 0);
+    free(buf);
+    return ret;
+}
+
+static inline const char *ft_path(const char *name)
+{
+    static char buf[8][512];
+    static int n;
+    char *p = buf[n++ % 8];
+    snprintf(p, 512, "%s/%s", ft_dir, name);
+    return p;
+}
+
+static inline int ft_setup(const char *what)
+{
+    VdError *err = NULL;
+    if (vd_block_init(&err) < 0) {
+        fprintf(stderr, "init: %s\n", err->msg);
+        return -1;
+    }
+    const char *base = getenv("VDISK_TEST_DIR");
+    snprintf(ft_dir, sizeof(ft_dir), "%s/vdisk-test-%s-XXXXXX", base ? base : "/var/tmp", what);
+    if (!mkdtemp(ft_dir)) {
+        perror("mkdtemp");
+        return -1;
+    }
+    return 0;
+}
+
+static inline void ft_cleanup(void)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", ft_dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "could not remove %s\n", ft_dir);
+    }
+}
+
+#endif

@@ -1,0 +1,564 @@
+/*
+ * vdisk-img convert: copy one or more source images into a new (or, with
+ * -n, existing) target. Several worker coroutines (-m) read in parallel;
+ * block status skips holes, zero runs of -S bytes are not written, and by
+ * default writes reach the target in guest-offset order (-W lifts that).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include "img-common.h"
+
+#define CONV_BUF_SIZE (2 * VD_MiB)
+#define CONV_MAX_SKIP (1 * VD_GiB)
+#define CONV_MAX_CO 16
+
+enum { CONV_DATA, CONV_ZERO, CONV_BACKING };
+
+typedef struct ConvSource {
+    const char *name;
+    VdBackend *blk;
+    VdNode *node;
+    VdNode *base;        /* status is taken above this (target has a backing file) */
+    int64_t start, size; /* position in the concatenated input */
+} ConvSource;
+
+typedef struct Convert Convert;
+
+typedef struct ConvWorker {
+    Convert *s;
+    VdCoroutine *co;
+    uint8_t *buf;
+    int64_t wait_off;    /* offset whose turn this worker waits for, -1 none */
+} ConvWorker;
+
+struct Convert {
+    ConvSource *src;
+    int nsrc;
+    VdBackend *dst;
+    int64_t total;
+    int64_t next;          /* next offset to hand out (under lock) */
+    int64_t wr_offs;       /* in-order mode: next offset allowed to write */
+    int64_t min_sparse;    /* 0: no sparse detection, fully allocate */
+    int64_t cluster_size;  /* compressed: unit of writing */
+    int64_t buf_size;
+    bool in_order, compressed, has_zero_init, target_has_backing;
+    int ret;
+    int running;
+    int nworkers;
+    int64_t done;
+    VdCoMutex lock;
+    VdCoroutine *main_co;
+    VdAioContext *ctx;
+    ConvWorker workers[CONV_MAX_CO];
+    ImgProgress prog;
+};
+
+static ConvSource *conv_source_at(Convert *s, int64_t off)
+{
+    for (int i = 0; i < s->nsrc; i++) {
+        if (off < s->src[i].start + s->src[i].size) {
+            return &s->src[i];
+        }
+    }
+    return &s->src[s->nsrc - 1];
+}
+
+/* Kind of the run at off in its source: returns CONV_* and the run length
+ * (within that source) in *pnum, or -errno. Coroutine, under s->lock. */
+static int coroutine_fn conv_status(Convert *s, int64_t off, int64_t *pnum)
+{
+    ConvSource *src = conv_source_at(s, off);
+    int64_t soff = off - src->start;
+    int64_t len = VD_MIN(src->size - soff, CONV_MAX_SKIP);
+    int depth = 0;
+
+    if (s->min_sparse == 0) {
+        *pnum = len;
+        return CONV_DATA;
+    }
+    int ret = vd_co_block_status_above(src->node, src->base, true, soff, len, pnum, NULL, NULL,
+                                       &depth);
+    if (ret < 0) {
+        return ret;
+    }
+    if (*pnum <= 0) {
+        return -EIO;
+    }
+    if (ret & VD_BLOCK_ZERO) {
+        return CONV_ZERO;
+    }
+    if (ret & VD_BLOCK_DATA) {
+        return CONV_DATA;
+    }
+    if (depth == 0 && !src->base) {
+        return CONV_ZERO;     /* unallocated in the whole chain */
+    }
+    /* Not allocated above base: the target's backing file provides it. */
+    return s->target_has_backing ? CONV_BACKING : CONV_DATA;
+}
+
+/* Hand out the next chunk [*off, *off + *n). Returns CONV_* or -errno. */
+static int coroutine_fn conv_next_chunk(Convert *s, int64_t *off, int64_t *n)
+{
+    int64_t pnum;
+    *off = s->next;
+    int kind = conv_status(s, *off, &pnum);
+    if (kind < 0) {
+        return kind;
+    }
+    if (s->compressed) {
+        /* Whole clusters: a cluster of mixed status is copied as data. */
+        int64_t end = VD_MIN(VD_ALIGN_DOWN(*off, s->cluster_size) + s->cluster_size, s->total);
+        if (kind != CONV_DATA && *off + pnum >= end) {
+            end = VD_MAX(end, VD_ALIGN_DOWN(*off + pnum, s->cluster_size));
+            end = VD_MIN(end, *off + pnum);
+        } else {
+            kind = CONV_DATA;
+        }
+        *n = end - *off;
+    } else if (kind == CONV_DATA) {
+        *n = VD_MIN(pnum, s->buf_size);
+    } else {
+        *n = pnum;
+    }
+    s->next = *off + *n;
+    return kind;
+}
+
+static int coroutine_fn conv_read(Convert *s, int64_t off, int64_t n, uint8_t *buf)
+{
+    while (n > 0) {
+        ConvSource *src = conv_source_at(s, off);
+        int64_t soff = off - src->start;
+        int64_t len = VD_MIN(n, src->size - soff);
+        VdIOVector qiov;
+        vd_iov_init_buf(&qiov, buf, len);
+        int ret = vd_backend_co_preadv(src->blk, soff, len, &qiov, 0);
+        if (ret < 0) {
+            return ret;
+        }
+        off += len;
+        buf += len;
+        n -= len;
+    }
+    return 0;
+}
+
+static int coroutine_fn conv_write_zeroes(Convert *s, int64_t off, int64_t n)
+{
+    if (s->has_zero_init && !s->target_has_backing) {
+        return 0;
+    }
+    return vd_backend_co_pwrite_zeroes(s->dst, off, n, VD_REQ_MAY_UNMAP);
+}
+
+static int coroutine_fn conv_write_data(Convert *s, int64_t off, int64_t n, uint8_t *buf,
+                                        int flags)
+{
+    VdIOVector qiov;
+    vd_iov_init_buf(&qiov, buf, n);
+    return vd_backend_co_pwritev(s->dst, off, n, &qiov, flags);
+}
+
+/* Write a data chunk: runs of all-zero min_sparse blocks (aligned to target
+ * offsets) become holes or zero writes, the rest is written. */
+static int coroutine_fn conv_write_sparse(Convert *s, int64_t off, int64_t n, uint8_t *buf)
+{
+    if (s->compressed) {
+        if (vd_buffer_is_zero(buf, n)) {
+            return conv_write_zeroes(s, off, n);
+        }
+        return conv_write_data(s, off, n, buf, VD_REQ_WRITE_COMPRESSED);
+    }
+    if (s->min_sparse == 0) {
+        return conv_write_data(s, off, n, buf, 0);
+    }
+    int64_t pos = 0;
+    while (pos < n) {
+        int64_t run = 0;
+        bool zero = false;
+        while (pos + run < n) {
+            int64_t blk = s->min_sparse - ((off + pos + run) % s->min_sparse);
+            blk = VD_MIN(blk, n - pos - run);
+            bool z = vd_buffer_is_zero(buf + pos + run, blk);
+            if (run == 0) {
+                zero = z;
+            } else if (z != zero) {
+                break;
+            }
+            run += blk;
+        }
+        int ret = zero ? conv_write_zeroes(s, off + pos, run)
+                       : conv_write_data(s, off + pos, run, buf + pos, 0);
+        if (ret < 0) {
+            return ret;
+        }
+        pos += run;
+    }
+    return 0;
+}
+
+static void conv_wake_waiters(Convert *s, bool all)
+{
+    for (int i = 0; i < s->nworkers; i++) {
+        ConvWorker *w = &s->workers[i];
+        if (w->wait_off >= 0 && (all || w->wait_off == s->wr_offs)) {
+            w->wait_off = -1;
+            vd_aio_co_schedule(s->ctx, w->co);
+            if (!all) {
+                break;
+            }
+        }
+    }
+}
+
+static void conv_fail(Convert *s, int ret)
+{
+    if (!s->ret) {
+        s->ret = ret;
+    }
+    conv_wake_waiters(s, true);
+}
+
+static void coroutine_fn conv_worker(void *opaque)
+{
+    ConvWorker *w = opaque;
+    Convert *s = w->s;
+
+    while (!s->ret) {
+        int64_t off, n;
+        vd_co_mutex_lock(&s->lock);
+        if (s->next >= s->total || s->ret) {
+            vd_co_mutex_unlock(&s->lock);
+            break;
+        }
+        int kind = conv_next_chunk(s, &off, &n);
+        vd_co_mutex_unlock(&s->lock);
+        if (kind < 0) {
+            img_error("error while reading block status at offset %" PRId64 ": %s", off,
+                      strerror(-kind));
+            conv_fail(s, kind);
+            break;
+        }
+        int ret = 0;
+        if (kind == CONV_DATA) {
+            ret = conv_read(s, off, n, w->buf);
+            if (ret < 0) {
+                img_error("error while reading at byte %" PRId64 ": %s", off, strerror(-ret));
+                conv_fail(s, ret);
+                break;
+            }
+        }
+        if (s->in_order) {
+            while (s->wr_offs != off && !s->ret) {
+                w->wait_off = off;
+                vd_co_yield();
+            }
+            if (s->ret) {
+                break;
+            }
+            /* Let the next chunk's writer start as soon as this write has
+             * been issued (it runs once we yield inside the write). */
+            s->wr_offs = off + n;
+            conv_wake_waiters(s, false);
+        }
+        if (kind == CONV_DATA) {
+            ret = conv_write_sparse(s, off, n, w->buf);
+        } else if (kind == CONV_ZERO) {
+            ret = conv_write_zeroes(s, off, n);
+        }
+        if (ret < 0) {
+            img_error("error while writing at byte %" PRId64 ": %s", off, strerror(-ret));
+            conv_fail(s, ret);
+            break;
+        }
+        s->done += n;
+        img_progress_update(&s->prog, s->done * 100.0 / (s->total ? s->total : 1));
+    }
+    w->wait_off = -1;
+    if (--s->running == 0) {
+        vd_aio_co_schedule(s->ctx, s->main_co);
+    }
+}
+
+static void coroutine_fn conv_main(void *opaque)
+{
+    Convert *s = opaque;
+    s->main_co = vd_co_self();
+    s->running = s->nworkers;
+    for (int i = 0; i < s->nworkers; i++) {
+        s->workers[i].s = s;
+        s->workers[i].wait_off = -1;
+        s->workers[i].co = vd_co_create(conv_worker, &s->workers[i]);
+        vd_aio_co_schedule(s->ctx, s->workers[i].co);
+    }
+    while (s->running > 0) {
+        vd_co_yield();
+    }
+    if (!s->ret) {
+        int ret = vd_backend_co_flush(s->dst);
+        if (ret < 0) {
+            img_error("error while flushing the target: %s", strerror(-ret));
+            s->ret = ret;
+        }
+    }
+}
+
+static void conv_close_sources(Convert *s)
+{
+    for (int i = 0; i < s->nsrc; i++) {
+        if (s->src[i].blk) {
+            vd_backend_unref(s->src[i].blk);
+        }
+    }
+    free(s->src);
+}
+
+int img_cmd_convert(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, 'X' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "target-image-opts", no_argument, NULL, 'J' },
+        { "force-share", no_argument, NULL, 'U' },
+        { "salvage", no_argument, NULL, 'V' },
+        { "target-is-zero", no_argument, NULL, 'Z' },
+        { "bitmaps", no_argument, NULL, 'b' },
+        { "skip-broken-bitmaps", no_argument, NULL, 'k' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *fmt = NULL, *out_fmt = NULL, *cache = "unsafe", *src_cache = "writeback";
+    const char *out_baseimg = NULL, *backing_fmt = NULL;
+    char *options = NULL;
+    bool progress = false, quiet = false, skip_create = false, force_share = false;
+    bool image_opts = false, target_is_zero = false;
+    Convert s = { .in_order = true, .min_sparse = 8 * 512, .nworkers = 8 };
+    int c, ret = 1;
+    VdError *err = NULL;
+    uint64_t v;
+    int64_t iv;
+
+    img_getopt_reset();
+    while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WUr:F:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f': fmt = optarg; break;
+        case 'O': out_fmt = optarg; break;
+        case 'B': out_baseimg = optarg; break;
+        case 'F': backing_fmt = optarg; break;
+        case 'c': s.compressed = true; break;
+        case 'C': break;   /* copy offloading: the plain copy is used */
+        case 'o': {
+            if (!strcmp(optarg, "help") || !strcmp(optarg, "?")) {
+                vd_img_create_help(out_fmt ? out_fmt : "raw", NULL);
+                free(options);
+                return 0;
+            }
+            char *old = options;
+            if (old) {
+                if (asprintf(&options, "%s,%s", old, optarg) < 0) {
+                    options = NULL;
+                }
+                free(old);
+            } else {
+                options = strdup(optarg);
+            }
+            break;
+        }
+        case 'l':
+            img_error("internal snapshots are not supported as a convert source (-l)");
+            free(options);
+            return 1;
+        case 'S':
+            if (vd_parse_size(optarg, &v) < 0) {
+                free(options);
+                return img_size_error("buffer size for sparse output");
+            }
+            if (v > 16 * VD_MiB || (v % 512)) {
+                img_error("Invalid buffer size for sparse output specified. Valid sizes are "
+                          "multiples of 512 up to 16777216. Select 0 to disable sparse "
+                          "detection (fully allocates output).");
+                free(options);
+                return 1;
+            }
+            s.min_sparse = v;
+            break;
+        case 'p': progress = true; break;
+        case 't': cache = optarg; break;
+        case 'T': src_cache = optarg; break;
+        case 'q': quiet = true; break;
+        case 'n': skip_create = true; break;
+        case 'm':
+            if (vd_parse_int(optarg, &iv) < 0 || iv < 1 || iv > CONV_MAX_CO) {
+                img_error("Invalid number of coroutines. Allowed number of coroutines is "
+                          "between 1 and %d", CONV_MAX_CO);
+                free(options);
+                return 1;
+            }
+            s.nworkers = iv;
+            break;
+        case 'W': s.in_order = false; break;
+        case 'U': force_share = true; break;
+        case 'r': break;   /* rate limit: not applied to a one-shot copy */
+        case 'I': image_opts = true; break;
+        case 'Z': target_is_zero = true; break;
+        case 'J': case 'V': case 'b': case 'k': case 'X': break;
+        case 'h':
+            printf("usage: %s convert [--object objectdef] [--image-opts] "
+                   "[--target-image-opts] [--target-is-zero] [-U] [-C] [-c] [-p] [-q] [-n] "
+                   "[-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
+                   "[-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] "
+                   "[-m num_coroutines] [-W] filename [filename2 [...]] output_filename\n",
+                   IMG_PROG);
+            return 0;
+        default:
+            free(options);
+            return img_bad_option(c, argv);
+        }
+    }
+    if (quiet) {
+        progress = false;
+    }
+    s.nsrc = argc - optind - 1;
+    if (s.nsrc < 1) {
+        free(options);
+        return img_missing_argument("Must specify image file name");
+    }
+    if (s.compressed && !s.in_order) {
+        img_error("Out of order write and compress are mutually exclusive");
+        free(options);
+        return 1;
+    }
+    if (target_is_zero && !skip_create) {
+        img_error("--target-is-zero requires use of -n flag");
+        free(options);
+        return 1;
+    }
+    if (backing_fmt && !out_baseimg) {
+        img_error("-F can only be used with -B");
+        free(options);
+        return 1;
+    }
+    const char *out_filename = argv[argc - 1];
+    if (!out_fmt) {
+        out_fmt = "raw";
+    }
+
+    /* Sources */
+    s.src = calloc(s.nsrc, sizeof(*s.src));
+    int64_t total = 0;
+    for (int i = 0; i < s.nsrc; i++) {
+        ConvSource *src = &s.src[i];
+        src->name = argv[optind + i];
+        src->blk = img_open(src->name, fmt, image_opts, force_share ? VD_O_FORCE_SHARE : 0,
+                            src_cache, quiet);
+        if (!src->blk) {
+            goto out_sources;
+        }
+        src->node = vd_backend_node(src->blk);
+        src->size = vd_backend_getlength(src->blk);
+        if (src->size < 0) {
+            img_error("Could not get size of %s: %s", src->name, strerror((int)-src->size));
+            goto out_sources;
+        }
+        src->start = total;
+        total += src->size;
+    }
+    s.total = total;
+
+    /* Target creation options */
+    VdOpts *copts = options ? vd_opts_parse(options, NULL, &err) : vd_json_object();
+    if (!copts) {
+        img_error_err(err, "Invalid options: ");
+        goto out_sources;
+    }
+    if (out_baseimg) {
+        vd_opts_set(copts, "backing_file", out_baseimg);
+        if (backing_fmt) {
+            vd_opts_set(copts, "backing_fmt", backing_fmt);
+        }
+    }
+    s.target_has_backing = vd_opts_lookup(copts, "backing_file") != NULL;
+    if (s.target_has_backing) {
+        for (int i = 0; i < s.nsrc; i++) {
+            s.src[i].base = vd_node_backing(img_node_format(s.src[i].node));
+        }
+    }
+    VdJson *prealloc = vd_opts_lookup(copts, "preallocation");
+    bool preallocated = prealloc && vd_json_get_string(prealloc) &&
+                        strcmp(vd_json_get_string(prealloc), "off") != 0;
+    if (!skip_create) {
+        char sizebuf[32];
+        snprintf(sizebuf, sizeof(sizebuf), "%" PRId64, total);
+        vd_opts_set(copts, "size", sizebuf);
+        if (vd_img_create(out_filename, out_fmt, copts, &err) < 0) {
+            char prefix[4200];
+            snprintf(prefix, sizeof(prefix), "%s: error while converting %s: ", out_filename,
+                     out_fmt);
+            img_error_err(err, prefix);
+            vd_json_unref(copts);
+            goto out_sources;
+        }
+    }
+    vd_json_unref(copts);
+
+    /* Target */
+    s.dst = img_open(out_filename, out_fmt, false, VD_O_RDWR, cache,
+                     quiet);
+    if (!s.dst) {
+        goto out_sources;
+    }
+    VdNode *dnode = img_node_format(vd_backend_node(s.dst));
+    if (skip_create) {
+        int64_t dsize = vd_backend_getlength(s.dst);
+        if (dsize < total) {
+            img_error("Error: Target image size (%" PRId64 ") is smaller than source (%" PRId64
+                      ")", dsize, total);
+            goto out;
+        }
+        s.has_zero_init = target_is_zero;
+        s.target_has_backing = vd_node_backing(dnode) != NULL;
+    } else {
+        s.has_zero_init = !(preallocated && dnode->drv->supports_backing);
+    }
+    if (s.min_sparse == 0) {
+        s.has_zero_init = false;
+    }
+    s.buf_size = CONV_BUF_SIZE;
+    if (s.compressed) {
+        int64_t cs = 0;
+        bool dirty;
+        if (!dnode->drv->co_pwritev_compressed || !dnode->drv->get_info ||
+            dnode->drv->get_info(dnode, &cs, &dirty) < 0 || cs <= 0) {
+            img_error("Compression not supported for this file format");
+            goto out;
+        }
+        s.cluster_size = cs;
+        s.buf_size = cs;
+    }
+    for (int i = 0; i < s.nworkers; i++) {
+        if (posix_memalign((void **)&s.workers[i].buf, 4096, s.buf_size)) {
+            img_error("Out of memory");
+            goto out;
+        }
+    }
+    s.ctx = vd_backend_get_context(s.dst);
+    vd_co_mutex_init(&s.lock);
+    img_progress_init(&s.prog, progress);
+    vd_co_run_sync(s.ctx, conv_main, &s);
+    if (s.ret == 0) {
+        img_progress_end(&s.prog);
+        ret = 0;
+    }
+out:
+    for (int i = 0; i < s.nworkers; i++) {
+        free(s.workers[i].buf);
+    }
+    vd_backend_unref(s.dst);
+out_sources:
+    conv_close_sources(&s);
+    free(options);
+    return ret;
+}

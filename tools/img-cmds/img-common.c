@@ -1,0 +1,190 @@
+/*
+ * Shared plumbing of the img-cmds commands: qemu-img style errors, image
+ * opening with format/--image-opts/cache/-U handling, size strings, progress.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "img-common.h"
+
+void img_error(const char *fmt, ...)
+{
+    va_list ap;
+    fflush(stdout);
+    fprintf(stderr, "%s: ", IMG_PROG);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void img_error_err(VdError *err, const char *prefix)
+{
+    img_error("%s%s", prefix ? prefix : "", err && err->msg ? err->msg : "unknown error");
+    vd_error_free(err);
+}
+
+void img_getopt_reset(void)
+{
+    optind = 0;     /* GNU getopt: full re-initialisation */
+    opterr = 0;
+}
+
+int img_bad_option(int c, char **argv)
+{
+    const char *arg = argv[optind - 1];
+    char optbuf[3] = { '-', (char)optopt, 0 };
+    /* A short option inside a cluster ("-xq") is named alone. */
+    if (optopt && (arg[0] != '-' || arg[1] == '-' || arg[1] != optopt)) {
+        arg = optbuf;
+    }
+    if (c == ':') {
+        return img_missing_argument_fmt("missing argument for option '%s'", arg);
+    }
+    return img_missing_argument_fmt("unrecognized option '%s'", arg);
+}
+
+int img_missing_argument_fmt(const char *fmt, const char *arg)
+{
+    fflush(stdout);
+    fprintf(stderr, "%s: ", IMG_PROG);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nTry '%s --help' for more information\n", IMG_PROG);
+    return 1;
+}
+
+int img_missing_argument(const char *what)
+{
+    return img_missing_argument_fmt("%s", what);
+}
+
+int img_size_error(const char *what)
+{
+    img_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", what);
+    img_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    return 1;
+}
+
+int img_parse_output(const char *arg, bool *json)
+{
+    if (!strcmp(arg, "json")) {
+        *json = true;
+    } else if (!strcmp(arg, "human")) {
+        *json = false;
+    } else {
+        img_error("--output must be used with human or json as argument.");
+        return 1;
+    }
+    return 0;
+}
+
+VdBackend *img_open(const char *filename, const char *fmt, bool image_opts, int flags,
+                    const char *cache, bool quiet)
+{
+    VdError *err = NULL;
+    VdOpts *opts = NULL;
+    bool writethrough = false;
+    const char *name = filename;
+
+    if (vd_block_init(&err) < 0) {
+        img_error_err(err, NULL);
+        return NULL;
+    }
+    if (cache) {
+        int cflags = 0;
+        if (vd_parse_cache_mode(cache, &cflags, &writethrough) < 0) {
+            img_error("Invalid cache option: %s", cache);
+            return NULL;
+        }
+        flags |= cflags;
+    }
+    if (image_opts) {
+        if (fmt) {
+            img_error("--image-opts and --format are mutually exclusive");
+            return NULL;
+        }
+        opts = vd_opts_parse(filename, NULL, &err);
+        if (!opts) {
+            img_error_err(err, NULL);
+            return NULL;
+        }
+        filename = NULL;
+    } else if (fmt) {
+        opts = vd_json_object();
+        vd_json_object_put_str(opts, "driver", fmt);
+    }
+    VdBackend *blk = vd_backend_open(filename, opts, flags, &err);
+    if (!blk) {
+        char prefix[4200];
+        snprintf(prefix, sizeof(prefix), "Could not open '%s': ", name);
+        img_error_err(err, prefix);
+        return NULL;
+    }
+    if (writethrough) {
+        vd_backend_set_write_cache(blk, false);
+    }
+    (void)quiet;
+    return blk;
+}
+
+char *img_size_to_str(uint64_t val)
+{
+    static const char *const suffixes[] = { "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei" };
+    int exp = 0;
+    char *out = NULL;
+
+    /* The unit is the largest power of 1024 not above val * 1.024, so that
+     * values just under a unit print as 0.98 of it, as qemu does. */
+    frexp(val / (1000.0 / 1024.0), &exp);
+    int i = (exp - 1) / 10;
+    if (i < 0) {
+        i = 0;
+    }
+    if (i >= (int)VD_ARRAY_SIZE(suffixes)) {
+        i = VD_ARRAY_SIZE(suffixes) - 1;
+    }
+    uint64_t div = 1ULL << (i * 10);
+    if (asprintf(&out, "%0.3g %sB", (double)val / div, suffixes[i]) < 0) {
+        return NULL;
+    }
+    return out;
+}
+
+void img_progress_init(ImgProgress *p, bool enabled)
+{
+    p->enabled = enabled;
+    p->last = -1;
+    img_progress_update(p, 0);
+}
+
+void img_progress_update(ImgProgress *p, double percent)
+{
+    if (!p->enabled) {
+        return;
+    }
+    if (percent > 100) {
+        percent = 100;
+    }
+    if (p->last >= 0 && percent - p->last < 1.0 && percent < 100) {
+        return;
+    }
+    if (percent == p->last) {
+        return;
+    }
+    p->last = percent;
+    printf("    (%3.2f/100%%)\r", percent);
+    fflush(stdout);
+}
+
+void img_progress_end(ImgProgress *p)
+{
+    if (!p->enabled) {
+        return;
+    }
+    img_progress_update(p, 100);
+    printf("\n");
+    fflush(stdout);
+}

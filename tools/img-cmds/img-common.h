@@ -1,0 +1,72 @@
+/*
+ * Helpers shared by the img-cmds commands: error printing in qemu-img's
+ * style, opening images the way qemu-img does, option parsing glue,
+ * progress output, and the wrappers around driver callbacks (img-node.c).
+ */
+#ifndef VDISK_IMG_COMMON_H
+#define VDISK_IMG_COMMON_H
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include "vdisk/block.h"
+#include "block/driver.h"
+
+#define IMG_PROG "vdisk-img"
+
+/* "vdisk-img: <message>\n" on stderr. */
+void img_error(const char *fmt, ...) VD_PRINTF(1, 2);
+/* "vdisk-img: <prefix><err->msg>\n"; frees err. prefix may be NULL. */
+void img_error_err(VdError *err, const char *prefix);
+
+/* Start option parsing of a command's argv (argv[0] is the command). */
+void img_getopt_reset(void);
+/* Report getopt's '?' or ':' result (c) for argv; returns exit status 1. */
+int img_bad_option(int c, char **argv);
+/* "Expecting one image file name" and friends; returns 1. */
+int img_missing_argument(const char *what);
+/* Same with a printf format taking one string argument. */
+int img_missing_argument_fmt(const char *fmt, const char *arg);
+
+/* "Invalid <what> specified. You may use k, M, ... suffixes for" + second line. Returns 1. */
+int img_size_error(const char *what);
+
+/* Parse --output: returns 0 and sets *json, or prints qemu-img's error and returns 1. */
+int img_parse_output(const char *arg, bool *json);
+
+/*
+ * Open filename (a path, URI or json:; with image_opts an option string) as
+ * qemu-img does: fmt forces the format driver, otherwise it is probed.
+ * cache may be NULL (writeback). On failure prints "Could not open '<name>':
+ * <why>" and returns NULL.
+ */
+VdBackend *img_open(const char *filename, const char *fmt, bool image_opts, int flags,
+                    const char *cache, bool quiet);
+
+/* qemu's size_to_str(): "0 B", "1.5 MiB". Returns malloc'ed string. */
+char *img_size_to_str(uint64_t val);
+
+/* -p progress: "    (12.34/100%)\r" updates on stdout, a newline at the end. */
+typedef struct ImgProgress {
+    bool enabled;
+    double last;
+} ImgProgress;
+void img_progress_init(ImgProgress *p, bool enabled);
+void img_progress_update(ImgProgress *p, double percent);
+void img_progress_end(ImgProgress *p);
+
+/* ---- driver callbacks run in the node's context (img-node.c) ---- */
+int img_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp);
+int img_node_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp);
+int img_node_snapshot_delete(VdNode *node, const char *id, const char *name, VdError **errp);
+/* Returns count (>= 0) with *list malloc'ed (may be NULL when 0), or -errno. */
+int img_node_snapshot_list(VdNode *node, VdSnapshotInfo **list);
+int img_node_amend(VdNode *node, const VdOpts *opts, bool force, VdError **errp);
+int img_node_change_backing_file(VdNode *node, const char *file, const char *fmt);
+int img_node_make_empty(VdNode *node);
+/* vd_co_pwrite_zeroes from the main thread. */
+int img_node_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags);
+/* The format node under any filters (the node a format callback applies to). */
+VdNode *img_node_format(VdNode *node);
+
+#endif

@@ -1,0 +1,1873 @@
+/*
+ * vdisk-io: exercise the vdisk I/O path from the command line. Accepts
+ * qemu-io's options, command set and output lines so that qemu-io scripts
+ * (-c 'write -P 0xab 0 64k' ...) run unchanged.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "vdisk/block.h"
+#include "vdisk/coroutine.h"
+#include "../vdisk-img/tool-common.h"
+
+#define IO_REQUEST_MAX_BYTES ((int64_t)(INT_MAX & ~511))   /* 2147483136, as qemu */
+#define IO_MISALIGN_OFFSET 16
+#define IO_PROMPT "qemu-io> "
+
+typedef struct IoCommand {
+    const char *name;
+    const char *altname;
+    int (*func)(int argc, char **argv);
+    int argmin;
+    int argmax;           /* -1: no limit */
+    bool nofile_ok;
+    const char *args;
+    const char *oneline;
+    void (*help)(void);
+} IoCommand;
+
+static VdBackend *g_blk;
+static bool g_misalign;
+static bool g_quit;
+static int g_aio_in_flight;
+
+/* Options used when opening (command line, and defaults for "open"). */
+typedef struct IoOpenOpts {
+    const char *format;
+    const char *cache;
+    const char *aio;
+    const char *discard;
+    bool read_only;
+    bool nocache;
+    bool force_share;
+    bool image_opts;
+} IoOpenOpts;
+
+static const IoCommand *io_find_command(const char *name);
+static void io_command_usage(const IoCommand *ct);
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static void io_print_cvtnum_err(int64_t rc, const char *arg)
+{
+    if (rc == -EINVAL) {
+        printf("Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- %s\n", arg);
+    } else if (rc == -ERANGE) {
+        printf("Parsing error: argument too large -- %s\n", arg);
+    } else {
+        printf("Parsing error: %s\n", strerror((int)-rc));
+    }
+}
+
+static int io_parse_pattern(const char *arg)
+{
+    char *end = NULL;
+    long v;
+
+    errno = 0;
+    v = strtol(arg, &end, 0);
+    if (errno || end == arg || *end || v < 0 || v > 255) {
+        printf("%s is not a valid pattern byte\n", arg);
+        return -1;
+    }
+    return (int)v;
+}
+
+static void *io_alloc(size_t len, int pattern)
+{
+    void *buf;
+    size_t total = len + (g_misalign ? IO_MISALIGN_OFFSET : 0);
+
+    if (posix_memalign(&buf, 4096, total ? total : 1)) {
+        return NULL;
+    }
+    memset(buf, pattern, total);
+    return (char *)buf + (g_misalign ? IO_MISALIGN_OFFSET : 0);
+}
+
+static void io_free(void *p)
+{
+    if (p) {
+        free((char *)p - (g_misalign ? IO_MISALIGN_OFFSET : 0));
+    }
+}
+
+/* Fill len bytes from the contents of file (repeated if shorter). */
+static void *io_alloc_from_file(size_t len, const char *file)
+{
+    FILE *f = fopen(file, "r");
+    char *buf;
+    size_t got;
+
+    if (!f) {
+        printf("'%s': %s\n", file, strerror(errno));
+        return NULL;
+    }
+    buf = io_alloc(len, 0);
+    if (!buf) {
+        fclose(f);
+        return NULL;
+    }
+    got = fread(buf, 1, len, f);
+    if (ferror(f)) {
+        printf("fread error: %s\n", strerror(errno));
+        fclose(f);
+        io_free(buf);
+        return NULL;
+    }
+    fclose(f);
+    if (got == 0 && len > 0) {
+        printf("'%s' is empty\n", file);
+        io_free(buf);
+        return NULL;
+    }
+    for (size_t off = got; got && off < len; off += got) {
+        memcpy(buf + off, buf, VD_MIN(got, len - off));
+    }
+    return buf;
+}
+
+static void io_dump_buffer(const void *buffer, int64_t offset, int64_t len)
+{
+    const uint8_t *p = buffer;
+
+    for (int64_t i = 0; i < len; i += 16) {
+        const uint8_t *s = p;
+        printf("%08" PRIx64 ":  ", (uint64_t)(offset + i));
+        for (int j = 0; j < 16 && i + j < len; j++, p++) {
+            printf("%02x ", *p);
+        }
+        printf(" ");
+        for (int j = 0; j < 16 && i + j < len; j++, s++) {
+            putchar(isalnum(*s) ? *s : '.');
+        }
+        printf("\n");
+    }
+}
+
+static struct timeval io_tsub(struct timeval a, struct timeval b)
+{
+    a.tv_usec -= b.tv_usec;
+    if (a.tv_usec < 0) {
+        a.tv_usec += 1000000;
+        a.tv_sec--;
+    }
+    a.tv_sec -= b.tv_sec;
+    return a;
+}
+
+static double io_tdiv(double value, struct timeval tv)
+{
+    double secs = (double)tv.tv_sec + (double)tv.tv_usec / 1000000.0;
+    return value / secs;
+}
+
+static void io_timestr(struct timeval *tv, char *ts, size_t size, bool verbose)
+{
+    double secs = (double)(tv->tv_sec % 60) + (double)tv->tv_usec / 1000000.0;
+    unsigned hours = (unsigned)(tv->tv_sec / 3600);
+    unsigned mins = (unsigned)((tv->tv_sec % 3600) / 60);
+
+    if (verbose || tv->tv_sec >= 60) {
+        snprintf(ts, size, "%u:%02u:%05.2f", hours, mins, secs);
+    } else {
+        snprintf(ts, size, "%05.2f sec", secs);
+    }
+}
+
+static void io_print_report(const char *op, struct timeval *t, int64_t offset,
+                            int64_t count, int64_t total, int cnt, bool cflag)
+{
+    char s1[64], s2[64], ts[64];
+
+    io_timestr(t, ts, sizeof(ts), cflag);
+    if (!cflag) {
+        tool_size_to_str((double)total, s1, sizeof(s1));
+        tool_size_to_str(io_tdiv((double)total, *t), s2, sizeof(s2));
+        printf("%s %" PRId64 "/%" PRId64 " bytes at offset %" PRId64 "\n", op, total, count, offset);
+        printf("%s, %d ops; %s (%s/sec and %.4f ops/sec)\n", s1, cnt, ts, s2,
+               io_tdiv((double)cnt, *t));
+    } else {
+        printf("%" PRId64 ",%d,%s,%.3f,%.3f\n", total, cnt, ts,
+               io_tdiv((double)total, *t), io_tdiv((double)cnt, *t));
+    }
+}
+
+/* Check a request against the image as qemu's block backend does. */
+static int io_check_request(int64_t offset, int64_t bytes)
+{
+    int64_t len = vd_backend_getlength(g_blk);
+    if (len < 0) {
+        return (int)len;
+    }
+    if (offset < 0 || bytes < 0 || offset > len || bytes > len - offset) {
+        return -EIO;
+    }
+    return 0;
+}
+
+/* ---- synchronous I/O through coroutines ------------------------------------------ */
+
+enum { IO_READ, IO_WRITE, IO_ZERO, IO_DISCARD, IO_FLUSH };
+
+typedef struct IoSync {
+    int op;
+    int64_t offset;
+    int64_t bytes;
+    VdIOVector *qiov;
+    int flags;
+    int ret;
+} IoSync;
+
+static void coroutine_fn io_sync_entry(void *opaque)
+{
+    IoSync *s = opaque;
+
+    switch (s->op) {
+    case IO_READ:
+        s->ret = vd_backend_co_preadv(g_blk, s->offset, s->bytes, s->qiov, s->flags);
+        break;
+    case IO_WRITE:
+        s->ret = vd_backend_co_pwritev(g_blk, s->offset, s->bytes, s->qiov, s->flags);
+        break;
+    case IO_ZERO:
+        s->ret = vd_backend_co_pwrite_zeroes(g_blk, s->offset, s->bytes, s->flags);
+        break;
+    case IO_DISCARD:
+        s->ret = vd_backend_co_pdiscard(g_blk, s->offset, s->bytes);
+        break;
+    case IO_FLUSH:
+        s->ret = vd_backend_co_flush(g_blk);
+        break;
+    }
+}
+
+static int io_sync(int op, int64_t offset, int64_t bytes, VdIOVector *qiov, int flags)
+{
+    IoSync s = { .op = op, .offset = offset, .bytes = bytes, .qiov = qiov, .flags = flags };
+
+    if (op != IO_FLUSH) {
+        int ret = io_check_request(offset, bytes);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    vd_co_run_sync(vd_backend_get_context(g_blk), io_sync_entry, &s);
+    return s.ret;
+}
+
+static int io_sync_buf(int op, int64_t offset, int64_t bytes, void *buf, int flags)
+{
+    VdIOVector qiov;
+    vd_iov_init_buf(&qiov, buf, (size_t)bytes);
+    return io_sync(op, offset, bytes, &qiov, flags);
+}
+
+/* Parse "len [len..]" into one buffer split over an I/O vector. */
+static void *io_create_iovec(VdIOVector *qiov, char **argv, int nr_iov, int pattern)
+{
+    int64_t *sizes = calloc(nr_iov, sizeof(*sizes));
+    int64_t count = 0;
+    char *buf = NULL, *p;
+
+    if (!sizes) {
+        return NULL;
+    }
+    for (int i = 0; i < nr_iov; i++) {
+        int64_t len = tool_parse_size(argv[i]);
+        if (len < 0) {
+            io_print_cvtnum_err(len, argv[i]);
+            goto out;
+        }
+        if (len > IO_REQUEST_MAX_BYTES) {
+            printf("Argument '%s' exceeds maximum size %" PRIu64 "\n", argv[i],
+                   (uint64_t)IO_REQUEST_MAX_BYTES);
+            goto out;
+        }
+        if (count > IO_REQUEST_MAX_BYTES - len) {
+            printf("The total number of bytes exceed the maximum size %" PRIu64 "\n",
+                   (uint64_t)IO_REQUEST_MAX_BYTES);
+            goto out;
+        }
+        sizes[i] = len;
+        count += len;
+    }
+    vd_iov_init(qiov, nr_iov);
+    buf = p = io_alloc((size_t)count, pattern);
+    if (!buf) {
+        vd_iov_destroy(qiov);
+        goto out;
+    }
+    for (int i = 0; i < nr_iov; i++) {
+        vd_iov_add(qiov, p, (size_t)sizes[i]);
+        p += sizes[i];
+    }
+out:
+    free(sizes);
+    return buf;
+}
+
+/* ---- read ------------------------------------------------------------------------ */
+
+static void io_read_help(void)
+{
+    printf("\n"
+           " Read bytes at an offset of the open image.\n"
+           "\n"
+           " Example: 'read -v 512 1k' shows the 1 KiB that starts 512 bytes into the image.\n"
+           "\n"
+           " -b, -- read the VM state area instead of the disk (not supported by vdisk)\n"
+           " -C, -- print the statistics as one comma-separated line\n"
+           " -l, -- length of the range checked by -P\n"
+           " -p, -- accepted and ignored (old option)\n"
+           " -P, -- check that every byte read equals this pattern byte\n"
+           " -q, -- quiet: no statistics\n"
+           " -s, -- start of the range checked by -P, relative to the offset\n"
+           " -v, -- hex dump of the data read\n"
+           "\n");
+}
+
+static int io_read_f(int argc, char **argv)
+{
+    bool cflag = false, qflag = false, vflag = false, bflag = false;
+    bool Pflag = false, sflag = false, lflag = false;
+    int c, pattern = 0, ret;
+    int64_t offset, count, pattern_offset = 0, pattern_count = 0;
+    struct timeval t1, t2;
+    char *buf;
+
+    while ((c = getopt(argc, argv, "bCl:pP:qs:v")) != -1) {
+        switch (c) {
+        case 'b': bflag = true; break;
+        case 'C': cflag = true; break;
+        case 'l':
+            lflag = true;
+            pattern_count = tool_parse_size(optarg);
+            if (pattern_count < 0) {
+                io_print_cvtnum_err(pattern_count, optarg);
+                return (int)pattern_count;
+            }
+            break;
+        case 'p': break;
+        case 'P':
+            Pflag = true;
+            pattern = io_parse_pattern(optarg);
+            if (pattern < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'q': qflag = true; break;
+        case 's':
+            sflag = true;
+            pattern_offset = tool_parse_size(optarg);
+            if (pattern_offset < 0) {
+                io_print_cvtnum_err(pattern_offset, optarg);
+                return (int)pattern_offset;
+            }
+            break;
+        case 'v': vflag = true; break;
+        default:
+            io_command_usage(io_find_command("read"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 2) {
+        io_command_usage(io_find_command("read"));
+        return -EINVAL;
+    }
+    offset = tool_parse_size(argv[optind]);
+    if (offset < 0) {
+        io_print_cvtnum_err(offset, argv[optind]);
+        return (int)offset;
+    }
+    optind++;
+    count = tool_parse_size(argv[optind]);
+    if (count < 0) {
+        io_print_cvtnum_err(count, argv[optind]);
+        return (int)count;
+    }
+    if (count > IO_REQUEST_MAX_BYTES) {
+        printf("length cannot exceed %" PRIu64 ", given %s\n",
+               (uint64_t)IO_REQUEST_MAX_BYTES, argv[optind]);
+        return -EINVAL;
+    }
+    if (!Pflag && (lflag || sflag)) {
+        io_command_usage(io_find_command("read"));
+        return -EINVAL;
+    }
+    if (!lflag) {
+        pattern_count = count - pattern_offset;
+    }
+    if (pattern_count < 0 || pattern_offset < 0 || pattern_offset + pattern_count > count) {
+        printf("pattern verification range exceeds end of read data\n");
+        return -EINVAL;
+    }
+
+    buf = io_alloc((size_t)count, 0xab);
+    if (!buf) {
+        printf("read failed: %s\n", strerror(ENOMEM));
+        return -ENOMEM;
+    }
+    gettimeofday(&t1, NULL);
+    ret = bflag ? -ENOTSUP : io_sync_buf(IO_READ, offset, count, buf, 0);
+    gettimeofday(&t2, NULL);
+    if (ret < 0) {
+        printf("read failed: %s\n", strerror(-ret));
+        goto out;
+    }
+    if (Pflag) {
+        for (int64_t i = 0; i < pattern_count; i++) {
+            if ((uint8_t)buf[pattern_offset + i] != pattern) {
+                printf("Pattern verification failed at offset %" PRId64 ", %" PRId64 " bytes\n",
+                       offset + pattern_offset, pattern_count);
+                ret = -EINVAL;
+                break;
+            }
+        }
+    }
+    if (qflag) {
+        goto out;
+    }
+    if (vflag) {
+        io_dump_buffer(buf, offset, count);
+    }
+    t2 = io_tsub(t2, t1);
+    io_print_report("read", &t2, offset, count, count, 1, cflag);
+out:
+    io_free(buf);
+    return ret;
+}
+
+/* ---- readv ---------------------------------------------------------------------- */
+
+static void io_readv_help(void)
+{
+    printf("\n"
+           " Read bytes at an offset of the open image into several buffers, one per\n"
+           " length given.\n"
+           "\n"
+           " Example: 'readv -v 512 1k 1k' shows the 2 KiB that start 512 bytes into the image.\n"
+           "\n"
+           " -C, -- print the statistics as one comma-separated line\n"
+           " -P, -- check that every byte read equals this pattern byte\n"
+           " -v, -- hex dump of the data read\n"
+           " -q, -- quiet: no statistics\n"
+           "\n");
+}
+
+static int io_readv_f(int argc, char **argv)
+{
+    bool cflag = false, qflag = false, vflag = false, Pflag = false;
+    int c, pattern = 0, ret, nr_iov;
+    int64_t offset;
+    struct timeval t1, t2;
+    VdIOVector qiov;
+    char *buf;
+
+    while ((c = getopt(argc, argv, "CP:qv")) != -1) {
+        switch (c) {
+        case 'C': cflag = true; break;
+        case 'P':
+            Pflag = true;
+            pattern = io_parse_pattern(optarg);
+            if (pattern < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'q': qflag = true; break;
+        case 'v': vflag = true; break;
+        default:
+            io_command_usage(io_find_command("readv"));
+            return -EINVAL;
+        }
+    }
+    if (optind > argc - 2) {
+        io_command_usage(io_find_command("readv"));
+        return -EINVAL;
+    }
+    offset = tool_parse_size(argv[optind]);
+    if (offset < 0) {
+        io_print_cvtnum_err(offset, argv[optind]);
+        return (int)offset;
+    }
+    optind++;
+    nr_iov = argc - optind;
+    buf = io_create_iovec(&qiov, &argv[optind], nr_iov, 0xab);
+    if (!buf) {
+        return -EINVAL;
+    }
+    gettimeofday(&t1, NULL);
+    ret = io_sync(IO_READ, offset, (int64_t)qiov.size, &qiov, 0);
+    gettimeofday(&t2, NULL);
+    if (ret < 0) {
+        printf("readv failed: %s\n", strerror(-ret));
+        goto out;
+    }
+    if (Pflag) {
+        for (size_t i = 0; i < qiov.size; i++) {
+            if ((uint8_t)buf[i] != pattern) {
+                printf("Pattern verification failed at offset %" PRId64 ", %zu bytes\n",
+                       offset, qiov.size);
+                ret = -EINVAL;
+                break;
+            }
+        }
+    }
+    if (qflag) {
+        goto out;
+    }
+    if (vflag) {
+        io_dump_buffer(buf, offset, (int64_t)qiov.size);
+    }
+    t2 = io_tsub(t2, t1);
+    io_print_report("read", &t2, offset, (int64_t)qiov.size, (int64_t)qiov.size, 1, cflag);
+out:
+    vd_iov_destroy(&qiov);
+    io_free(buf);
+    return ret;
+}
+
+/* ---- write ---------------------------------------------------------------------- */
+
+static void io_write_help(void)
+{
+    printf("\n"
+           " Write bytes at an offset of the open image.\n"
+           "\n"
+           " Example: 'write 512 1k' writes 1 KiB starting 512 bytes into the image.\n"
+           "\n"
+           " The data is the byte 0xcd repeated unless -P, -s or -z says otherwise.\n"
+           " -b, -- write the VM state area instead of the disk (not supported by vdisk)\n"
+           " -c, -- compressed write (whole clusters of formats that compress)\n"
+           " -f, -- Force Unit Access: stable when the write completes\n"
+           " -n, -- with -z: fail rather than write zero buffers\n"
+           " -p, -- accepted and ignored (old option)\n"
+           " -P, -- pattern byte to write\n"
+           " -s, -- fill the buffer from this file (repeated as needed)\n"
+           " -C, -- print the statistics as one comma-separated line\n"
+           " -q, -- quiet: no statistics\n"
+           " -u, -- with -z: the range may be deallocated\n"
+           " -z, -- write zeroes (efficiently when the format can)\n"
+           "\n");
+}
+
+static int io_write_f(int argc, char **argv)
+{
+    bool cflag = false, qflag = false, bflag = false, zflag = false, Pflag = false;
+    bool compressed = false;
+    const char *source = NULL;
+    int c, pattern = 0xcd, flags = 0, ret;
+    int64_t offset, count;
+    struct timeval t1, t2;
+    char *buf = NULL;
+
+    while ((c = getopt(argc, argv, "bcCfnpP:qs:uz")) != -1) {
+        switch (c) {
+        case 'b': bflag = true; break;
+        case 'c': compressed = true; break;
+        case 'C': cflag = true; break;
+        case 'f': flags |= VD_REQ_FUA; break;
+        case 'n': flags |= VD_REQ_NO_FALLBACK; break;
+        case 'p': break;
+        case 'P':
+            Pflag = true;
+            pattern = io_parse_pattern(optarg);
+            if (pattern < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'q': qflag = true; break;
+        case 's': source = optarg; break;
+        case 'u': flags |= VD_REQ_MAY_UNMAP; break;
+        case 'z': zflag = true; break;
+        default:
+            io_command_usage(io_find_command("write"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 2) {
+        io_command_usage(io_find_command("write"));
+        return -EINVAL;
+    }
+    if (bflag && zflag) {
+        printf("-b and -z cannot be specified at the same time\n");
+        return -EINVAL;
+    }
+    if (bflag && (flags & VD_REQ_FUA)) {
+        printf("-b and -f cannot be specified at the same time\n");
+        return -EINVAL;
+    }
+    if (bflag && compressed) {
+        printf("-b and -c cannot be specified at the same time\n");
+        return -EINVAL;
+    }
+    if ((int)zflag + (int)Pflag + (source != NULL) > 1) {
+        printf("Only one of -z, -P, and -s can be specified at the same time\n");
+        return -EINVAL;
+    }
+    if ((flags & VD_REQ_NO_FALLBACK) && !zflag) {
+        printf("-n requires -z to be specified\n");
+        return -EINVAL;
+    }
+    if ((flags & VD_REQ_MAY_UNMAP) && !zflag) {
+        printf("-u requires -z to be specified\n");
+        return -EINVAL;
+    }
+    offset = tool_parse_size(argv[optind]);
+    if (offset < 0) {
+        io_print_cvtnum_err(offset, argv[optind]);
+        return (int)offset;
+    }
+    optind++;
+    count = tool_parse_size(argv[optind]);
+    if (count < 0) {
+        io_print_cvtnum_err(count, argv[optind]);
+        return (int)count;
+    }
+    if (count > IO_REQUEST_MAX_BYTES && !(flags & VD_REQ_NO_FALLBACK)) {
+        printf("length cannot exceed %" PRIu64 " without -n, given %s\n",
+               (uint64_t)IO_REQUEST_MAX_BYTES, argv[optind]);
+        return -EINVAL;
+    }
+    if (!zflag) {
+        buf = source ? io_alloc_from_file((size_t)count, source) : io_alloc((size_t)count, pattern);
+        if (!buf) {
+            return source ? -EINVAL : -ENOMEM;
+        }
+    }
+
+    gettimeofday(&t1, NULL);
+    if (bflag) {
+        ret = -ENOTSUP;
+    } else if (zflag) {
+        ret = io_sync(IO_ZERO, offset, count, NULL, flags);
+    } else {
+        ret = io_sync_buf(IO_WRITE, offset, count, buf,
+                          flags | (compressed ? VD_REQ_WRITE_COMPRESSED : 0));
+    }
+    gettimeofday(&t2, NULL);
+    if (ret < 0) {
+        printf("write failed: %s\n", strerror(-ret));
+        goto out;
+    }
+    if (qflag) {
+        goto out;
+    }
+    t2 = io_tsub(t2, t1);
+    io_print_report("wrote", &t2, offset, count, count, 1, cflag);
+out:
+    io_free(buf);
+    return ret;
+}
+
+/* ---- writev -------------------------------------------------------------------- */
+
+static void io_writev_help(void)
+{
+    printf("\n"
+           " Write bytes at an offset of the open image from several buffers, one per\n"
+           " length given.\n"
+           "\n"
+           " Example: 'writev 512 1k 1k' writes 2 KiB starting 512 bytes into the image.\n"
+           "\n"
+           " -P, -- pattern byte to write (default 0xcd)\n"
+           " -C, -- print the statistics as one comma-separated line\n"
+           " -f, -- Force Unit Access: stable when the write completes\n"
+           " -q, -- quiet: no statistics\n"
+           "\n");
+}
+
+static int io_writev_f(int argc, char **argv)
+{
+    bool cflag = false, qflag = false;
+    int c, pattern = 0xcd, flags = 0, ret, nr_iov;
+    int64_t offset;
+    struct timeval t1, t2;
+    VdIOVector qiov;
+    char *buf;
+
+    while ((c = getopt(argc, argv, "CfqP:")) != -1) {
+        switch (c) {
+        case 'C': cflag = true; break;
+        case 'f': flags |= VD_REQ_FUA; break;
+        case 'q': qflag = true; break;
+        case 'P':
+            pattern = io_parse_pattern(optarg);
+            if (pattern < 0) {
+                return -EINVAL;
+            }
+            break;
+        default:
+            io_command_usage(io_find_command("writev"));
+            return -EINVAL;
+        }
+    }
+    if (optind > argc - 2) {
+        io_command_usage(io_find_command("writev"));
+        return -EINVAL;
+    }
+    offset = tool_parse_size(argv[optind]);
+    if (offset < 0) {
+        io_print_cvtnum_err(offset, argv[optind]);
+        return (int)offset;
+    }
+    optind++;
+    nr_iov = argc - optind;
+    buf = io_create_iovec(&qiov, &argv[optind], nr_iov, pattern);
+    if (!buf) {
+        return -EINVAL;
+    }
+    gettimeofday(&t1, NULL);
+    ret = io_sync(IO_WRITE, offset, (int64_t)qiov.size, &qiov, flags);
+    gettimeofday(&t2, NULL);
+    if (ret < 0) {
+        printf("writev failed: %s\n", strerror(-ret));
+        goto out;
+    }
+    if (!qflag) {
+        t2 = io_tsub(t2, t1);
+        io_print_report("wrote", &t2, offset, (int64_t)qiov.size, (int64_t)qiov.size, 1, cflag);
+    }
+out:
+    vd_iov_destroy(&qiov);
+    io_free(buf);
+    return ret;
+}
+
+/* ---- aio_read / aio_write / aio_flush ---------------------------------------------- */
+
+typedef struct IoAioCtx {
+    VdIOVector qiov;
+    char *buf;
+    int64_t offset;
+    bool write;
+    bool zero;
+    bool qflag;
+    bool vflag;
+    bool cflag;
+    bool Pflag;
+    int pattern;
+    int64_t zero_bytes;
+    struct timeval t1;
+} IoAioCtx;
+
+static void io_aio_free(IoAioCtx *ctx)
+{
+    vd_iov_destroy(&ctx->qiov);
+    io_free(ctx->buf);
+    free(ctx);
+}
+
+static void io_aio_write_done(void *opaque, int ret)
+{
+    IoAioCtx *ctx = opaque;
+    struct timeval t2;
+    int64_t bytes = ctx->zero ? ctx->zero_bytes : (int64_t)ctx->qiov.size;
+
+    gettimeofday(&t2, NULL);
+    g_aio_in_flight--;
+    if (ret < 0) {
+        printf("aio_write failed: %s\n", strerror(-ret));
+    } else if (!ctx->qflag) {
+        t2 = io_tsub(t2, ctx->t1);
+        io_print_report("wrote", &t2, ctx->offset, bytes, bytes, 1, ctx->cflag);
+    }
+    fflush(stdout);
+    io_aio_free(ctx);
+}
+
+static void io_aio_read_done(void *opaque, int ret)
+{
+    IoAioCtx *ctx = opaque;
+    struct timeval t2;
+
+    gettimeofday(&t2, NULL);
+    g_aio_in_flight--;
+    if (ret < 0) {
+        printf("readv failed: %s\n", strerror(-ret));
+        goto out;
+    }
+    if (ctx->Pflag) {
+        for (size_t i = 0; i < ctx->qiov.size; i++) {
+            if ((uint8_t)ctx->buf[i] != ctx->pattern) {
+                printf("Pattern verification failed at offset %" PRId64 ", %zu bytes\n",
+                       ctx->offset, ctx->qiov.size);
+                break;
+            }
+        }
+    }
+    if (ctx->qflag) {
+        goto out;
+    }
+    if (ctx->vflag) {
+        io_dump_buffer(ctx->buf, ctx->offset, (int64_t)ctx->qiov.size);
+    }
+    t2 = io_tsub(t2, ctx->t1);
+    io_print_report("read", &t2, ctx->offset, (int64_t)ctx->qiov.size, (int64_t)ctx->qiov.size,
+                    1, ctx->cflag);
+out:
+    fflush(stdout);
+    io_aio_free(ctx);
+}
+
+/* Report a request that failed the range check from a BH, as the library
+ * would (callbacks never run inside the submitting call). */
+typedef struct IoAioFail {
+    VdCompletionFunc *cb;
+    void *opaque;
+    int ret;
+} IoAioFail;
+
+static void io_aio_fail_bh(void *opaque)
+{
+    IoAioFail *f = opaque;
+    f->cb(f->opaque, f->ret);
+    free(f);
+}
+
+static void io_aio_complete_later(VdCompletionFunc *cb, void *opaque, int ret)
+{
+    IoAioFail *f = malloc(sizeof(*f));
+    if (!f) {
+        abort();
+    }
+    *f = (IoAioFail){ .cb = cb, .opaque = opaque, .ret = ret };
+    vd_bh_schedule_oneshot(vd_backend_get_context(g_blk), io_aio_fail_bh, f);
+}
+
+static void io_aio_read_help(void)
+{
+    printf("\n"
+           " Start a read at an offset of the open image and return at once; the result\n"
+           " is printed when the read completes (aio_flush waits for all of them).\n"
+           " The command itself succeeds once the request is submitted.\n"
+           "\n"
+           " Example: 'aio_read -v 512 1k 1k' reads 2 KiB starting 512 bytes into the image.\n"
+           "\n"
+           " -C, -- print the statistics as one comma-separated line\n"
+           " -P, -- check that every byte read equals this pattern byte\n"
+           " -i, -- account the request as invalid and do not submit it\n"
+           " -v, -- hex dump of the data read\n"
+           " -q, -- quiet: no statistics\n"
+           "\n");
+}
+
+static int io_aio_read_f(int argc, char **argv)
+{
+    IoAioCtx *ctx = calloc(1, sizeof(*ctx));
+    int c, nr_iov;
+    bool invalid = false;
+
+    if (!ctx) {
+        return -ENOMEM;
+    }
+    while ((c = getopt(argc, argv, "CP:iqv")) != -1) {
+        switch (c) {
+        case 'C': ctx->cflag = true; break;
+        case 'P':
+            ctx->Pflag = true;
+            ctx->pattern = io_parse_pattern(optarg);
+            if (ctx->pattern < 0) {
+                free(ctx);
+                return -EINVAL;
+            }
+            break;
+        case 'i': invalid = true; break;
+        case 'q': ctx->qflag = true; break;
+        case 'v': ctx->vflag = true; break;
+        default:
+            free(ctx);
+            io_command_usage(io_find_command("aio_read"));
+            return -EINVAL;
+        }
+    }
+    if (optind > argc - 2) {
+        free(ctx);
+        io_command_usage(io_find_command("aio_read"));
+        return -EINVAL;
+    }
+    ctx->offset = tool_parse_size(argv[optind]);
+    if (ctx->offset < 0) {
+        int ret = (int)ctx->offset;
+        io_print_cvtnum_err(ctx->offset, argv[optind]);
+        free(ctx);
+        return ret;
+    }
+    optind++;
+    nr_iov = argc - optind;
+    ctx->buf = io_create_iovec(&ctx->qiov, &argv[optind], nr_iov, 0xab);
+    if (!ctx->buf) {
+        free(ctx);
+        return -EINVAL;
+    }
+    if (invalid) {
+        io_aio_free(ctx);
+        return 0;
+    }
+    gettimeofday(&ctx->t1, NULL);
+    g_aio_in_flight++;
+    int ret = io_check_request(ctx->offset, (int64_t)ctx->qiov.size);
+    if (ret < 0) {
+        io_aio_complete_later(io_aio_read_done, ctx, ret);
+    } else {
+        vd_backend_aio_preadv(g_blk, ctx->offset, &ctx->qiov, 0, io_aio_read_done, ctx);
+    }
+    return 0;
+}
+
+static void io_aio_write_help(void)
+{
+    printf("\n"
+           " Start a write at an offset of the open image from several buffers and\n"
+           " return at once; the result is printed when the write completes (aio_flush\n"
+           " waits for all of them). The command succeeds once the request is submitted.\n"
+           "\n"
+           " Example: 'aio_write 512 1k 1k' writes 2 KiB starting 512 bytes into the image.\n"
+           "\n"
+           " -P, -- pattern byte to write (default 0xcd)\n"
+           " -C, -- print the statistics as one comma-separated line\n"
+           " -f, -- Force Unit Access: stable when the write completes\n"
+           " -i, -- account the request as invalid and do not submit it\n"
+           " -q, -- quiet: no statistics\n"
+           " -u, -- with -z: the range may be deallocated\n"
+           " -z, -- write zeroes\n"
+           "\n");
+}
+
+static int io_aio_write_f(int argc, char **argv)
+{
+    IoAioCtx *ctx = calloc(1, sizeof(*ctx));
+    int c, nr_iov, pattern = 0xcd, flags = 0, ret;
+    bool invalid = false, Pflag = false;
+
+    if (!ctx) {
+        return -ENOMEM;
+    }
+    ctx->write = true;
+    while ((c = getopt(argc, argv, "CfiqP:uz")) != -1) {
+        switch (c) {
+        case 'C': ctx->cflag = true; break;
+        case 'f': flags |= VD_REQ_FUA; break;
+        case 'q': ctx->qflag = true; break;
+        case 'u': flags |= VD_REQ_MAY_UNMAP; break;
+        case 'P':
+            Pflag = true;
+            pattern = io_parse_pattern(optarg);
+            if (pattern < 0) {
+                free(ctx);
+                return -EINVAL;
+            }
+            break;
+        case 'i': invalid = true; break;
+        case 'z': ctx->zero = true; break;
+        default:
+            free(ctx);
+            io_command_usage(io_find_command("aio_write"));
+            return -EINVAL;
+        }
+    }
+    if (optind > argc - 2) {
+        free(ctx);
+        io_command_usage(io_find_command("aio_write"));
+        return -EINVAL;
+    }
+    if (ctx->zero && Pflag) {
+        printf("-z and -P cannot be specified at the same time\n");
+        free(ctx);
+        return -EINVAL;
+    }
+    if (ctx->zero && invalid) {
+        printf("-z and -i cannot be specified at the same time\n");
+        free(ctx);
+        return -EINVAL;
+    }
+    if ((flags & VD_REQ_MAY_UNMAP) && !ctx->zero) {
+        printf("-u requires -z to be specified\n");
+        free(ctx);
+        return -EINVAL;
+    }
+    ctx->offset = tool_parse_size(argv[optind]);
+    if (ctx->offset < 0) {
+        ret = (int)ctx->offset;
+        io_print_cvtnum_err(ctx->offset, argv[optind]);
+        free(ctx);
+        return ret;
+    }
+    optind++;
+    nr_iov = argc - optind;
+    if (ctx->zero) {
+        int64_t count;
+        if (nr_iov != 1) {
+            printf("-z supports only a single length parameter\n");
+            free(ctx);
+            return -EINVAL;
+        }
+        count = tool_parse_size(argv[optind]);
+        if (count < 0) {
+            io_print_cvtnum_err(count, argv[optind]);
+            free(ctx);
+            return (int)count;
+        }
+        ctx->zero_bytes = count;
+        vd_iov_init(&ctx->qiov, 1);
+        gettimeofday(&ctx->t1, NULL);
+        g_aio_in_flight++;
+        ret = io_check_request(ctx->offset, count);
+        if (ret < 0) {
+            io_aio_complete_later(io_aio_write_done, ctx, ret);
+        } else {
+            vd_backend_aio_pwrite_zeroes(g_blk, ctx->offset, count, flags, io_aio_write_done, ctx);
+        }
+        return 0;
+    }
+    ctx->buf = io_create_iovec(&ctx->qiov, &argv[optind], nr_iov, pattern);
+    if (!ctx->buf) {
+        free(ctx);
+        return -EINVAL;
+    }
+    if (invalid) {
+        io_aio_free(ctx);
+        return 0;
+    }
+    gettimeofday(&ctx->t1, NULL);
+    g_aio_in_flight++;
+    ret = io_check_request(ctx->offset, (int64_t)ctx->qiov.size);
+    if (ret < 0) {
+        io_aio_complete_later(io_aio_write_done, ctx, ret);
+    } else {
+        vd_backend_aio_pwritev(g_blk, ctx->offset, &ctx->qiov, flags, io_aio_write_done, ctx);
+    }
+    return 0;
+}
+
+static void io_wait_aio(void)
+{
+    VdAioContext *ctx = g_blk ? vd_backend_get_context(g_blk) : vd_aio_main_context();
+    while (g_aio_in_flight > 0) {
+        vd_aio_poll(ctx, true);
+    }
+}
+
+static int io_aio_flush_f(int argc, char **argv)
+{
+    io_wait_aio();
+    return 0;
+}
+
+static int io_flush_f(int argc, char **argv)
+{
+    return io_sync(IO_FLUSH, 0, 0, NULL, 0);
+}
+
+/* ---- discard / truncate / length ----------------------------------------------------- */
+
+static void io_discard_help(void)
+{
+    printf("\n"
+           " Discard (unmap) bytes at an offset of the open image.\n"
+           "\n"
+           " Example: 'discard 512 1k' discards 1 KiB starting 512 bytes into the image.\n"
+           "\n"
+           " -C, -- print the statistics as one comma-separated line\n"
+           " -q, -- quiet: no statistics\n"
+           "\n");
+}
+
+static int io_discard_f(int argc, char **argv)
+{
+    bool cflag = false, qflag = false;
+    int c, ret;
+    int64_t offset, count;
+    struct timeval t1, t2;
+
+    while ((c = getopt(argc, argv, "Cq")) != -1) {
+        switch (c) {
+        case 'C': cflag = true; break;
+        case 'q': qflag = true; break;
+        default:
+            io_command_usage(io_find_command("discard"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 2) {
+        io_command_usage(io_find_command("discard"));
+        return -EINVAL;
+    }
+    offset = tool_parse_size(argv[optind]);
+    if (offset < 0) {
+        io_print_cvtnum_err(offset, argv[optind]);
+        return (int)offset;
+    }
+    optind++;
+    count = tool_parse_size(argv[optind]);
+    if (count < 0) {
+        io_print_cvtnum_err(count, argv[optind]);
+        return (int)count;
+    }
+    if (count > IO_REQUEST_MAX_BYTES) {
+        printf("length cannot exceed %" PRIu64 ", given %s\n",
+               (uint64_t)IO_REQUEST_MAX_BYTES, argv[optind]);
+        return -EINVAL;
+    }
+    gettimeofday(&t1, NULL);
+    ret = io_sync(IO_DISCARD, offset, count, NULL, 0);
+    gettimeofday(&t2, NULL);
+    if (ret < 0) {
+        printf("discard failed: %s\n", strerror(-ret));
+        return ret;
+    }
+    if (!qflag) {
+        t2 = io_tsub(t2, t1);
+        io_print_report("discard", &t2, offset, count, count, 1, cflag);
+    }
+    return 0;
+}
+
+static int io_truncate_f(int argc, char **argv)
+{
+    VdError *err = NULL;
+    int c, prealloc = VD_PREALLOC_OFF, ret;
+    int64_t offset;
+
+    while ((c = getopt(argc, argv, "m:")) != -1) {
+        switch (c) {
+        case 'm':
+            prealloc = -1;
+            for (int i = 0; vd_prealloc_names[i]; i++) {
+                if (!strcmp(vd_prealloc_names[i], optarg)) {
+                    prealloc = i;
+                }
+            }
+            if (prealloc < 0) {
+                vd_error_report("Invalid parameter '%s'", optarg);
+                return -EINVAL;
+            }
+            break;
+        default:
+            io_command_usage(io_find_command("truncate"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 1) {
+        io_command_usage(io_find_command("truncate"));
+        return -EINVAL;
+    }
+    offset = tool_parse_size(argv[optind]);
+    if (offset < 0) {
+        io_print_cvtnum_err(offset, argv[optind]);
+        return (int)offset;
+    }
+    ret = vd_truncate(vd_backend_node(g_blk), offset, false, (VdPrealloc)prealloc, &err);
+    if (ret < 0) {
+        if (err) {
+            vd_error_report_err(vd_error_get_progname(), err);
+            vd_error_free(err);
+        } else {
+            vd_error_report("truncate: %s", strerror(-ret));
+        }
+        return ret;
+    }
+    return 0;
+}
+
+static int io_length_f(int argc, char **argv)
+{
+    char s[64];
+    int64_t size = vd_backend_getlength(g_blk);
+
+    if (size < 0) {
+        printf("getlength: %s\n", strerror((int)-size));
+        return (int)size;
+    }
+    tool_size_to_str((double)size, s, sizeof(s));
+    printf("%s\n", s);
+    return 0;
+}
+
+/* ---- info / map / alloc ---------------------------------------------------------------- */
+
+static int io_info_f(int argc, char **argv)
+{
+    VdError *err = NULL;
+    VdNode *node = vd_backend_node(g_blk);
+    VdJson *info = vd_node_info(node, false, &err);
+    int64_t cluster_size = 0, vm_state_offset = 0;
+    char s1[64], s2[64];
+    VdJson *v;
+
+    if (!info) {
+        vd_error_report_err(vd_error_get_progname(), err);
+        vd_error_free(err);
+        return -EIO;
+    }
+    v = vd_json_object_get(info, "cluster-size");
+    if (v) {
+        cluster_size = vd_json_get_int(v);
+    }
+    /* qcow2 keeps the VM state after the guest data, at the first L2-table
+     * boundary past the virtual size. */
+    if (!strcmp(vd_node_format_name(node), "qcow2") && cluster_size > 0) {
+        int64_t entries = cluster_size / 8;
+        VdJson *fs = vd_json_object_get(info, "format-specific");
+        VdJson *data = fs ? vd_json_object_get(fs, "data") : NULL;
+        VdJson *ext = data ? vd_json_object_get(data, "extended-l2") : NULL;
+        if (ext && vd_json_get_bool(ext)) {
+            entries = cluster_size / 16;
+        }
+        int64_t span = cluster_size * entries;
+        vm_state_offset = VD_DIV_ROUND_UP(vd_backend_getlength(g_blk), span) * span;
+    }
+    printf("format name: %s\n", vd_node_format_name(node));
+    tool_size_to_str((double)cluster_size, s1, sizeof(s1));
+    printf("cluster size: %s\n", s1);
+    tool_size_to_str((double)vm_state_offset, s2, sizeof(s2));
+    printf("vm state offset: %s\n", s2);
+    v = vd_json_object_get(info, "format-specific");
+    if (v && vd_json_object_get(v, "data")) {
+        printf("Format specific information:\n");
+        tool_dump_specific(stdout, vd_json_object_get(v, "data"), 4);
+    }
+    vd_json_unref(info);
+    return 0;
+}
+
+/* Allocation status through the whole backing chain: returns 1/0 for the
+ * first *pnum bytes, or -errno. */
+static int io_is_allocated(int64_t offset, int64_t bytes, int64_t *pnum)
+{
+    int depth = 0;
+    int ret = vd_block_status_above(vd_backend_node(g_blk), NULL, false, offset, bytes,
+                                    pnum, NULL, NULL, &depth);
+    if (ret < 0) {
+        return ret;
+    }
+    return depth > 0 || (ret & VD_BLOCK_ALLOCATED) ? 1 : 0;
+}
+
+static int io_alloc_f(int argc, char **argv)
+{
+    int64_t offset, count = 512, remaining, sum_alloc = 0, len;
+    char s1[64];
+
+    offset = tool_parse_size(argv[1]);
+    if (offset < 0) {
+        io_print_cvtnum_err(offset, argv[1]);
+        return (int)offset;
+    }
+    if (argc == 3) {
+        count = tool_parse_size(argv[2]);
+        if (count < 0) {
+            io_print_cvtnum_err(count, argv[2]);
+            return (int)count;
+        }
+    }
+    len = vd_backend_getlength(g_blk);
+    if (len < 0) {
+        printf("getlength: %s\n", strerror((int)-len));
+        return (int)len;
+    }
+    if (offset > len) {
+        printf("Offset %" PRId64 " is beyond the end of the image\n", offset);
+        return -EINVAL;
+    }
+    count = VD_MIN(count, len - offset);
+    remaining = count;
+    int64_t pos = offset;
+    while (remaining > 0) {
+        int64_t num = 0;
+        int ret = io_is_allocated(pos, remaining, &num);
+        if (ret < 0) {
+            printf("is_allocated failed: %s\n", strerror(-ret));
+            return ret;
+        }
+        if (num <= 0) {
+            break;
+        }
+        if (ret) {
+            sum_alloc += num;
+        }
+        pos += num;
+        remaining -= num;
+    }
+    tool_size_to_str((double)offset, s1, sizeof(s1));
+    printf("%" PRId64 "/%" PRId64 " bytes allocated at offset %s\n", sum_alloc, count, s1);
+    return 0;
+}
+
+static int io_map_f(int argc, char **argv)
+{
+    int64_t offset = 0, len = vd_backend_getlength(g_blk);
+    char s1[64], s2[64];
+
+    if (len < 0) {
+        printf("could not get image length: %s\n", strerror((int)-len));
+        return (int)len;
+    }
+    while (offset < len) {
+        int64_t run = 0, pos = offset;
+        int state = -1;
+        /* Merge consecutive extents with the same state. */
+        while (pos < len) {
+            int64_t num = 0;
+            int ret = io_is_allocated(pos, len - pos, &num);
+            if (ret < 0) {
+                printf("Failed to get allocation status: %s\n", strerror(-ret));
+                return ret;
+            }
+            if (num <= 0) {
+                break;
+            }
+            if (state >= 0 && ret != state) {
+                break;
+            }
+            state = ret;
+            run += num;
+            pos += num;
+        }
+        if (run <= 0) {
+            break;
+        }
+        tool_size_to_str((double)run, s1, sizeof(s1));
+        tool_size_to_str((double)offset, s2, sizeof(s2));
+        printf("%s (0x%" PRIx64 ") bytes %s allocated at offset %s (0x%" PRIx64 ")\n",
+               s1, (uint64_t)run, state ? "   " : "not", s2, (uint64_t)offset);
+        offset += run;
+    }
+    return 0;
+}
+
+/* ---- open / close / sleep / help / quit ----------------------------------------------- */
+
+static int io_open_image(const char *name, const IoOpenOpts *o, VdOpts *extra);
+
+static void io_open_help(void)
+{
+    printf("\n"
+           " Open an image for the other commands.\n"
+           "\n"
+           " Example: 'open -n -o driver=raw /tmp/data' opens a raw image read-write,\n"
+           " bypassing the host page cache.\n"
+           "\n"
+           " -r, -- read-only\n"
+           " -n, -- no host cache (same as -t none)\n"
+           " -U, -- take no image locks (read-only use next to a writer)\n"
+           " -k, -- native AIO (io_uring in vdisk)\n"
+           " -i, -- AIO mode: threads, native or io_uring\n"
+           " -t, -- cache mode: writeback, none, writethrough, directsync, unsafe\n"
+           " -d, -- discard mode: ignore/off or unmap/on\n"
+           " -o, -- driver options (key=value,...)\n"
+           "\n");
+}
+
+static int io_open_f(int argc, char **argv)
+{
+    IoOpenOpts o = { .cache = "writethrough" };
+    VdOpts *extra = NULL;
+    VdError *err = NULL;
+    int c, ret;
+
+    while ((c = getopt(argc, argv, "rnUkt:d:i:o:")) != -1) {
+        switch (c) {
+        case 'r': o.read_only = true; break;
+        case 'n': o.nocache = true; break;
+        case 'U': o.force_share = true; break;
+        case 'k': o.aio = "io_uring"; break;
+        case 'i': o.aio = optarg; break;
+        case 't': o.cache = optarg; break;
+        case 'd': o.discard = optarg; break;
+        case 'o': {
+            VdOpts *parsed = vd_opts_parse(optarg, NULL, &err);
+            if (!parsed) {
+                vd_error_report_err(vd_error_get_progname(), err);
+                vd_error_free(err);
+                vd_json_unref(extra);
+                return -EINVAL;
+            }
+            if (!extra) {
+                extra = parsed;
+            } else {
+                for (size_t i = 0; i < vd_json_object_size(parsed); i++) {
+                    VdJson *val;
+                    const char *k = vd_json_object_entry(parsed, i, &val);
+                    vd_json_object_put(extra, k, vd_json_ref(val));
+                }
+                vd_json_unref(parsed);
+            }
+            break;
+        }
+        default:
+            vd_json_unref(extra);
+            io_command_usage(io_find_command("open"));
+            return -EINVAL;
+        }
+    }
+    if (optind == argc - 1) {
+        ret = io_open_image(argv[optind], &o, extra);
+    } else if (optind == argc) {
+        ret = io_open_image(NULL, &o, extra);
+    } else {
+        vd_json_unref(extra);
+        io_command_usage(io_find_command("open"));
+        return -EINVAL;
+    }
+    return ret;
+}
+
+static int io_close_f(int argc, char **argv)
+{
+    io_wait_aio();
+    vd_backend_unref(g_blk);
+    g_blk = NULL;
+    return 0;
+}
+
+typedef struct IoSleep {
+    int64_t ns;
+} IoSleep;
+
+static void coroutine_fn io_sleep_entry(void *opaque)
+{
+    IoSleep *s = opaque;
+    vd_co_sleep_ns(s->ns);
+}
+
+static int io_sleep_f(int argc, char **argv)
+{
+    char *end;
+    long long ms;
+
+    errno = 0;
+    ms = strtoll(argv[1], &end, 10);
+    if (errno || end == argv[1] || *end || ms < 0) {
+        printf("%s is not a valid number\n", argv[1]);
+        return -EINVAL;
+    }
+    IoSleep s = { .ns = (int64_t)ms * 1000000 };
+    /* Polls the loop meanwhile, so in-flight aio requests progress. */
+    vd_co_run_sync(g_blk ? vd_backend_get_context(g_blk) : vd_aio_main_context(),
+                   io_sleep_entry, &s);
+    return 0;
+}
+
+static int io_quit_f(int argc, char **argv)
+{
+    g_quit = true;
+    return 0;
+}
+
+static int io_help_f(int argc, char **argv);
+
+static const IoCommand io_commands[] = {
+    { "aio_flush", NULL, io_aio_flush_f, 0, 0, false, NULL,
+      "completes all outstanding aio requests", NULL },
+    { "aio_read", NULL, io_aio_read_f, 2, -1, false, "[-Ciqv] [-P pattern] off len [len..]",
+      "asynchronously reads a number of bytes", io_aio_read_help },
+    { "aio_write", NULL, io_aio_write_f, 2, -1, false, "[-Cfiquz] [-P pattern] off len [len..]",
+      "asynchronously writes a number of bytes", io_aio_write_help },
+    { "alloc", "a", io_alloc_f, 1, 2, false, "offset [count]",
+      "checks if offset is allocated in the file", NULL },
+    { "close", "c", io_close_f, 0, 0, false, NULL,
+      "close the current open file", NULL },
+    { "discard", "d", io_discard_f, 2, -1, false, "[-Cq] off len",
+      "discards a number of bytes at a specified offset", io_discard_help },
+    { "flush", "f", io_flush_f, 0, 0, false, NULL,
+      "flush all in-core file state to disk", NULL },
+    { "help", "?", io_help_f, 0, 1, true, "[command]",
+      "help for one or all commands", NULL },
+    { "info", "i", io_info_f, 0, 0, false, NULL,
+      "prints information about the current file", NULL },
+    { "length", "l", io_length_f, 0, 0, false, NULL,
+      "gets the length of the current file", NULL },
+    { "map", NULL, io_map_f, 0, 0, false, "",
+      "prints the allocated areas of a file", NULL },
+    { "open", "o", io_open_f, 1, -1, true, "[-rnUk] [-i aio] [-t cache] [-d discard] [-o options] [path]",
+      "open the file specified by path", io_open_help },
+    { "quit", "q", io_quit_f, 0, 0, true, NULL,
+      "exit the program", NULL },
+    { "read", "r", io_read_f, 2, -1, false, "[-bCqv] [-P pattern [-s off] [-l len]] off len",
+      "reads a number of bytes at a specified offset", io_read_help },
+    { "readv", NULL, io_readv_f, 2, -1, false, "[-Cqv] [-P pattern] off len [len..]",
+      "reads a number of bytes at a specified offset", io_readv_help },
+    { "sleep", NULL, io_sleep_f, 1, 1, true, NULL,
+      "waits for the given value in milliseconds", NULL },
+    { "truncate", "t", io_truncate_f, 1, 3, false, "[-m prealloc_mode] off",
+      "truncates the current file at the given offset", NULL },
+    { "write", "w", io_write_f, 2, -1, false, "[-bcCfnquz] [-P pattern | -s source_file] off len",
+      "writes a number of bytes at a specified offset", io_write_help },
+    { "writev", NULL, io_writev_f, 2, -1, false, "[-Cfq] [-P pattern] off len [len..]",
+      "writes a number of bytes at a specified offset", io_writev_help },
+};
+
+static const IoCommand *io_find_command(const char *name)
+{
+    for (size_t i = 0; i < VD_ARRAY_SIZE(io_commands); i++) {
+        const IoCommand *ct = &io_commands[i];
+        if (!strcmp(ct->name, name) || (ct->altname && !strcmp(ct->altname, name))) {
+            return ct;
+        }
+    }
+    return NULL;
+}
+
+static void io_command_usage(const IoCommand *ct)
+{
+    if (ct->args) {
+        printf("%s %s -- %s\n", ct->name, ct->args, ct->oneline);
+    } else {
+        printf("%s -- %s\n", ct->name, ct->oneline);
+    }
+}
+
+static int io_help_f(int argc, char **argv)
+{
+    if (argc == 2) {
+        const IoCommand *ct = io_find_command(argv[1]);
+        if (!ct) {
+            printf("command %s not found\n", argv[1]);
+            return -EINVAL;
+        }
+        io_command_usage(ct);
+        if (ct->help) {
+            ct->help();
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < VD_ARRAY_SIZE(io_commands); i++) {
+        io_command_usage(&io_commands[i]);
+    }
+    printf("\nUse 'help commandname' for extended help.\n");
+    return 0;
+}
+
+/* Split a command line at spaces (qemu-io has no quoting). */
+static char **io_breakline(char *input, int *count)
+{
+    int c = 0;
+    char **rval = calloc(1, sizeof(char *));
+    char *p;
+
+    while (rval && (p = strsep(&input, " ")) != NULL) {
+        if (!*p) {
+            continue;
+        }
+        char **n = realloc(rval, (c + 2) * sizeof(char *));
+        if (!n) {
+            free(rval);
+            return NULL;
+        }
+        rval = n;
+        rval[c++] = p;
+        rval[c] = NULL;
+    }
+    *count = c;
+    return rval;
+}
+
+/* Run one command line. Returns 0 or a negative value if the command failed. */
+static int io_run_command(const char *line)
+{
+    char *input = strdup(line);
+    char **argv;
+    int argc = 0, ret = 0;
+    const IoCommand *ct;
+
+    if (!input) {
+        return -ENOMEM;
+    }
+    input[strcspn(input, "\n")] = '\0';
+    argv = io_breakline(input, &argc);
+    if (!argv || argc == 0) {
+        goto out;
+    }
+    ct = io_find_command(argv[0]);
+    if (!ct) {
+        fprintf(stderr, "command \"%s\" not found\n", argv[0]);
+        ret = -EINVAL;
+        goto out;
+    }
+    if (!ct->nofile_ok && !g_blk) {
+        fprintf(stderr, "no file open, try 'help open'\n");
+        ret = -EINVAL;
+        goto out;
+    }
+    if (argc - 1 < ct->argmin || (ct->argmax != -1 && argc - 1 > ct->argmax)) {
+        if (ct->argmax == -1) {
+            fprintf(stderr, "bad argument count %d to %s, expected at least %d arguments\n",
+                    argc - 1, argv[0], ct->argmin);
+        } else if (ct->argmin == ct->argmax) {
+            fprintf(stderr, "bad argument count %d to %s, expected %d arguments\n",
+                    argc - 1, argv[0], ct->argmin);
+        } else {
+            fprintf(stderr, "bad argument count %d to %s, expected between %d and %d arguments\n",
+                    argc - 1, argv[0], ct->argmin, ct->argmax);
+        }
+        ret = -EINVAL;
+        goto out;
+    }
+    optind = 0;     /* GNU getopt: full re-initialisation for each command */
+    opterr = 1;
+    ret = ct->func(argc, argv);
+out:
+    fflush(stdout);
+    free(argv);
+    free(input);
+    return ret;
+}
+
+/* ---- opening --------------------------------------------------------------------------- */
+
+static int io_open_image(const char *name, const IoOpenOpts *o, VdOpts *extra)
+{
+    VdError *err = NULL;
+    VdOpts *opts = NULL;
+    int flags = 0, cache_flags = 0;
+    bool writethrough = true;
+    const char *filename = name;
+
+    if (g_blk) {
+        fprintf(stderr, "file open already, try 'help close'\n");
+        vd_json_unref(extra);
+        return -EBUSY;
+    }
+    if (vd_parse_cache_mode(o->cache, &cache_flags, &writethrough) < 0) {
+        vd_error_report("Invalid cache option: %s", o->cache);
+        vd_json_unref(extra);
+        return -EINVAL;
+    }
+    flags |= cache_flags;
+    if (o->nocache) {
+        flags |= VD_O_NOCACHE;
+        flags &= ~VD_O_NO_FLUSH;
+        writethrough = false;
+    }
+    if (o->aio) {
+        if (!strcmp(o->aio, "io_uring") || !strcmp(o->aio, "native")) {
+            flags |= VD_O_IO_URING;
+        } else if (!strcmp(o->aio, "threads")) {
+            flags |= VD_O_THREADS;
+        } else {
+            vd_error_report("Invalid aio option: %s", o->aio);
+            vd_json_unref(extra);
+            return -EINVAL;
+        }
+    }
+    flags |= VD_O_UNMAP;
+    if (o->discard) {
+        if (!strcmp(o->discard, "ignore") || !strcmp(o->discard, "off")) {
+            flags &= ~VD_O_UNMAP;
+        } else if (strcmp(o->discard, "unmap") && strcmp(o->discard, "on")) {
+            vd_error_report("Invalid discard option: %s", o->discard);
+            vd_json_unref(extra);
+            return -EINVAL;
+        }
+    }
+    if (!o->read_only) {
+        flags |= VD_O_RDWR;
+    }
+    if (o->force_share) {
+        flags |= VD_O_FORCE_SHARE;
+    }
+    if (o->image_opts) {
+        if (!name) {
+            vd_error_report("--image-opts requires an option string");
+            vd_json_unref(extra);
+            return -EINVAL;
+        }
+        opts = vd_opts_parse(name, NULL, &err);
+        if (!opts) {
+            vd_error_report_err(vd_error_get_progname(), err);
+            vd_error_free(err);
+            vd_json_unref(extra);
+            return -EINVAL;
+        }
+        filename = NULL;
+    }
+    if (extra) {
+        if (!opts) {
+            opts = extra;
+        } else {
+            for (size_t i = 0; i < vd_json_object_size(extra); i++) {
+                VdJson *val;
+                const char *k = vd_json_object_entry(extra, i, &val);
+                vd_json_object_put(opts, k, vd_json_ref(val));
+            }
+            vd_json_unref(extra);
+        }
+    }
+    if (o->format) {
+        if (!opts) {
+            opts = vd_json_object();
+        }
+        vd_opts_set(opts, "driver", o->format);
+    }
+    g_blk = vd_backend_open(filename, opts, flags, &err);
+    if (!g_blk) {
+        vd_error_report("can't open%s%s: %s", name && !o->image_opts ? " device " : "",
+                        name && !o->image_opts ? name : "", err ? err->msg : "unknown error");
+        vd_error_free(err);
+        return -EINVAL;
+    }
+    vd_backend_set_write_cache(g_blk, !writethrough);
+    return 0;
+}
+
+/* ---- main ------------------------------------------------------------------------------- */
+
+static void io_usage(const char *name)
+{
+    printf("Usage: %s [OPTIONS]... [-c STRING]... [file]\n"
+           "Exercise the vdisk I/O path on an image (qemu-io compatible).\n"
+           "\n"
+           "  --image-opts         treat file as an option string (driver=...,...)\n"
+           "  -c, --cmd STRING     run this command (repeatable); without -c, commands\n"
+           "                       are read from standard input\n"
+           "  -f, --format FMT     image format (no probing)\n"
+           "  -r, --read-only      open read-only\n"
+           "  -n, --nocache        bypass the host page cache (-t none)\n"
+           "  -m, --misalign       misalign buffers by 16 bytes\n"
+           "  -k, --native-aio     native AIO (io_uring)\n"
+           "  -i, --aio=MODE       AIO mode: threads, native or io_uring\n"
+           "  -t, --cache=MODE     cache mode: writeback, none, writethrough (default),\n"
+           "                       directsync, unsafe\n"
+           "  -d, --discard=MODE   discard mode: ignore/off or unmap/on (default)\n"
+           "  -U, --force-share    take no image locks\n"
+           "  -h, --help           show this help\n"
+           "  -V, --version        show the version\n"
+           "\n"
+           "See '%s -c help' for the commands.\n", name, name);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option long_opts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { "cmd", required_argument, NULL, 'c' },
+        { "format", required_argument, NULL, 'f' },
+        { "read-only", no_argument, NULL, 'r' },
+        { "nocache", no_argument, NULL, 'n' },
+        { "misalign", no_argument, NULL, 'm' },
+        { "native-aio", no_argument, NULL, 'k' },
+        { "aio", required_argument, NULL, 'i' },
+        { "discard", required_argument, NULL, 'd' },
+        { "cache", required_argument, NULL, 't' },
+        { "force-share", no_argument, NULL, 'U' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { NULL, 0, NULL, 0 },
+    };
+    IoOpenOpts o = { .cache = "writethrough" };
+    VdError *err = NULL;
+    char **cmds = NULL;
+    int ncmds = 0, c, failed = 0;
+    const char *prog = "vdisk-io";
+
+    vd_error_set_progname(prog);
+    while ((c = getopt_long(argc, argv, "hVc:f:rnmki:d:t:U", long_opts, NULL)) != -1) {
+        switch (c) {
+        case 'h': io_usage(prog); return 0;
+        case 'V': printf("%s version " "0.1.0" "\n", prog); return 0;
+        case 'c': {
+            char **n = realloc(cmds, (ncmds + 1) * sizeof(char *));
+            if (!n) {
+                return 1;
+            }
+            cmds = n;
+            cmds[ncmds++] = optarg;
+            break;
+        }
+        case 'f': o.format = optarg; break;
+        case 'r': o.read_only = true; break;
+        case 'n': o.nocache = true; break;
+        case 'm': g_misalign = true; break;
+        case 'k': o.aio = "io_uring"; break;
+        case 'i': o.aio = optarg; break;
+        case 'd': o.discard = optarg; break;
+        case 't': o.cache = optarg; break;
+        case 'U': o.force_share = true; break;
+        case 'I': o.image_opts = true; break;
+        default:
+            fprintf(stderr, "Try '%s --help' for more information.\n", prog);
+            free(cmds);
+            return 1;
+        }
+    }
+    if (optind < argc - 1) {
+        vd_error_report("extra arguments after '%s'", argv[optind]);
+        free(cmds);
+        return 1;
+    }
+    if (o.format && o.image_opts) {
+        vd_error_report("--image-opts and -f are mutually exclusive");
+        free(cmds);
+        return 1;
+    }
+    if (o.aio && strcmp(o.aio, "threads") && strcmp(o.aio, "native") && strcmp(o.aio, "io_uring")) {
+        vd_error_report("Invalid aio option: %s", o.aio);
+        free(cmds);
+        return 1;
+    }
+    {
+        int f;
+        bool wt;
+        if (vd_parse_cache_mode(o.cache, &f, &wt) < 0) {
+            vd_error_report("Invalid cache option: %s", o.cache);
+            free(cmds);
+            return 1;
+        }
+    }
+    if (vd_block_init(&err) < 0) {
+        vd_error_report_err(prog, err);
+        vd_error_free(err);
+        free(cmds);
+        return 1;
+    }
+    if (optind == argc - 1) {
+        if (io_open_image(argv[optind], &o, NULL) < 0) {
+            free(cmds);
+            return 1;
+        }
+    }
+
+    if (ncmds > 0) {
+        for (int i = 0; i < ncmds && !g_quit; i++) {
+            if (io_run_command(cmds[i]) < 0) {
+                failed = 1;
+            }
+        }
+    } else {
+        char *line = NULL;
+        size_t cap = 0;
+        bool tty = isatty(STDIN_FILENO);
+        while (!g_quit) {
+            printf(IO_PROMPT);
+            fflush(stdout);
+            if (getline(&line, &cap, stdin) < 0) {
+                if (tty) {
+                    printf("\n");
+                }
+                break;
+            }
+            if (io_run_command(line) < 0) {
+                failed = 1;
+            }
+        }
+        free(line);
+    }
+
+    if (g_blk) {
+        io_wait_aio();
+        vd_backend_unref(g_blk);
+        g_blk = NULL;
+    }
+    free(cmds);
+    fflush(stdout);
+    return failed;
+}

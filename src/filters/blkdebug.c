@@ -32,6 +32,9 @@ enum {
     BLKDEBUG_IO_ALL = (1 << 6) - 1,
 };
 
+/* Rules are few in practice; the bound keeps option parsing (quadratic) cheap. */
+#define BLKDEBUG_MAX_RULES 1024
+
 static const char *const g_blkdebug_iotype_names[] = {
     "read", "write", "write-zeroes", "discard", "flush", "block-status", NULL,
 };
@@ -205,6 +208,11 @@ static int blkdebug_add_rule(BlkdebugState *s, VdOpts *o, BlkdebugAction action,
         vd_error_setg(errp, EINVAL, "blkdebug: %s must be an object of rule options", what);
         return -EINVAL;
     }
+    if (s->n_rules >= BLKDEBUG_MAX_RULES) {
+        vd_error_setg(errp, EINVAL, "blkdebug: %s: more than %d rules", what,
+                      BLKDEBUG_MAX_RULES);
+        return -EINVAL;
+    }
     BlkdebugRule *n = realloc(s->rules, (s->n_rules + 1) * sizeof(*n));
     if (!n) {
         vd_error_setg(errp, ENOMEM, "blkdebug: out of memory for rules");
@@ -239,6 +247,10 @@ static int blkdebug_take_rules(BlkdebugState *s, VdOpts *options, const char *ke
             snprintf(what, sizeof(what), "%s.%zu", key, i);
             ret = blkdebug_add_rule(s, vd_json_array_get(list, i), action, what, errp);
         }
+    } else if (vd_json_type(list) == VD_JSON_OBJECT &&
+               vd_json_object_size(list) > BLKDEBUG_MAX_RULES) {
+        vd_error_setg(errp, EINVAL, "blkdebug: %s: more than %d rules", key, BLKDEBUG_MAX_RULES);
+        ret = -EINVAL;
     } else if (vd_json_type(list) == VD_JSON_OBJECT) {
         size_t n = vd_json_object_size(list);
         uint64_t prev = 0;

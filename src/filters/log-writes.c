@@ -33,38 +33,32 @@ static int coroutine_fn log_writes_co_open(VdNode *node, VdOpts *options, int fl
     if (vd_opts_take_str(options, "log", NULL, &path, errp) < 0) {
         return -EINVAL;
     }
+    if (path && !path[0]) {
+        vd_error_setg(errp, EINVAL, "log-writes: option 'log' is an empty path");
+        free(path);
+        return -EINVAL;
+    }
+    /* the child first: a failed open leaves an existing log file alone
+     * (the core releases the child if we fail below) */
+    if (!vd_open_child(NULL, options, "file", node, VD_CHILD_FILE, false, errp)) {
+        free(path);
+        return -EINVAL;
+    }
     if (path) {
-        if (!path[0]) {
-            vd_error_setg(errp, EINVAL, "log-writes: option 'log' is an empty path");
-            free(path);
-            return -EINVAL;
-        }
         s->log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (s->log_fd < 0) {
-            vd_error_setg_errno(errp, errno, "%s: cannot create the write log", path);
-            free(path);
-            return -EINVAL;
-        }
-        int ret = vd_write_log_write_header(s->log_fd);
+        int ret = s->log_fd < 0 ? -errno : vd_write_log_write_header(s->log_fd);
         if (ret < 0) {
-            vd_error_setg_errno(errp, -ret, "%s: cannot write the write log", path);
+            vd_error_setg_errno(errp, -ret, "%s: cannot create the write log", path);
+            if (s->log_fd >= 0) {
+                close(s->log_fd);
+                s->log_fd = -1;
+            }
             free(path);
-            close(s->log_fd);
-            s->log_fd = -1;
             return ret;
         }
         free(path);
     } else {
         s->log = vd_write_log_new();
-    }
-    if (!vd_open_child(NULL, options, "file", node, VD_CHILD_FILE, false, errp)) {
-        if (s->log_fd >= 0) {
-            close(s->log_fd);
-            s->log_fd = -1;
-        }
-        vd_write_log_free(s->log);
-        s->log = NULL;
-        return -EINVAL;
     }
     /* FUA is emulated by the core with a flush after the write: logged as one */
     node->supported_write_flags = 0;

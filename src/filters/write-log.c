@@ -211,6 +211,13 @@ VdWriteLog *vd_write_log_load(const char *path, VdError **errp)
         vd_error_setg_errno(errp, errno, "%s: cannot open the write log", path);
         return NULL;
     }
+    struct stat st;
+    if (fstat(fileno(f), &st) < 0) {
+        vd_error_setg_errno(errp, errno, "%s: cannot stat the write log", path);
+        fclose(f);
+        return NULL;
+    }
+    const int64_t file_size = st.st_size;
     VdWriteLog *log = vd_write_log_new();
     char magic[WLOG_MAGIC_LEN];
     int r = read_exact(f, magic, sizeof(magic));
@@ -257,6 +264,10 @@ VdWriteLog *vd_write_log_load(const char *path, VdError **errp)
             vd_error_setg(errp, EINVAL, "%s: entry %zu: flush covers %" PRIu64
                           " entries, more than precede it", path, idx, e.covers);
             goto fail;
+        }
+        long pos = ftell(f);
+        if (pos < 0 || data_bytes > (uint64_t)(file_size - pos)) {
+            break;        /* data cut short: the entry never completed */
         }
         uint8_t *data = NULL;
         if (data_bytes) {

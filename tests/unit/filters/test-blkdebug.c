@@ -253,6 +253,16 @@ static void test_bad_options(void **state)
     ft_open_fails("driver=blkdebug," NULL_IMAGE ",event=write_aio,sector=-5", "sector");
     ft_open_fails("driver=blkdebug," NULL_IMAGE ",align=3000", "align");
     ft_open_fails("driver=blkdebug", "image");
+    /* rule count is bounded */
+    size_t cap = 64 * 1024, len = 0;
+    char *many = malloc(cap);
+    len += (size_t)snprintf(many, cap, "driver=blkdebug," NULL_IMAGE);
+    for (int i = 0; i < 1100; i++) {
+        len += (size_t)snprintf(many + len, cap - len, ",inject-error.%d.event=write_aio", i);
+    }
+    assert_true(len < cap);
+    ft_open_fails(many, "more than 1024 rules");
+    free(many);
     VdError *err = NULL;
     VdNode *n = vd_node_open("blkdebug:cfg.ini:x.img", NULL, 0, &err);
     assert_null(n);

@@ -342,7 +342,12 @@ static void test_side_file(void **state)
     ft_open_fails("driver=log-writes,file.driver=null-co,log=", "empty path");
     ft_open_fails("driver=log-writes,file.driver=null-co,log=/nonexistent-dir/x.log",
                   "cannot create the write log");
-    ft_open_fails("driver=log-writes,log=x.log", "file");
+    /* a failed open does not create (or truncate) the log */
+    char opts[700];
+    const char *keep = ft_path("keep.log");
+    snprintf(opts, sizeof(opts), "driver=log-writes,log=%s", keep);
+    ft_open_fails(opts, "file");
+    assert_int_equal(access(keep, F_OK), -1);
 }
 
 /* Requests that fail (here: blkdebug below) are not in the log, nor is a

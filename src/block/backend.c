@@ -49,6 +49,7 @@ struct VdBackend {
     VdBlockStats stats;             /* home thread writes, relaxed reads elsewhere */
 
     VdBH *done_bh;                  /* aio completions, home thread */
+    VdAioContext *done_bh_ctx;      /* the context done_bh belongs to */
     VdAioReq *done_head, *done_tail;
     VdAioReq *free_reqs;
 };
@@ -354,6 +355,11 @@ static void aio_done_bh(void *opaque)
     }
 }
 
+static void delete_bh_in_home(void *opaque)
+{
+    vd_bh_delete(opaque);
+}
+
 static void coroutine_fn aio_entry(void *opaque)
 {
     VdAioReq *r = opaque;
@@ -361,8 +367,14 @@ static void coroutine_fn aio_entry(void *opaque)
     backend_enter(blk);
     r->ret = backend_do(blk, r->op, r->offset, r->bytes, r->qiov, r->flags);
     /* the callback runs from a BH, never inside the submitting call */
-    if (VD_UNLIKELY(!blk->done_bh)) {
-        blk->done_bh = vd_bh_new(blk->root->ctx, aio_done_bh, blk);
+    VdAioContext *ctx = blk->root->ctx;
+    if (VD_UNLIKELY(blk->done_bh_ctx != ctx || !blk->done_bh)) {
+        /* first use, or the root was moved by another backend sharing it */
+        if (blk->done_bh) {
+            vd_bh_schedule_oneshot(blk->done_bh_ctx, delete_bh_in_home, blk->done_bh);
+        }
+        blk->done_bh = vd_bh_new(ctx, aio_done_bh, blk);
+        blk->done_bh_ctx = ctx;
     }
     r->next = NULL;
     if (blk->done_tail) {
@@ -527,6 +539,7 @@ static void delete_done_bh(void *opaque)
     if (blk->done_bh) {
         vd_bh_delete(blk->done_bh);
         blk->done_bh = NULL;
+        blk->done_bh_ctx = NULL;
     }
 }
 
@@ -547,7 +560,9 @@ void vd_backend_unref(VdBackend *blk)
     vd_aio_run_sync(blk->root->ctx, release_held, blk);
     VD_AIO_WAIT_WHILE(blk->root->ctx, __atomic_load_n(&blk->pending_resumes, __ATOMIC_ACQUIRE) > 0);
     vd_backend_drain_begin(blk);
-    vd_aio_run_sync(blk->root->ctx, delete_done_bh, blk);
+    if (blk->done_bh) {
+        vd_aio_run_sync(blk->done_bh_ctx, delete_done_bh, blk);
+    }
     vd_node_drain_end(blk->root);
     while (blk->free_reqs) {
         VdAioReq *r = blk->free_reqs;
@@ -569,7 +584,9 @@ int vd_backend_set_context(VdBackend *blk, VdAioContext *ctx, VdError **errp)
         return 0;
     }
     vd_backend_drain_begin(blk);
-    vd_aio_run_sync(blk->root->ctx, delete_done_bh, blk);
+    if (blk->done_bh) {
+        vd_aio_run_sync(blk->done_bh_ctx, delete_done_bh, blk);
+    }
     /* the free list is only touched in the home thread; start afresh there */
     while (blk->free_reqs) {
         VdAioReq *r = blk->free_reqs;

@@ -779,7 +779,19 @@ int coroutine_fn vd_co_block_status(VdNode *node, bool want_zero, int64_t offset
     bytes = VD_MIN(bytes, total - offset);
 
     node_enter(node);
-    if (!node->drv->co_block_status) {
+    if (!node->drv->co_block_status && node->drv->is_filter && node->file) {
+        /* a filter without its own answer: what its child says */
+        ret = vd_co_block_status(node->file->node, want_zero, offset, bytes, &local_pnum,
+                                 &local_map, &local_file);
+        if (ret < 0) {
+            goto out;
+        }
+        if (local_pnum == 0) {
+            local_pnum = bytes;     /* the child is shorter: zeros */
+            ret = VD_BLOCK_ZERO;
+        }
+        local_pnum = VD_MIN(local_pnum, bytes);
+    } else if (!node->drv->co_block_status) {
         local_pnum = bytes;
         ret = VD_BLOCK_DATA | VD_BLOCK_ALLOCATED;
         if (!node->drv->is_format && !node->drv->is_filter) {

@@ -1028,13 +1028,21 @@ static VdJson *node_info_one(VdNode *node, VdError **errp)
     bool dirty = false;
     InfoSync s = { .node = node };
 
-    if (node->drv->get_info) {
-        int ret = node->drv->get_info(node, &cluster_size, &dirty);
-        if (ret < 0) {
+    /* cluster-size and dirty-flag only where the driver answers (a filter
+     * answers with its child), as qemu-img does */
+    VdNode *answering = node;
+    while (!answering->drv->get_info && answering->drv->is_filter && answering->file) {
+        answering = answering->file->node;
+    }
+    bool have_info = false;
+    if (answering->drv->get_info) {
+        int ret = answering->drv->get_info(answering, &cluster_size, &dirty);
+        if (ret < 0 && ret != -ENOTSUP) {
             vd_error_setg_errno(errp, -ret, "%s: cannot get image information", node->filename);
             vd_json_unref(o);
             return NULL;
         }
+        have_info = ret == 0;
     }
     if (vd_in_coroutine()) {
         info_entry(&s);
@@ -1046,7 +1054,7 @@ static VdJson *node_info_one(VdNode *node, VdError **errp)
     }
     vd_json_object_put_int(o, "virtual-size", vd_node_getlength(node));
     vd_json_object_put_str(o, "filename", node->filename);
-    if (cluster_size > 0) {
+    if (have_info && cluster_size > 0) {
         vd_json_object_put_int(o, "cluster-size", cluster_size);
     }
     vd_json_object_put_str(o, "format", node->drv->format_name);
@@ -1094,7 +1102,9 @@ static VdJson *node_info_one(VdNode *node, VdError **errp)
         }
         free(list);
     }
-    vd_json_object_put_bool(o, "dirty-flag", dirty);
+    if (have_info) {
+        vd_json_object_put_bool(o, "dirty-flag", dirty);
+    }
     return o;
 }
 
@@ -1162,6 +1172,121 @@ void vd_json_qemu_order(VdJson *v)
         free(e[i].key);
     }
     free(e);
+}
+
+typedef struct QjBuf {
+    char *p;
+    size_t len, cap;
+} QjBuf;
+
+static void qj_put(QjBuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = VD_MAX(b->cap * 2, b->len + n + 64);
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            abort();
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void qj_puts(QjBuf *b, const char *s)
+{
+    qj_put(b, s, strlen(s));
+}
+
+static void qj_string(QjBuf *b, const char *s)
+{
+    qj_puts(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[8];
+        switch (c) {
+        case '"': qj_puts(b, "\\\""); break;
+        case '\\': qj_puts(b, "\\\\"); break;
+        case '\n': qj_puts(b, "\\n"); break;
+        case '\t': qj_puts(b, "\\t"); break;
+        case '\r': qj_puts(b, "\\r"); break;
+        case '\b': qj_puts(b, "\\b"); break;
+        case '\f': qj_puts(b, "\\f"); break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                snprintf(esc, sizeof(esc), "\\u%04x", c);
+                qj_puts(b, esc);
+            } else {
+                qj_put(b, (const char *)&c, 1);
+            }
+        }
+    }
+    qj_puts(b, "\"");
+}
+
+static void qj_gen(QjBuf *b, const VdJson *v)
+{
+    char num[64];
+    switch (vd_json_type(v)) {
+    case VD_JSON_NULL:
+        qj_puts(b, "null");
+        break;
+    case VD_JSON_BOOL:
+        qj_puts(b, vd_json_get_bool(v) ? "true" : "false");
+        break;
+    case VD_JSON_INT:
+        snprintf(num, sizeof(num), "%" PRId64, vd_json_get_int(v));
+        qj_puts(b, num);
+        break;
+    case VD_JSON_UINT:
+        snprintf(num, sizeof(num), "%" PRIu64, vd_json_get_uint(v));
+        qj_puts(b, num);
+        break;
+    case VD_JSON_DOUBLE:
+        snprintf(num, sizeof(num), "%.17g", vd_json_get_double(v));
+        qj_puts(b, num);
+        break;
+    case VD_JSON_STRING:
+        qj_string(b, vd_json_get_string(v));
+        break;
+    case VD_JSON_ARRAY:
+        qj_puts(b, "[");
+        for (size_t i = 0; i < vd_json_array_size(v); i++) {
+            if (i) {
+                qj_puts(b, ", ");
+            }
+            qj_gen(b, vd_json_array_get(v, i));
+        }
+        qj_puts(b, "]");
+        break;
+    case VD_JSON_OBJECT:
+        qj_puts(b, "{");
+        for (size_t i = 0; i < vd_json_object_size(v); i++) {
+            VdJson *val;
+            const char *k = vd_json_object_entry(v, i, &val);
+            if (i) {
+                qj_puts(b, ", ");
+            }
+            qj_string(b, k);
+            qj_puts(b, ": ");
+            qj_gen(b, val);
+        }
+        qj_puts(b, "}");
+        break;
+    }
+}
+
+char *vd_json_to_qemu_string(const VdJson *v)
+{
+    QjBuf b = { 0 };
+    if (v) {
+        qj_gen(&b, v);
+    } else {
+        qj_puts(&b, "null");
+    }
+    return b.p;
 }
 
 VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp)

@@ -25,12 +25,63 @@ static int raw_probe(const uint8_t *buf, int buf_size, const char *filename)
     return 1;   /* anything is a raw image; every other format scores higher */
 }
 
+static int coroutine_fn raw_open_window(VdNode *node, VdOpts *options, VdJson *offset_given,
+                                        VdJson *size_given, VdError **errp);
+static void raw_set_json_filename(VdNode *node, VdJson *offset_given, VdJson *size_given);
+
 static int coroutine_fn raw_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
+{
+    RawState *s = node->opaque;
+
+    s->has_size = vd_opts_lookup(options, "size") != NULL;
+    VdJson *offset_given = vd_json_deep_copy(vd_opts_lookup(options, "offset"));
+    VdJson *size_given = vd_json_deep_copy(vd_opts_lookup(options, "size"));
+    int ret = raw_open_window(node, options, offset_given, size_given, errp);
+    vd_json_unref(offset_given);
+    vd_json_unref(size_given);
+    return ret;
+}
+
+/*
+ * With offset or size the image cannot be named by its file alone: name it
+ * json:{...} as QEMU does ({"offset": .., "driver": "raw", "size": .., "file": {..}}).
+ */
+static void raw_set_json_filename(VdNode *node, VdJson *offset_given, VdJson *size_given)
+{
+    VdNode *file = node->file->node;
+    VdJson *o = vd_json_object();
+    if (offset_given) {
+        vd_json_object_put(o, "offset", vd_json_ref(offset_given));
+    }
+    if (size_given) {
+        vd_json_object_put(o, "size", vd_json_ref(size_given));
+    }
+    vd_json_object_put_str(o, "driver", "raw");
+    VdJson *f = NULL;
+    if (!strncmp(file->filename, "json:", 5)) {
+        f = vd_json_parse(file->filename + 5, strlen(file->filename + 5), NULL);
+    }
+    if (!f) {
+        f = vd_json_object();
+        vd_json_object_put_str(f, "driver", file->drv->format_name);
+        if (file->filename[0]) {
+            vd_json_object_put_str(f, "filename", file->filename);
+        }
+    }
+    vd_json_object_put(o, "file", f);
+    vd_json_qemu_order(o);
+    char *text = vd_json_to_qemu_string(o);
+    snprintf(node->filename, sizeof(node->filename), "json:%s", text);
+    free(text);
+    vd_json_unref(o);
+}
+
+static int coroutine_fn raw_open_window(VdNode *node, VdOpts *options, VdJson *offset_given,
+                                        VdJson *size_given, VdError **errp)
 {
     RawState *s = node->opaque;
     uint64_t offset, size;
 
-    s->has_size = vd_opts_lookup(options, "size") != NULL;
     if (vd_opts_take_size(options, "offset", 0, &offset, errp) < 0 ||
         vd_opts_take_size(options, "size", 0, &size, errp) < 0) {
         return -EINVAL;
@@ -57,6 +108,9 @@ static int coroutine_fn raw_co_open(VdNode *node, VdOpts *options, int flags, Vd
     }
     s->offset = (int64_t)offset;
     s->size = (int64_t)size;
+    if (offset_given || size_given) {
+        raw_set_json_filename(node, offset_given, size_given);
+    }
     /* FUA and zero flags go straight to the file node, which honours or emulates them */
     node->supported_write_flags = VD_REQ_FUA;
     node->supported_zero_flags = VD_REQ_FUA | VD_REQ_MAY_UNMAP | VD_REQ_NO_FALLBACK;
@@ -173,6 +227,16 @@ static int64_t coroutine_fn raw_co_getlength(VdNode *node)
     return VD_MAX(len - s->offset, (int64_t)0);
 }
 
+/* What the file says (QEMU's raw answers with its file's information). */
+static int raw_get_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
+{
+    VdNode *file = node->file->node;
+    if (!file->drv->get_info) {
+        return -ENOTSUP;
+    }
+    return file->drv->get_info(file, cluster_size, is_dirty);
+}
+
 static int coroutine_fn raw_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
     const VdDriver *proto = vd_driver_find_protocol(filename);
@@ -209,4 +273,5 @@ const VdDriver vd_driver_raw = {
     .co_block_status = raw_co_block_status,
     .co_truncate = raw_co_truncate,
     .co_getlength = raw_co_getlength,
+    .get_info = raw_get_info,
 };

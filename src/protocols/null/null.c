@@ -42,6 +42,24 @@ static int coroutine_fn null_co_open(VdNode *node, VdOpts *options, int flags, V
             return ret;
         }
     }
+    /* named null-co:// without options, else json:{...} as QEMU names it */
+    VdJson *named = vd_json_object();
+    static const char *const keys[] = { "size", "read-zeroes" };   /* latency-ns is not part of the name */
+    for (size_t i = 0; i < VD_ARRAY_SIZE(keys); i++) {
+        VdJson *v = vd_opts_lookup(options, keys[i]);
+        if (v) {
+            vd_json_object_put(named, keys[i], vd_json_deep_copy(v));
+        }
+    }
+    if (vd_json_object_size(named) > 0) {
+        vd_json_object_put_str(named, "driver", "null-co");
+        vd_json_qemu_order(named);
+        char *text = vd_json_to_qemu_string(named);
+        snprintf(node->filename, sizeof(node->filename), "json:%s", text);
+        free(text);
+    }
+    vd_json_unref(named);
+
     if (vd_opts_take_size(options, "size", VD_GiB, &size, errp) < 0 ||
         vd_opts_take_bool(options, "read-zeroes", false, &s->read_zeroes, errp) < 0 ||
         vd_opts_take_uint(options, "latency-ns", 0, &latency, errp) < 0) {

@@ -304,6 +304,43 @@ static void test_iothread(void **state)
     vd_iothread_free(io);
 }
 
+static pthread_t g_cb_thread;
+static void thread_cb(void *opaque, int ret)
+{
+    g_cb_thread = pthread_self();
+    aio_cb(opaque, ret);
+}
+
+/* Two backends on one root: moving it through one, the other's callbacks follow. */
+static void test_shared_root_move(void **state)
+{
+    VdError *err = NULL;
+    VdIOThread *io = vd_iothread_new("io2", 0, &err);
+    assert_non_null(io);
+    VdAioContext *ctx = vd_iothread_get_context(io);
+    VdBackend *a = open_backend("driver=null-co,size=1M,read-zeroes=on");
+    VdBackend *b = vd_backend_new(vd_backend_node(a));
+    uint8_t buf[512];
+    VdIOVector q;
+    vd_iov_init_buf(&q, buf, sizeof(buf));
+    AioResult r = { 0 };
+    vd_backend_aio_preadv(b, 0, &q, 0, thread_cb, &r);     /* b's BH in the main context */
+    while (!r.calls) {
+        vd_aio_poll(vd_aio_main_context(), true);
+    }
+    assert_int_equal(vd_backend_set_context(a, ctx, &err), 0);
+    assert_ptr_equal(vd_backend_get_context(b), ctx);
+    AioResult r2 = { 0 };
+    vd_backend_aio_preadv(b, 512, &q, 0, thread_cb, &r2);
+    VD_AIO_WAIT_WHILE(ctx, __atomic_load_n(&r2.calls, __ATOMIC_ACQUIRE) == 0);
+    assert_int_equal(r2.ret, 0);
+    assert_false(pthread_equal(g_cb_thread, pthread_self()));
+    assert_int_equal(vd_backend_set_context(a, vd_aio_main_context(), &err), 0);
+    vd_backend_unref(b);
+    vd_backend_unref(a);
+    vd_iothread_free(io);
+}
+
 static void test_node_in_use_cannot_move(void **state)
 {
     VdError *err = NULL;
@@ -380,6 +417,7 @@ int main(void)
         BT_TEST("/block/backend/write-through/group-commit", test_group_commit),
         BT_TEST("/block/backend/context/iothread", test_iothread),
         BT_TEST("/block/node/context/in-use", test_node_in_use_cannot_move),
+        BT_TEST("/block/backend/context/shared-root", test_shared_root_move),
     };
     cmocka_set_message_output(CM_OUTPUT_STDOUT);
     return cmocka_run_group_tests_name("/block/backend", tests, bt_setup, NULL);

@@ -116,6 +116,7 @@ static void test_null_co(void **state)
     VdNode *n = bt_open_ok("driver=null-co", VD_O_RDWR);
     assert_int_equal(vd_node_getlength(n), VD_GiB);
     assert_string_equal(vd_node_format_name(n), "null-co");
+    assert_string_equal(vd_node_filename(n), "null-co://");
     uint8_t buf[4096];
     memset(buf, 0xaa, sizeof(buf));
     assert_int_equal(vd_pread(n, 0, sizeof(buf), buf, 0), 0);
@@ -125,6 +126,8 @@ static void test_null_co(void **state)
 
     n = bt_open_ok("driver=null,size=1M,read-zeroes=on,latency-ns=1000", VD_O_RDWR);
     assert_int_equal(vd_node_getlength(n), VD_MiB);
+    assert_string_equal(vd_node_filename(n),
+                        "json:{\"read-zeroes\": \"on\", \"driver\": \"null-co\", \"size\": \"1M\"}");
     assert_int_equal(vd_pread(n, 512, sizeof(buf), buf, 0), 0);
     assert_true(vd_buffer_is_zero(buf, sizeof(buf)));
     vd_node_unref(n);
@@ -144,6 +147,9 @@ static void test_raw_window(void **state)
     uint8_t buf[512];
     memset(buf, 0x33, sizeof(buf));
     assert_int_equal(vd_node_getlength(n), 8192);
+    /* named as QEMU names it (keys in QEMU's order) */
+    assert_string_equal(vd_node_filename(n), "json:{\"offset\": \"4096\", \"driver\": \"raw\", "
+                        "\"size\": \"8192\", \"file\": {\"driver\": \"testdrv\"}}");
     assert_int_equal(vd_pwrite(n, 0, 512, buf, 0), 0);
     assert_int_equal(td->data[4096], 0x33);
     assert_int_equal(td->data[4095], 0);

@@ -459,7 +459,11 @@ static int coroutine_fn nbd_send_locked(NbdConn *c, struct iovec *iov, int niov)
             return 0;
         }
         c->flusher_active = true;
-        vd_co_yield_to_loop();
+        if (__atomic_load_n(&c->in_flight, __ATOMIC_ACQUIRE) > 1) {
+            /* Others may complete in this loop round: give them a chance to
+             * join the batch. Alone, send at once (queue depth 1 latency). */
+            vd_co_yield_to_loop();
+        }
         vd_co_mutex_lock(&c->send_lock);
         ret = 0;
         while (c->obuf_len && ret >= 0) {
@@ -1086,7 +1090,8 @@ out:
 static int coroutine_fn nbd_opt_list(NbdConn *c, uint32_t option)
 {
     int ret = 0;
-    /* Snapshot names under the lock-free main-thread registry. */
+    /* The registry is main-thread data, like this coroutine; only the
+     * yields in between need care. */
     for (VdExport *e = vd_export_next(NULL); e && ret >= 0; e = vd_export_next(e)) {
         size_t nl = strlen(e->name), dl = strlen(e->description);
         uint8_t *buf = malloc(4 + nl + dl);

@@ -26,6 +26,7 @@ typedef struct VddBlockdev {
 static VddIOThread *g_iothreads;
 static VddBlockdev *g_blockdevs;
 volatile bool g_vdd_quit;
+const char *g_vdd_quit_reason = "host-signal";
 
 static VddIOThread *vdd_iothread_find(const char *id)
 {
@@ -500,6 +501,10 @@ VdJson *vdd_query_block_exports(void)
 
 void vdd_shutdown(void)
 {
+    VdJson *d = vd_json_object();
+    vd_json_object_put_bool(d, "guest", false);
+    vd_json_object_put_str(d, "reason", g_vdd_quit_reason);
+    vdd_monitor_event("SHUTDOWN", d);
     vd_nbd_server_close_listeners();
     vdd_monitor_close_all();
     vd_export_shutdown_all();

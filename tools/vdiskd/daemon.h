@@ -28,6 +28,11 @@ VdJson *vdd_query_block_exports(void);
 int vdd_chardev_add(VdOpts *opts, VdError **errp);
 int vdd_monitor_add(VdOpts *opts, VdError **errp);
 void vdd_monitor_close_all(void);
+/* Send {"event": name, "data": data (taken), "timestamp": ...} to every
+ * negotiated monitor client. */
+void vdd_monitor_event(const char *name, VdJson *data);
+/* Why the daemon stops: "host-qmp-quit" or "host-signal" (SHUTDOWN event). */
+extern const char *g_vdd_quit_reason;
 
 extern volatile bool g_vdd_quit;
 /* Stop accepting, drain exports, flush and close images, stop IOThreads. */

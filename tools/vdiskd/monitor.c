@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -43,6 +44,7 @@ typedef struct MonClient {
     size_t out_len, out_cap;
     VdJson **queue;
     size_t nqueue, qcap;
+    VdJson *pending_event;    /* BLOCK_EXPORT_DELETED to send after the reply */
     struct MonClient *next;
 } MonClient;
 
@@ -89,6 +91,7 @@ static void mon_client_free(MonClient *c)
         vd_json_unref(c->queue[i]);
     }
     free(c->queue);
+    vd_json_unref(c->pending_event);
     free(c->out);
     free(c);
 }
@@ -216,6 +219,12 @@ static VdJson *mon_dispatch(MonClient *c, const char *cmd, VdJson *args, VdError
             return NULL;
         }
         ret = vdd_export_del(vd_json_get_string(id), hard, err);
+        if (ret == 0) {
+            VdJson *d = vd_json_object();
+            vd_json_object_put_str(d, "id", vd_json_get_string(id));
+            /* after the reply, as QEMU does */
+            c->pending_event = d;
+        }
     } else if (strcmp(cmd, "nbd-server-start") == 0) {
         ret = vdd_nbd_server_start(mon_copy_args(args), err);
     } else if (strcmp(cmd, "nbd-server-stop") == 0) {
@@ -243,6 +252,7 @@ static VdJson *mon_dispatch(MonClient *c, const char *cmd, VdJson *args, VdError
     } else if (strcmp(cmd, "cont") == 0) {
         vdd_cont();
     } else if (strcmp(cmd, "quit") == 0) {
+        g_vdd_quit_reason = "host-qmp-quit";
         g_vdd_quit = true;
     } else {
         vd_error_setg(err, ENOENT, "The command %s has not been found", cmd);
@@ -310,6 +320,11 @@ send:
         vd_json_object_put(resp, "id", vd_json_deep_copy(id));
     }
     mon_send(c, resp);
+    if (c->pending_event) {
+        VdJson *d = c->pending_event;
+        c->pending_event = NULL;
+        vdd_monitor_event("BLOCK_EXPORT_DELETED", d);
+    }
 }
 
 static void mon_stream_cb(void *opaque, VdJson *value, VdError *err)
@@ -400,6 +415,25 @@ static void mon_accept(void *opaque)
     vd_json_object_put(g, "QMP", q);
     mon_send(c, g);
     mon_client_update(c);
+}
+
+void vdd_monitor_event(const char *name, VdJson *data)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    for (MonClient *c = g_clients; c; c = c->next) {
+        if (!c->negotiated || c->dead) {
+            continue;
+        }
+        VdJson *ev = vd_json_object(), *t = vd_json_object();
+        vd_json_object_put_int(t, "seconds", ts.tv_sec);
+        vd_json_object_put_int(t, "microseconds", ts.tv_nsec / 1000);
+        vd_json_object_put(ev, "timestamp", t);
+        vd_json_object_put_str(ev, "event", name);
+        vd_json_object_put(ev, "data", data ? vd_json_ref(data) : vd_json_object());
+        mon_send(c, ev);
+    }
+    vd_json_unref(data);
 }
 
 int vdd_chardev_add(VdOpts *opts, VdError **errp)

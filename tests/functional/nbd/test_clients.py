@@ -6,6 +6,7 @@ nbdcopy both directions; SIGTERM exits 0 and the image checks clean."""
 import os
 import sys
 
+sys.dont_write_bytecode = True   # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nbdtest import (Vdiskd, TempDir, run, need, free_port, qemu_img_check, main,
                      log)

@@ -8,6 +8,7 @@ import struct
 import sys
 import time
 
+sys.dont_write_bytecode = True   # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nbdtest import Vdiskd, TempDir, run, need, qemu_img_check, main, log
 
@@ -191,7 +192,7 @@ def handshake_checks(sock):
     assert t == REP_ACK and len(items) == 2, items
     c.opt(OPT_LIST)
     t, items = c.final(OPT_LIST)
-    assert t == REP_ACK and len(items) == 4, items
+    assert t == REP_ACK and len(items) == 5, items
     c.opt(OPT_ABORT)
     assert c.final(OPT_ABORT)[0] == REP_ACK
     assert c.closed()
@@ -304,6 +305,26 @@ def transmission_checks(sock, size):
     c.s.close()
 
 
+def io_error_checks(sock):
+    """An I/O error is an error reply (never a reply header followed by a
+    disconnect); the connection goes on serving."""
+    c = Client(sock)
+    c.go("faulty", meta=())
+    err, chunks = c.req(CMD_READ, 1 << 20, 4096)
+    assert err == 5, (err, chunks)
+    assert all(t != 1 for t, _ in chunks), "data chunk sent for a failed read"
+    assert c.req(CMD_READ, 0, 4096)[0] == 0
+    c.send_req(CMD_DISC, 0, 0)
+    assert c.closed()
+    c = Client(sock)
+    c.go("faulty", structured=False, meta=())
+    cookie = c.send_req(CMD_READ, (1 << 20) - 4096, 8192)
+    got, err, chunks = c.read_reply(8192)
+    assert got == cookie and err == 5 and chunks[0][1] == b"", (err, chunks)
+    err, chunks = c.req(CMD_READ, 0, 4096)      # still in sync
+    assert err == 0 and len(chunks[0][1]) == 4096
+
+
 def test(vdiskd):
     need("qemu-img", "qemu-io")
     with TempDir() as d:
@@ -316,17 +337,22 @@ def test(vdiskd):
             "--blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={img}",
             "--blockdev", "driver=null-co,node-name=null0,size=64M,read-zeroes=on",
             "--blockdev", "driver=null-co,node-name=null1,size=64M,read-zeroes=off",
+            # reads touching sector 2048 (1 MiB) fail with EIO
+            "--blockdev", "driver=blkdebug,node-name=dbg,image.driver=null-co,image.size=64M,"
+                          "image.read-zeroes=off,event=read_aio,errno=5,sector=2048,iotype=read",
             "--nbd-server", f"addr.type=unix,addr.path={sock},max-connections=12",
             "--export", "type=nbd,id=exp0,node-name=disk0,name=disk,writable=on,iothread=io0",
             "--export", "type=nbd,id=exp1,node-name=null0,name=ro,min-block-size=512",
             "--export", "type=nbd,id=exp2,node-name=null0,name=null2",
             "--export", "type=nbd,id=exp3,node-name=null1,name=junk",
+            "--export", "type=nbd,id=exp4,node-name=dbg,name=faulty",
         ], wait_for=[sock])
         try:
             idle = Client(sock)          # says nothing: dropped by the 10 s timeout
             t0 = time.time()
             handshake_checks(sock)
             transmission_checks(sock, size)
+            io_error_checks(sock)
             # connection cap: 12 in total (idle + 11); wait for the clients of
             # the checks above to be gone first
             for _ in range(200):
@@ -369,7 +395,7 @@ def test(vdiskd):
             run(["qemu-io", "-f", "raw", "-c", "read -P 0xab 4096 4096", "-c",
                  "write -P 0x42 1M 64k", "-c", "read -P 0x42 1M 64k", uri])
             st = dmn.qmp.ok("query-block-exports")
-            assert len(st) == 4, st
+            assert len(st) == 5, st
             assert dmn.alive()
             # a client that never reads its replies cannot block shutdown:
             # in-flight requests stuck in send are cut after the grace period

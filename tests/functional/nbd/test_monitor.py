@@ -7,6 +7,7 @@ import socket
 import sys
 import time
 
+sys.dont_write_bytecode = True   # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nbdtest import Vdiskd, TempDir, run, need, free_port, QMP, main, log
 
@@ -133,6 +134,9 @@ def test(vdiskd):
         r = q.cmd("block-export-del", id="exp0")
         assert "in use" in r["error"]["desc"], r
         q.ok("block-export-del", id="exp0", mode="hard")
+        ev = q._recv()
+        assert ev["event"] == "BLOCK_EXPORT_DELETED" and ev["data"]["id"] == "exp0", ev
+        assert "seconds" in ev["timestamp"]
         assert c.recv(65536) is not None
         c.close()
         assert q.ok("query-block-exports") == []
@@ -146,6 +150,8 @@ def test(vdiskd):
         q.ok("cont")
         # quit: reply, then the daemon exits 0
         assert q.cmd("quit") == {"return": {}}
+        ev = q._recv()
+        assert ev["event"] == "SHUTDOWN" and ev["data"]["reason"] == "host-qmp-quit", ev
         assert dmn.proc.wait(30) == 0
         log(dmn.log())
 

@@ -287,12 +287,49 @@ int vdd_nbd_server_stop(VdError **errp)
     return 0;
 }
 
+/* A backend's error policy paused it (its context's thread): tell the
+ * monitor from the main thread, as QEMU's BLOCK_IO_ERROR event does. */
+typedef struct VddStopEvent {
+    char *node_name;
+    int err;
+    bool is_write;
+} VddStopEvent;
+
+static void vdd_stop_event_bh(void *opaque)
+{
+    VddStopEvent *ev = opaque;
+    VdJson *d = vd_json_object();
+    vd_json_object_put_str(d, "device", "");
+    vd_json_object_put_str(d, "node-name", ev->node_name);
+    vd_json_object_put_str(d, "operation", ev->is_write ? "write" : "read");
+    vd_json_object_put_str(d, "action", "stop");
+    vd_json_object_put_bool(d, "nospace", ev->err == ENOSPC);
+    vd_json_object_put_str(d, "reason", strerror(ev->err));
+    vdd_monitor_event("BLOCK_IO_ERROR", d);
+    free(ev->node_name);
+    free(ev);
+}
+
+static void vdd_backend_stopped(void *opaque, int err, bool is_write)
+{
+    VddBlockdev *b = opaque;
+    VddStopEvent *ev = calloc(1, sizeof(*ev));
+    if (!ev || !(ev->node_name = strdup(b->node_name))) {
+        free(ev);
+        return;     /* the pause itself stands; only the event is lost */
+    }
+    ev->err = err < 0 ? -err : err;
+    ev->is_write = is_write;
+    vd_bh_schedule_oneshot(vd_aio_main_context(), vdd_stop_event_bh, ev);
+}
+
 int vdd_export_add(VdOpts *opts, VdError **errp)
 {
     char *type = NULL, *id = NULL, *node_name = NULL, *name = NULL, *desc = NULL;
     char *iothread = NULL;
     bool writable = false, writethrough = false, fixed = false;
     uint64_t min_block = 1;
+    int rerror = VD_ERROR_ACTION_REPORT, werror = VD_ERROR_ACTION_REPORT;
     int ret = -EINVAL;
 
     if (!(type = vdd_take_required(opts, "type", "export", errp)) ||
@@ -312,7 +349,17 @@ int vdd_export_add(VdOpts *opts, VdError **errp)
         vd_opts_take_bool(opts, "writethrough", false, &writethrough, errp) < 0 ||
         vd_opts_take_bool(opts, "fixed-iothread", false, &fixed, errp) < 0 ||
         vd_opts_take_size(opts, "min-block-size", 1, &min_block, errp) < 0 ||
+        vd_opts_take_enum(opts, "rerror", vd_error_action_names, VD_ERROR_ACTION_REPORT,
+                          &rerror, errp) < 0 ||
+        vd_opts_take_enum(opts, "werror", vd_error_action_names, VD_ERROR_ACTION_REPORT,
+                          &werror, errp) < 0 ||
         vd_opts_check_empty(opts, "export", errp) < 0) {
+        goto out;
+    }
+    if (rerror == VD_ERROR_ACTION_ENOSPC) {
+        /* as -drive: ENOSPC cannot happen on reads */
+        vd_error_setg(errp, EINVAL, "export '%s': rerror=enospc is not a valid read error action",
+                      id);
         goto out;
     }
     VddBlockdev *b = vdd_blockdev_find(node_name);
@@ -339,6 +386,8 @@ int vdd_export_add(VdOpts *opts, VdError **errp)
     if (writethrough) {
         vd_backend_set_write_cache(b->blk, false);
     }
+    vd_backend_set_error_action(b->blk, (VdErrorAction)rerror, (VdErrorAction)werror);
+    vd_backend_set_stop_notifier(b->blk, vdd_backend_stopped, b);
     VdExportConfig cfg = {
         .id = id, .name = name ? name : node_name, .description = desc, .blk = b->blk,
         .writable = writable, .min_block = (uint32_t)min_block,

@@ -23,9 +23,9 @@ for t in "$VDISK_IMG" "$QEMU_IMG"; do
 done
 
 if [[ -n "${QUICK:-}" ]]; then
-    N1=200000; N2=20000; N3=500
+    N1=200000; N2=20000; N3=2000
 else
-    N1=2000000; N2=200000; N3=5000
+    N1=2000000; N2=200000; N3=20000
 fi
 
 DIR=$(mktemp -d "$SCRATCH/vdisk-bench-block.XXXXXX")

@@ -42,14 +42,16 @@ class Result:
         return f"<{' '.join(self.cmd)} rc={self.rc}\nstdout:\n{self.out}\nstderr:\n{self.err}>"
 
 
-def run(cmd, check=False, timeout=120, input=None, env=None, quiet=False, **kw):
-    """Run cmd (a list); returns Result with rc, out (stdout) and err (stderr)."""
+def run(cmd, check=False, timeout=120, input=None, env=None, quiet=False, merge=False, **kw):
+    """Run cmd (a list); returns Result with rc, out (stdout) and err (stderr).
+    merge: stderr goes into out, as a shell's 2>&1 (err is then empty)."""
     cmd = [str(c) for c in cmd]
     if not quiet:
         log("+", " ".join(repr(c) if " " in c else c for c in cmd))
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.run(cmd, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT if merge else subprocess.PIPE, text=True,
                        timeout=timeout, input=input, env=env, **kw)
-    r = Result(cmd, p.returncode, p.stdout, p.stderr)
+    r = Result(cmd, p.returncode, p.stdout, p.stderr or "")
     if check and r.rc != 0:
         raise AssertionError(f"command failed: {r!r}")
     return r

@@ -19,6 +19,9 @@ int64_t tool_parse_size(const char *s)
     double frac = 0;
     bool has_frac = false, hex = false;
 
+    if (*p == '+') {
+        p++;          /* strtoull-style sign, as qemu accepts it */
+    }
     if (!isdigit((unsigned char)*p)) {
         return -EINVAL;
     }
@@ -81,7 +84,7 @@ int64_t tool_parse_size(const char *s)
     }
     val *= mul;
     if (has_frac) {
-        uint64_t extra = (uint64_t)(frac * (double)mul);
+        uint64_t extra = (uint64_t)llround(frac * (double)mul);   /* nearest, as qemu */
         if (val + extra > (uint64_t)INT64_MAX) {
             return -ERANGE;
         }

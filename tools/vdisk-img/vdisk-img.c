@@ -374,8 +374,9 @@ static int img_create(int argc, char **argv)
             goto out;
         }
         if (!bfmt) {
-            img_err("%s: Backing file specified without backing format\nDetected format of %s.",
-                    filename, vd_node_format_name(bnode));
+            /* qemu-img 7.2 ends this message without a newline; so do we. */
+            fprintf(stderr, PROG ": %s: Backing file specified without backing format\n"
+                    "Detected format of %s.", filename, vd_node_format_name(bnode));
             vd_node_unref(bnode);
             goto out;
         }
@@ -436,7 +437,7 @@ static const char *img_json_str(const VdJson *o, const char *key)
 static void img_print_snapshots(const VdJson *snaps)
 {
     printf("Snapshot list:\n");
-    printf("%-7s %-16s %7s %19s %15s %10s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+    printf("%-9s %-17s %7s %19s %12s %10s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
     for (size_t i = 0; i < vd_json_array_size(snaps); i++) {
         const VdJson *s = vd_json_array_get(snaps, i);
         char sizebuf[32], datebuf[32], clockbuf[32], icountbuf[32] = "";
@@ -448,17 +449,14 @@ static void img_print_snapshots(const VdJson *snaps)
         uint64_t secs = (uint64_t)(clock_ns / 1000000000LL);
 
         tool_size_to_str_img((uint64_t)vmsize, sizebuf, sizeof(sizebuf));
-        if (vmsize == 0) {
-            snprintf(sizebuf, sizeof(sizebuf), "0 B");
-        }
         localtime_r(&t, &tm);
         strftime(datebuf, sizeof(datebuf), "%Y-%m-%d %H:%M:%S", &tm);
-        snprintf(clockbuf, sizeof(clockbuf), "%04" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRId64,
+        snprintf(clockbuf, sizeof(clockbuf), "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRId64,
                  secs / 3600, (secs / 60) % 60, secs % 60, (clock_ns / 1000000) % 1000);
         if (vd_json_object_get(s, "icount")) {
             snprintf(icountbuf, sizeof(icountbuf), "%" PRId64, img_json_int(s, "icount", 0));
         }
-        printf("%-7s %-16s %7s %19s %15s %10s\n", img_json_str(s, "id") ? img_json_str(s, "id") : "",
+        printf("%-9s %-17s %7s %19s %12s %10s\n", img_json_str(s, "id") ? img_json_str(s, "id") : "",
                img_json_str(s, "name") ? img_json_str(s, "name") : "", sizebuf, datebuf, clockbuf,
                icountbuf);
     }
@@ -611,6 +609,7 @@ typedef struct BenchState {
     int flush_interval;
     bool drain_on_flush;
     bool flushing;        /* a draining flush is in flight: nothing else is sent */
+    int last_flush_at;    /* request count at the last flush sent, -1: none */
     int flushes_in_flight;
     int ret;
     BenchSlot *slots;
@@ -631,9 +630,7 @@ static void bench_flush_cb(void *opaque, int ret)
         b->ret = ret;
         return;
     }
-    if (b->flushing) {
-        b->flushing = false;
-    }
+    b->flushing = false;
     bench_submit(b);
 }
 
@@ -670,24 +667,21 @@ static void bench_submit_batch(BenchState *b)
 {
     while (b->ret == 0 && !b->flushing && b->n < b->nrreq && b->in_flight < b->depth) {
         if (b->flush_interval && b->n > 0 && b->n % b->flush_interval == 0 &&
-            !b->flushing && b->flushes_in_flight == 0 && b->n != -1) {
-            /* Flush point reached (once per multiple of the interval). */
-            static int last_flush_at = -1;
-            if (last_flush_at != b->n) {
-                if (b->drain_on_flush) {
-                    if (b->in_flight > 0) {
-                        return;        /* resumed by the last completion */
-                    }
-                    last_flush_at = b->n;
-                    b->flushing = true;
-                    b->flushes_in_flight++;
-                    vd_backend_aio_flush(b->blk, bench_flush_cb, b);
-                    return;
+            b->last_flush_at != b->n) {
+            /* Flush point reached: once per multiple of the interval. */
+            if (b->drain_on_flush) {
+                if (b->in_flight > 0 || b->flushes_in_flight > 0) {
+                    return;        /* resumed by the last completion */
                 }
-                last_flush_at = b->n;
+                b->last_flush_at = b->n;
+                b->flushing = true;
                 b->flushes_in_flight++;
                 vd_backend_aio_flush(b->blk, bench_flush_cb, b);
+                return;
             }
+            b->last_flush_at = b->n;
+            b->flushes_in_flight++;
+            vd_backend_aio_flush(b->blk, bench_flush_cb, b);
         }
         if (b->offset + b->bufsize > b->image_size) {
             /* As qemu's block backend: a request past the end is an I/O error. */
@@ -873,6 +867,7 @@ static int img_bench(int argc, char **argv)
     b.write = write;
     b.flush_interval = flush_interval;
     b.drain_on_flush = drain;
+    b.last_flush_at = -1;
 
     printf("Sending %d %s requests, %d bytes each, %d in parallel "
            "(starting at offset %" PRId64 ", step size %" PRId64 ")\n",

@@ -8,6 +8,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,41 @@ typedef struct IoOpenOpts {
     bool nocache;
     bool force_share;
     bool image_opts;
+    bool snapshot;        /* -s: writes go to a temporary overlay */
 } IoOpenOpts;
+
+/* What the image was last opened with, for reopen (strings owned). */
+static struct {
+    char *name;
+    IoOpenOpts o;
+    VdOpts *extra;
+} g_last_open;
+
+static char *io_strdup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void io_save_open(const char *name, const IoOpenOpts *o, VdOpts *extra_copy)
+{
+    /* o may point into g_last_open itself: copy before freeing. */
+    IoOpenOpts n = *o;
+    char *nname = io_strdup_or_null(name);
+
+    n.format = io_strdup_or_null(o->format);
+    n.cache = io_strdup_or_null(o->cache);
+    n.aio = io_strdup_or_null(o->aio);
+    n.discard = io_strdup_or_null(o->discard);
+    free(g_last_open.name);
+    free((char *)g_last_open.o.format);
+    free((char *)g_last_open.o.cache);
+    free((char *)g_last_open.o.aio);
+    free((char *)g_last_open.o.discard);
+    vd_json_unref(g_last_open.extra);
+    g_last_open.name = nname;
+    g_last_open.o = n;
+    g_last_open.extra = extra_copy;
+}
 
 static const IoCommand *io_find_command(const char *name);
 static void io_command_usage(const IoCommand *ct);
@@ -780,7 +815,6 @@ static void io_aio_write_done(void *opaque, int ret)
         t2 = io_tsub(t2, ctx->t1);
         io_print_report("wrote", &t2, ctx->offset, bytes, bytes, 1, ctx->cflag);
     }
-    fflush(stdout);
     io_aio_free(ctx);
 }
 
@@ -814,7 +848,6 @@ static void io_aio_read_done(void *opaque, int ret)
     io_print_report("read", &t2, ctx->offset, (int64_t)ctx->qiov.size, (int64_t)ctx->qiov.size,
                     1, ctx->cflag);
 out:
-    fflush(stdout);
     io_aio_free(ctx);
 }
 
@@ -1239,12 +1272,13 @@ static int io_info_f(int argc, char **argv)
     return 0;
 }
 
-/* Allocation status through the whole backing chain: returns 1/0 for the
- * first *pnum bytes, or -errno. */
+/* Allocation status in the top image only (backing files not included, as
+ * qemu-io's map and alloc): returns 1/0 for the first *pnum bytes, or -errno. */
 static int io_is_allocated(int64_t offset, int64_t bytes, int64_t *pnum)
 {
     int depth = 0;
-    int ret = vd_block_status_above(vd_backend_node(g_blk), NULL, false, offset, bytes,
+    VdNode *top = vd_backend_node(g_blk);
+    int ret = vd_block_status_above(top, vd_node_backing(top), false, offset, bytes,
                                     pnum, NULL, NULL, &depth);
     if (ret < 0) {
         return ret;
@@ -1274,11 +1308,7 @@ static int io_alloc_f(int argc, char **argv)
         printf("getlength: %s\n", strerror((int)-len));
         return (int)len;
     }
-    if (offset > len) {
-        printf("Offset %" PRId64 " is beyond the end of the image\n", offset);
-        return -EINVAL;
-    }
-    count = VD_MIN(count, len - offset);
+    count = offset > len ? 0 : VD_MIN(count, len - offset);   /* nothing past the end */
     remaining = count;
     int64_t pos = offset;
     while (remaining > 0) {
@@ -1357,6 +1387,7 @@ static void io_open_help(void)
            " bypassing the host page cache.\n"
            "\n"
            " -r, -- read-only\n"
+           " -s, -- write to a temporary overlay (the image is not changed)\n"
            " -n, -- no host cache (same as -t none)\n"
            " -U, -- take no image locks (read-only use next to a writer)\n"
            " -k, -- native AIO (io_uring in vdisk)\n"
@@ -1374,8 +1405,9 @@ static int io_open_f(int argc, char **argv)
     VdError *err = NULL;
     int c, ret;
 
-    while ((c = getopt(argc, argv, "rnUkt:d:i:o:")) != -1) {
+    while ((c = getopt(argc, argv, "rsnUkt:d:i:o:")) != -1) {
         switch (c) {
+        case 's': o.snapshot = true; break;
         case 'r': o.read_only = true; break;
         case 'n': o.nocache = true; break;
         case 'U': o.force_share = true; break;
@@ -1457,6 +1489,126 @@ static int io_sleep_f(int argc, char **argv)
     return 0;
 }
 
+static void io_reopen_help(void)
+{
+    printf("\n"
+           " Reopen the open image with other options: read-only or read-write,\n"
+           " another cache mode, more driver options. Waits for aio requests first.\n"
+           "\n"
+           " Example: 'reopen -r' makes the image read-only.\n"
+           "\n"
+           " -r, -- reopen read-only\n"
+           " -w, -- reopen read-write\n"
+           " -c, -- new cache mode\n"
+           " -o, -- driver options to add (key=value,...)\n"
+           "\n");
+}
+
+static int io_reopen_f(int argc, char **argv)
+{
+    IoOpenOpts o = g_last_open.o;
+    VdOpts *extra = NULL;
+    VdError *err = NULL;
+    int c, ret, f;
+    bool wt, rflag = false, wflag = false;
+    const char *cache = NULL;
+
+    while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
+        switch (c) {
+        case 'c': cache = optarg; break;
+        case 'r': rflag = true; break;
+        case 'w': wflag = true; break;
+        case 'o': {
+            VdOpts *parsed = vd_opts_parse(optarg, NULL, &err);
+            if (!parsed) {
+                vd_error_report_err(vd_error_get_progname(), err);
+                vd_error_free(err);
+                vd_json_unref(extra);
+                return -EINVAL;
+            }
+            vd_json_unref(extra);
+            extra = parsed;
+            break;
+        }
+        default:
+            vd_json_unref(extra);
+            io_command_usage(io_find_command("reopen"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc) {
+        vd_json_unref(extra);
+        io_command_usage(io_find_command("reopen"));
+        return -EINVAL;
+    }
+    if (rflag && wflag) {
+        vd_error_report("Only one -r/-w option may be given");
+        vd_json_unref(extra);
+        return -EINVAL;
+    }
+    if (cache && vd_parse_cache_mode(cache, &f, &wt) < 0) {
+        vd_error_report("Invalid cache option: %s", cache);
+        vd_json_unref(extra);
+        return -EINVAL;
+    }
+    if (rflag || wflag) {
+        o.read_only = rflag;
+    }
+    if (cache) {
+        o.cache = cache;
+        o.nocache = false;
+    }
+    /* Options given before stay, -o adds to them. */
+    VdOpts *merged = g_last_open.extra ? vd_json_deep_copy(g_last_open.extra) : NULL;
+    if (extra) {
+        if (!merged) {
+            merged = extra;
+            extra = NULL;
+        } else {
+            for (size_t i = 0; i < vd_json_object_size(extra); i++) {
+                VdJson *val;
+                const char *k = vd_json_object_entry(extra, i, &val);
+                vd_json_object_put(merged, k, vd_json_ref(val));
+            }
+        }
+    }
+    vd_json_unref(extra);
+    char *name = io_strdup_or_null(g_last_open.name);
+    IoOpenOpts old = g_last_open.o;     /* valid until the next successful save */
+    VdOpts *old_extra = g_last_open.extra ? vd_json_deep_copy(g_last_open.extra) : NULL;
+    io_wait_aio();
+    vd_backend_unref(g_blk);
+    g_blk = NULL;
+    ret = io_open_image(name, &o, merged);
+    if (ret < 0) {
+        /* Keep the image open with its previous options. */
+        io_open_image(name, &old, old_extra);
+    } else {
+        vd_json_unref(old_extra);
+    }
+    free(name);
+    return ret;
+}
+
+static int io_abort_f(int argc, char **argv)
+{
+    abort();
+}
+
+static int io_sigraise_f(int argc, char **argv)
+{
+    int64_t sig = tool_parse_size(argv[1]);
+    if (sig < 0 || sig > INT_MAX) {
+        io_print_cvtnum_err(sig < 0 ? sig : -ERANGE, argv[1]);
+        return -EINVAL;
+    }
+    /* Let what was printed so far out first, as the signal may kill us. */
+    fflush(stdout);
+    fflush(stderr);
+    raise((int)sig);
+    return 0;
+}
+
 static int io_quit_f(int argc, char **argv)
 {
     g_quit = true;
@@ -1466,6 +1618,8 @@ static int io_quit_f(int argc, char **argv)
 static int io_help_f(int argc, char **argv);
 
 static const IoCommand io_commands[] = {
+    { "abort", NULL, io_abort_f, 0, 0, true, NULL,
+      "simulate a program crash using abort(3)", NULL },
     { "aio_flush", NULL, io_aio_flush_f, 0, 0, false, NULL,
       "completes all outstanding aio requests", NULL },
     { "aio_read", NULL, io_aio_read_f, 2, -1, false, "[-Ciqv] [-P pattern] off len [len..]",
@@ -1488,14 +1642,18 @@ static const IoCommand io_commands[] = {
       "gets the length of the current file", NULL },
     { "map", NULL, io_map_f, 0, 0, false, "",
       "prints the allocated areas of a file", NULL },
-    { "open", "o", io_open_f, 1, -1, true, "[-rnUk] [-i aio] [-t cache] [-d discard] [-o options] [path]",
+    { "open", "o", io_open_f, 1, -1, true, "[-rsnUk] [-i aio] [-t cache] [-d discard] [-o options] [path]",
       "open the file specified by path", io_open_help },
     { "quit", "q", io_quit_f, 0, 0, true, NULL,
       "exit the program", NULL },
-    { "read", "r", io_read_f, 2, -1, false, "[-bCqv] [-P pattern [-s off] [-l len]] off len",
+    { "read", "r", io_read_f, 2, -1, false, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
       "reads a number of bytes at a specified offset", io_read_help },
     { "readv", NULL, io_readv_f, 2, -1, false, "[-Cqv] [-P pattern] off len [len..]",
       "reads a number of bytes at a specified offset", io_readv_help },
+    { "reopen", NULL, io_reopen_f, 0, -1, false, "[(-r|-w)] [-c cache] [-o options]",
+      "reopens an image with new options", io_reopen_help },
+    { "sigraise", NULL, io_sigraise_f, 1, 1, true, "signal",
+      "raises a signal", NULL },
     { "sleep", NULL, io_sleep_f, 1, 1, true, NULL,
       "waits for the given value in milliseconds", NULL },
     { "truncate", "t", io_truncate_f, 1, 3, false, "[-m prealloc_mode] off",
@@ -1545,6 +1703,17 @@ static int io_help_f(int argc, char **argv)
     }
     printf("\nUse 'help commandname' for extended help.\n");
     return 0;
+}
+
+static bool io_command_writes(const IoCommand *ct)
+{
+    static const char *const writers[] = { "write", "writev", "aio_write", "discard", "truncate" };
+    for (size_t i = 0; i < VD_ARRAY_SIZE(writers); i++) {
+        if (!strcmp(ct->name, writers[i])) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /* Split a command line at spaces (qemu-io has no quoting). */
@@ -1614,9 +1783,14 @@ static int io_run_command(const char *line)
     }
     optind = 0;     /* GNU getopt: full re-initialisation for each command */
     opterr = 1;
+    if (g_blk && vd_backend_is_read_only(g_blk) && io_command_writes(ct)) {
+        /* As qemu-io, which asks for the write permission before running it. */
+        vd_error_report("Block node is read-only");
+        ret = -EPERM;
+        goto out;
+    }
     ret = ct->func(argc, argv);
 out:
-    fflush(stdout);
     free(argv);
     free(input);
     return ret;
@@ -1624,16 +1798,77 @@ out:
 
 /* ---- opening --------------------------------------------------------------------------- */
 
+/*
+ * -s: open the image read-only, create a temporary qcow2 overlay on top of
+ * it (in $TMPDIR, default /var/tmp) and make *filename / *opts name the
+ * overlay instead (*filename is then malloc'ed; the caller unlinks it after
+ * opening). Returns 0 or -errno with errp set.
+ */
+static int io_open_snapshot(const char **filename, VdOpts **opts, int flags, VdError **errp)
+{
+    VdOpts *base_opts = *opts ? vd_json_deep_copy(*opts) : NULL;
+    VdNode *base = vd_node_open(*filename, base_opts,
+                                flags & ~(VD_O_RDWR | VD_O_NOCACHE | VD_O_NO_FLUSH), errp);
+    const char *tmpdir = getenv("TMPDIR");
+    char *path = NULL, backing[PATH_MAX], size[32];
+    int fd;
+
+    if (!base) {
+        return -EINVAL;
+    }
+    const char *bname = vd_node_filename(base);
+    if (strncmp(bname, "json:", 5) && !strstr(bname, "://")) {
+        if (!realpath(bname, backing)) {
+            snprintf(backing, sizeof(backing), "%s", bname);
+        }
+    } else {
+        snprintf(backing, sizeof(backing), "%s", bname);
+    }
+    snprintf(size, sizeof(size), "%" PRId64, vd_node_getlength(base));
+    VdOpts *create = vd_json_object();
+    vd_opts_set(create, "size", size);
+    vd_opts_set(create, "backing_file", backing);
+    vd_opts_set(create, "backing_fmt", vd_node_format_name(base));
+    vd_node_unref(base);
+
+    if (asprintf(&path, "%s/vdisk-io-snapshot.XXXXXX", tmpdir && *tmpdir ? tmpdir : "/var/tmp") < 0) {
+        vd_json_unref(create);
+        return -ENOMEM;
+    }
+    fd = mkstemp(path);
+    if (fd < 0) {
+        int err = errno;
+        vd_error_setg_errno(errp, err, "Could not create temporary overlay '%s'", path);
+        free(path);
+        vd_json_unref(create);
+        return -err;
+    }
+    close(fd);
+    int ret = vd_img_create(path, "qcow2", create, errp);
+    vd_json_unref(create);
+    if (ret < 0) {
+        unlink(path);
+        free(path);
+        return ret;
+    }
+    vd_json_unref(*opts);
+    *opts = vd_json_object();
+    vd_opts_set(*opts, "driver", "qcow2");
+    *filename = path;
+    return 0;
+}
+
 static int io_open_image(const char *name, const IoOpenOpts *o, VdOpts *extra)
 {
     VdError *err = NULL;
     VdOpts *opts = NULL;
+    VdOpts *extra_copy = NULL;
     int flags = 0, cache_flags = 0;
     bool writethrough = true;
     const char *filename = name;
 
     if (g_blk) {
-        fprintf(stderr, "file open already, try 'help close'\n");
+        vd_error_report("file open already, try 'help close'");
         vd_json_unref(extra);
         return -EBUSY;
     }
@@ -1690,6 +1925,7 @@ static int io_open_image(const char *name, const IoOpenOpts *o, VdOpts *extra)
         }
         filename = NULL;
     }
+    extra_copy = extra ? vd_json_deep_copy(extra) : NULL;
     if (extra) {
         if (!opts) {
             opts = extra;
@@ -1708,14 +1944,32 @@ static int io_open_image(const char *name, const IoOpenOpts *o, VdOpts *extra)
         }
         vd_opts_set(opts, "driver", o->format);
     }
+    if (o->snapshot && !o->read_only) {
+        int ret = io_open_snapshot(&filename, &opts, flags, &err);
+        if (ret < 0) {
+            vd_error_report("can't open%s%s: %s", name && !o->image_opts ? " device " : "",
+                            name && !o->image_opts ? name : "", err ? err->msg : strerror(-ret));
+            vd_error_free(err);
+            vd_json_unref(extra_copy);
+            return ret;
+        }
+    }
     g_blk = vd_backend_open(filename, opts, flags, &err);
+    if (o->snapshot && !o->read_only && filename) {
+        /* The overlay lives only as long as it is open. */
+        unlink(filename);
+        free((char *)filename);
+        filename = NULL;
+    }
     if (!g_blk) {
         vd_error_report("can't open%s%s: %s", name && !o->image_opts ? " device " : "",
                         name && !o->image_opts ? name : "", err ? err->msg : "unknown error");
         vd_error_free(err);
+        vd_json_unref(extra_copy);
         return -EINVAL;
     }
     vd_backend_set_write_cache(g_blk, !writethrough);
+    io_save_open(name, o, extra_copy);
     return 0;
 }
 
@@ -1731,6 +1985,7 @@ static void io_usage(const char *name)
            "                       are read from standard input\n"
            "  -f, --format FMT     image format (no probing)\n"
            "  -r, --read-only      open read-only\n"
+           "  -s, --snapshot       write to a temporary overlay, the image stays unchanged\n"
            "  -n, --nocache        bypass the host page cache (-t none)\n"
            "  -m, --misalign       misalign buffers by 16 bytes\n"
            "  -k, --native-aio     native AIO (io_uring)\n"
@@ -1753,6 +2008,7 @@ int main(int argc, char **argv)
         { "cmd", required_argument, NULL, 'c' },
         { "format", required_argument, NULL, 'f' },
         { "read-only", no_argument, NULL, 'r' },
+        { "snapshot", no_argument, NULL, 's' },
         { "nocache", no_argument, NULL, 'n' },
         { "misalign", no_argument, NULL, 'm' },
         { "native-aio", no_argument, NULL, 'k' },
@@ -1770,8 +2026,10 @@ int main(int argc, char **argv)
     const char *prog = "vdisk-io";
 
     vd_error_set_progname(prog);
-    while ((c = getopt_long(argc, argv, "hVc:f:rnmki:d:t:U", long_opts, NULL)) != -1) {
+    argv[0] = (char *)prog;    /* getopt's messages say "vdisk-io: ..." */
+    while ((c = getopt_long(argc, argv, "hVc:f:rsnmki:d:t:U", long_opts, NULL)) != -1) {
         switch (c) {
+        case 's': o.snapshot = true; break;
         case 'h': io_usage(prog); return 0;
         case 'V': printf("%s version " "0.1.0" "\n", prog); return 0;
         case 'c': {
@@ -1794,13 +2052,14 @@ int main(int argc, char **argv)
         case 'U': o.force_share = true; break;
         case 'I': o.image_opts = true; break;
         default:
-            fprintf(stderr, "Try '%s --help' for more information.\n", prog);
+            /* getopt named the problem on stderr; qemu-io adds its usage. */
+            io_usage(prog);
             free(cmds);
             return 1;
         }
     }
     if (optind < argc - 1) {
-        vd_error_report("extra arguments after '%s'", argv[optind]);
+        io_usage(prog);
         free(cmds);
         return 1;
     }

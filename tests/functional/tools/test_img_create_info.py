@@ -64,6 +64,41 @@ def main():
         v = vt.run([vt.VDISK_IMG, "create", "-f", "raw", "-o", "help"])
         f.check(v.rc == 0 and "size=<size>" in v.out, "create -o help lists size")
 
+        # qcow2 (when built): create lines, backing chains, snapshots in info.
+        if vt.run([vt.VDISK_IMG, "create", "-f", "qcow2", "-o", "help"]).rc == 0:
+            ifilt = lambda t, dd: vt.filter_actual_size(vt.filter_all(t, dd))  # noqa: E731
+            q = vt.run(["qemu-img", "create", "-f", "qcow2", p("qbase.qcow2"), "64M"])
+            v = vt.run([vt.VDISK_IMG, "create", "-f", "qcow2", p("vbase.qcow2"), "64M"])
+            f.equal(q.out.replace("qbase", "X"), v.out.replace("vbase", "X"), "create qcow2")
+            vt.qemu_img_check(p("vbase.qcow2"))
+            for opts in ["cluster_size=4k,lazy_refcounts=on,refcount_bits=8",
+                         "compat=0.10", "cluster_size=128k,preallocation=metadata"]:
+                q = vt.run(["qemu-img", "create", "-f", "qcow2", "-o", opts, p("qo.qcow2"), "1G"])
+                v = vt.run([vt.VDISK_IMG, "create", "-f", "qcow2", "-o", opts, p("vo.qcow2"), "1G"])
+                f.equal(q.out.replace("qo.", "X."), v.out.replace("vo.", "X."), f"create -o {opts}")
+                f.equal(q.rc, v.rc, f"create -o {opts}: exit status")
+                if v.rc == 0:
+                    vt.qemu_img_check(p("vo.qcow2"))
+                    both(f, d, ["info", p("vo.qcow2")], f"info qcow2 {opts}", ifilt)
+            # overlay with backing taken from the base (size from the backing file)
+            q = vt.run(["qemu-img", "create", "-f", "qcow2", "-b", "vbase.qcow2", "-F", "qcow2",
+                        p("qtop.qcow2")])
+            v = vt.run([vt.VDISK_IMG, "create", "-f", "qcow2", "-b", "vbase.qcow2", "-F", "qcow2",
+                        p("vtop.qcow2")])
+            f.equal(q.out.replace("qtop", "X"), v.out.replace("vtop", "X"), "create overlay")
+            vt.qemu_img_check(p("vtop.qcow2"))
+            both(f, d, ["create", "-f", "qcow2", "-b", "vbase.qcow2", p("nofmt.qcow2")],
+                 "overlay without -F")
+            both(f, d, ["create", "-f", "qcow2", "-b", "missing.qcow2", "-F", "qcow2",
+                        p("nob.qcow2"), "1M"], "overlay of a missing backing file")
+            for args in (["info", p("vtop.qcow2")], ["info", "--backing-chain", p("vtop.qcow2")],
+                         ["info", "--output=json", "--backing-chain", p("vtop.qcow2")]):
+                both(f, d, args, " ".join(args), ifilt)
+            vt.run(["qemu-img", "snapshot", "-c", "snap1", p("qbase.qcow2")], check=True)
+            vt.run(["qemu-img", "snapshot", "-c", "second", p("qbase.qcow2")], check=True)
+            for args in (["info", p("qbase.qcow2")], ["info", "--output=json", p("qbase.qcow2")]):
+                both(f, d, args, "snapshots: " + " ".join(args), ifilt)
+
         # Error paths: message as qemu-img's (program name aside), exit 1.
         for args, what in [
             (["bogus"], "unknown command"),

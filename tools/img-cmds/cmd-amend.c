@@ -7,6 +7,32 @@
 #include <string.h>
 #include "img-common.h"
 
+/* Options qemu-img 7.2 lets amend change in a qcow2 image; the other create
+ * options are refused up front with its messages. */
+static const char *const amend_qcow2_opts[] = {
+    "compat", "size", "backing_file", "backing_fmt", "lazy_refcounts", "refcount_bits",
+    "data_file", "data_file_raw", "encrypt", NULL,
+};
+
+static const char *amend_create_only(const VdNode *node, const VdOpts *opts)
+{
+    if (strcmp(node->drv->format_name, "qcow2") != 0) {
+        return NULL;
+    }
+    for (size_t i = 0; i < vd_json_object_size(opts); i++) {
+        VdJson *v;
+        const char *key = vd_json_object_entry(opts, i, &v);
+        int j = 0;
+        while (amend_qcow2_opts[j] && strcmp(amend_qcow2_opts[j], key) != 0) {
+            j++;
+        }
+        if (!amend_qcow2_opts[j]) {
+            return key;
+        }
+    }
+    return NULL;
+}
+
 int img_cmd_amend(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -70,7 +96,8 @@ int img_cmd_amend(int argc, char **argv)
     }
     if (optind != argc - 1) {
         free(options);
-        return img_missing_argument("Expecting one image file name");
+        img_error("Expecting one image file name");
+        return 1;
     }
     const char *filename = argv[optind];
     VdError *err = NULL;
@@ -85,13 +112,26 @@ int img_cmd_amend(int argc, char **argv)
         goto out;
     }
     VdNode *node = img_node_format(vd_backend_node(blk));
+    if (node->drv->co_amend) {
+        const char *bad = img_unknown_create_opt(node->drv, opts, NULL);
+        if (bad) {
+            img_error("Invalid parameter '%s'", bad);
+            goto out;
+        }
+        bad = amend_create_only(node, opts);
+        if (bad) {
+            img_error("Invalid parameter '%s'", bad);
+            fprintf(stderr, "This option is only supported for image creation\n");
+            goto out;
+        }
+    }
     ImgProgress prog;
-    img_progress_init(&prog, progress);
+    img_progress_init(&prog, progress, 1.0);
     if (img_node_amend(node, opts, force, &err) < 0) {
         if (err && err->code == ENOTSUP && !node->drv->co_amend) {
             img_error_err(err, NULL);
         } else {
-            img_error_err(err, "Error while amending options: ");
+            img_error_err(err, NULL);
         }
         goto out;
     }

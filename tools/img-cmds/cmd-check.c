@@ -38,39 +38,41 @@ static void check_print_human(const VdCheckResult *r)
     }
 }
 
-/* Keys in the order qemu-img 7.2 prints them; optional ones only when set. */
-static void check_print_json(const VdCheckResult *r, const char *filename, const char *format,
-                             bool fix_reported)
+/* qemu-img 7.2 prints the keys in the order of its dictionary's hash
+ * buckets, which is this fixed order; optional ones only when non-zero. */
+static void check_print_json(const VdCheckResult *r, const char *filename, const char *format)
 {
     VdJson *o = vd_json_object();
     if (r->image_end_offset) {
         vd_json_object_put_int(o, "image-end-offset", r->image_end_offset);
     }
+    if (r->compressed_clusters) {
+        vd_json_object_put_int(o, "compressed-clusters", r->compressed_clusters);
+    }
     if (r->total_clusters) {
         vd_json_object_put_int(o, "total-clusters", r->total_clusters);
+    }
+    if (r->corruptions) {
+        vd_json_object_put_int(o, "corruptions", r->corruptions);
+    }
+    if (r->corruptions_fixed) {
+        vd_json_object_put_int(o, "corruptions-fixed", r->corruptions_fixed);
     }
     vd_json_object_put_int(o, "check-errors", r->check_errors);
     if (r->leaks) {
         vd_json_object_put_int(o, "leaks", r->leaks);
     }
-    if (r->corruptions) {
-        vd_json_object_put_int(o, "corruptions", r->corruptions);
-    }
-    if (fix_reported) {
+    if (r->leaks_fixed) {
         vd_json_object_put_int(o, "leaks-fixed", r->leaks_fixed);
-        vd_json_object_put_int(o, "corruptions-fixed", r->corruptions_fixed);
     }
     if (r->allocated_clusters) {
         vd_json_object_put_int(o, "allocated-clusters", r->allocated_clusters);
     }
+    vd_json_object_put_str(o, "filename", filename);
+    vd_json_object_put_str(o, "format", format);
     if (r->fragmented_clusters) {
         vd_json_object_put_int(o, "fragmented-clusters", r->fragmented_clusters);
     }
-    if (r->compressed_clusters) {
-        vd_json_object_put_int(o, "compressed-clusters", r->compressed_clusters);
-    }
-    vd_json_object_put_str(o, "filename", filename);
-    vd_json_object_put_str(o, "format", format);
     char *s = vd_json_to_string(o, true);
     printf("%s\n", s);
     free(s);
@@ -130,7 +132,8 @@ int img_cmd_check(int argc, char **argv)
     }
     const char *filename = argv[optind];
     if (fix && force_share) {
-        img_error("--force-share/-U is not allowed when using the --repair/-r option");
+        img_error("Could not open '%s': force-share=on can only be used with read-only images",
+                  filename);
         return 1;
     }
     int flags = VD_O_CHECK | (fix ? VD_O_RDWR : 0) | (force_share ? VD_O_FORCE_SHARE : 0);
@@ -163,8 +166,7 @@ int img_cmd_check(int argc, char **argv)
     }
     if (ret == 0 && !quiet) {
         if (json) {
-            const char *f = image_opts ? vd_node_filename(node) : filename;
-            check_print_json(&r, f, vd_node_format_name(node), fix != 0);
+            check_print_json(&r, filename, vd_node_format_name(node));
         } else {
             check_print_human(&r);
         }

@@ -6,9 +6,17 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "img-common.h"
 
 #define COMMIT_BUF (2 * VD_MiB)
+
+static int64_t commit_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 /* Same file? Compares real paths where both exist, else the names. */
 static bool commit_same_file(const char *a, const char *b)
@@ -54,9 +62,10 @@ int img_cmd_commit(int argc, char **argv)
         { "image-opts", no_argument, NULL, 'I' },
         { NULL, 0, NULL, 0 },
     };
-    const char *fmt = NULL, *cache = "unsafe", *base_name = NULL;
+    const char *fmt = NULL, *cache = "writeback", *base_name = NULL;
     bool quiet = false, image_opts = false, drop = false, progress = false;
     int c, ret = 1;
+    uint64_t rate_limit = 0, copied = 0;
 
     img_getopt_reset();
     while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", longopts, NULL)) != -1) {
@@ -67,7 +76,15 @@ int img_cmd_commit(int argc, char **argv)
         case 'd': drop = true; break;
         case 'p': progress = true; break;
         case 'q': quiet = true; break;
-        case 'r': break;   /* rate limit: not applied to an offline commit */
+        case 'r':
+            if (vd_parse_size(optarg, &rate_limit) < 0 || rate_limit == 0) {
+                img_error("Invalid rate limit specified. You may use k, M, G, T, P or E "
+                          "suffixes for ");
+                img_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
+                          "exabytes.");
+                return 1;
+            }
+            break;
         case 'I': image_opts = true; break;
         case 'O': break;
         case 'h':
@@ -149,7 +166,8 @@ int img_cmd_commit(int argc, char **argv)
     }
     buf = vd_node_blockalign(base, COMMIT_BUF);
     ImgProgress prog;
-    img_progress_init(&prog, progress);
+    img_progress_init(&prog, progress, 1.0);
+    int64_t start_ns = commit_now_ns();
     for (int64_t off = 0; off < size;) {
         int64_t pnum = 0;
         int d = 0;
@@ -178,6 +196,17 @@ int img_cmd_commit(int argc, char **argv)
                     goto out;
                 }
                 img_progress_update(&prog, (pos + n) * 100.0 / size);
+                copied += n;
+                if (rate_limit) {
+                    /* -r: at most rate_limit bytes/s */
+                    int64_t due = start_ns + (int64_t)(copied * 1e9 / rate_limit);
+                    int64_t now = commit_now_ns();
+                    if (due > now) {
+                        struct timespec ts = { (due - now) / 1000000000,
+                                               (due - now) % 1000000000 };
+                        nanosleep(&ts, NULL);
+                    }
+                }
             }
         }
         off += pnum;

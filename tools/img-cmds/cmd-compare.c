@@ -47,14 +47,18 @@ static int cmp_read(CmpImage *im, int64_t offset, int64_t len, uint8_t *buf)
     return 0;
 }
 
-/* Status of im at offset over the whole chain: sets *pnum, returns bits or -1. */
-static int cmp_status(CmpImage *im, int64_t offset, int64_t len, int64_t *pnum)
+/* Status of im at offset over the whole chain: sets *pnum, returns bits or
+ * -1; *raw (may be NULL) gets the bits -s compares. */
+static int cmp_status(CmpImage *im, int64_t offset, int64_t len, int64_t *pnum, int *raw)
 {
     int depth = 0;
     int ret = vd_block_status_above(im->node, NULL, true, offset, len, pnum, NULL, NULL, &depth);
     if (ret < 0) {
         img_error("Sector allocation test failed for %s", im->name);
         return -1;
+    }
+    if (raw) {
+        *raw = ret & (VD_BLOCK_DATA | VD_BLOCK_ZERO | VD_BLOCK_OFFSET_VALID | VD_BLOCK_ALLOCATED);
     }
     if (depth == 0 || !(ret & (VD_BLOCK_DATA | VD_BLOCK_ZERO))) {
         ret |= VD_BLOCK_ZERO;   /* unallocated everywhere: reads as zeros */
@@ -72,7 +76,7 @@ static int cmp_check_empty(CmpImage *im, int64_t offset, int64_t end, uint8_t *b
 {
     while (offset < end) {
         int64_t pnum;
-        int st = cmp_status(im, offset, VD_MIN(end - offset, (int64_t)1 << 30), &pnum);
+        int st = cmp_status(im, offset, VD_MIN(end - offset, (int64_t)1 << 30), &pnum, NULL);
         if (st < 0) {
             return 2;
         }
@@ -123,21 +127,20 @@ int img_cmd_compare(int argc, char **argv)
                    "[-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2\n", IMG_PROG);
             return 0;
         default:
-            img_bad_option(c, argv);
-            return 2;
+            return img_bad_option(c, argv);
         }
     }
     if (quiet) {
         progress = false;
     }
     if (optind != argc - 2) {
-        img_missing_argument("Expecting two image file names");
-        return 2;
+        return img_missing_argument("Expecting two image file names");
     }
     CmpImage im[2] = { { .name = argv[optind] }, { .name = argv[optind + 1] } };
     int flags = force_share ? VD_O_FORCE_SHARE : 0;
     uint8_t *buf1 = NULL, *buf2 = NULL;
     ImgProgress prog;
+    bool prog_started = false;
 
     im[0].blk = img_open(im[0].name, fmt1, image_opts, flags, cache ? cache : "writeback", quiet);
     if (!im[0].blk) {
@@ -173,23 +176,24 @@ int img_cmd_compare(int argc, char **argv)
     if (total == 0) {
         total = 1;
     }
-    img_progress_init(&prog, progress);
+    img_progress_init(&prog, progress, 2.0);
+    prog_started = true;
     int64_t offset = 0;
     while (offset < common) {
         int64_t len = VD_MIN(common - offset, (int64_t)1 << 30), n1, n2;
-        int st1 = cmp_status(&im[0], offset, len, &n1);
+        int raw1, raw2;
+        int st1 = cmp_status(&im[0], offset, len, &n1, &raw1);
         if (st1 < 0) {
             goto out;
         }
-        int st2 = cmp_status(&im[1], offset, len, &n2);
+        int st2 = cmp_status(&im[1], offset, len, &n2, &raw2);
         if (st2 < 0) {
             goto out;
         }
         int64_t n = VD_MIN(n1, n2);
-        bool alloc1 = st1 & VD_BLOCK_ALLOCATED, alloc2 = st2 & VD_BLOCK_ALLOCATED;
         bool zero1 = (st1 & VD_BLOCK_ZERO) && !(st1 & VD_BLOCK_DATA);
         bool zero2 = (st2 & VD_BLOCK_ZERO) && !(st2 & VD_BLOCK_DATA);
-        if (strict && alloc1 != alloc2) {
+        if (strict && raw1 != raw2) {
             if (!quiet) {
                 printf("Strict mode: Offset %" PRId64 " block status mismatch!\n", offset);
             }
@@ -237,12 +241,15 @@ int img_cmd_compare(int argc, char **argv)
             goto out;
         }
     }
-    img_progress_end(&prog);
+    img_progress_update(&prog, 100);
     if (!quiet) {
         printf("Images are identical.\n");
     }
     ret = 0;
 out:
+    if (prog_started && prog.enabled) {
+        printf("\n");   /* qemu-img ends the progress line after the verdict */
+    }
     free(buf1);
     free(buf2);
     if (im[1].blk) {

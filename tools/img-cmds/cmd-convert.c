@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "img-common.h"
 
 #define CONV_BUF_SIZE (2 * VD_MiB)
@@ -39,15 +40,20 @@ struct Convert {
     VdBackend *dst;
     int64_t total;
     int64_t next;          /* next offset to hand out (under lock) */
+    int64_t status_end;    /* the last status run, [.., status_end), is of kind */
+    int status_kind;       /* status_kind (under lock; status is costly: one per run) */
     int64_t wr_offs;       /* in-order mode: next offset allowed to write */
     int64_t min_sparse;    /* 0: no sparse detection, fully allocate */
     int64_t cluster_size;  /* compressed: unit of writing */
     int64_t buf_size;
-    bool in_order, compressed, has_zero_init, target_has_backing;
+    bool in_order, compressed, has_zero_init, target_has_backing, salvage;
+    uint64_t rate_limit;   /* -r: bytes per second, 0 = none */
+    int64_t start_ns;
     int ret;
     int running;
     int nworkers;
     int64_t done;
+    int64_t copied;        /* data bytes read and written (for -r) */
     VdCoMutex lock;
     VdCoroutine *main_co;
     VdAioContext *ctx;
@@ -103,10 +109,18 @@ static int coroutine_fn conv_status(Convert *s, int64_t off, int64_t *pnum)
 static int coroutine_fn conv_next_chunk(Convert *s, int64_t *off, int64_t *n)
 {
     int64_t pnum;
+    int kind;
     *off = s->next;
-    int kind = conv_status(s, *off, &pnum);
-    if (kind < 0) {
-        return kind;
+    if (*off < s->status_end) {
+        kind = s->status_kind;
+        pnum = s->status_end - *off;
+    } else {
+        kind = conv_status(s, *off, &pnum);
+        if (kind < 0) {
+            return kind;
+        }
+        s->status_kind = kind;
+        s->status_end = *off + pnum;
     }
     if (s->compressed) {
         /* Whole clusters: a cluster of mixed status is copied as data. */
@@ -127,6 +141,32 @@ static int coroutine_fn conv_next_chunk(Convert *s, int64_t *off, int64_t *n)
     return kind;
 }
 
+static int64_t conv_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* --salvage: read what can be read 512 bytes at a time; the rest reads as
+ * zeros with a warning, as qemu-img does. */
+static int coroutine_fn conv_read_salvage(ConvSource *src, int64_t soff, int64_t len,
+                                          uint8_t *buf)
+{
+    for (int64_t pos = 0; pos < len; pos += 512) {
+        int64_t n = VD_MIN(512, len - pos);
+        VdIOVector qiov;
+        vd_iov_init_buf(&qiov, buf + pos, n);
+        int ret = vd_backend_co_preadv(src->blk, soff + pos, n, &qiov, 0);
+        if (ret < 0) {
+            img_error("warning: error while reading offset %" PRId64 ": %s", soff + pos,
+                      strerror(-ret));
+            memset(buf + pos, 0, n);
+        }
+    }
+    return 0;
+}
+
 static int coroutine_fn conv_read(Convert *s, int64_t off, int64_t n, uint8_t *buf)
 {
     while (n > 0) {
@@ -136,6 +176,9 @@ static int coroutine_fn conv_read(Convert *s, int64_t off, int64_t n, uint8_t *b
         VdIOVector qiov;
         vd_iov_init_buf(&qiov, buf, len);
         int ret = vd_backend_co_preadv(src->blk, soff, len, &qiov, 0);
+        if (ret < 0 && s->salvage) {
+            ret = conv_read_salvage(src, soff, len, buf);
+        }
         if (ret < 0) {
             return ret;
         }
@@ -276,6 +319,15 @@ static void coroutine_fn conv_worker(void *opaque)
         }
         s->done += n;
         img_progress_update(&s->prog, s->done * 100.0 / (s->total ? s->total : 1));
+        if (s->rate_limit && kind == CONV_DATA) {
+            /* -r: stay at or below rate_limit bytes/s of data copied */
+            s->copied += n;
+            int64_t due = s->start_ns + (int64_t)(s->copied * 1e9 / s->rate_limit);
+            int64_t now = conv_now_ns();
+            if (due > now) {
+                vd_co_sleep_ns(due - now);
+            }
+        }
     }
     w->wait_off = -1;
     if (--s->running == 0) {
@@ -334,7 +386,8 @@ int img_cmd_convert(int argc, char **argv)
     const char *out_baseimg = NULL, *backing_fmt = NULL;
     char *options = NULL;
     bool progress = false, quiet = false, skip_create = false, force_share = false;
-    bool image_opts = false, target_is_zero = false;
+    bool image_opts = false, target_is_zero = false, target_image_opts = false;
+    bool bitmaps = false, skip_broken = false;
     Convert s = { .in_order = true, .min_sparse = 8 * 512, .nworkers = 8 };
     int c, ret = 1;
     VdError *err = NULL;
@@ -401,10 +454,24 @@ int img_cmd_convert(int argc, char **argv)
             break;
         case 'W': s.in_order = false; break;
         case 'U': force_share = true; break;
-        case 'r': break;   /* rate limit: not applied to a one-shot copy */
+        case 'r':
+            if (vd_parse_size(optarg, &v) < 0 || v == 0) {
+                img_error("Invalid rate limit specified. You may use k, M, G, T, P or E "
+                          "suffixes for ");
+                img_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
+                          "exabytes.");
+                free(options);
+                return 1;
+            }
+            s.rate_limit = v;
+            break;
         case 'I': image_opts = true; break;
         case 'Z': target_is_zero = true; break;
-        case 'J': case 'V': case 'b': case 'k': case 'X': break;
+        case 'J': target_image_opts = true; break;
+        case 'V': s.salvage = true; break;
+        case 'b': bitmaps = true; break;
+        case 'k': skip_broken = true; break;
+        case 'X': break;
         case 'h':
             printf("usage: %s convert [--object objectdef] [--image-opts] "
                    "[--target-image-opts] [--target-is-zero] [-U] [-C] [-c] [-p] [-q] [-n] "
@@ -424,10 +491,16 @@ int img_cmd_convert(int argc, char **argv)
     s.nsrc = argc - optind - 1;
     if (s.nsrc < 1) {
         free(options);
-        return img_missing_argument("Must specify image file name");
+        img_error("Must specify image file name");
+        return 1;
     }
-    if (s.compressed && !s.in_order) {
-        img_error("Out of order write and compress are mutually exclusive");
+    if (skip_broken && !bitmaps) {
+        img_error("Use of --skip-broken-bitmaps requires --bitmaps");
+        free(options);
+        return 1;
+    }
+    if (target_image_opts && !skip_create) {
+        img_error("--target-image-opts requires use of -n flag");
         free(options);
         return 1;
     }
@@ -474,6 +547,18 @@ int img_cmd_convert(int argc, char **argv)
         img_error_err(err, "Invalid options: ");
         goto out_sources;
     }
+    const VdDriver *out_drv = vd_driver_find(out_fmt);
+    if (!out_drv || !out_drv->co_create) {
+        img_error("Unknown file format '%s'", out_fmt);
+        vd_json_unref(copts);
+        goto out_sources;
+    }
+    const char *bad = img_unknown_create_opt(out_drv, copts, out_filename);
+    if (bad) {
+        img_error("Invalid parameter '%s'", bad);
+        vd_json_unref(copts);
+        goto out_sources;
+    }
     if (out_baseimg) {
         vd_opts_set(copts, "backing_file", out_baseimg);
         if (backing_fmt) {
@@ -505,12 +590,19 @@ int img_cmd_convert(int argc, char **argv)
     vd_json_unref(copts);
 
     /* Target */
-    s.dst = img_open(out_filename, out_fmt, false, VD_O_RDWR, cache,
+    s.dst = img_open(out_filename, target_image_opts ? NULL : out_fmt, target_image_opts,
+                     VD_O_RDWR, cache,
                      quiet);
     if (!s.dst) {
         goto out_sources;
     }
     VdNode *dnode = img_node_format(vd_backend_node(s.dst));
+    /* vdisk keeps no persistent dirty bitmaps: --bitmaps has nothing to
+     * copy, but like qemu-img it needs a target that could hold them. */
+    if (bitmaps && strcmp(dnode->drv->format_name, "qcow2") != 0) {
+        img_error("Format driver '%s' does not support bitmaps", dnode->drv->format_name);
+        goto out;
+    }
     if (skip_create) {
         int64_t dsize = vd_backend_getlength(s.dst);
         if (dsize < total) {
@@ -546,7 +638,8 @@ int img_cmd_convert(int argc, char **argv)
     }
     s.ctx = vd_backend_get_context(s.dst);
     vd_co_mutex_init(&s.lock);
-    img_progress_init(&s.prog, progress);
+    img_progress_init(&s.prog, progress, 1.0);
+    s.start_ns = conv_now_ns();
     vd_co_run_sync(s.ctx, conv_main, &s);
     if (s.ret == 0) {
         img_progress_end(&s.prog);

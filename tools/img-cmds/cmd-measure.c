@@ -75,7 +75,7 @@ int img_cmd_measure(int argc, char **argv)
     }
     const char *filename = optind < argc ? argv[optind] : NULL;
     if (optind < argc - 1) {
-        img_error("Expecting at most one filename");
+        img_error("At most one filename argument is allowed.");
         free(options);
         return 1;
     }
@@ -118,6 +118,12 @@ int img_cmd_measure(int argc, char **argv)
     opts = options ? vd_opts_parse(options, NULL, &err) : vd_json_object();
     if (!opts) {
         img_error_err(err, NULL);
+        goto out;
+    }
+    const char *bad = img_unknown_create_opt(drv, opts, NULL);
+    if (bad) {
+        img_error("Invalid parameter '%s'", bad);
+        img_error("Invalid options for file format '%s'", out_fmt);
         goto out;
     }
     if (!vd_opts_lookup(opts, "size")) {

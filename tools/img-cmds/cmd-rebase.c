@@ -130,7 +130,7 @@ int img_cmd_rebase(int argc, char **argv)
         buf_old = vd_node_blockalign(top, REBASE_BUF);
         buf_new = vd_node_blockalign(top, REBASE_BUF);
         ImgProgress prog;
-        img_progress_init(&prog, progress);
+        img_progress_init(&prog, progress, 2.0);
         for (int64_t off = 0; off < size;) {
             int64_t pnum = 0;
             int st = vd_block_status_above(top, old, false, off, VD_MIN(size - off, REBASE_BUF),

@@ -24,7 +24,7 @@ int img_cmd_resize(int argc, char **argv)
     /* The size is the last argument and may start with '-': take it out
      * before getopt sees it. */
     if (argc < 3) {
-        return img_missing_argument("Expecting image file name and size");
+        return img_missing_argument("Not enough arguments");
     }
     char *size_arg = argv[--argc];
 

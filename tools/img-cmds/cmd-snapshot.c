@@ -129,7 +129,11 @@ int img_cmd_snapshot(int argc, char **argv)
         sn.date_nsec = ts.tv_nsec / 1000 * 1000;
         sn.icount = 0;
         ret = img_node_snapshot_create(node, &sn, &err);
-        if (ret < 0) {
+        if (ret == -ENOTSUP) {
+            /* qemu-img's wording for a format without snapshots */
+            vd_error_free_and_clear(&err);
+            img_error("Could not create snapshot '%s': %d (%s)", name, ret, strerror(-ret));
+        } else if (ret < 0) {
             snprintf(prefix, sizeof(prefix), "Could not create snapshot '%s': ", name);
             img_error_err(err, prefix);
         }
@@ -138,7 +142,11 @@ int img_cmd_snapshot(int argc, char **argv)
     case SNAPSHOT_APPLY:
         ret = img_node_snapshot_goto(node, name, &err);
         if (ret < 0) {
-            if (ret == -ENOENT) {
+            if (ret == -ENOTSUP) {
+                vd_error_free_and_clear(&err);
+                img_error("Could not apply snapshot '%s': Block driver does not support "
+                          "snapshots", name);
+            } else if (ret == -ENOENT) {
                 /* qemu-img's wording for a missing snapshot */
                 vd_error_free_and_clear(&err);
                 img_error("Could not apply snapshot '%s': Failed to load snapshot: %s", name,
@@ -157,7 +165,8 @@ int img_cmd_snapshot(int argc, char **argv)
             ret = img_node_snapshot_delete(node, NULL, name, &err);
         }
         if (ret < 0) {
-            if (ret == -ENOENT) {
+            if (ret == -ENOENT || ret == -ENOTSUP) {
+                /* qemu-img looks the snapshot up first: not found either way */
                 vd_error_free_and_clear(&err);
                 img_error("Could not delete snapshot '%s': snapshot not found", name);
             } else {

@@ -35,12 +35,8 @@ void img_getopt_reset(void)
 
 int img_bad_option(int c, char **argv)
 {
+    /* qemu-img names argv[optind - 1], whatever getopt stopped in. */
     const char *arg = argv[optind - 1];
-    char optbuf[3] = { '-', (char)optopt, 0 };
-    /* A short option inside a cluster ("-xq") is named alone. */
-    if (optopt && (arg[0] != '-' || arg[1] == '-' || arg[1] != optopt)) {
-        arg = optbuf;
-    }
     if (c == ':') {
         return img_missing_argument_fmt("missing argument for option '%s'", arg);
     }
@@ -66,6 +62,36 @@ int img_size_error(const char *what)
     img_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", what);
     img_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
     return 1;
+}
+
+static bool img_create_opt_known(const VdCreateOption *o, const char *key)
+{
+    for (; o && o->name; o++) {
+        if (!strcmp(o->name, key)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+const char *img_unknown_create_opt(const VdDriver *drv, const VdOpts *opts, const char *filename)
+{
+    const VdDriver *proto = NULL;
+    if (drv->is_format) {
+        proto = filename ? vd_driver_find_protocol(filename) : NULL;
+        if (!proto) {
+            proto = vd_driver_find("file");
+        }
+    }
+    for (size_t i = 0; i < vd_json_object_size(opts); i++) {
+        VdJson *v;
+        const char *key = vd_json_object_entry(opts, i, &v);
+        if (!img_create_opt_known(drv->create_opts, key) &&
+            !(proto && img_create_opt_known(proto->create_opts, key))) {
+            return key;
+        }
+    }
+    return NULL;
 }
 
 int img_parse_output(const char *arg, bool *json)
@@ -153,9 +179,10 @@ char *img_size_to_str(uint64_t val)
     return out;
 }
 
-void img_progress_init(ImgProgress *p, bool enabled)
+void img_progress_init(ImgProgress *p, bool enabled, double min_skip)
 {
     p->enabled = enabled;
+    p->min_skip = min_skip;
     p->last = -1;
     img_progress_update(p, 0);
 }
@@ -168,7 +195,7 @@ void img_progress_update(ImgProgress *p, double percent)
     if (percent > 100) {
         percent = 100;
     }
-    if (p->last >= 0 && percent - p->last < 1.0 && percent < 100) {
+    if (p->last >= 0 && percent - p->last < p->min_skip && percent < 100) {
         return;
     }
     if (percent == p->last) {

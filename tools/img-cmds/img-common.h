@@ -31,6 +31,11 @@ int img_missing_argument_fmt(const char *fmt, const char *arg);
 /* "Invalid <what> specified. You may use k, M, ... suffixes for" + second line. Returns 1. */
 int img_size_error(const char *what);
 
+/* The first key of opts that is neither one of drv's create options nor,
+ * for a format, one of its protocol's (filename's URI scheme, else file;
+ * filename may be NULL), or NULL if all are known. */
+const char *img_unknown_create_opt(const VdDriver *drv, const VdOpts *opts, const char *filename);
+
 /* Parse --output: returns 0 and sets *json, or prints qemu-img's error and returns 1. */
 int img_parse_output(const char *arg, bool *json);
 
@@ -50,8 +55,9 @@ char *img_size_to_str(uint64_t val);
 typedef struct ImgProgress {
     bool enabled;
     double last;
+    double min_skip;   /* print when the value moved by this much (qemu: 1 or 2) */
 } ImgProgress;
-void img_progress_init(ImgProgress *p, bool enabled);
+void img_progress_init(ImgProgress *p, bool enabled, double min_skip);
 void img_progress_update(ImgProgress *p, double percent);
 void img_progress_end(ImgProgress *p);
 

@@ -110,6 +110,20 @@ class ImgCmdsTest(unittest.TestCase):
         rc, out, err = qi("info", "--output=json", *(list(extra) + [img]), rc=0)
         return json.loads(out)
 
+    # ---- usage errors: same message and exit status ---------------------------------
+
+    def test_usage_errors(self):
+        img = self.qcow2("u.qcow2", "1M")
+        cases = ["check", "check -x I", "check -qx I", "check -f", "check --bogus=1 I",
+                 "check -r leaks -U I", "map", "map --output", "map --output=x I",
+                 "compare I", "compare -z I I", "resize I", "resize", "resize I -- -2M",
+                 "snapshot I", "snapshot -l -c x I", "snapshot -c x -U I", "amend I",
+                 "amend -o compat=1.1", "commit", "rebase", "rebase -b x", "measure I I",
+                 "measure", "convert", "convert -O", "convert -m 0 I x", "map missing"]
+        for c in cases:
+            args = [a if a != "I" else img for a in c.split()]
+            self.same(args)
+
     # ---- check ---------------------------------------------------------------------------
 
     def test_check_clean(self):
@@ -119,6 +133,9 @@ class ImgCmdsTest(unittest.TestCase):
         self.same(["check", "--output=json", img])
         self.same(["check", "-f", "qcow2", "-U", img])
         self.same(["check", "-r", "foo", img])
+        opts = "driver=qcow2,file.filename=" + img
+        self.same(["check", "--output=json", "--image-opts", opts])
+        self.same(["map", "--image-opts", opts])
 
     def test_check_raw_unsupported(self):
         img = self.raw("r.raw")
@@ -155,6 +172,33 @@ class ImgCmdsTest(unittest.TestCase):
         self.written += [a]
         self.assert_same_content(a, b)
 
+    def test_check_corruption_and_repair(self):
+        img = self.qcow2("c.qcow2", "16M", "write -P 1 0 64k", "write -P 2 1M 64k")
+        with open(img, "r+b") as f:      # refcount of guest cluster 0's data := 0
+            hdr = f.read(72)
+            l1_size, l1_off = struct.unpack(">IQ", hdr[36:48])
+            (rt_off,) = struct.unpack(">Q", hdr[48:56])
+            f.seek(rt_off)
+            (rb_off,) = struct.unpack(">Q", f.read(8))
+            f.seek(l1_off)
+            l2_off = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+            f.seek(l2_off)
+            data = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+            f.seek(rb_off + (data >> 16) * 2)   # 64k clusters, 16-bit refcounts
+            f.write(b"\0\0")
+        self.assertEqual(qi("check", img)[0], 2, "the corruption was not made")
+        self.same(["check", img], stderr=False)
+        self.same(["check", "--output=json", img], stderr=False)
+        a = self.copy(img, "fix-vd.qcow2")
+        b = self.copy(img, "fix-qemu.qcow2")
+        r1 = vd("check", "-r", "all", a)
+        r2 = qi("check", "-r", "all", b)
+        self.assertEqual(r1[0], r2[0])
+        self.assertEqual(r1[1].split("Double checking")[0], r2[1].split("Double checking")[0])
+        self.assertIn("No errors were found on the image.", r1[1])
+        self.written.append(a)
+        self.assert_same_content(a, b)
+
     # ---- map -----------------------------------------------------------------------------
 
     def test_map_qcow2_chain(self):
@@ -186,6 +230,8 @@ class ImgCmdsTest(unittest.TestCase):
         r = self.raw("r.raw", "16M")
         run(["qemu-img", "convert", "-O", "raw", a, r], 0)
         self.same(["compare", "-F", "raw", a, r])
+        self.same(["compare", "-s", "-F", "raw", a, r])
+        self.same(["compare", "-s", a, self.copy(a, "a2.qcow2")])
         c = self.qcow2("c.qcow2", "17M")
         self.same(["compare", a, c])
         self.same(["compare", "-s", a, c])
@@ -231,6 +277,37 @@ class ImgCmdsTest(unittest.TestCase):
         self.assert_same_content(src, out_w)
         self.assertEqual(self._map_data(out_w), [(0, 64 * 1024 * 1024)])
 
+    def test_convert_options(self):
+        a = self.qcow2("a.qcow2", "4M", "write -P 1 0 1M")
+        b = self.raw("b.raw", "2M", "write -P 2 512k 1M")
+        out = self.path("cat.qcow2")
+        vd("convert", "-O", "qcow2", "-o", "cluster_size=4k,compat=0.10", a, b, out, rc=0)
+        self.written.append(out)
+        ref = self.path("cat-ref.qcow2")
+        qi("convert", "-O", "qcow2", a, b, ref, rc=0)
+        self.assert_same_content(out, ref)
+        data = self.info(out)
+        self.assertEqual(data["cluster-size"], 4096)
+        self.assertEqual(data["format-specific"]["data"]["compat"], "0.10")
+        x = self.path("x")
+        for args in (["-m", "20"], ["-S", "1000"], ["-S", "12Q"], ["-W", "-c", "-O", "qcow2"]):
+            self.same(["convert"] + args + [a, x])
+        self.same(["convert", self.path("missing"), x])
+        self.same(["convert", "--bitmaps", a, self.path("bm.raw")])
+        for o in (["-O", "qcow2", "-o", "bogus=1"], ["-O", "raw", "-o", "cluster_size=4k"],
+                  ["-O", "nosuchfmt"]):
+            self.same(["convert"] + o + [a, x])
+        self.same(["convert", "--target-image-opts", a, x])
+        # into an existing qcow2 named by options, rate-limited, salvage mode
+        t = self.qcow2("t.qcow2", "8M", "write -P 9 0 8M")
+        vd("convert", "-n", "--salvage", "-r", "64M", "--target-image-opts", a,
+           "driver=qcow2,file.filename=" + t, rc=0)
+        self.written.append(t)
+        rc, text, err = qi("compare", a, t)
+        self.assertEqual(rc, 1)                     # t is longer: its tail is not zero
+        self.assertIn("Content mismatch at offset 4194304", text)
+        self.same(["convert", a])
+
     def test_convert_compressed(self):
         src = self.qcow2("src.qcow2", "8M", "write -P 1 0 1M", "write -P 2 3M 100k")
         out = self.path("c.qcow2")
@@ -239,6 +316,8 @@ class ImgCmdsTest(unittest.TestCase):
         self.assert_same_content(src, out)
         rc, text, err = qi("check", "--output=json", out, rc=0)
         self.assertGreater(json.loads(text).get("compressed-clusters", 0), 0)
+        self.same(["map", "--output=json", out])
+        self.same(["compare", "-s", src, out])
         self.same(["convert", "-c", "-O", "raw", src, self.path("x.raw")], stderr=True)
 
     def test_convert_backing(self):
@@ -275,6 +354,12 @@ class ImgCmdsTest(unittest.TestCase):
                 self.assertEqual(self.info(a)["virtual-size"], self.info(b)["virtual-size"])
             if fmt == "qcow2":
                 self.written.append(a)
+                self.same(["resize", "--preallocation=metadata", a, "40M"],
+                          ["resize", "--preallocation=metadata", b, "40M"])
+                self.assertEqual(qi("check", a)[1].splitlines()[1],
+                                 qi("check", b)[1].splitlines()[1])
+                self.same(["resize", "--preallocation=full", "--shrink", a, "30M"],
+                          ["resize", "--preallocation=full", "--shrink", b, "30M"])
 
     # ---- snapshot ----------------------------------------------------------------------------
 
@@ -307,6 +392,9 @@ class ImgCmdsTest(unittest.TestCase):
         other = self.copy(img, "other.qcow2")
         self.same(["snapshot", "-a", "nope", img], ["snapshot", "-a", "nope", other])
         self.same(["snapshot", "-d", "nope", img], ["snapshot", "-d", "nope", other])
+        r = self.raw("r.raw")
+        for action in (["-l"], ["-c", "x"], ["-d", "x"]):
+            self.same(["snapshot"] + action + [r])
         # list made by qemu-img, read by vdisk
         qi("snapshot", "-c", "q1", other, rc=0)
         self.assertEqual(vd("snapshot", "-l", other)[1], qi("snapshot", "-l", other)[1])
@@ -328,6 +416,10 @@ class ImgCmdsTest(unittest.TestCase):
         r = self.raw("r.raw")
         self.same(["amend", "-f", "raw", "-o", "size=1M", r])
         self.same(["amend", img], stderr=False)
+        for o in ("bogus=1", "cluster_size=4k", "compat=0.10,lazy_refcounts=on"):
+            self.same(["amend", "-o", o, img])
+        self.same(["amend", "-o", "lazy_refcounts=on,size=32M", img])
+        self.assertEqual(self.info(img)["virtual-size"], 32 << 20)
 
     # ---- measure ------------------------------------------------------------------------------
 
@@ -349,6 +441,8 @@ class ImgCmdsTest(unittest.TestCase):
         for c in cases:
             self.same(["measure"] + c)
         self.same(["measure", "--size", "12Q"])
+        self.same(["measure", "-O", "qcow2", "-o", "bogus=1", "--size", "1M"])
+        self.same(["measure", "-O", "raw", "-o", "preallocation=full", "--size", "1M"])
 
     # ---- commit --------------------------------------------------------------------------------
 

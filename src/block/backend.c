@@ -39,6 +39,7 @@ struct VdBackend {
     int paused;                     /* atomic: held requests wait for resume */
     bool dying;                     /* last reference gone: held requests fail */
     int pending_resumes;            /* atomic: resume BHs not yet run */
+    int held;                       /* atomic: requests a stop holds, until they re-enter */
     VdCoQueue paused_queue;         /* home thread */
 
     int in_flight;                  /* home thread writes, relaxed reads elsewhere */
@@ -56,7 +57,10 @@ struct VdBackend {
 
 /* ---- in flight, drain, pause ------------------------------------------------------ */
 
-static inline void coroutine_fn backend_enter(VdBackend *blk)
+/* Count a request in flight once no drain or pause holds it. Returns false,
+ * without counting, when the root moved to another context while we waited:
+ * we were woken in the old thread and must follow it first. */
+static inline bool coroutine_fn backend_enter(VdBackend *blk)
 {
     while (VD_UNLIKELY(blk->quiesce_counter > 0 || __atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE))) {
         if (blk->quiesce_counter > 0) {
@@ -64,8 +68,22 @@ static inline void coroutine_fn backend_enter(VdBackend *blk)
         } else {
             vd_co_queue_wait(&blk->paused_queue, NULL);
         }
+        if (VD_UNLIKELY(vd_aio_current() != blk->root->ctx)) {
+            return false;
+        }
     }
     VD_RELAXED_ADD(blk->in_flight, 1);
+    return true;
+}
+
+/* Move to the root's home context and count the request in flight there. */
+static void coroutine_fn backend_enter_home(VdBackend *blk)
+{
+    do {
+        if (VD_UNLIKELY(vd_aio_current() != blk->root->ctx)) {
+            vd_co_move_to(blk->root->ctx);
+        }
+    } while (!backend_enter(blk));
 }
 
 static inline void backend_leave(VdBackend *blk)
@@ -272,11 +290,16 @@ static int coroutine_fn backend_do(VdBackend *blk, BackendOp op, int64_t offset,
         if (blk->stop_cb) {
             blk->stop_cb(blk->stop_opaque, -ret, op != OP_READ);
         }
+        __atomic_fetch_add(&blk->held, 1, __ATOMIC_RELAXED);
         backend_leave(blk);
         while (__atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE)) {
             vd_co_queue_wait(&blk->paused_queue, NULL);
         }
-        backend_enter(blk);
+        /* the root may have moved to another context while we were held */
+        backend_enter_home(blk);
+        if (__atomic_sub_fetch(&blk->held, 1, __ATOMIC_RELEASE) == 0 && blk->dying) {
+            vd_aio_wait_kick();     /* vd_backend_unref waits for us to be in flight */
+        }
         if (blk->dying) {
             break;          /* the backend goes away: complete with the error */
         }
@@ -289,22 +312,11 @@ static int coroutine_fn backend_co_request(VdBackend *blk, BackendOp op, int64_t
                                            int64_t bytes, VdIOVector *qiov, int flags)
 {
     VdAioContext *caller = vd_aio_current();
-    bool moved = false;
-    for (;;) {
-        if (VD_UNLIKELY(vd_aio_current() != blk->root->ctx)) {
-            vd_co_move_to(blk->root->ctx);
-            moved = true;
-        }
-        backend_enter(blk);
-        /* a context move may have happened while we waited for a drain */
-        if (VD_LIKELY(vd_aio_current() == blk->root->ctx)) {
-            break;
-        }
-        backend_leave(blk);
-    }
+    backend_enter_home(blk);
     int ret = backend_do(blk, op, offset, bytes, qiov, flags);
     backend_leave(blk);
-    if (VD_UNLIKELY(moved && caller)) {
+    /* back to the caller's context, whether we moved on entry or while held */
+    if (VD_UNLIKELY(caller && vd_aio_current() != caller)) {
         vd_co_move_to(caller);
     }
     return ret;
@@ -364,7 +376,8 @@ static void coroutine_fn aio_entry(void *opaque)
 {
     VdAioReq *r = opaque;
     VdBackend *blk = r->blk;
-    backend_enter(blk);
+    /* the root may move between submission and entry, or during a drain */
+    backend_enter_home(blk);
     r->ret = backend_do(blk, r->op, r->offset, r->bytes, r->qiov, r->flags);
     /* the callback runs from a BH, never inside the submitting call */
     VdAioContext *ctx = blk->root->ctx;
@@ -558,7 +571,9 @@ void vd_backend_unref(VdBackend *blk)
         return;
     }
     vd_aio_run_sync(blk->root->ctx, release_held, blk);
-    VD_AIO_WAIT_WHILE(blk->root->ctx, __atomic_load_n(&blk->pending_resumes, __ATOMIC_ACQUIRE) > 0);
+    /* released requests woken in an old context reach the drain below in flight */
+    VD_AIO_WAIT_WHILE(blk->root->ctx, __atomic_load_n(&blk->pending_resumes, __ATOMIC_ACQUIRE) > 0 ||
+                                      __atomic_load_n(&blk->held, __ATOMIC_ACQUIRE) > 0);
     vd_backend_drain_begin(blk);
     if (blk->done_bh) {
         vd_aio_run_sync(blk->done_bh_ctx, delete_done_bh, blk);

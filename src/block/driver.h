@@ -206,6 +206,16 @@ typedef struct VdDriver {
     /* Fault injection (blkdebug): handle a vd_debug_event raised on this
      * node. NULL for every driver but blkdebug. Node's context. */
     void (*debug_event)(VdNode *node, VdDebugEvent ev);
+
+    /* Image locking follows QEMU: a node opens with the lock bytes of what
+     * it uses and shares everything; when a format that keeps metadata in it
+     * sits above (qcow2 over file, also through filters), the core calls
+     * this to stop sharing writes and resizes with other processes (and to
+     * take resize if writable). May fail with a lock conflict. */
+    int (*lock_for_metadata)(VdNode *node, VdError **errp);
+    /* Formats whose file child holds guest data only (raw): nothing below
+     * them is locked for metadata, so others may write it, as in QEMU. */
+    bool file_is_data_only;
 } VdDriver;
 
 /* Opaque to drivers: request-layer state kept by the core (src/block/). */

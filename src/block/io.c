@@ -42,12 +42,17 @@ void vd_node_dec_in_flight(VdNode *node)
     }
 }
 
-/* Entry of a request from outside the node: wait while it is quiesced. */
+/* Entry of a request from outside the node: wait while it is quiesced. The
+ * drain may have moved the node to another context meanwhile: we are woken
+ * in the old one and follow the node before touching it. */
 static inline void coroutine_fn node_enter(VdNode *node)
 {
     VdNodeCoreState *c = node->core;
     while (VD_UNLIKELY(c->quiesce_counter > 0)) {
         vd_co_queue_wait(&c->drain_queue, NULL);
+        if (VD_UNLIKELY(vd_aio_current() != node->ctx)) {
+            vd_co_move_to(node->ctx);
+        }
     }
     VD_RELAXED_ADD(c->in_flight, 1);
 }
@@ -148,14 +153,6 @@ retry:
 
 /* ---- checks ---------------------------------------------------------------------- */
 
-static int check_qiov(int64_t bytes, VdIOVector *qiov, size_t qiov_offset)
-{
-    if (qiov && (qiov_offset > qiov->size || (uint64_t)bytes > qiov->size - qiov_offset)) {
-        return -EINVAL;
-    }
-    return 0;
-}
-
 /* Offsets and lengths: non-negative, no overflow; past the end only for
  * growable nodes (which read zeros there and grow on writes). */
 static inline int check_range(VdNode *node, int64_t offset, int64_t bytes, bool is_write)
@@ -177,6 +174,20 @@ static inline int check_range(VdNode *node, int64_t offset, int64_t bytes, bool 
         if (VD_UNLIKELY(node->core->corrupt)) {
             return -EIO;
         }
+    }
+    return 0;
+}
+
+/* A read or write with data: its range, and a vector that holds bytes at qoff. */
+static inline int check_rw(VdNode *node, int64_t offset, int64_t bytes, VdIOVector *qiov,
+                           size_t qoff, bool is_write)
+{
+    int ret = check_range(node, offset, bytes, is_write);
+    if (VD_UNLIKELY(ret < 0)) {
+        return ret;
+    }
+    if (VD_UNLIKELY(!qiov || qoff > qiov->size || (uint64_t)bytes > qiov->size - qoff)) {
+        return -EINVAL;
     }
     return 0;
 }
@@ -232,7 +243,39 @@ static inline int64_t node_max_transfer(VdNode *node, uint32_t align)
     return mt > 0 ? mt : (int64_t)align;
 }
 
+/* Size of a bounce buffer for the aligned range [start, end). */
+static inline int64_t bounce_chunk(VdNode *node, int64_t start, int64_t end)
+{
+    uint32_t align = node->bl.request_alignment;
+    int64_t chunk = VD_MIN(end - start, VD_MAX(VD_BOUNCE_MAX, (int64_t)align));
+    return VD_MIN(chunk, node_max_transfer(node, align));
+}
+
 /* ---- aligned layer: straight to the driver ------------------------------------------ */
+
+typedef int coroutine_fn DriverRwFunc(VdNode *node, int64_t offset, int64_t bytes,
+                                      VdIOVector *qiov, size_t qoff, int flags);
+
+/* One driver read or write, split at max_transfer. */
+static int coroutine_fn node_driver_rw(VdNode *node, DriverRwFunc *fn, int64_t offset,
+                                       int64_t bytes, VdIOVector *qiov, size_t qoff, int flags)
+{
+    int64_t mt = node_max_transfer(node, node->bl.request_alignment);
+    if (VD_LIKELY(bytes <= mt)) {
+        return fn(node, offset, bytes, qiov, qoff, flags);
+    }
+    while (bytes > 0) {
+        int64_t n = VD_MIN(bytes, mt);
+        int ret = fn(node, offset, n, qiov, qoff, flags);
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        qoff += (size_t)n;
+        bytes -= n;
+    }
+    return 0;
+}
 
 static int coroutine_fn node_aligned_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                             VdIOVector *qiov, size_t qoff, int flags)
@@ -250,49 +293,23 @@ static int coroutine_fn node_aligned_preadv(VdNode *node, int64_t offset, int64_
             bytes = max_bytes;
         }
     }
+    if (!bytes) {
+        return 0;
+    }
     if (!drv->co_preadv) {
-        return bytes ? -ENOTSUP : 0;
+        return -ENOTSUP;
     }
-    int64_t mt = node_max_transfer(node, align);
-    if (VD_LIKELY(bytes <= mt)) {
-        return bytes ? drv->co_preadv(node, offset, bytes, qiov, qoff, flags) : 0;
-    }
-    while (bytes > 0) {
-        int64_t n = VD_MIN(bytes, mt);
-        int ret = drv->co_preadv(node, offset, n, qiov, qoff, flags);
-        if (ret < 0) {
-            return ret;
-        }
-        offset += n;
-        qoff += (size_t)n;
-        bytes -= n;
-    }
-    return 0;
+    return node_driver_rw(node, drv->co_preadv, offset, bytes, qiov, qoff, flags);
 }
 
 /* Driver write split at max_transfer; flags already narrowed. */
 static int coroutine_fn node_driver_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                             VdIOVector *qiov, size_t qoff, int flags)
 {
-    const VdDriver *drv = node->drv;
-    if (!drv->co_pwritev) {
+    if (!node->drv->co_pwritev) {
         return -ENOTSUP;
     }
-    int64_t mt = node_max_transfer(node, node->bl.request_alignment);
-    if (VD_LIKELY(bytes <= mt)) {
-        return drv->co_pwritev(node, offset, bytes, qiov, qoff, flags);
-    }
-    while (bytes > 0) {
-        int64_t n = VD_MIN(bytes, mt);
-        int ret = drv->co_pwritev(node, offset, n, qiov, qoff, flags);
-        if (ret < 0) {
-            return ret;
-        }
-        offset += n;
-        qoff += (size_t)n;
-        bytes -= n;
-    }
-    return 0;
+    return node_driver_rw(node, node->drv->co_pwritev, offset, bytes, qiov, qoff, flags);
 }
 
 /* A write reached the node (successfully or not): bump the generation, grow. */
@@ -427,8 +444,7 @@ static int coroutine_fn node_bounce_preadv(VdNode *node, int64_t offset, int64_t
     uint32_t align = node->bl.request_alignment;
     int64_t start = VD_ALIGN_DOWN(offset, (int64_t)align);
     int64_t end = VD_ALIGN_UP(offset + bytes, (int64_t)align);
-    int64_t chunk = VD_MIN(end - start, VD_MAX(VD_BOUNCE_MAX, (int64_t)align));
-    chunk = VD_MIN(chunk, node_max_transfer(node, align));
+    int64_t chunk = bounce_chunk(node, start, end);
     void *buf = bounce_alloc(node, (size_t)chunk);
     int ret = 0;
     if (!buf) {
@@ -464,8 +480,7 @@ static int coroutine_fn node_bounce_pwritev(VdTrackedReq *req, VdNode *node, int
     int64_t start = VD_ALIGN_DOWN(offset, (int64_t)align);
     int64_t end = VD_ALIGN_UP(offset + bytes, (int64_t)align);
     bool rmw = start != offset || end != offset + bytes;
-    int64_t chunk = VD_MIN(end - start, VD_MAX(VD_BOUNCE_MAX, (int64_t)align));
-    chunk = VD_MIN(chunk, node_max_transfer(node, align));
+    int64_t chunk = bounce_chunk(node, start, end);
     int ret = 0;
 
     if (rmw) {
@@ -512,15 +527,9 @@ static int coroutine_fn node_bounce_pwritev(VdTrackedReq *req, VdNode *node, int
 int coroutine_fn vd_co_preadv(VdNode *node, int64_t offset, int64_t bytes, VdIOVector *qiov,
                               size_t qiov_offset, int flags)
 {
-    int ret = check_range(node, offset, bytes, false);
-    if (VD_UNLIKELY(ret < 0)) {
+    int ret = check_rw(node, offset, bytes, qiov, qiov_offset, false);
+    if (VD_UNLIKELY(ret < 0) || bytes == 0) {
         return ret;
-    }
-    if (VD_UNLIKELY(check_qiov(bytes, qiov, qiov_offset) < 0 || !qiov)) {
-        return -EINVAL;
-    }
-    if (bytes == 0) {
-        return 0;
     }
     node_enter(node);
     if (VD_UNLIKELY(request_needs_bounce(node, offset, bytes, qiov, qiov_offset))) {
@@ -535,15 +544,9 @@ int coroutine_fn vd_co_preadv(VdNode *node, int64_t offset, int64_t bytes, VdIOV
 int coroutine_fn vd_co_pwritev(VdNode *node, int64_t offset, int64_t bytes, VdIOVector *qiov,
                                size_t qiov_offset, int flags)
 {
-    int ret = check_range(node, offset, bytes, true);
-    if (VD_UNLIKELY(ret < 0)) {
+    int ret = check_rw(node, offset, bytes, qiov, qiov_offset, true);
+    if (VD_UNLIKELY(ret < 0) || bytes == 0) {
         return ret;
-    }
-    if (VD_UNLIKELY(check_qiov(bytes, qiov, qiov_offset) < 0 || !qiov)) {
-        return -EINVAL;
-    }
-    if (bytes == 0) {
-        return 0;
     }
     if (VD_UNLIKELY(node->core->detect_zeroes) && !(flags & VD_REQ_WRITE_COMPRESSED) &&
         vd_iov_is_zero(qiov, qiov_offset, (size_t)bytes)) {

@@ -821,10 +821,38 @@ typedef struct OpenSync {
     VdNode *node;
 } OpenSync;
 
+/*
+ * Tighten image locks now that the graph is known (QEMU's order: open with
+ * what a node uses, then refuse sharing what the formats above need kept
+ * consistent). For every format that keeps metadata in its file child, go
+ * down through filters to the node that locks and call lock_for_metadata.
+ */
+static int node_lock_for_metadata(VdNode *node, VdError **errp)
+{
+    for (VdChild *c = node->children; c; c = c->next) {
+        int ret = node_lock_for_metadata(c->node, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (!node->drv->is_format || node->drv->file_is_data_only || !node->file) {
+        return 0;
+    }
+    VdNode *n = node->file->node;
+    while (n && !n->drv->lock_for_metadata && n->file) {
+        n = n->file->node;
+    }
+    return n && n->drv->lock_for_metadata ? n->drv->lock_for_metadata(n, errp) : 0;
+}
+
 static void coroutine_fn open_entry(void *opaque)
 {
     OpenSync *s = opaque;
     s->node = vd_node_open_co(s->filename, s->options, s->flags, s->errp);
+    if (s->node && node_lock_for_metadata(s->node, s->errp) < 0) {
+        vd_node_unref(s->node);
+        s->node = NULL;
+    }
 }
 
 VdNode *vd_node_open(const char *filename, VdOpts *options, int flags, VdError **errp)
@@ -1362,11 +1390,9 @@ static void coroutine_fn create_entry(void *opaque)
     s->ret = s->drv->co_create(s->filename, s->opts, s->errp);
 }
 
-int vd_img_create(const char *filename, const char *fmt, const VdOpts *opts, VdError **errp)
+/* *pdrv = the driver that creates images of format fmt (raw if NULL); 0 or -errno. */
+static int create_driver(const char *fmt, const VdDriver **pdrv, VdError **errp)
 {
-    if (vd_block_init(errp) < 0) {
-        return -EIO;
-    }
     const VdDriver *drv = vd_driver_find(fmt ? fmt : "raw");
     if (!drv) {
         vd_error_setg(errp, EINVAL, "Unknown file format '%s'", fmt);
@@ -1376,6 +1402,20 @@ int vd_img_create(const char *filename, const char *fmt, const VdOpts *opts, VdE
         vd_error_setg(errp, ENOTSUP, "Format driver '%s' does not support image creation",
                       drv->format_name);
         return -ENOTSUP;
+    }
+    *pdrv = drv;
+    return 0;
+}
+
+int vd_img_create(const char *filename, const char *fmt, const VdOpts *opts, VdError **errp)
+{
+    if (vd_block_init(errp) < 0) {
+        return -EIO;
+    }
+    const VdDriver *drv = NULL;
+    int ret = create_driver(fmt, &drv, errp);
+    if (ret < 0) {
+        return ret;
     }
     if (!filename || !filename[0]) {
         vd_error_setg(errp, EINVAL, "no filename given to create a '%s' image", drv->format_name);
@@ -1420,15 +1460,10 @@ static int create_opt_cmp(const void *a, const void *b)
 
 int vd_img_create_help(const char *fmt, VdError **errp)
 {
-    const VdDriver *drv = vd_driver_find(fmt ? fmt : "raw");
-    if (!drv) {
-        vd_error_setg(errp, EINVAL, "Unknown file format '%s'", fmt);
-        return -EINVAL;
-    }
-    if (!drv->co_create) {
-        vd_error_setg(errp, ENOTSUP, "Format driver '%s' does not support image creation",
-                      drv->format_name);
-        return -ENOTSUP;
+    const VdDriver *drv = NULL;
+    int ret = create_driver(fmt, &drv, errp);
+    if (ret < 0) {
+        return ret;
     }
     size_t n = 0;
     while (drv->create_opts && drv->create_opts[n].name) {

@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "block/driver.h"
+#include "filters/filter-common.h"
 
 /* I/O kinds a rule applies to (iotype=). */
 enum {
@@ -489,11 +489,18 @@ static int coroutine_fn blkdebug_check(VdNode *node, unsigned iotype, int64_t of
 
 /* ---- I/O ------------------------------------------------------------------------------ */
 
+/* A request arrives: its debug event first, then the rules for its kind. */
+static int coroutine_fn blkdebug_event_check(VdNode *node, VdDebugEvent event, unsigned iotype,
+                                             int64_t offset, int64_t bytes)
+{
+    blkdebug_debug_event(node, event);
+    return blkdebug_check(node, iotype, offset, bytes);
+}
+
 static int coroutine_fn blkdebug_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                            VdIOVector *qiov, size_t qiov_offset, int flags)
 {
-    blkdebug_debug_event(node, VD_DBG_READ_AIO);
-    int ret = blkdebug_check(node, BLKDEBUG_IO_READ, offset, bytes);
+    int ret = blkdebug_event_check(node, VD_DBG_READ_AIO, BLKDEBUG_IO_READ, offset, bytes);
     if (ret < 0) {
         return ret;
     }
@@ -503,8 +510,7 @@ static int coroutine_fn blkdebug_co_preadv(VdNode *node, int64_t offset, int64_t
 static int coroutine_fn blkdebug_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                             VdIOVector *qiov, size_t qiov_offset, int flags)
 {
-    blkdebug_debug_event(node, VD_DBG_WRITE_AIO);
-    int ret = blkdebug_check(node, BLKDEBUG_IO_WRITE, offset, bytes);
+    int ret = blkdebug_event_check(node, VD_DBG_WRITE_AIO, BLKDEBUG_IO_WRITE, offset, bytes);
     if (ret < 0) {
         return ret;
     }
@@ -514,8 +520,7 @@ static int coroutine_fn blkdebug_co_pwritev(VdNode *node, int64_t offset, int64_
 static int coroutine_fn blkdebug_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                                   int flags)
 {
-    blkdebug_debug_event(node, VD_DBG_PWRITEV_ZERO);
-    int ret = blkdebug_check(node, BLKDEBUG_IO_WRITE_ZEROES, offset, bytes);
+    int ret = blkdebug_event_check(node, VD_DBG_PWRITEV_ZERO, BLKDEBUG_IO_WRITE_ZEROES, offset, bytes);
     if (ret < 0) {
         return ret;
     }
@@ -524,8 +529,7 @@ static int coroutine_fn blkdebug_co_pwrite_zeroes(VdNode *node, int64_t offset, 
 
 static int coroutine_fn blkdebug_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
-    blkdebug_debug_event(node, VD_DBG_PDISCARD);
-    int ret = blkdebug_check(node, BLKDEBUG_IO_DISCARD, offset, bytes);
+    int ret = blkdebug_event_check(node, VD_DBG_PDISCARD, BLKDEBUG_IO_DISCARD, offset, bytes);
     if (ret < 0) {
         return ret;
     }
@@ -548,24 +552,7 @@ static int coroutine_fn blkdebug_co_block_status(VdNode *node, bool want_zero, i
     if (ret < 0) {
         return ret;
     }
-    VdNode *child = node->file->node;
-    ret = vd_co_block_status(child, want_zero, offset, bytes, pnum, map, file);
-    if (ret < 0) {
-        return ret;
-    }
-    if (*pnum == 0) {
-        /* past the child's end (we grew first): reads return zeros */
-        *pnum = bytes;
-        *map = offset;
-        *file = child;
-        return VD_BLOCK_ZERO | VD_BLOCK_OFFSET_VALID;
-    }
-    if (!(ret & VD_BLOCK_OFFSET_VALID)) {
-        *map = offset;
-        *file = child;
-        ret |= VD_BLOCK_OFFSET_VALID;
-    }
-    return ret & (VD_BLOCK_DATA | VD_BLOCK_ZERO | VD_BLOCK_OFFSET_VALID);
+    return vd_filter_child_block_status(node, want_zero, offset, bytes, pnum, map, file);
 }
 
 static int coroutine_fn blkdebug_co_truncate(VdNode *node, int64_t offset, bool exact,

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "filters/filter-common.h"
 #include "filters/log-writes.h"
 
 typedef struct LogWritesState {
@@ -172,23 +173,7 @@ static int coroutine_fn log_writes_co_block_status(VdNode *node, bool want_zero,
                                                    int64_t bytes, int64_t *pnum, int64_t *map,
                                                    VdNode **file)
 {
-    VdNode *child = node->file->node;
-    int ret = vd_co_block_status(child, want_zero, offset, bytes, pnum, map, file);
-    if (ret < 0) {
-        return ret;
-    }
-    if (*pnum == 0) {
-        *pnum = bytes;
-        *map = offset;
-        *file = child;
-        return VD_BLOCK_ZERO | VD_BLOCK_OFFSET_VALID;
-    }
-    if (!(ret & VD_BLOCK_OFFSET_VALID)) {
-        *map = offset;
-        *file = child;
-        ret |= VD_BLOCK_OFFSET_VALID;
-    }
-    return ret & (VD_BLOCK_DATA | VD_BLOCK_ZERO | VD_BLOCK_OFFSET_VALID);
+    return vd_filter_child_block_status(node, want_zero, offset, bytes, pnum, map, file);
 }
 
 static int coroutine_fn log_writes_co_truncate(VdNode *node, int64_t offset, bool exact,

@@ -90,19 +90,20 @@ static int coroutine_fn raw_open_window(VdNode *node, VdOpts *options, VdJson *o
     if (!file) {
         return -EINVAL;
     }
+    /* node->filename is not set yet: messages name the file below us */
     int64_t file_len = vd_node_getlength(file->node);
     if (file_len < 0) {
-        vd_error_setg_errno(errp, (int)-file_len, "%s: cannot get the file size", node->filename);
+        vd_error_setg_errno(errp, (int)-file_len, "%s: cannot get the file size", file->node->filename);
         return (int)file_len;
     }
     if (offset > (uint64_t)file_len) {
         vd_error_setg(errp, EINVAL, "%s: raw offset %" PRIu64 " lies beyond the end of the file "
-                      "(%" PRId64 " bytes)", node->filename, offset, file_len);
+                      "(%" PRId64 " bytes)", file->node->filename, offset, file_len);
         return -EINVAL;
     }
     if (s->has_size && size > (uint64_t)file_len - offset) {
         vd_error_setg(errp, EINVAL, "%s: raw window offset %" PRIu64 " + size %" PRIu64
-                      " exceeds the file size (%" PRId64 " bytes)", node->filename, offset, size,
+                      " exceeds the file size (%" PRId64 " bytes)", file->node->filename, offset, size,
                       file_len);
         return -EINVAL;
     }
@@ -256,6 +257,7 @@ static const VdCreateOption raw_create_opts[] = {
 };
 
 const VdDriver vd_driver_raw = {
+    .file_is_data_only = true,
     .format_name = "raw",
     .instance_size = sizeof(RawState),
     .is_format = true,

@@ -98,6 +98,24 @@ static int file_probe_alignment(FileState *s, int64_t file_size)
     return 0;
 }
 
+/* A format keeps metadata in this file: other processes may no longer
+ * write or resize it, and a writer may resize it itself (QEMU's locks for
+ * qcow2 over file). -U opens stay fully shared. */
+static int file_lock_for_metadata(VdNode *node, VdError **errp)
+{
+    FileState *s = node->opaque;
+    if (node->open_flags & VD_O_FORCE_SHARE) {
+        return 0;
+    }
+    uint32_t perm = FILE_PERM_CONSISTENT_READ;
+    if (node->open_flags & VD_O_RDWR) {
+        perm |= FILE_PERM_WRITE | FILE_PERM_RESIZE;
+    }
+    return file_lock_acquire(s, s->fd, s->lock_mode, perm,
+                             FILE_PERM_CONSISTENT_READ | FILE_PERM_WRITE_UNCHANGED,
+                             node->filename, errp);
+}
+
 static void file_refresh_limits(VdNode *node)
 {
     FileState *s = node->opaque;
@@ -221,18 +239,14 @@ static int coroutine_fn file_co_open(VdNode *node, VdOpts *options, int flags, V
         s->lock_mode = file_lock_ofd_supported(s->fd) ? FILE_LOCK_OFD : FILE_LOCK_OFF;
         break;
     }
-    uint32_t perm, shared;
-    if (flags & VD_O_FORCE_SHARE) {
-        perm = FILE_PERM_CONSISTENT_READ;
-        shared = FILE_PERM_ALL;
-    } else if (flags & VD_O_RDWR) {
-        perm = FILE_PERM_CONSISTENT_READ | FILE_PERM_WRITE | FILE_PERM_RESIZE;
-        shared = FILE_PERM_CONSISTENT_READ | FILE_PERM_WRITE_UNCHANGED;
-    } else {
-        perm = FILE_PERM_CONSISTENT_READ;
-        shared = FILE_PERM_CONSISTENT_READ | FILE_PERM_WRITE_UNCHANGED;
+    /* What we use, sharing everything: raw over file (and -U) stays like
+     * this; file_lock_for_metadata tightens it when a format keeps metadata
+     * here. */
+    uint32_t perm = FILE_PERM_CONSISTENT_READ;
+    if ((flags & VD_O_RDWR) && !(flags & VD_O_FORCE_SHARE)) {
+        perm |= FILE_PERM_WRITE;
     }
-    ret = file_lock_acquire(s, s->fd, s->lock_mode, perm, shared, filename, errp);
+    ret = file_lock_acquire(s, s->fd, s->lock_mode, perm, FILE_PERM_ALL, filename, errp);
     if (ret < 0) {
         goto fail;
     }
@@ -297,6 +311,7 @@ static int file_get_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
  * BHs. Every request submits to node->ctx, the context it runs in now.
  */
 const VdDriver vd_driver_file = {
+    .lock_for_metadata = file_lock_for_metadata,
     .format_name = "file",
     .protocol_name = "file",
     .instance_size = sizeof(FileState),

@@ -120,6 +120,12 @@ static void test_make_file(const char *path, int64_t size)
 }
 
 /* Open path with extra "k=v" options; returns the node or NULL (err kept in *errp). */
+/* Set by the lock tests that play a qcow2 above the file node: test_open
+ * then also takes the metadata locks, as the core does after a graph open. */
+static bool g_meta_locks;
+
+static void test_close(VdNode *node);
+
 static VdNode *test_open_err(const char *path, const char *extra, int flags, VdError **errp)
 {
     char optstr[1024];
@@ -144,6 +150,13 @@ static VdNode *test_open_err(const char *path, const char *extra, int flags, VdE
         assert_int_equal(vd_opts_check_empty(opts, "file", NULL), 0);
     }
     vd_json_unref(opts);
+    if (c.ret == 0 && g_meta_locks) {
+        c.ret = vd_driver_file.lock_for_metadata(node, &c.err);
+        if (c.ret < 0) {
+            TestCall cl = { .op = OP_CLOSE, .node = node };
+            test_run(&cl);
+        }
+    }
     if (c.ret < 0) {
         assert_non_null(c.err);
         if (errp) {
@@ -900,6 +913,7 @@ static void test_lock_qemu_holds(void **state)
     if (!g_have_qemu) {
         skip();
     }
+    g_meta_locks = true;        /* the file under a qcow2 */
     const char *path = test_path("locked.qcow2");
     char out[4096];
     assert_int_equal(test_shell(out, sizeof(out), "qemu-img create -q -f qcow2 %s 1M", path), 0);
@@ -941,6 +955,7 @@ static void test_lock_qemu_holds(void **state)
     /* gone: we may write */
     node = test_open(path, NULL, VD_O_RDWR);
     test_close(node);
+    g_meta_locks = false;
 }
 
 static void test_lock_we_hold(void **state)
@@ -948,6 +963,7 @@ static void test_lock_we_hold(void **state)
     if (!g_have_qemu) {
         skip();
     }
+    g_meta_locks = true;        /* the file under a qcow2 */
     const char *path = test_path("held.qcow2");
     char out[4096];
     assert_int_equal(test_shell(out, sizeof(out), "qemu-img create -q -f qcow2 %s 1M", path), 0);
@@ -986,6 +1002,42 @@ static void test_lock_we_hold(void **state)
     assert_true(test_create(path, "size=1M", &err) < 0);
     assert_non_null(strstr(err->msg, "lock"));
     vd_error_free(err);
+    test_close(node);
+    g_meta_locks = false;
+}
+
+/* Raw over file (no metadata above): like QEMU 7.2, a node locks only what it
+ * uses and shares everything, so raw writers and readers coexist with
+ * qemu-io's raw writers, while a qcow2 over the same file refuses them. */
+static void test_lock_raw_shares(void **state)
+{
+    if (!g_have_qemu) {
+        skip();
+    }
+    const char *path = test_path("shared.raw");
+    char out[4096];
+    assert_int_equal(test_shell(out, sizeof(out), "qemu-img create -q -f raw %s 1M", path), 0);
+
+    static const char *const rw_args[] = { "-f", "raw", NULL };
+    pid_t pid = test_start_qemu_io(path, rw_args, 2);   /* qemu-io raw: 100, 101 */
+    VdNode *node = test_open(path, NULL, VD_O_RDWR);
+    assert_int_equal(test_count_locks(path), 2 + 2);   /* 100, 101: theirs and ours */
+    test_close(node);
+    node = test_open(path, NULL, 0);
+    test_close(node);
+    /* the same file under a qcow2 may not be shared with that writer */
+    VdError *err = NULL;
+    g_meta_locks = true;
+    assert_null(test_open_err(path, NULL, 0, &err));
+    assert_non_null(strstr(err->msg, "Failed to get shared \"write\" lock"));
+    vd_error_free(err);
+    g_meta_locks = false;
+    test_stop(pid);
+
+    /* ours hold raw read-write: qemu-io may still write raw, as with two qemu-ios */
+    node = test_open(path, NULL, VD_O_RDWR);
+    assert_int_equal(test_count_locks(path), 2);
+    assert_int_equal(test_shell(out, sizeof(out), "qemu-io -f raw -c 'write 0 512' %s", path), 0);
     test_close(node);
 }
 
@@ -1036,13 +1088,14 @@ int main(void)
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_lock_qemu_holds),
         cmocka_unit_test(test_lock_we_hold),
+        cmocka_unit_test(test_lock_raw_shares),
     };
     /* names by path as the project's tests are */
     static const char *const names[] = {
         "/file/rw/io_uring", "/file/rw/threads", "/file/rw/short-file", "/file/rw/concurrent", "/file/direct/flags",
         "/file/direct/unaligned-eof", "/file/fua", "/file/zeroes/punch", "/file/discard",
         "/file/block-status", "/file/truncate", "/file/create/prealloc", "/file/open/errors",
-        "/file/lock/qemu-holds", "/file/lock/we-hold",
+        "/file/lock/qemu-holds", "/file/lock/we-hold", "/file/lock/raw-shares",
     };
     struct CMUnitTest named[VD_ARRAY_SIZE(tests)];
     for (size_t i = 0; i < VD_ARRAY_SIZE(tests); i++) {

@@ -278,6 +278,10 @@ VdChild *vd_attach_child(VdNode *parent, VdNode *child, const char *name, VdChil
 void vd_child_unref(VdNode *parent, VdChild *child);
 /* Resolve a backing name relative to the image's own filename into buf. */
 void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size);
+/* Protocol-style open: take the "filename" option the core hands down, if
+ * any, and check it with drv->parse_filename (which may add options). 0 or
+ * -errno with errp set. Defined in src/block/drivers.c. */
+int vd_driver_take_filename(const VdDriver *drv, VdOpts *options, VdError **errp);
 
 /*
  * Raise a fault-injection event on node (normally a format's file child):

@@ -3,6 +3,7 @@
  * optional formats are compiled in by their meson option (config.h).
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include "config.h"
 #include "block/driver.h"
@@ -108,4 +109,18 @@ const VdDriver *vd_driver_next(const VdDriver *prev)
         i++;
     }
     return driver_at(i);
+}
+
+int vd_driver_take_filename(const VdDriver *drv, VdOpts *options, VdError **errp)
+{
+    char *fn = NULL;
+    if (vd_opts_take_str(options, "filename", NULL, &fn, errp) < 0) {
+        return -EINVAL;
+    }
+    int ret = 0;
+    if (fn && drv->parse_filename) {
+        ret = drv->parse_filename(fn, options, errp);
+    }
+    free(fn);
+    return ret;
 }

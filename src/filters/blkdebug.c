@@ -348,22 +348,17 @@ static int blkdebug_parse_filename(const char *filename, VdOpts *options, VdErro
     return 0;
 }
 
+extern const VdDriver vd_driver_blkdebug;
+
 static int coroutine_fn blkdebug_open_options(VdNode *node, VdOpts *options, VdError **errp)
 {
     BlkdebugState *s = node->opaque;
-    char *fn = NULL;
 
     s->state = 1;
     /* a filename handed down by the core (protocol-style open) */
-    if (vd_opts_take_str(options, "filename", NULL, &fn, errp) < 0) {
-        return -EINVAL;
-    }
-    if (fn) {
-        int ret = blkdebug_parse_filename(fn, options, errp);
-        free(fn);
-        if (ret < 0) {
-            return ret;
-        }
+    int ret = vd_driver_take_filename(&vd_driver_blkdebug, options, errp);
+    if (ret < 0) {
+        return ret;
     }
     if (vd_opts_take_size(options, "align", 0, &s->align, errp) < 0 ||
         vd_opts_take_size(options, "max-transfer", 0, &s->max_transfer, errp) < 0) {

@@ -98,7 +98,12 @@ void vd_iov_destroy(VdIOVector *q)
     memset(q, 0, sizeof(*q));
 }
 
-size_t vd_iovec_to_buf(const struct iovec *iov, int niov, size_t offset, void *buf, size_t bytes)
+typedef enum IovCopy { IOV_TO_BUF, IOV_FROM_BUF, IOV_MEMSET } IovCopy;
+
+/* Walk bytes of iov from offset: copy them to buf, from buf, or set them to c.
+ * Stops at the end of the vector; returns how many bytes were done. */
+static size_t iovec_copy(const struct iovec *iov, int niov, size_t offset, void *buf, int c,
+                         size_t bytes, IovCopy op)
 {
     size_t done = 0;
     for (int i = 0; i < niov && done < bytes; i++) {
@@ -108,28 +113,32 @@ size_t vd_iovec_to_buf(const struct iovec *iov, int niov, size_t offset, void *b
             continue;
         }
         size_t n = VD_MIN(l - offset, bytes - done);
-        memcpy((char *)buf + done, (const char *)iov[i].iov_base + offset, n);
+        char *p = (char *)iov[i].iov_base + offset;
+        switch (op) {
+        case IOV_TO_BUF:
+            memcpy((char *)buf + done, p, n);
+            break;
+        case IOV_FROM_BUF:
+            memcpy(p, (const char *)buf + done, n);
+            break;
+        case IOV_MEMSET:
+            memset(p, c, n);
+            break;
+        }
         done += n;
         offset = 0;
     }
     return done;
 }
 
+size_t vd_iovec_to_buf(const struct iovec *iov, int niov, size_t offset, void *buf, size_t bytes)
+{
+    return iovec_copy(iov, niov, offset, buf, 0, bytes, IOV_TO_BUF);
+}
+
 size_t vd_iovec_from_buf(const struct iovec *iov, int niov, size_t offset, const void *buf, size_t bytes)
 {
-    size_t done = 0;
-    for (int i = 0; i < niov && done < bytes; i++) {
-        size_t l = iov[i].iov_len;
-        if (offset >= l) {
-            offset -= l;
-            continue;
-        }
-        size_t n = VD_MIN(l - offset, bytes - done);
-        memcpy((char *)iov[i].iov_base + offset, (const char *)buf + done, n);
-        done += n;
-        offset = 0;
-    }
-    return done;
+    return iovec_copy(iov, niov, offset, (void *)buf, 0, bytes, IOV_FROM_BUF);
 }
 
 size_t vd_iov_to_buf(const VdIOVector *q, size_t offset, void *buf, size_t bytes)
@@ -144,19 +153,7 @@ size_t vd_iov_from_buf(const VdIOVector *q, size_t offset, const void *buf, size
 
 size_t vd_iov_memset(const VdIOVector *q, size_t offset, int c, size_t bytes)
 {
-    size_t done = 0;
-    for (int i = 0; i < q->niov && done < bytes; i++) {
-        size_t l = q->iov[i].iov_len;
-        if (offset >= l) {
-            offset -= l;
-            continue;
-        }
-        size_t n = VD_MIN(l - offset, bytes - done);
-        memset((char *)q->iov[i].iov_base + offset, c, n);
-        done += n;
-        offset = 0;
-    }
-    return done;
+    return iovec_copy(q->iov, q->niov, offset, NULL, c, bytes, IOV_MEMSET);
 }
 
 ssize_t vd_iov_compare(const VdIOVector *a, const VdIOVector *b)

@@ -829,37 +829,60 @@ static bool json_literal(JsonParser *ps, const char *word)
 
 static VdJson *json_parse_value(JsonParser *ps, int depth);
 
+/* At the opening bracket of an array or object: skip it and the spaces after
+ * it; true if the closing bracket follows at once (skipped too). */
+static bool json_open_empty(JsonParser *ps, char close)
+{
+    ps->pos++;
+    json_skip_ws(ps);
+    if (json_peek(ps) == close) {
+        ps->pos++;
+        return true;
+    }
+    return false;
+}
+
+/* After an item of an array or object: 1 if a ',' follows (skipped, with the
+ * spaces after it), 0 if the closing bracket does (skipped), -1 on an error. */
+static int json_after_item(JsonParser *ps, char close)
+{
+    json_skip_ws(ps);
+    int c = json_peek(ps);
+    if (c == ',') {
+        ps->pos++;
+        json_skip_ws(ps);
+        return 1;
+    }
+    if (c == close) {
+        ps->pos++;
+        return 0;
+    }
+    char d[16];
+    json_fail(ps, ps->pos, "expected ',' or '%c' but found %s", close,
+              json_describe(ps, d, sizeof(d)));
+    return -1;
+}
+
 static VdJson *json_parse_array(JsonParser *ps, int depth)
 {
     VdJson *a = vd_json_array();
-    ps->pos++; /* [ */
-    json_skip_ws(ps);
-    if (json_peek(ps) == ']') {
-        ps->pos++;
+    if (json_open_empty(ps, ']')) {
         return a;
     }
     for (;;) {
         VdJson *v = json_parse_value(ps, depth);
         if (!v) {
-            goto fail;
+            break;
         }
         vd_json_array_append(a, v);
-        json_skip_ws(ps);
-        int c = json_peek(ps);
-        if (c == ',') {
-            ps->pos++;
-            json_skip_ws(ps);
-            continue;
-        }
-        if (c == ']') {
-            ps->pos++;
+        int r = json_after_item(ps, ']');
+        if (r == 0) {
             return a;
         }
-        char d[16];
-        json_fail(ps, ps->pos, "expected ',' or ']' but found %s", json_describe(ps, d, sizeof(d)));
-        goto fail;
+        if (r < 0) {
+            break;
+        }
     }
-fail:
     vd_json_unref(a);
     return NULL;
 }
@@ -869,10 +892,7 @@ static VdJson *json_parse_object(JsonParser *ps, int depth)
     VdJson *o = vd_json_object();
     StrBuf key = { 0 };
     char d[16];
-    ps->pos++; /* { */
-    json_skip_ws(ps);
-    if (json_peek(ps) == '}') {
-        ps->pos++;
+    if (json_open_empty(ps, '}')) {
         return o;
     }
     for (;;) {
@@ -908,20 +928,14 @@ static VdJson *json_parse_object(JsonParser *ps, int depth)
             goto fail;
         }
         vd_json_object_put(o, key.s, v);
-        json_skip_ws(ps);
-        int c = json_peek(ps);
-        if (c == ',') {
-            ps->pos++;
-            json_skip_ws(ps);
-            continue;
-        }
-        if (c == '}') {
-            ps->pos++;
+        int r = json_after_item(ps, '}');
+        if (r == 0) {
             free(key.s);
             return o;
         }
-        json_fail(ps, ps->pos, "expected ',' or '}' but found %s", json_describe(ps, d, sizeof(d)));
-        goto fail;
+        if (r < 0) {
+            goto fail;
+        }
     }
 fail:
     free(key.s);

@@ -607,13 +607,28 @@ VD_PRINTF(4, 5) static int opts_bad_value(VdError **errp, const char *key, const
     return -EINVAL;
 }
 
-int vd_opts_take_str(VdOpts *opts, const char *key, const char *def, char **out, VdError **errp)
+/* Converts an option's value v into *pout (arg: what the converter needs). */
+typedef int OptsConvFunc(VdJson *v, const char *key, void *pout, const void *arg, VdError **errp);
+
+/* Remove key from opts and convert its value into *pout; when it is absent,
+ * *pout is a copy of the size bytes at def. 0 or -EINVAL with errp set. */
+static int opts_take(VdOpts *opts, const char *key, OptsConvFunc *conv, void *pout,
+                     const void *def, size_t size, const void *arg, VdError **errp)
 {
     VdJson *v = opts_remove(opts, key);
     if (!v) {
-        *out = def ? strdup(def) : NULL;
+        memcpy(pout, def, size);
         return 0;
     }
+    int ret = conv(v, key, pout, arg, errp);
+    vd_json_unref(v);
+    return ret;
+}
+
+static int opts_conv_str(VdJson *v, const char *key, void *pout, const void *arg,
+                         VdError **errp)
+{
+    char **out = pout;
     int ret = 0;
     switch (vd_json_type(v)) {
     case VD_JSON_STRING:
@@ -628,17 +643,23 @@ int vd_opts_take_str(VdOpts *opts, const char *key, const char *def, char **out,
         ret = opts_bad_value(errp, key, v, "expected a string");
         break;
     }
-    vd_json_unref(v);
     return ret;
 }
 
-int vd_opts_take_bool(VdOpts *opts, const char *key, bool def, bool *out, VdError **errp)
+int vd_opts_take_str(VdOpts *opts, const char *key, const char *def, char **out, VdError **errp)
 {
-    VdJson *v = opts_remove(opts, key);
-    if (!v) {
-        *out = def;
-        return 0;
+    int ret = opts_take(opts, key, opts_conv_str, out, &(char *){ NULL }, sizeof(*out), NULL,
+                        errp);
+    if (ret == 0 && !*out && def) {
+        *out = strdup(def);
     }
+    return ret;
+}
+
+static int opts_conv_bool(VdJson *v, const char *key, void *pout, const void *arg,
+                          VdError **errp)
+{
+    bool *out = pout;
     int ret = 0;
     bool b;
     if (vd_json_type(v) == VD_JSON_BOOL) {
@@ -648,8 +669,12 @@ int vd_opts_take_bool(VdOpts *opts, const char *key, bool def, bool *out, VdErro
     } else {
         ret = opts_bad_value(errp, key, v, "expected 'on' or 'off'");
     }
-    vd_json_unref(v);
     return ret;
+}
+
+int vd_opts_take_bool(VdOpts *opts, const char *key, bool def, bool *out, VdError **errp)
+{
+    return opts_take(opts, key, opts_conv_bool, out, &def, sizeof(def), NULL, errp);
 }
 
 /* Integral double in [lo, hi]? */
@@ -658,58 +683,48 @@ static bool opts_double_integral(double d, double lo, double hi)
     return isfinite(d) && d == floor(d) && d >= lo && d < hi;
 }
 
-int vd_opts_take_uint(VdOpts *opts, const char *key, uint64_t def, uint64_t *out, VdError **errp)
+/* A JSON number that is a non-negative integer below 2^64: into *out. */
+static bool opts_json_uint(const VdJson *v, uint64_t *out)
 {
-    VdJson *v = opts_remove(opts, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    int ret = 0;
-    uint64_t u;
-    switch (vd_json_type(v)) {
-    case VD_JSON_INT:
-        if (vd_json_get_int(v) < 0) {
-            ret = opts_bad_value(errp, key, v, "expected a non-negative integer");
-        } else {
-            *out = (uint64_t)vd_json_get_int(v);
-        }
-        break;
-    case VD_JSON_UINT:
+    VdJsonType t = vd_json_type(v);
+    if (t == VD_JSON_UINT || (t == VD_JSON_INT && vd_json_get_int(v) >= 0) ||
+        (t == VD_JSON_DOUBLE &&
+         opts_double_integral(vd_json_get_double(v), 0, 18446744073709551616.0))) {
         *out = vd_json_get_uint(v);
-        break;
-    case VD_JSON_DOUBLE:
-        if (opts_double_integral(vd_json_get_double(v), 0, 18446744073709551616.0)) {
-            *out = vd_json_get_uint(v);
-        } else {
-            ret = opts_bad_value(errp, key, v, "expected a non-negative integer");
-        }
-        break;
-    case VD_JSON_STRING: {
-        int r = vd_parse_uint(vd_json_get_string(v), &u);
-        if (r == 0) {
-            *out = u;
-        } else {
-            ret = opts_bad_value(errp, key, v, r == -ERANGE ? "number too large"
-                                                            : "expected a non-negative integer");
-        }
-        break;
+        return true;
     }
-    default:
-        ret = opts_bad_value(errp, key, v, "expected a non-negative integer");
-        break;
-    }
-    vd_json_unref(v);
-    return ret;
+    return false;
 }
 
-int vd_opts_take_int(VdOpts *opts, const char *key, int64_t def, int64_t *out, VdError **errp)
+static int opts_conv_uint(VdJson *v, const char *key, void *pout, const void *arg,
+                          VdError **errp)
 {
-    VdJson *v = opts_remove(opts, key);
-    if (!v) {
-        *out = def;
+    uint64_t *out = pout;
+    int r = -EINVAL;
+    if (opts_json_uint(v, out)) {
         return 0;
     }
+    if (vd_json_type(v) == VD_JSON_STRING) {
+        uint64_t u;
+        r = vd_parse_uint(vd_json_get_string(v), &u);
+        if (r == 0) {
+            *out = u;
+            return 0;
+        }
+    }
+    return opts_bad_value(errp, key, v, r == -ERANGE ? "number too large"
+                                                     : "expected a non-negative integer");
+}
+
+int vd_opts_take_uint(VdOpts *opts, const char *key, uint64_t def, uint64_t *out, VdError **errp)
+{
+    return opts_take(opts, key, opts_conv_uint, out, &def, sizeof(def), NULL, errp);
+}
+
+static int opts_conv_int(VdJson *v, const char *key, void *pout, const void *arg,
+                         VdError **errp)
+{
+    int64_t *out = pout;
     int ret = 0;
     int64_t i;
     switch (vd_json_type(v)) {
@@ -739,60 +754,48 @@ int vd_opts_take_int(VdOpts *opts, const char *key, int64_t def, int64_t *out, V
                                                                             : "expected an integer");
         break;
     }
-    vd_json_unref(v);
     return ret;
+}
+
+int vd_opts_take_int(VdOpts *opts, const char *key, int64_t def, int64_t *out, VdError **errp)
+{
+    return opts_take(opts, key, opts_conv_int, out, &def, sizeof(def), NULL, errp);
+}
+
+static int opts_conv_size(VdJson *v, const char *key, void *pout, const void *arg,
+                          VdError **errp)
+{
+    uint64_t *out = pout;
+    if (opts_json_uint(v, out)) {
+        return 0;
+    }
+    if (vd_json_type(v) != VD_JSON_STRING) {
+        return opts_bad_value(errp, key, v, "expected a size");
+    }
+    uint64_t u;
+    int r = vd_parse_size(vd_json_get_string(v), &u);
+    if (r == 0) {
+        *out = u;
+        return 0;
+    }
+    if (r == -ERANGE) {
+        return opts_bad_value(errp, key, v, "size too large");
+    }
+    return opts_bad_value(errp, key, v, "expected a size (you may use k, M, G, T, P or E suffixes "
+                          "for kilobytes, megabytes, gigabytes, terabytes, petabytes and "
+                          "exabytes)");
 }
 
 int vd_opts_take_size(VdOpts *opts, const char *key, uint64_t def, uint64_t *out, VdError **errp)
 {
-    VdJson *v = opts_remove(opts, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    int ret = 0;
-    uint64_t u;
-    switch (vd_json_type(v)) {
-    case VD_JSON_INT:
-    case VD_JSON_UINT:
-    case VD_JSON_DOUBLE:
-        if (vd_json_type(v) == VD_JSON_UINT ||
-            (vd_json_type(v) == VD_JSON_INT && vd_json_get_int(v) >= 0) ||
-            opts_double_integral(vd_json_get_double(v), 0, 18446744073709551616.0)) {
-            *out = vd_json_get_uint(v);
-        } else {
-            ret = opts_bad_value(errp, key, v, "expected a size");
-        }
-        break;
-    case VD_JSON_STRING: {
-        int r = vd_parse_size(vd_json_get_string(v), &u);
-        if (r == 0) {
-            *out = u;
-        } else if (r == -ERANGE) {
-            ret = opts_bad_value(errp, key, v, "size too large");
-        } else {
-            ret = opts_bad_value(errp, key, v, "expected a size (you may use k, M, G, T, P or "
-                                 "E suffixes for kilobytes, megabytes, gigabytes, terabytes, "
-                                 "petabytes and exabytes)");
-        }
-        break;
-    }
-    default:
-        ret = opts_bad_value(errp, key, v, "expected a size");
-        break;
-    }
-    vd_json_unref(v);
-    return ret;
+    return opts_take(opts, key, opts_conv_size, out, &def, sizeof(def), NULL, errp);
 }
 
-int vd_opts_take_enum(VdOpts *opts, const char *key, const char *const *names, int def, int *out,
-                      VdError **errp)
+static int opts_conv_enum(VdJson *v, const char *key, void *pout, const void *arg,
+                          VdError **errp)
 {
-    VdJson *v = opts_remove(opts, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
+    int *out = pout;
+    const char *const *names = arg;
     int ret = -EINVAL;
     const char *s = vd_json_get_string(v);
     for (int i = 0; s && names[i]; i++) {
@@ -811,8 +814,13 @@ int vd_opts_take_enum(VdOpts *opts, const char *key, const char *const *names, i
         opts_bad_value(errp, key, v, "expected one of %s", l);
         free(l);
     }
-    vd_json_unref(v);
     return ret;
+}
+
+int vd_opts_take_enum(VdOpts *opts, const char *key, const char *const *names, int def, int *out,
+                      VdError **errp)
+{
+    return opts_take(opts, key, opts_conv_enum, out, &def, sizeof(def), names, errp);
 }
 
 VdOpts *vd_opts_take_sub(VdOpts *opts, const char *key)

@@ -14,13 +14,11 @@ def patch(off, data):
 
 SEEDS = {
     'valid': [],
-    'l1-size-huge': [patch(36, bytes.fromhex('7fffffff'))],
     'snapshot-extra-huge': [patch(5 * 1024 + 36, bytes.fromhex('7fffffff'))],
     'dirty-lazy': [patch(72, bytes.fromhex('0000000000000001')),
                    patch(80, bytes.fromhex('0000000000000001'))],
     'l2-entry-past-eof': [patch(4 * 512, bytes.fromhex('8000000010000000'))],
     'compressed-bad': [patch(8 * 512, bytes.fromhex('ffffffffffffffff'))],
-    'refcount-order-1': [patch(96, bytes.fromhex('00000001'))],
     'v2': [patch(4, bytes.fromhex('00000002'))],
 }
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include "img-common.h"
 
 #define CONV_BUF_SIZE (2 * VD_MiB)
@@ -58,6 +59,7 @@ struct Convert {
     VdCoroutine *main_co;
     VdAioContext *ctx;
     ConvWorker workers[CONV_MAX_CO];
+    uint8_t *bufs;         /* the workers' buffers, one block */
     ImgProgress prog;
 };
 
@@ -358,6 +360,31 @@ static void coroutine_fn conv_main(void *opaque)
     }
 }
 
+/* Sources are read on the thread pool (aio=threads, qemu-img's default too;
+ * --image-opts may still choose aio): a read served from the page cache is a
+ * copy that then runs beside the event loop instead of inline in its
+ * io_uring submission, and the loop keeps feeding the target meanwhile. */
+static int conv_src_flags(bool force_share)
+{
+    return VD_O_THREADS | (force_share ? VD_O_FORCE_SHARE : 0);
+}
+
+/* All workers' buffers in one block aligned to 2 MiB and backed by huge pages
+ * where the kernel allows it: a 4 KiB page fault per page touched (4096 for
+ * 8 x 2 MiB) was several percent of the run. */
+static uint8_t *conv_alloc_buffers(int n, int64_t size)
+{
+    size_t len = VD_ALIGN_UP((size_t)n * size, 2 * VD_MiB);
+    void *p = NULL;
+    if (posix_memalign(&p, 2 * VD_MiB, len)) {
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(p, len, MADV_HUGEPAGE);   /* advice only: without THP, 4 KiB pages */
+#endif
+    return p;
+}
+
 static void conv_close_sources(Convert *s)
 {
     for (int i = 0; i < s->nsrc; i++) {
@@ -525,7 +552,7 @@ int img_cmd_convert(int argc, char **argv)
     for (int i = 0; i < s.nsrc; i++) {
         ConvSource *src = &s.src[i];
         src->name = argv[optind + i];
-        src->blk = img_open(src->name, fmt, image_opts, force_share ? VD_O_FORCE_SHARE : 0,
+        src->blk = img_open(src->name, fmt, image_opts, conv_src_flags(force_share),
                             src_cache, quiet);
         if (!src->blk) {
             goto out_sources;
@@ -630,11 +657,13 @@ int img_cmd_convert(int argc, char **argv)
         s.cluster_size = cs;
         s.buf_size = cs;
     }
+    s.bufs = conv_alloc_buffers(s.nworkers, s.buf_size);
+    if (!s.bufs) {
+        img_error("Out of memory");
+        goto out;
+    }
     for (int i = 0; i < s.nworkers; i++) {
-        if (posix_memalign((void **)&s.workers[i].buf, 4096, s.buf_size)) {
-            img_error("Out of memory");
-            goto out;
-        }
+        s.workers[i].buf = s.bufs + i * s.buf_size;
     }
     s.ctx = vd_backend_get_context(s.dst);
     vd_co_mutex_init(&s.lock);
@@ -646,9 +675,7 @@ int img_cmd_convert(int argc, char **argv)
         ret = 0;
     }
 out:
-    for (int i = 0; i < s.nworkers; i++) {
-        free(s.workers[i].buf);
-    }
+    free(s.bufs);
     vd_backend_unref(s.dst);
 out_sources:
     conv_close_sources(&s);

@@ -589,6 +589,9 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
         }
         for (uint64_t i = 0; i < s->refcount_table_size; i++) {
             s->refcount_table[i] = qcow2_be64(b + i * 8);
+            if (s->refcount_table[i]) {
+                s->refcount_table_used = i + 1;
+            }
             if (s->refcount_table[i] & (cs - 1)) {
                 free(b);
                 vd_error_setg(errp, EINVAL, "%s: refcount block offset 0x%llx (refcount table "
@@ -1075,13 +1078,13 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
             goto out;
         }
     }
-    if (rbits != (1ULL << s->refcount_order)) {
-        vd_error_setg(errp, ENOTSUP, "%s: changing refcount_bits (%llu -> %llu) is not "
-                      "supported by this version of vdisk", s->name,
-                      (unsigned long long)(1ULL << s->refcount_order), (unsigned long long)rbits);
-        ret = -ENOTSUP;
+    if (!VD_IS_POW2(rbits) || rbits > 64) {
+        vd_error_setg(errp, EINVAL, "Refcount width must be a power of two and may not "
+                      "exceed 64 bits");
+        ret = -EINVAL;
         goto out;
     }
+    int new_order = __builtin_ctzll(rbits);
     if (version == 2 && lazy) {
         vd_error_setg(errp, EINVAL, "Lazy refcounts only supported with compatibility level "
                       "1.1 and above (use compat=1.1 or greater)");
@@ -1094,9 +1097,10 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
         ret = -ENOTSUP;
         goto out;
     }
-    if (version == 2 && s->refcount_order != 4) {
-        vd_error_setg(errp, ENOTSUP, "%s: compat=0.10 requires refcount_bits=16", s->name);
-        ret = -ENOTSUP;
+    if (version == 2 && new_order != 4) {
+        vd_error_setg(errp, EINVAL, "Different refcount widths than 16 bits require "
+                      "compatibility level 1.1 or above (use compat=1.1 or greater)");
+        ret = -EINVAL;
         goto out;
     }
     vd_co_mutex_lock(&s->lock);
@@ -1153,6 +1157,9 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
         if (ret == 0) {
             ret = qcow2_mark_clean(s);
         }
+    }
+    if (ret == 0 && new_order != s->refcount_order) {
+        ret = qcow2_change_refcount_order(s, new_order, errp);
     }
     if (ret == 0) {
         s->version = version;

@@ -252,6 +252,7 @@ struct Qcow2State {
     uint64_t *refcount_table;    /* host order */
     uint64_t refcount_table_size;  /* entries */
     uint64_t refcount_table_offset;
+    uint64_t refcount_table_used;  /* one past the highest non-zero entry (overlap checks) */
 
     Qcow2Cache *l2_cache;
     Qcow2Cache *refcount_cache;
@@ -313,6 +314,8 @@ int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end);
 /* Drop a reference once the tables that referenced it are stable. */
 void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes);
 int coroutine_fn qcow2_apply_pending_frees(Qcow2State *s);
+/* Rewrite all refcounts with width 2^new_order bits (amend refcount_bits). */
+int coroutine_fn qcow2_change_refcount_order(Qcow2State *s, int new_order, VdError **errp);
 /* Is [offset, offset+size) free of known metadata (ignore: bit set of kinds)? */
 enum {
     QCOW2_OL_HEADER = 1 << 0, QCOW2_OL_L1 = 1 << 1, QCOW2_OL_REFTABLE = 1 << 2,

@@ -238,6 +238,7 @@ static int coroutine_fn refcount_grow_table(Qcow2State *s, uint64_t min_entries)
     new_table = NULL;
     s->refcount_table_size = new_entries;
     s->refcount_table_offset = table_off;
+    s->refcount_table_used = VD_MAX(s->refcount_table_used, last_idx + 1);
     s->header.refcount_table_offset = table_off;
     s->header.refcount_table_clusters = (uint32_t)tclusters;
     if (start + total > s->alloc_end_cluster) {
@@ -324,6 +325,9 @@ static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int d
             return ret;
         }
         s->refcount_table[idx] = boff;
+        if (idx + 1 > s->refcount_table_used) {
+            s->refcount_table_used = idx + 1;
+        }
         return 0;
     }
 }
@@ -468,7 +472,7 @@ int qcow2_check_overlap(Qcow2State *s, int ignore, uint64_t offset, uint64_t siz
         }
     }
     if (!(ignore & QCOW2_OL_REFBLOCK)) {
-        for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        for (uint64_t i = 0; i < s->refcount_table_used; i++) {
             uint64_t b = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
             if (b && ranges_overlap(offset, size, b, cs)) {
                 return QCOW2_OL_REFBLOCK;
@@ -543,4 +547,160 @@ int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end)
     }
     s->prealloc_end = target;
     return 0;
+}
+
+/*
+ * Rewrite every refcount with a new width (amend refcount_bits): new blocks
+ * and table are written after everything allocated and flushed, then the
+ * header is switched to them, then the old structures are freed.
+ * Under s->lock, on a drained node.
+ */
+int coroutine_fn qcow2_change_refcount_order(Qcow2State *s, int new_order, VdError **errp)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t new_max = new_order == 6 ? UINT64_MAX : (1ULL << (1 << new_order)) - 1;
+    int ret = qcow2_flush_metadata(s);
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    if (ret < 0) {
+        vd_error_setg_errno(errp, -ret, "%s: cannot flush before changing refcount_bits",
+                            s->name);
+        return ret;
+    }
+    uint64_t n = s->alloc_end_cluster;
+    uint64_t *rc = calloc(VD_MAX(n, 1), sizeof(uint64_t));
+    if (!rc) {
+        vd_error_setg(errp, ENOMEM, "%s: out of memory", s->name);
+        return -ENOMEM;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        ret = qcow2_get_refcount(s, i, &rc[i]);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: cannot read refcounts", s->name);
+            goto out;
+        }
+        if (rc[i] > new_max) {
+            vd_error_setg(errp, EINVAL, "%s: refcount of cluster %llu (%llu) does not fit into "
+                          "%d bits", s->name, (unsigned long long)i,
+                          (unsigned long long)rc[i], 1 << new_order);
+            ret = -EINVAL;
+            goto out;
+        }
+    }
+    int rb_bits = s->cluster_bits + 3 - new_order;
+    uint64_t per_block = 1ULL << rb_bits;
+    uint64_t b = 1, t = 1;
+    for (;;) {
+        uint64_t nb = VD_DIV_ROUND_UP(n + b + t, per_block);
+        uint64_t nt = VD_DIV_ROUND_UP(nb * 8, cs);
+        if (nb == b && nt == t) {
+            break;
+        }
+        b = nb;
+        t = nt;
+    }
+    if (t * cs > QCOW2_MAX_REFTABLE_BYTES) {
+        vd_error_setg(errp, EFBIG, "%s: refcount table for %d-bit refcounts is too large",
+                      s->name, 1 << new_order);
+        ret = -EFBIG;
+        goto out;
+    }
+    uint64_t start = n, end = n + b + t;
+    uint8_t *buf = malloc(VD_MAX(cs, t * cs));
+    if (!buf) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    for (uint64_t bi = 0; bi < b && ret == 0; bi++) {
+        memset(buf, 0, cs);
+        for (uint64_t j = 0; j < per_block; j++) {
+            uint64_t c = bi * per_block + j;
+            uint64_t v = c < n ? rc[c] : (c < end ? 1 : 0);
+            qcow2_refcount_set(buf, j, new_order, v);
+        }
+        ret = qcow2_write_meta(s, QCOW2_OL_REFBLOCK, (start + bi) << s->cluster_bits, buf, cs);
+    }
+    uint64_t *table = calloc(t * cs / 8, 8);
+    if (ret == 0 && !table) {
+        ret = -ENOMEM;
+    }
+    if (ret == 0) {
+        memset(buf, 0, t * cs);
+        for (uint64_t bi = 0; bi < b; bi++) {
+            table[bi] = (start + bi) << s->cluster_bits;
+            qcow2_st64(buf + bi * 8, table[bi]);
+        }
+        ret = qcow2_write_meta(s, QCOW2_OL_REFTABLE, (start + b) << s->cluster_bits, buf, t * cs);
+    }
+    free(buf);
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    if (ret < 0) {
+        free(table);
+        vd_error_setg_errno(errp, -ret, "%s: cannot write the new refcount structures", s->name);
+        goto out;
+    }
+    /* switch: the header names the new table and width in one write */
+    uint64_t *old_table = s->refcount_table;
+    uint64_t old_size = s->refcount_table_size, old_off = s->refcount_table_offset;
+    int old_order = s->refcount_order;
+    qcow2_cache_empty(s->refcount_cache);
+    s->refcount_table = table;
+    s->refcount_table_size = t * cs / 8;
+    s->refcount_table_offset = (start + b) << s->cluster_bits;
+    s->refcount_table_used = b;
+    s->refcount_order = new_order;
+    s->refcount_block_bits = rb_bits;
+    s->refcount_max = new_max;
+    s->header.refcount_order = (uint32_t)new_order;
+    s->header.refcount_table_offset = s->refcount_table_offset;
+    s->header.refcount_table_clusters = (uint32_t)t;
+    ret = qcow2_update_header(s);
+    if (ret == 0) {
+        s->data_unflushed = true;
+        ret = qcow2_flush_file(s);
+    }
+    if (ret < 0) {
+        /* the header may still name the old structures: keep using them */
+        free(s->refcount_table);
+        s->refcount_table = old_table;
+        s->refcount_table_size = old_size;
+        s->refcount_table_offset = old_off;
+        s->refcount_order = old_order;
+        s->refcount_block_bits = s->cluster_bits + 3 - old_order;
+        s->refcount_max = old_order == 6 ? UINT64_MAX : (1ULL << (1 << old_order)) - 1;
+        s->header.refcount_order = (uint32_t)old_order;
+        s->header.refcount_table_offset = old_off;
+        s->header.refcount_table_clusters = (uint32_t)(old_size * 8 / cs);
+        s->refcount_table_used = 0;
+        for (uint64_t i = 0; i < old_size; i++) {
+            if (old_table[i]) {
+                s->refcount_table_used = i + 1;
+            }
+        }
+        vd_error_setg_errno(errp, -ret, "%s: cannot switch to the new refcount table", s->name);
+        goto out;
+    }
+    s->alloc_end_cluster = VD_MAX(s->alloc_end_cluster, end);
+    /* the old table and blocks are unreferenced now */
+    ret = qcow2_update_refcount(s, old_off, old_size * 8, -1);
+    for (uint64_t i = 0; ret == 0 && i < old_size; i++) {
+        uint64_t ob = old_table[i] & QCOW2_REFT_OFFSET_MASK;
+        if (ob) {
+            ret = qcow2_update_refcount(s, ob, cs, -1);
+        }
+    }
+    free(old_table);
+    s->free_cluster_index = 0;
+    if (ret == 0) {
+        ret = qcow2_flush_metadata(s);
+    }
+    if (ret < 0) {
+        vd_error_setg_errno(errp, -ret, "%s: cannot free the old refcount structures", s->name);
+    }
+out:
+    free(rc);
+    return ret;
 }

@@ -26,21 +26,16 @@ static int null_parse_filename(const char *filename, VdOpts *options, VdError **
     return 0;
 }
 
+extern const VdDriver vd_driver_null_co;
+
 static int coroutine_fn null_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
     NullState *s = node->opaque;
     uint64_t size, latency;
-    char *fn = NULL;
 
-    if (vd_opts_take_str(options, "filename", NULL, &fn, errp) < 0) {
-        return -EINVAL;
-    }
-    if (fn) {
-        int ret = null_parse_filename(fn, options, errp);
-        free(fn);
-        if (ret < 0) {
-            return ret;
-        }
+    int ret = vd_driver_take_filename(&vd_driver_null_co, options, errp);
+    if (ret < 0) {
+        return ret;
     }
     /* named null-co:// without options, else json:{...} as QEMU names it */
     VdJson *named = vd_json_object();

@@ -20,6 +20,9 @@ import tempfile
 QCOW2_IO = sys.argv[1]
 LONG = '--long' in sys.argv
 SEED = int(sys.argv[sys.argv.index('--seed') + 1]) if '--seed' in sys.argv else 20261121
+# the tools, when built: some workloads then run through vdisk-img create + vdisk-io
+VDISK_IO = sys.argv[sys.argv.index('--vdisk-io') + 1] if '--vdisk-io' in sys.argv else None
+VDISK_IMG = sys.argv[sys.argv.index('--vdisk-img') + 1] if '--vdisk-img' in sys.argv else None
 
 DISK = 32 * 1024 * 1024   # set per configuration: disk_for()
 
@@ -146,7 +149,9 @@ def vdisk_writes(tmp, rng, cfg, creator):
     for p in (img,):
         if os.path.exists(p):
             os.unlink(p)
-    if creator == 'vdisk':
+    if creator == 'vdisk-tools':
+        run([VDISK_IMG, 'create', '-q', '-f', 'qcow2', '-o', opts, img])
+    elif creator == 'vdisk':
         run([QCOW2_IO, 'create', img, opts])
     else:
         run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', opts, img])
@@ -157,10 +162,16 @@ def vdisk_writes(tmp, rng, cfg, creator):
     # split into two sessions so that a reopen is part of the test
     half = len(cmds) // 2
     for part in (cmds[:half], cmds[half:]):
-        args = [QCOW2_IO, img]
+        args = []
         for c in part:
             args += ['-c', c]
-        run(args)
+        if creator == 'vdisk-tools':
+            args = [VDISK_IO, '-f', 'qcow2', '-d', 'unmap', '-t', 'writeback'] + args + [img]
+        else:
+            args = [QCOW2_IO, img] + args
+        out = run(args).lower()
+        if creator == 'vdisk-tools' and ('error' in out or 'failed' in out):
+            raise RuntimeError('vdisk-io reported: ' + out[-1000:])
     qemu_io(ref, 'raw', reference_cmds(cmds))
     run(['qemu-img', 'check', '-q', img])
     run(['qemu-img', 'compare', '-q', '-f', 'qcow2', '-F', 'raw', img, ref])
@@ -217,18 +228,21 @@ def main():
         # the default run: 30 workloads picked across the matrix
         rng.shuffle(configs)
         configs = configs[:22]
-    counts = {'vdisk-created': 0, 'qemu-created': 0, 'qemu-written': 0}
+    counts = {'vdisk-created': 0, 'qemu-created': 0, 'vdisk-tools': 0, 'qemu-written': 0}
     tmp = tempfile.mkdtemp(prefix='vd-qcow2-diff-')
     try:
         for r in range(rounds):
             for i, cfg in enumerate(configs):
                 creator = 'vdisk' if (i + r) % 3 else 'qemu'
+                if VDISK_IO and VDISK_IMG and (i + r) % 3 == 2:
+                    creator = 'vdisk-tools'
                 try:
                     vdisk_writes(tmp, rng, cfg, creator)
                 except Exception as e:
                     print('FAIL (%s-created) %s: %s' % (creator, cfg, e))
                     return 1
-                counts['vdisk-created' if creator == 'vdisk' else 'qemu-created'] += 1
+                counts[{'vdisk': 'vdisk-created', 'qemu': 'qemu-created',
+                        'vdisk-tools': 'vdisk-tools'}[creator]] += 1
                 if i % 3 == 0:
                     try:
                         qemu_writes(tmp, rng, cfg)
@@ -243,8 +257,9 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
     total = sum(counts.values())
     print('qcow2 differential: %d workloads checked (vdisk writes into vdisk-created: %d, '
-          'into qemu-img-created: %d; qemu-io writes read by vdisk: %d)' % (
-              total, counts['vdisk-created'], counts['qemu-created'], counts['qemu-written']))
+          'into qemu-img-created: %d; vdisk-img create + vdisk-io: %d; qemu-io writes read '
+          'by vdisk: %d)' % (total, counts['vdisk-created'], counts['qemu-created'],
+                             counts['vdisk-tools'], counts['qemu-written']))
     return 0
 
 

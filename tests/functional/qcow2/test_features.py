@@ -261,6 +261,18 @@ def amend():
     vio(img, 'amend compat=1.1')
     assert qinfo(img)['format-specific']['data']['compat'] == '1.1'
     check_clean(img)
+    # refcount widths: rewrite every refcount
+    for bits in (1, 64, 8, 16):
+        vio(img, 'amend refcount_bits=%d' % bits, 'write -P 0x%x %dk 64k' % (bits, 512 + bits))
+        assert qinfo(img)['format-specific']['data']['refcount-bits'] == bits
+        check_clean(img)
+        run(['qemu-io', '-c', 'read -P 0x7 0 64k', '-c', 'read -P 0x%x %dk 64k' % (bits, 512 + bits),
+             img])
+    # a snapshot makes refcounts of 2: they do not fit into one bit
+    vio(img, 'snapshot_create s', 'amend refcount_bits=1', ok=(1,))
+    check_clean(img)
+    vio(img, 'amend refcount_bits=16,compat=0.10')
+    check_clean(img)
 
 
 @test

@@ -14,35 +14,13 @@
 #include <time.h>
 #include <cmocka.h>
 
-#include "aio/aio-internal.h"
+#include "aiotest.h"
 
-#define TEST(path, fn) { path, fn, NULL, NULL, NULL }
-
-static VdAioContext *new_ctx(void)
-{
-    VdError *err = NULL;
-    VdAioContext *ctx = vd_aio_context_new(&err);
-    assert_null(err);
-    assert_non_null(ctx);
-    vd_aio_set_current(ctx);
-    return ctx;
-}
-
-static void free_ctx(VdAioContext *ctx)
-{
-    vd_aio_context_unref(ctx);
-    vd_aio_set_current(NULL);
-}
 
 static void sleep_ns(int64_t ns)
 {
     struct timespec ts = { ns / 1000000000LL, ns % 1000000000LL };
     nanosleep(&ts, NULL);
-}
-
-static int gettid_(void)
-{
-    return (int)syscall(SYS_gettid);
 }
 
 /* ---- BHs ------------------------------------------------------------------------ */

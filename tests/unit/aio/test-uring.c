@@ -15,35 +15,13 @@
 #include <sys/syscall.h>
 #include <cmocka.h>
 
-#include "aio/aio-internal.h"
+#include "aiotest.h"
 #include "vdisk/coroutine.h"
 
-#define TEST(path, fn) { path, fn, NULL, NULL, NULL }
 #define BUF_SIZE (64 * 1024)
 #define ALIGN 4096
 
 static char g_path[256];
-
-static int gettid_(void)
-{
-    return (int)syscall(SYS_gettid);
-}
-
-static VdAioContext *new_ctx(void)
-{
-    VdError *err = NULL;
-    VdAioContext *ctx = vd_aio_context_new(&err);
-    assert_null(err);
-    assert_non_null(ctx);
-    vd_aio_set_current(ctx);
-    return ctx;
-}
-
-static void free_ctx(VdAioContext *ctx)
-{
-    vd_aio_context_unref(ctx);
-    vd_aio_set_current(NULL);
-}
 
 /* A scratch file opened with O_DIRECT on a file system that supports it
  * (the build dir, else /var/tmp; tmpfs refuses O_DIRECT). */

@@ -1,57 +1,18 @@
 /*
  * Helpers shared by the block layer's unit tests: open nodes from option
- * strings, run coroutine jobs concurrently on the main loop.
+ * strings (nodetest.h), run coroutine jobs concurrently on the main loop.
  */
 #ifndef BLOCKTEST_H
 #define BLOCKTEST_H
 
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <cmocka.h>
+#include "nodetest.h"
 #include "testdrv.h"
-#include "vdisk/coroutine.h"
 
-static inline VdNode *bt_open(const char *optstr, int flags, VdError **errp)
-{
-    VdError *err = NULL;
-    VdOpts *o = vd_opts_parse(optstr, NULL, &err);
-    if (!o) {
-        fail_msg("option parse: %s", err->msg);
-    }
-    return vd_node_open(NULL, o, flags, errp);
-}
+#define bt_open nt_open
+#define bt_open_ok nt_open_ok
+#define bt_open_fails nt_open_fails
 
-static inline VdNode *bt_open_ok(const char *optstr, int flags)
-{
-    VdError *err = NULL;
-    VdNode *n = bt_open(optstr, flags, &err);
-    if (!n) {
-        fail_msg("open %s: %s", optstr, err ? err->msg : "?");
-    }
-    return n;
-}
-
-/* Expect the open to fail with a message containing want. */
-static inline void bt_open_fails(const char *optstr, int flags, const char *want)
-{
-    VdError *err = NULL;
-    VdNode *n = bt_open(optstr, flags, &err);
-    if (n) {
-        vd_node_unref(n);
-        fail_msg("open %s succeeded", optstr);
-    }
-    assert_non_null(err);
-    if (want && !strstr(err->msg, want)) {
-        fail_msg("open %s: message '%s' lacks '%s'", optstr, err->msg, want);
-    }
-    vd_error_free(err);
-}
-
-enum { JOB_READ, JOB_WRITE, JOB_FLUSH, JOB_ZEROES };
+enum { JOB_READ = NT_READ, JOB_WRITE = NT_WRITE, JOB_FLUSH = NT_FLUSH, JOB_ZEROES = NT_ZEROES };
 
 typedef struct BtJob {
     VdNode *node;
@@ -67,20 +28,7 @@ typedef struct BtJob {
 static void coroutine_fn bt_job_entry(void *opaque)
 {
     BtJob *j = opaque;
-    switch (j->kind) {
-    case JOB_READ:
-        j->ret = vd_co_pread(j->node, j->offset, j->bytes, j->buf, j->flags);
-        break;
-    case JOB_WRITE:
-        j->ret = vd_co_pwrite(j->node, j->offset, j->bytes, j->buf, j->flags);
-        break;
-    case JOB_FLUSH:
-        j->ret = vd_co_flush(j->node);
-        break;
-    case JOB_ZEROES:
-        j->ret = vd_co_pwrite_zeroes(j->node, j->offset, j->bytes, j->flags);
-        break;
-    }
+    j->ret = nt_request(j->node, j->kind, j->offset, j->bytes, j->buf, j->flags);
     j->done = true;
     (*j->pending)--;
 }

@@ -41,6 +41,24 @@ static void stop_cb(void *opaque, int err, bool is_write)
     g_stop_err = err;
 }
 
+/* Make the next write of blk's testdrv fail with EIO `times` times under
+ * the stop policy, submit one write of q at offset and wait until it is held. */
+static void hold_failed_write(VdBackend *blk, int times, int64_t offset, VdIOVector *q,
+                              AioResult *res)
+{
+    TestDrvState *td = g_testdrv;
+    vd_backend_set_error_action(blk, VD_ERROR_ACTION_STOP, VD_ERROR_ACTION_STOP);
+    td->fail_kind = TD_WRITE;
+    td->fail_nth = 1;
+    td->fail_times = times;
+    td->fail_errno = EIO;
+    vd_backend_aio_pwritev(blk, offset, q, 0, aio_cb, res);
+    for (int i = 0; i < 100 && !vd_backend_is_paused(blk); i++) {
+        vd_aio_poll(vd_aio_main_context(), false);
+    }
+    assert_true(vd_backend_is_paused(blk));
+}
+
 static void test_stop_resume(void **state)
 {
     VdBackend *blk = open_backend("driver=testdrv,size=64k");
@@ -117,18 +135,8 @@ static void test_stop_resume(void **state)
 
     /* dropping the backend while a request is held completes it with its error */
     blk = open_backend("driver=testdrv,size=64k");
-    td = g_testdrv;
-    vd_backend_set_error_action(blk, VD_ERROR_ACTION_STOP, VD_ERROR_ACTION_STOP);
-    td->fail_kind = TD_WRITE;
-    td->fail_nth = 1;
-    td->fail_times = 1;
-    td->fail_errno = EIO;
     AioResult held = { 0 };
-    vd_backend_aio_pwritev(blk, 0, &q, 0, aio_cb, &held);
-    for (int i = 0; i < 100 && !vd_backend_is_paused(blk); i++) {
-        vd_aio_poll(vd_aio_main_context(), false);
-    }
-    assert_true(vd_backend_is_paused(blk));
+    hold_failed_write(blk, 1, 0, &q, &held);
     vd_backend_unref(blk);
     assert_int_equal(held.calls, 1);
     assert_int_equal(held.ret, -EIO);
@@ -405,6 +413,46 @@ static void test_aio_callback_from_bh(void **state)
     vd_backend_unref(blk);
 }
 
+/* A request held by the stop policy while the node moves to an IOThread
+ * retries in the node's new context after resume, never in the old thread. */
+static void test_stop_held_across_move(void **state)
+{
+    VdError *err = NULL;
+    VdIOThread *io = vd_iothread_new("io3", 0, &err);
+    assert_non_null(io);
+    VdAioContext *ctx = vd_iothread_get_context(io);
+    VdBackend *blk = open_backend("driver=testdrv,size=64k");
+    TestDrvState *td = g_testdrv;
+    uint8_t buf[512];
+    memset(buf, 0x3c, sizeof(buf));
+    VdIOVector q;
+    vd_iov_init_buf(&q, buf, sizeof(buf));
+    AioResult w = { 0 };
+    hold_failed_write(blk, 1, 8192, &q, &w);
+    assert_int_equal(vd_backend_set_context(blk, ctx, &err), 0);
+    assert_true(vd_backend_is_paused(blk));
+
+    vd_backend_resume(blk);
+    VD_AIO_WAIT_WHILE(ctx, __atomic_load_n(&w.calls, __ATOMIC_ACQUIRE) == 0);
+    assert_int_equal(w.ret, 0);
+    assert_int_equal(td->count[TD_WRITE], 2);
+    assert_false(pthread_equal(td->last_thread, pthread_self()));
+    assert_int_equal(td->data[8192], 0x3c);
+    assert_int_equal(vd_backend_set_context(blk, vd_aio_main_context(), &err), 0);
+    vd_backend_unref(blk);
+
+    /* dropping the backend while a request is held from before a move:
+     * the request completes with its error before the backend goes away */
+    blk = open_backend("driver=testdrv,size=64k");
+    AioResult held = { 0 };
+    hold_failed_write(blk, 1, 0, &q, &held);
+    assert_int_equal(vd_backend_set_context(blk, ctx, &err), 0);
+    vd_backend_unref(blk);
+    assert_int_equal(__atomic_load_n(&held.calls, __ATOMIC_ACQUIRE), 1);
+    assert_int_equal(held.ret, -EIO);
+    vd_iothread_free(io);
+}
+
 #define BT_TEST(name, fn) { name, fn, NULL, NULL, NULL }
 
 int main(void)
@@ -418,6 +466,7 @@ int main(void)
         BT_TEST("/block/backend/context/iothread", test_iothread),
         BT_TEST("/block/node/context/in-use", test_node_in_use_cannot_move),
         BT_TEST("/block/backend/context/shared-root", test_shared_root_move),
+        BT_TEST("/block/backend/context/stop-held-across-move", test_stop_held_across_move),
     };
     cmocka_set_message_output(CM_OUTPUT_STDOUT);
     return cmocka_run_group_tests_name("/block/backend", tests, bt_setup, NULL);

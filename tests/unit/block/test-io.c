@@ -382,6 +382,50 @@ static void test_detect_zeroes(void **state)
     vd_error_free(err);
 }
 
+typedef struct MoveJob {
+    VdNode *node;
+    uint8_t *buf;
+    int ret;
+    int done;           /* atomic */
+} MoveJob;
+
+static void coroutine_fn move_job_entry(void *opaque)
+{
+    MoveJob *j = opaque;
+    j->ret = vd_co_pwrite(j->node, 0, 512, j->buf, 0);
+    __atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
+    vd_aio_wait_kick();
+}
+
+/* A request waiting for a drain while the node moves to an IOThread runs in
+ * the node's new context when the drain ends, never in the old thread. */
+static void test_drain_wait_across_move(void **state)
+{
+    VdError *err = NULL;
+    VdIOThread *io = vd_iothread_new("io-drain", 0, &err);
+    assert_non_null(io);
+    VdAioContext *ctx = vd_iothread_get_context(io);
+    VdNode *n = bt_open_ok("driver=testdrv,size=64k", VD_O_RDWR);
+    TestDrvState *td = g_testdrv;
+    uint8_t buf[512];
+    memset(buf, 0x6d, sizeof(buf));
+    MoveJob j = { .node = n, .buf = buf };
+
+    vd_node_drain_begin(n);
+    vd_co_enter(vd_co_create(move_job_entry, &j));
+    assert_int_equal(__atomic_load_n(&j.done, __ATOMIC_ACQUIRE), 0);   /* held by the drain */
+    assert_int_equal(vd_node_set_context(n, ctx, &err), 0);
+    vd_node_drain_end(n);
+    VD_AIO_WAIT_WHILE(ctx, __atomic_load_n(&j.done, __ATOMIC_ACQUIRE) == 0);
+    assert_int_equal(j.ret, 0);
+    assert_int_equal(td->count[TD_WRITE], 1);
+    assert_false(pthread_equal(td->last_thread, pthread_self()));
+    assert_int_equal(td->data[0], 0x6d);
+    assert_int_equal(vd_node_set_context(n, vd_aio_main_context(), &err), 0);
+    vd_node_unref(n);
+    vd_iothread_free(io);
+}
+
 #define BT_TEST(name, fn) { name, fn, NULL, NULL, NULL }
 
 int main(void)
@@ -399,6 +443,7 @@ int main(void)
         BT_TEST("/block/io/range", test_range),
         BT_TEST("/block/io/discard", test_discard),
         BT_TEST("/block/io/drain", test_drain),
+        BT_TEST("/block/io/drain/wait-across-move", test_drain_wait_across_move),
         BT_TEST("/block/io/block-status", test_block_status),
         BT_TEST("/block/io/detect-zeroes", test_detect_zeroes),
     };

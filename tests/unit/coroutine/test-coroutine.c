@@ -257,17 +257,23 @@ static void coroutine_fn overflow_entry(void *opaque)
     overflow_recurse(0);
 }
 
+/* fork() for a test whose child must crash or exit; skipped under TSan,
+ * which loses the fiber bookkeeping across fork(). */
+static pid_t fork_child(void)
+{
+#ifdef VD_CO_TSAN
+    skip();
+#endif
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    return pid;
+}
+
 /* A child overflows a coroutine stack: it must fault in the guard page. */
 static void test_guard_page_overflow(void **state)
 {
-    pid_t pid;
     int status;
-
-#ifdef VD_CO_TSAN
-    skip();     /* TSan loses the fiber bookkeeping across fork() */
-#endif
-    pid = fork();
-    assert_true(pid >= 0);
+    pid_t pid = fork_child();
     if (pid == 0) {
         static char altstack[64 * 1024];
         stack_t ss = { .ss_sp = altstack, .ss_size = sizeof(altstack) };
@@ -298,14 +304,8 @@ static void coroutine_fn suspend_entry(void *opaque)
 
 static void expect_abort(int which)
 {
-    pid_t pid;
     int status;
-
-#ifdef VD_CO_TSAN
-    skip();     /* TSan loses the fiber bookkeeping across fork() */
-#endif
-    pid = fork();
-    assert_true(pid >= 0);
+    pid_t pid = fork_child();
     if (pid == 0) {
         VdCoroutine *co;
 

@@ -14,50 +14,23 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "block/driver.h"
-#include "vdisk/coroutine.h"
+#include "../block/nodetest.h"
 
 #define FT_TEST(name, fn) { name, fn, NULL, NULL, NULL }
 
 static char ft_dir[256];
 
-static inline VdNode *ft_open(const char *optstr, int flags, VdError **errp)
-{
-    VdError *err = NULL;
-    VdOpts *o = vd_opts_parse(optstr, NULL, &err);
-    if (!o) {
-        fail_msg("option parse %s: %s", optstr, err->msg);
-    }
-    return vd_node_open(NULL, o, flags, errp);
-}
+#define ft_open nt_open
+#define ft_open_ok nt_open_ok
 
-static inline VdNode *ft_open_ok(const char *optstr, int flags)
-{
-    VdError *err = NULL;
-    VdNode *n = ft_open(optstr, flags, &err);
-    if (!n) {
-        fail_msg("open %s: %s", optstr, err ? err->msg : "?");
-    }
-    return n;
-}
-
-/* Expect the open to fail with a message containing want. */
+/* Expect a read-write open to fail with a message containing want. */
 static inline void ft_open_fails(const char *optstr, const char *want)
 {
-    VdError *err = NULL;
-    VdNode *n = ft_open(optstr, VD_O_RDWR, &err);
-    if (n) {
-        vd_node_unref(n);
-        fail_msg("open %s succeeded", optstr);
-    }
-    assert_non_null(err);
-    if (want && !strstr(err->msg, want)) {
-        fail_msg("open %s: message '%s' lacks '%s'", optstr, err->msg, want);
-    }
-    vd_error_free(err);
+    nt_open_fails(optstr, VD_O_RDWR, want);
 }
 
-enum { FT_READ, FT_WRITE, FT_FLUSH, FT_ZEROES, FT_DISCARD, FT_STATUS, FT_TRUNCATE };
+enum { FT_READ = NT_READ, FT_WRITE = NT_WRITE, FT_FLUSH = NT_FLUSH, FT_ZEROES = NT_ZEROES,
+       FT_DISCARD = NT_DISCARD, FT_STATUS = NT_STATUS, FT_TRUNCATE = NT_TRUNCATE };
 
 typedef struct FtReq {
     VdNode *node;
@@ -71,31 +44,7 @@ typedef struct FtReq {
 static void coroutine_fn ft_req_entry(void *opaque)
 {
     FtReq *r = opaque;
-    int64_t pnum, map;
-    VdNode *file;
-    switch (r->kind) {
-    case FT_READ:
-        r->ret = vd_co_pread(r->node, r->offset, r->bytes, r->buf, r->flags);
-        break;
-    case FT_WRITE:
-        r->ret = vd_co_pwrite(r->node, r->offset, r->bytes, r->buf, r->flags);
-        break;
-    case FT_FLUSH:
-        r->ret = vd_co_flush(r->node);
-        break;
-    case FT_ZEROES:
-        r->ret = vd_co_pwrite_zeroes(r->node, r->offset, r->bytes, r->flags);
-        break;
-    case FT_DISCARD:
-        r->ret = vd_co_pdiscard(r->node, r->offset, r->bytes);
-        break;
-    case FT_STATUS:
-        r->ret = vd_co_block_status(r->node, true, r->offset, r->bytes, &pnum, &map, &file);
-        break;
-    case FT_TRUNCATE:
-        r->ret = vd_co_truncate(r->node, r->offset, true, VD_PREALLOC_OFF, NULL);
-        break;
-    }
+    r->ret = nt_request(r->node, r->kind, r->offset, r->bytes, r->buf, r->flags);
 }
 
 /* Run one request to completion from the main thread; returns its result. */

@@ -18,17 +18,8 @@
 #include <cmocka.h>
 
 #include "protocols/file/file.h"
+#include "filetest.h"
 
-static char g_dir[256];
-
-static char *test_path(const char *name)
-{
-    static char buf[4][512];
-    static int n;
-    char *p = buf[n++ % 4];
-    snprintf(p, 512, "%s/%s", g_dir, name);
-    return p;
-}
 
 static VdNode *test_node_open(const char *fmt_opts, const char *path, int flags)
 {
@@ -42,22 +33,6 @@ static VdNode *test_node_open(const char *fmt_opts, const char *path, int flags)
         fail_msg("open %s: %s", str, err->msg);
     }
     return node;
-}
-
-static int test_fd_flags(int fd)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    int flags = -1;
-    while (fgets(line, sizeof(line), f)) {
-        if (!strncmp(line, "flags:", 6)) {
-            flags = (int)strtol(line + 6, NULL, 8);
-        }
-    }
-    fclose(f);
-    return flags;
 }
 
 /* Reference contents kept beside the file: every write goes to both. */
@@ -229,9 +204,7 @@ static void test_iothread(void **state)
 
 static int test_setup_all(void **state)
 {
-    const char *base = getenv("VDISK_TEST_DIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/vdisk-test-file-node-XXXXXX", base ? base : "/var/tmp");
-    if (!mkdtemp(g_dir)) {
+    if (test_dir_create("file-node") < 0) {
         return -1;
     }
     VdError *err = NULL;
@@ -240,9 +213,7 @@ static int test_setup_all(void **state)
 
 static int test_teardown_all(void **state)
 {
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return test_dir_remove();
 }
 
 int main(void)

@@ -21,11 +21,11 @@
 #include <cmocka.h>
 
 #include "protocols/file/file.h"
+#include "filetest.h"
 #include "vdisk/coroutine.h"
 
 extern const VdDriver vd_driver_file;
 
-static char g_dir[256];
 static VdAioContext *g_ctx;
 
 /* ---- helpers: run driver calls in a coroutine ---- */
@@ -100,15 +100,6 @@ static int64_t test_run(TestCall *c)
 {
     vd_co_run_sync(g_ctx, test_call_entry, c);
     return c->ret;
-}
-
-static char *test_path(const char *name)
-{
-    static char buf[8][512];
-    static int n;
-    char *p = buf[n++ % 8];
-    snprintf(p, 512, "%s/%s", g_dir, name);
-    return p;
 }
 
 static void test_make_file(const char *path, int64_t size)
@@ -433,22 +424,6 @@ static void test_rw_concurrent(void **state)
 }
 
 /* ---- O_DIRECT ---- */
-
-static int test_fd_flags(int fd)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    int flags = -1;
-    while (fgets(line, sizeof(line), f)) {
-        if (!strncmp(line, "flags:", 6)) {
-            flags = (int)strtol(line + 6, NULL, 8);
-        }
-    }
-    fclose(f);
-    return flags;
-}
 
 static void test_direct(void **state)
 {
@@ -1045,9 +1020,7 @@ static void test_lock_raw_shares(void **state)
 
 static int test_setup_all(void **state)
 {
-    const char *base = getenv("VDISK_TEST_DIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/vdisk-test-file-XXXXXX", base ? base : "/var/tmp");
-    if (!mkdtemp(g_dir)) {
+    if (test_dir_create("file") < 0) {
         return -1;
     }
     VdError *err = NULL;
@@ -1062,12 +1035,10 @@ static int test_setup_all(void **state)
 
 static int test_teardown_all(void **state)
 {
-    char cmd[400];
     if (g_qemu_pid > 0) {
         test_stop(g_qemu_pid);
     }
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return test_dir_remove();
 }
 
 int main(void)

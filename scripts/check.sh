@@ -23,8 +23,9 @@ run_meson() {
   local log=$dir/check.log
   meson test -C "$dir" --print-errorlogs "${targs[@]}" 2>&1 | tee "$log" | grep -vE '^ *[0-9]+/[0-9]+ .* OK ' || true
   local ok f t up
-  ok=$(awk '/^Ok:/{print $2}' "$log"); f=$(awk '/^Fail:/{print $2}' "$log")
-  t=$(awk '/^Timeout:/{print $2}' "$log"); up=$(awk '/^Unexpected Pass:/{print $2}' "$log")
+  # meson's summary lines: "Ok:   12", "Unexpected Pass:    0", ...
+  count() { awk -F: -v k="$1" '$1 == k { gsub(/[^0-9]/, "", $2); print $2 }' "$log"; }
+  ok=$(count Ok); f=$(count Fail); t=$(count Timeout); up=$(count "Unexpected Pass")
   if [ -z "$ok" ]; then echo "check: $dir: no test summary"; fail=$((fail+1)); return; fi
   pass=$((pass+ok)); fail=$((fail+${f:-0}+${t:-0}+${up:-0}))
 }

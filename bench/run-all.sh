@@ -23,6 +23,7 @@ run() {
 run runtime "$BUILD/bench/runtime/bench-runtime"
 run block bash bench/block/run.sh "$BUILD"
 run qcow2 bash bench/qcow2/run.sh "$BUILD"
+run convert bash bench/convert/run.sh "$BUILD"
 run nbd bash bench/nbd/run.sh "$BUILD/tools/vdiskd/vdiskd"
 echo "results in $out"
 exit $status

@@ -360,13 +360,10 @@ static void coroutine_fn conv_main(void *opaque)
     }
 }
 
-/* Sources are read on the thread pool (aio=threads, qemu-img's default too;
- * --image-opts may still choose aio): a read served from the page cache is a
- * copy that then runs beside the event loop instead of inline in its
- * io_uring submission, and the loop keeps feeding the target meanwhile. */
-static int conv_src_flags(bool force_share)
+/* Distance between two workers' buffers: each stays 4 KiB-aligned (O_DIRECT). */
+static int64_t conv_buf_stride(int64_t size)
 {
-    return VD_O_THREADS | (force_share ? VD_O_FORCE_SHARE : 0);
+    return VD_ALIGN_UP(size, 4096);
 }
 
 /* All workers' buffers in one block aligned to 2 MiB and backed by huge pages
@@ -374,7 +371,7 @@ static int conv_src_flags(bool force_share)
  * 8 x 2 MiB) was several percent of the run. */
 static uint8_t *conv_alloc_buffers(int n, int64_t size)
 {
-    size_t len = VD_ALIGN_UP((size_t)n * size, 2 * VD_MiB);
+    size_t len = VD_ALIGN_UP((size_t)n * conv_buf_stride(size), 2 * VD_MiB);
     void *p = NULL;
     if (posix_memalign(&p, 2 * VD_MiB, len)) {
         return NULL;
@@ -552,7 +549,7 @@ int img_cmd_convert(int argc, char **argv)
     for (int i = 0; i < s.nsrc; i++) {
         ConvSource *src = &s.src[i];
         src->name = argv[optind + i];
-        src->blk = img_open(src->name, fmt, image_opts, conv_src_flags(force_share),
+        src->blk = img_open(src->name, fmt, image_opts, force_share ? VD_O_FORCE_SHARE : 0,
                             src_cache, quiet);
         if (!src->blk) {
             goto out_sources;
@@ -663,7 +660,7 @@ int img_cmd_convert(int argc, char **argv)
         goto out;
     }
     for (int i = 0; i < s.nworkers; i++) {
-        s.workers[i].buf = s.bufs + i * s.buf_size;
+        s.workers[i].buf = s.bufs + i * conv_buf_stride(s.buf_size);
     }
     s.ctx = vd_backend_get_context(s.dst);
     vd_co_mutex_init(&s.lock);

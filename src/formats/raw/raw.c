@@ -93,7 +93,8 @@ static int coroutine_fn raw_open_window(VdNode *node, VdOpts *options, VdJson *o
     /* node->filename is not set yet: messages name the file below us */
     int64_t file_len = vd_node_getlength(file->node);
     if (file_len < 0) {
-        vd_error_setg_errno(errp, (int)-file_len, "%s: cannot get the file size", file->node->filename);
+        vd_error_setg_errno(errp, (int)-file_len, "%s: cannot get the file size",
+                            file->node->filename);
         return (int)file_len;
     }
     if (offset > (uint64_t)file_len) {
@@ -103,8 +104,8 @@ static int coroutine_fn raw_open_window(VdNode *node, VdOpts *options, VdJson *o
     }
     if (s->has_size && size > (uint64_t)file_len - offset) {
         vd_error_setg(errp, EINVAL, "%s: raw window offset %" PRIu64 " + size %" PRIu64
-                      " exceeds the file size (%" PRId64 " bytes)", file->node->filename, offset, size,
-                      file_len);
+                      " exceeds the file size (%" PRId64 " bytes)", file->node->filename, offset,
+                      size, file_len);
         return -EINVAL;
     }
     s->offset = (int64_t)offset;

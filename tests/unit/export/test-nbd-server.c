@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,7 +38,7 @@ typedef struct Client {
     uint16_t flags;
     uint32_t bs[3];
     char name[64];
-    volatile bool done;
+    _Atomic bool done;     /* set by the client thread after ok/why (seq_cst: publishes them) */
     bool ok;
     char why[256];
     int rounds;

@@ -190,6 +190,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(img, template, IMG_SIZE);
     apply_patches(img, patches, np);
 
+    const char *dump = getenv("VDISK_FUZZ_DUMP");   /* keep the image for debugging */
+    if (dump) {
+        FILE *f = fopen(dump, "wb");
+        if (f) {
+            fwrite(img, 1, IMG_SIZE, f);
+            fclose(f);
+        }
+    }
     int fd = memfd_create("fuzz-qcow2", 0);
     if (fd < 0) {
         return 0;

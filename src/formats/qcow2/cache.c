@@ -171,6 +171,9 @@ static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
 static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                      void **table, bool read)
 {
+    if (offset == 0 || offset % c->table_size) {
+        return -EIO;   /* the header cluster or unaligned: never a table (offset 0 = free slot) */
+    }
     for (;;) {
         int i = cache_find(c, offset);
         if (i >= 0) {

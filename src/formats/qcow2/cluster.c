@@ -22,14 +22,6 @@ static void *qcow2_buf_alloc(size_t size)
 }
 
 /* Check an L2 entry's host offset for sanity; signal corruption if bad. */
-/* End of the space in use: the file, or further if clusters were allocated
- * whose first write has not reached the file yet. */
-static uint64_t host_end(Qcow2State *s)
-{
-    int64_t flen = vd_node_getlength(s->file);
-    uint64_t alloc_end = s->alloc_end_cluster << s->cluster_bits;
-    return flen < 0 ? alloc_end : VD_MAX((uint64_t)flen, alloc_end);
-}
 
 static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64_t guest)
 {
@@ -41,7 +33,7 @@ static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64
     }
     if (t == QCOW2_CLUSTER_NORMAL) {
         uint64_t host = entry & QCOW2_L2E_OFFSET_MASK;
-        if (host < s->cluster_size || host >= host_end(s)) {
+        if (host < s->cluster_size || host >= qcow2_host_end(s)) {
             qcow2_signal_corruption(s, "L2 entry for guest offset 0x%llx points to host "
                                     "offset 0x%llx, %s", (unsigned long long)guest,
                                     (unsigned long long)host,
@@ -72,7 +64,7 @@ static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
     if (!l2off) {
         return 0;
     }
-    if (l2off % s->cluster_size || l2off < s->cluster_size || l2off >= host_end(s)) {
+    if (l2off % s->cluster_size || l2off < s->cluster_size || l2off >= qcow2_host_end(s)) {
         qcow2_signal_corruption(s, "L1 entry %llu points to invalid L2 table offset 0x%llx%s",
                                 (unsigned long long)l1i, (unsigned long long)l2off,
                                 l2off % s->cluster_size ? " (unaligned)" : "");

@@ -1176,6 +1176,9 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
         }
     }
     vd_co_mutex_unlock(&s->lock);
+    if (ret == 0) {
+        qcow2_attach_aio_context(node, node->ctx);   /* idle timer if lazy_refcounts is on now */
+    }
     if (ret == 0 && size != s->header.size) {
         ret = qcow2_co_truncate(node, (int64_t)size, false, VD_PREALLOC_OFF, errp);
     }

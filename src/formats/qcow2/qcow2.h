@@ -295,6 +295,9 @@ struct Qcow2State {
 
 /* ---- refcount.c ------------------------------------------------------------- */
 
+/* End of the host space in use: the file, or further where clusters were
+ * allocated whose first write has not reached the file yet. */
+uint64_t qcow2_host_end(Qcow2State *s);
 int coroutine_fn qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint64_t *refcount);
 /* Add addend to the refcount of every cluster touching [offset, offset+bytes). */
 int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes,

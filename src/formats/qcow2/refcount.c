@@ -14,6 +14,24 @@
 
 static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int depth);
 
+uint64_t qcow2_host_end(Qcow2State *s)
+{
+    int64_t flen = vd_node_getlength(s->file);
+    uint64_t alloc_end = s->alloc_end_cluster << s->cluster_bits;
+    return flen < 0 ? alloc_end : VD_MAX((uint64_t)flen, alloc_end);
+}
+
+/* A refcount block must lie inside the image (not in the header cluster). */
+static int check_refblock(Qcow2State *s, uint64_t idx, uint64_t block_off)
+{
+    if (block_off < s->cluster_size || block_off >= qcow2_host_end(s)) {
+        qcow2_signal_corruption(s, "refcount block %llu at offset 0x%llx is outside the image",
+                                (unsigned long long)idx, (unsigned long long)block_off);
+        return -EIO;
+    }
+    return 0;
+}
+
 int coroutine_fn qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint64_t *refcount)
 {
     uint64_t idx = cluster_index >> s->refcount_block_bits;
@@ -25,8 +43,12 @@ int coroutine_fn qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint6
     if (!block_off) {
         return 0;
     }
+    int ret = check_refblock(s, idx, block_off);
+    if (ret < 0) {
+        return ret;
+    }
     void *block;
-    int ret = qcow2_cache_get(s, s->refcount_cache, block_off, &block);
+    ret = qcow2_cache_get(s, s->refcount_cache, block_off, &block);
     if (ret < 0) {
         return ret;
     }
@@ -63,7 +85,11 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
         }
         void *block;
         uint64_t block_off = s->refcount_table[idx] & QCOW2_REFT_OFFSET_MASK;
-        int ret = qcow2_cache_get(s, s->refcount_cache, block_off, &block);
+        int ret = check_refblock(s, idx, block_off);
+        if (ret < 0) {
+            return ret;
+        }
+        ret = qcow2_cache_get(s, s->refcount_cache, block_off, &block);
         if (ret < 0) {
             return ret;
         }
@@ -99,10 +125,11 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
     return 0;
 }
 
-/* First cluster index >= from with refcount 0. */
+/* First cluster index >= from with refcount 0 (never the header cluster,
+ * whatever a corrupted refcount says). */
 static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
 {
-    for (uint64_t c = from;; c++) {
+    for (uint64_t c = VD_MAX(from, 1);; c++) {
         uint64_t r;
         if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
             return -EFBIG;
@@ -338,7 +365,7 @@ int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
         return -EINVAL;
     }
     for (;;) {
-        uint64_t start = s->free_cluster_index, run = 0, c = start;
+        uint64_t start = VD_MAX(s->free_cluster_index, 1), run = 0, c = start;
         int64_t first_free = -1;
         while (run < n) {
             uint64_t r;
@@ -525,6 +552,7 @@ int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, cons
     return 0;
 }
 
+#define QCOW2_PREALLOC_FROM (32 * VD_MiB)
 #define QCOW2_PREALLOC_MIN (4 * VD_MiB)
 #define QCOW2_PREALLOC_MAX (128 * VD_MiB)
 
@@ -534,7 +562,8 @@ int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end)
         return 0;
     }
     int64_t flen = vd_node_getlength(s->file);
-    if (flen < 0 || end <= (uint64_t)flen) {
+    /* small images are not worth it (and tests and fuzzers keep them small) */
+    if (flen < 0 || end <= (uint64_t)flen || end < QCOW2_PREALLOC_FROM) {
         return 0;
     }
     uint64_t ahead = VD_MIN(VD_MAX(end / 8, (uint64_t)QCOW2_PREALLOC_MIN),

@@ -194,6 +194,11 @@ def cases():
     im.l2[2] = (1 << 62) | (((1 << 8) - 1) << (62 - 8)) | (7 * CS)
     im.compressed = zlib.compress(b'x' * 100)[2:-4][:50]
     yield 'compressed-truncated', im, 'io'
+    # no refcount block for the first clusters: allocation must not pick the
+    # header cluster (the fuzzer found a hang there)
+    im = Image()
+    im.reftable = [0]
+    yield 'refcount-block-missing', im, 'io'
     im = Image()
     im.truncate_to = 200
     yield 'file-truncated', im, 'open'

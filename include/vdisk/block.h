@@ -146,6 +146,9 @@ int coroutine_fn vd_co_block_status(VdNode *node, bool want_zero, int64_t offset
 int coroutine_fn vd_co_block_status_above(VdNode *top, VdNode *base, bool want_zero,
                                           int64_t offset, int64_t bytes, int64_t *pnum,
                                           int64_t *map, VdNode **file, int *depth);
+/* Bytes of storage the node really occupies (st_blocks for files; a format
+ * without its own answer reports its file child's). -ENOTSUP if unknown. */
+int64_t coroutine_fn vd_co_get_allocated_file_size(VdNode *node);
 int coroutine_fn vd_co_truncate(VdNode *node, int64_t offset, bool exact, VdPrealloc prealloc,
                                 VdError **errp);
 

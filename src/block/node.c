@@ -1032,13 +1032,13 @@ typedef struct InfoSync {
     VdError **errp;
 } InfoSync;
 
-static int64_t coroutine_fn node_allocated_size(VdNode *node)
+int64_t coroutine_fn vd_co_get_allocated_file_size(VdNode *node)
 {
     if (node->drv->co_get_allocated_file_size) {
         return node->drv->co_get_allocated_file_size(node);
     }
     if (node->file) {
-        return node_allocated_size(node->file->node);
+        return vd_co_get_allocated_file_size(node->file->node);
     }
     return -ENOTSUP;
 }
@@ -1046,7 +1046,7 @@ static int64_t coroutine_fn node_allocated_size(VdNode *node)
 static void coroutine_fn info_entry(void *opaque)
 {
     InfoSync *s = opaque;
-    s->actual = node_allocated_size(s->node);
+    s->actual = vd_co_get_allocated_file_size(s->node);
 }
 
 static VdJson *node_info_one(VdNode *node, VdError **errp)

@@ -878,6 +878,42 @@ out_unlock:
     return ret;
 }
 
+/*
+ * Is the image metadata-preallocated? True when the clusters in use (refcount
+ * > 0) outnumber the clusters the file physically holds by more than a ninth:
+ * many allocated clusters are holes in the file. Computed once per open.
+ */
+static bool coroutine_fn qcow2_metadata_preallocated(Qcow2State *s)
+{
+    if (s->metadata_prealloc) {
+        return s->metadata_prealloc == 2;
+    }
+    bool prealloc = false;
+    int64_t length = vd_node_getlength(s->file);
+    int64_t real = vd_co_get_allocated_file_size(s->file);
+    if (length > 0 && real >= 0) {
+        uint64_t real_clusters = (uint64_t)real >> s->cluster_bits;
+        uint64_t threshold = VD_MAX(real_clusters * 10 / 9, real_clusters + 2);
+        uint64_t used = VD_DIV_ROUND_UP((uint64_t)length, 1ull << s->cluster_bits);
+        /* only a file longer than its allocation can be; then count for real */
+        for (uint64_t i = 0, n = used; i < n && used >= threshold; i++) {
+            uint64_t rc = 0;
+            vd_co_mutex_lock(&s->lock);
+            int ret = qcow2_get_refcount(s, i, &rc);
+            vd_co_mutex_unlock(&s->lock);
+            if (ret < 0) {
+                break;
+            }
+            if (rc == 0) {
+                used--;
+            }
+        }
+        prealloc = used >= threshold;
+    }
+    s->metadata_prealloc = prealloc ? 2 : 1;
+    return prealloc;
+}
+
 int coroutine_fn qcow2_co_block_status_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                             int64_t *pnum, int64_t *map)
 {
@@ -898,7 +934,8 @@ int coroutine_fn qcow2_co_block_status_impl(Qcow2State *s, uint64_t offset, uint
         return VD_BLOCK_ZERO | VD_BLOCK_ALLOCATED;
     case QCOW2_CLUSTER_NORMAL:
         *map = (int64_t)((entry & QCOW2_L2E_OFFSET_MASK) + oic);
-        return VD_BLOCK_DATA | VD_BLOCK_OFFSET_VALID | VD_BLOCK_ALLOCATED | VD_BLOCK_RECURSE;
+        return VD_BLOCK_DATA | VD_BLOCK_OFFSET_VALID | VD_BLOCK_ALLOCATED |
+               (qcow2_metadata_preallocated(s) ? VD_BLOCK_RECURSE : 0);
     default:
         return VD_BLOCK_DATA | VD_BLOCK_ALLOCATED;
     }

@@ -826,15 +826,6 @@ static int64_t coroutine_fn qcow2_co_getlength(VdNode *node)
     return (int64_t)s->header.size;
 }
 
-static int64_t coroutine_fn qcow2_co_get_allocated_file_size(VdNode *node)
-{
-    Qcow2State *s = node->opaque;
-    if (s->file->drv && s->file->drv->co_get_allocated_file_size) {
-        return s->file->drv->co_get_allocated_file_size(s->file);
-    }
-    return -ENOTSUP;
-}
-
 static int coroutine_fn qcow2_co_truncate(VdNode *node, int64_t offset, bool exact,
                                           VdPrealloc prealloc, VdError **errp)
 {
@@ -1218,7 +1209,6 @@ const VdDriver vd_driver_qcow2 = {
     .co_block_status = qcow2_co_block_status,
     .co_truncate = qcow2_co_truncate,
     .co_getlength = qcow2_co_getlength,
-    .co_get_allocated_file_size = qcow2_co_get_allocated_file_size,
     .get_info = qcow2_get_info,
     .get_specific_info = qcow2_get_specific_info,
     .co_check = qcow2_co_check,

@@ -230,6 +230,10 @@ typedef struct Qcow2PendingFree {
 struct Qcow2State {
     VdNode *node;
     VdNode *file;
+    /* Block status asks the file whether a data cluster really holds data
+     * only when the image looks metadata-preallocated (clusters allocated in
+     * the tables with holes behind them), as QEMU does: 0 unknown, 1 no, 2 yes. */
+    int metadata_prealloc;
     const char *name;            /* for messages: the node's filename */
 
     Qcow2Header header;          /* as on disk; header.size tracks resizes */

@@ -214,6 +214,16 @@ class ImgCmdsTest(unittest.TestCase):
         self.same(["map", "--start-offset=12Q", top])
         self.same(["map", "--max-length=1x", top])
 
+    def test_map_metadata_preallocated(self):
+        # Allocated clusters with holes behind them: the file decides whether
+        # they read as zeros (qemu-img reports "zero": true there); a normally
+        # written image must not be asked (qcow2 recursion heuristic).
+        pre = self.qcow2("pre.qcow2", "16M", "write -P 1 1M 1M", opts="preallocation=metadata")
+        plain = self.qcow2("plain.qcow2", "16M", "write -P 1 1M 1M", "write -z 8M 1M")
+        for img in (pre, plain):
+            self.same(["map", img])
+            self.same(["map", "--output=json", img])
+
     def test_map_raw(self):
         img = self.raw("r.raw", "4M", "write -P 3 1M 4k")
         self.same(["map", "-f", "raw", img])

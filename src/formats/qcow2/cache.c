@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
 #include "formats/qcow2/qcow2.h"
 
 typedef struct Qcow2CacheEntry {
@@ -28,6 +30,7 @@ struct Qcow2Cache {
     bool is_l2;
     int dirty_count;
     uint8_t *mem;         /* n tables, contiguous: untouched pages cost nothing */
+    uint64_t clean_lru;   /* lru_clock at the last qcow2_cache_clean */
 };
 
 static unsigned cache_hash(const Qcow2Cache *c, uint64_t offset)
@@ -299,4 +302,23 @@ void qcow2_cache_empty(Qcow2Cache *c)
             cache_unlink(c, i);
         }
     }
+}
+
+int qcow2_cache_clean(Qcow2Cache *c)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    int freed = 0;
+    for (int i = 0; i < c->n; i++) {
+        Qcow2CacheEntry *e = &c->e[i];
+        if (e->offset && !e->dirty && e->ref == 0 && e->lru <= c->clean_lru) {
+            cache_unlink(c, i);
+            if (page > 0 && c->table_size % (size_t)page == 0) {
+                /* give the memory back; the next use refaults zero pages */
+                madvise(e->table, c->table_size, MADV_DONTNEED);
+            }
+            freed++;
+        }
+    }
+    c->clean_lru = c->lru_clock;
+    return freed;
 }

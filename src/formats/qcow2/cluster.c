@@ -8,8 +8,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
-#include <zstd.h>
 #include "formats/qcow2/qcow2.h"
 
 static void *qcow2_buf_alloc(size_t size)
@@ -192,41 +190,10 @@ int coroutine_fn qcow2_read_compressed(Qcow2State *s, uint64_t entry, uint8_t *o
         free(in);
         return ret;
     }
-    ret = -EIO;
-    if (s->compression_type == QCOW2_COMPRESSION_ZLIB) {
-        z_stream z;
-        memset(&z, 0, sizeof(z));
-        if (inflateInit2(&z, -12) == Z_OK) {
-            z.next_in = in;
-            z.avail_in = (uInt)csize;
-            z.next_out = out;
-            z.avail_out = (uInt)s->cluster_size;
-            int zr = inflate(&z, Z_FINISH);
-            if ((zr == Z_STREAM_END || zr == Z_BUF_ERROR || zr == Z_OK) && z.avail_out == 0) {
-                ret = 0;
-            }
-            inflateEnd(&z);
-        }
-    } else {
-        ZSTD_DCtx *d = ZSTD_createDCtx();
-        if (d) {
-            ZSTD_outBuffer ob = { out, s->cluster_size, 0 };
-            ZSTD_inBuffer ib = { in, csize, 0 };
-            while (ob.pos < ob.size && ib.pos < ib.size) {
-                size_t zr = ZSTD_decompressStream(d, &ob, &ib);
-                if (ZSTD_isError(zr)) {
-                    break;
-                }
-                if (zr == 0 && ob.pos < ob.size && ib.pos == ib.size) {
-                    break;
-                }
-            }
-            if (ob.pos == ob.size) {
-                ret = 0;
-            }
-            ZSTD_freeDCtx(d);
-        }
-    }
+    /* in and out stay alive: this coroutine waits for the job */
+    Qcow2CodecJob job = { .type = s->compression_type, .compress = false, .in = in,
+                          .in_len = csize, .out = out, .out_cap = s->cluster_size };
+    ret = qcow2_codec_co_run(&job);
     free(in);
     if (ret < 0) {
         qcow2_signal_corruption(s, "compressed cluster at host offset 0x%llx does not "
@@ -547,15 +514,27 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             continue;
         }
 
-        /* allocating write over k clusters that are not in-place writable */
+        /* allocating write over k clusters that are not in-place writable;
+         * a zero cluster that kept its own storage (refcount 1, e.g. after
+         * discard-no-unref) is written again in place of a new one */
+        bool reuse = qcow2_l2_entry_type(e0, s->version) == QCOW2_CLUSTER_ZERO_ALLOC &&
+                     (e0 & QCOW2_OFLAG_COPIED);
         uint64_t k = 1;
-        while (k < nb && !entry_is_copied_normal(s, l2_get(l2, l2i + k))) {
+        while (!reuse && k < nb && !entry_is_copied_normal(s, l2_get(l2, l2i + k))) {
             k++;
         }
         uint64_t e_last = l2_get(l2, l2i + k - 1);
         qcow2_cache_put(s->l2_cache, (void **)&l2);
         uint64_t n = VD_MIN(cur, k * cs - oic);
-        int64_t host = qcow2_alloc_clusters(s, k);
+        if (reuse && ((e0 & QCOW2_L2E_OFFSET_MASK) < cs ||
+                      (e0 & QCOW2_L2E_OFFSET_MASK) >= qcow2_host_end(s))) {
+            qcow2_signal_corruption(s, "zero cluster at guest offset 0x%llx keeps host offset "
+                                    "0x%llx, outside the file", (unsigned long long)cstart,
+                                    (unsigned long long)(e0 & QCOW2_L2E_OFFSET_MASK));
+            vd_co_mutex_unlock(&s->lock);
+            return -EIO;
+        }
+        int64_t host = reuse ? (int64_t)(e0 & QCOW2_L2E_OFFSET_MASK) : qcow2_alloc_clusters(s, k);
         if (host < 0) {
             vd_co_mutex_unlock(&s->lock);
             return (int)host;
@@ -618,14 +597,16 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
                 for (uint64_t i = 0; i < k; i++) {
                     uint64_t old = l2_get(l2, l2i + i);
                     l2_set(l2, l2i + i, ((uint64_t)host + i * cs) | QCOW2_OFLAG_COPIED);
-                    free_entry_storage(s, old);
+                    if (!reuse) {
+                        free_entry_storage(s, old);
+                    }
                 }
                 qcow2_cache_mark_dirty(s->l2_cache, l2);
                 qcow2_cache_put(s->l2_cache, (void **)&l2);
                 qcow2_note_activity(s);
             }
         }
-        if (ret < 0) {
+        if (ret < 0 && !reuse) {
             /* nothing references the new clusters: give them back */
             qcow2_update_refcount(s, (uint64_t)host, k * cs, -1);
         }
@@ -752,10 +733,24 @@ int coroutine_fn qcow2_co_zero_or_discard(Qcow2State *s, uint64_t offset, uint64
             vd_co_mutex_unlock(&s->lock);
             return ret;
         }
+        bool file_discards = false;
         for (uint64_t i = 0; i < nb; i++) {
             uint64_t old = l2_get(l2, l2i + i);
             Qcow2ClusterType t = qcow2_l2_entry_type(old, s->version);
             uint64_t nv;
+            if (s->discard_no_unref && v3 && (discard || may_unmap) &&
+                (old & QCOW2_OFLAG_COPIED) &&
+                (t == QCOW2_CLUSTER_NORMAL || t == QCOW2_CLUSTER_ZERO_ALLOC)) {
+                /* discard-no-unref: the cluster stays allocated and reads as
+                 * zeros; its data may go (pass-discard-request) */
+                uint64_t host = old & QCOW2_L2E_OFFSET_MASK;
+                l2_set(l2, l2i + i, host | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO);
+                if (s->pass_discard[QCOW2_DISCARD_REQUEST] && t == QCOW2_CLUSTER_NORMAL) {
+                    qcow2_queue_file_discard(s, host, cs);
+                    file_discards = true;
+                }
+                continue;
+            }
             if (discard) {
                 if (t == QCOW2_CLUSTER_UNALLOCATED && !have_backing) {
                     continue;
@@ -777,10 +772,16 @@ int coroutine_fn qcow2_co_zero_or_discard(Qcow2State *s, uint64_t offset, uint64
                 nv = QCOW2_OFLAG_ZERO;
             }
             l2_set(l2, l2i + i, nv);
+            s->discard_type = QCOW2_DISCARD_REQUEST;
             free_entry_storage(s, old);
+            s->discard_type = QCOW2_DISCARD_OTHER;
         }
         qcow2_cache_mark_dirty(s->l2_cache, l2);
         qcow2_cache_put(s->l2_cache, (void **)&l2);
+        if (file_discards) {
+            /* under the lock: an in-place write looks the entry up after it */
+            qcow2_process_file_discards(s);
+        }
         vd_co_mutex_unlock(&s->lock);
         off = cend;
     }
@@ -803,28 +804,15 @@ int coroutine_fn qcow2_co_pwritev_compressed_impl(Qcow2State *s, uint64_t offset
         return -ENOMEM;
     }
     vd_iov_to_buf(qiov, qoff, in, bytes);
-    size_t csize = 0;
-    if (s->compression_type == QCOW2_COMPRESSION_ZLIB) {
-        z_stream z;
-        memset(&z, 0, sizeof(z));
-        if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-                         Z_DEFAULT_STRATEGY) == Z_OK) {
-            z.next_in = in;
-            z.avail_in = (uInt)cs;
-            z.next_out = out;
-            z.avail_out = (uInt)(cs - 1);
-            if (deflate(&z, Z_FINISH) == Z_STREAM_END) {
-                csize = cs - 1 - z.avail_out;
-            }
-            deflateEnd(&z);
-        }
-    } else {
-        size_t r = ZSTD_compress(out, cs - 1, in, cs, 1);
-        if (!ZSTD_isError(r)) {
-            csize = r;
-        }
+    Qcow2CodecJob job = { .type = s->compression_type, .compress = true, .in = in,
+                          .in_len = cs, .out = out, .out_cap = cs - 1 };
+    int ret = qcow2_codec_co_run(&job);
+    if (ret < 0) {
+        free(in);
+        free(out);
+        return ret;
     }
-    int ret;
+    size_t csize = job.out_len;
     if (csize == 0) {
         /* does not compress: store it normally */
         free(in);

@@ -246,9 +246,59 @@ static void qcow2_clean_timer_cb(void *opaque)
     vd_co_enter(vd_co_create(qcow2_clean_entry, s));
 }
 
+/* overlap-check: the QCOW2_OL_* bits each level checks (QEMU's sets; "all"
+ * would add the inactive L2 tables, which are not tracked: -ENOTSUP). */
+int qcow2_parse_overlap_check(const char *v)
+{
+    if (!strcmp(v, "none")) {
+        return 0;
+    }
+    if (!strcmp(v, "constant")) {
+        return QCOW2_OL_HEADER | QCOW2_OL_L1 | QCOW2_OL_REFTABLE | QCOW2_OL_SNAPTABLE;
+    }
+    if (!strcmp(v, "cached")) {
+        return QCOW2_OL_HEADER | QCOW2_OL_L1 | QCOW2_OL_REFTABLE | QCOW2_OL_SNAPTABLE |
+               QCOW2_OL_REFBLOCK | QCOW2_OL_SNAPL1 | QCOW2_OL_L2;
+    }
+    if (!strcmp(v, "all")) {
+        return -ENOTSUP;
+    }
+    return -EINVAL;
+}
+
+/* cache-clean-interval: every interval, drop the cached tables unused since
+ * the previous round (under the lock, in a coroutine). */
+static void coroutine_fn qcow2_cache_clean_entry(void *opaque)
+{
+    Qcow2State *s = opaque;
+    vd_co_mutex_lock(&s->lock);
+    int n = qcow2_cache_clean(s->l2_cache) + qcow2_cache_clean(s->refcount_cache);
+    s->cache_cleaned += (uint64_t)n;
+    s->cache_clean_running = false;
+    if (s->cache_clean_timer) {
+        vd_timer_mod(s->cache_clean_timer,
+                     vd_clock_ns() + (int64_t)s->cache_clean_interval * 1000000000LL);
+    }
+    vd_co_mutex_unlock(&s->lock);
+}
+
+static void qcow2_cache_clean_timer_cb(void *opaque)
+{
+    Qcow2State *s = opaque;
+    if (s->cache_clean_running) {
+        return;
+    }
+    s->cache_clean_running = true;
+    vd_co_enter(vd_co_create(qcow2_cache_clean_entry, s));
+}
+
 static void qcow2_detach_aio_context(VdNode *node)
 {
     Qcow2State *s = node->opaque;
+    if (s->cache_clean_timer) {
+        vd_timer_free(s->cache_clean_timer);
+        s->cache_clean_timer = NULL;
+    }
     if (s->clean_timer) {
         vd_timer_free(s->clean_timer);
         s->clean_timer = NULL;
@@ -258,6 +308,11 @@ static void qcow2_detach_aio_context(VdNode *node)
 static void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx)
 {
     Qcow2State *s = node->opaque;
+    if (s->cache_clean_interval && s->l2_cache && !s->cache_clean_timer) {
+        s->cache_clean_timer = vd_timer_new(ctx, qcow2_cache_clean_timer_cb, s);
+        vd_timer_mod(s->cache_clean_timer,
+                     vd_clock_ns() + (int64_t)s->cache_clean_interval * 1000000000LL);
+    }
     if (s->lazy_refcounts && !node->read_only && !s->clean_timer) {
         s->clean_timer = vd_timer_new(ctx, qcow2_clean_timer_cb, s);
         qcow2_note_activity(s);
@@ -374,6 +429,9 @@ static void qcow2_free_state(Qcow2State *s)
     free(s->pending_free);
     free(s->unknown_ext);
     free(s->zero_cluster);
+    free(s->file_discards);
+    s->file_discards = NULL;
+    s->nb_file_discards = s->file_discards_alloc = 0;
     s->l1_table = NULL;
     s->refcount_table = NULL;
     s->pending_free = NULL;
@@ -415,19 +473,49 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
             return -EINVAL;
         }
     }
-    /* accepted for compatibility with qemu's option set */
-    char *ignored = NULL;
-    static const char *const compat_keys[] = {
-        "overlap-check", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
-        "cache-clean-interval", "discard-no-unref", "l2-cache-entry-size", NULL,
-    };
-    for (int i = 0; compat_keys[i]; i++) {
-        if (vd_opts_take_str(options, compat_keys[i], NULL, &ignored, errp) < 0) {
-            return -EINVAL;
-        }
-        free(ignored);
-        ignored = NULL;
+    /* QEMU's runtime options; values that depend on the header are checked
+     * after it is read */
+    bool pd_request = false, pd_snapshot = true, pd_other = false, no_unref = false;
+    uint64_t clean_interval = QCOW2_DEFAULT_CACHE_CLEAN_INTERVAL, l2_entry_size = 0;
+    char *overlap = NULL;
+    if (vd_opts_take_bool(options, "pass-discard-request", (flags & VD_O_UNMAP) != 0,
+                          &pd_request, errp) < 0 ||
+        vd_opts_take_bool(options, "pass-discard-snapshot", true, &pd_snapshot, errp) < 0 ||
+        vd_opts_take_bool(options, "pass-discard-other", false, &pd_other, errp) < 0 ||
+        vd_opts_take_bool(options, "discard-no-unref", false, &no_unref, errp) < 0 ||
+        vd_opts_take_uint(options, "cache-clean-interval", clean_interval, &clean_interval,
+                          errp) < 0 ||
+        vd_opts_take_size(options, "l2-cache-entry-size", 0, &l2_entry_size, errp) < 0 ||
+        vd_opts_take_str(options, "overlap-check", "cached", &overlap, errp) < 0) {
+        free(overlap);
+        return -EINVAL;
     }
+    s->pass_discard[QCOW2_DISCARD_REQUEST] = pd_request;
+    s->pass_discard[QCOW2_DISCARD_SNAPSHOT] = pd_snapshot;
+    s->pass_discard[QCOW2_DISCARD_OTHER] = pd_other;
+    s->discard_type = QCOW2_DISCARD_OTHER;
+    if (clean_interval > UINT32_MAX) {
+        vd_error_setg(errp, EINVAL, "%s: cache-clean-interval=%llu: cache clean interval "
+                      "too big", s->name, (unsigned long long)clean_interval);
+        free(overlap);
+        return -EINVAL;
+    }
+    s->cache_clean_interval = clean_interval;
+    int ol = qcow2_parse_overlap_check(overlap);
+    if (ol == -ENOTSUP) {
+        vd_error_setg(errp, ENOTSUP, "%s: overlap-check=all is not supported: inactive L2 "
+                      "tables are not checked (use cached, constant or none)", s->name);
+    } else if (ol < 0) {
+        vd_error_setg(errp, EINVAL, "%s: unsupported value '%s' for qcow2 option "
+                      "'overlap-check'. Allowed are any of the following: none, constant, "
+                      "cached, all", s->name, overlap);
+    }
+    if (ol < 0) {
+        free(overlap);
+        return -EINVAL;
+    }
+    free(overlap);
+    s->overlap_checks = ol;
 
     int64_t file_size = vd_node_getlength(s->file);
     if (file_size < 0) {
@@ -603,6 +691,29 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
         }
         free(b);
     }
+
+    if (l2_entry_size && (l2_entry_size < 512 || l2_entry_size > cs ||
+                          (l2_entry_size & (l2_entry_size - 1)))) {
+        vd_error_setg(errp, EINVAL, "%s: l2-cache-entry-size=%llu: L2 cache entry size must "
+                      "be a power of two between 512 and the cluster size (%llu)", s->name,
+                      (unsigned long long)l2_entry_size, (unsigned long long)cs);
+        ret = -EINVAL;
+        goto fail;
+    }
+    if (l2_entry_size && l2_entry_size != cs) {
+        vd_error_setg(errp, ENOTSUP, "%s: l2-cache-entry-size=%llu is not supported: L2 cache "
+                      "entries are whole clusters (%llu bytes)", s->name,
+                      (unsigned long long)l2_entry_size, (unsigned long long)cs);
+        ret = -ENOTSUP;
+        goto fail;
+    }
+    if (no_unref && s->version < 3) {
+        vd_error_setg(errp, EINVAL, "%s: discard-no-unref=on: discard-no-unref is only "
+                      "supported since qcow2 version 3", s->name);
+        ret = -EINVAL;
+        goto fail;
+    }
+    s->discard_no_unref = no_unref;
 
     /* caches: by default enough L2 tables to map the whole disk, up to 32 MiB */
     if (cache_bytes && !l2_cache_bytes) {

@@ -197,6 +197,10 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 bool qcow2_cache_is_dirty(Qcow2Cache *c);
 /* Drop every clean table (after snapshot goto / check repair). */
 void qcow2_cache_empty(Qcow2Cache *c);
+/* cache-clean-interval: drop the clean, unreferenced tables not used since
+ * the previous call (and give their memory back). Under s->lock. Returns
+ * how many were dropped. */
+int qcow2_cache_clean(Qcow2Cache *c);
 
 /* ---- the driver state ------------------------------------------------------------ */
 
@@ -222,10 +226,25 @@ typedef struct Qcow2Snapshot {
     uint32_t extra_size;        /* total extra data size */
 } Qcow2Snapshot;
 
+/* Why clusters are being freed: pass-discard-request/-snapshot/-other
+ * decide whether the freed host clusters are discarded in the file. */
+typedef enum Qcow2DiscardType {
+    QCOW2_DISCARD_REQUEST,       /* guest discard or unmapping zero write */
+    QCOW2_DISCARD_SNAPSHOT,      /* snapshot deletion */
+    QCOW2_DISCARD_OTHER,         /* everything else (COW, table moves, ...) */
+    QCOW2_DISCARD_MAX
+} Qcow2DiscardType;
+
 typedef struct Qcow2PendingFree {
     uint64_t offset;
     uint64_t bytes;
+    Qcow2DiscardType type;
 } Qcow2PendingFree;
+
+typedef struct Qcow2FileDiscard {
+    uint64_t offset;
+    uint64_t bytes;
+} Qcow2FileDiscard;
 
 struct Qcow2State {
     VdNode *node;
@@ -295,6 +314,18 @@ struct Qcow2State {
     uint64_t snapshots_size;     /* bytes */
 
     void *zero_cluster;          /* a cluster of zeros for COW fill */
+
+    /* runtime options (qcow2_co_open) */
+    bool pass_discard[QCOW2_DISCARD_MAX];
+    Qcow2DiscardType discard_type; /* reason for the frees made now (under s->lock) */
+    Qcow2FileDiscard *file_discards; /* clusters whose refcount dropped to 0, to discard */
+    size_t nb_file_discards, file_discards_alloc;
+    int overlap_checks;          /* QCOW2_OL_* bits checked before metadata writes */
+    bool discard_no_unref;       /* discards keep the cluster (zero flag + offset) */
+    uint64_t cache_clean_interval; /* seconds, 0: never */
+    VdTimer *cache_clean_timer;
+    bool cache_clean_running;    /* the clean coroutine holds a reference to s */
+    uint64_t cache_cleaned;      /* test hook: cache entries freed by the clean timer */
 };
 
 /* ---- refcount.c ------------------------------------------------------------- */
@@ -319,7 +350,12 @@ static inline void qcow2_note_write(Qcow2State *s, uint64_t offset, uint64_t byt
  * steps, so that new clusters are written without extending the file). */
 int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end);
 /* Drop a reference once the tables that referenced it are stable. */
+/* Deferred free; s->discard_type says why (pass-discard-*). */
 void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes);
+/* Discard in the file the clusters whose refcount dropped to zero (queued by
+ * qcow2_update_refcount when the current discard_type passes discards). */
+int coroutine_fn qcow2_process_file_discards(Qcow2State *s);
+void qcow2_queue_file_discard(Qcow2State *s, uint64_t offset, uint64_t bytes);
 int coroutine_fn qcow2_apply_pending_frees(Qcow2State *s);
 /* Rewrite all refcounts with width 2^new_order bits (amend refcount_bits). */
 int coroutine_fn qcow2_change_refcount_order(Qcow2State *s, int new_order, VdError **errp);
@@ -330,6 +366,10 @@ enum {
     QCOW2_OL_L2 = 1 << 6,
 };
 int qcow2_check_overlap(Qcow2State *s, int ignore, uint64_t offset, uint64_t size);
+/* overlap-check value -> QCOW2_OL_* mask; -EINVAL unknown, -ENOTSUP "all". */
+int qcow2_parse_overlap_check(const char *value);
+/* QEMU's default cache-clean-interval (seconds) */
+#define QCOW2_DEFAULT_CACHE_CLEAN_INTERVAL 600
 /* Write metadata through the overlap check; on overlap marks corrupt, -EIO. */
 int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
                                   uint64_t size);
@@ -386,5 +426,25 @@ int coroutine_fn qcow2_co_snapshot_goto(VdNode *node, const char *id_or_name, Vd
 int coroutine_fn qcow2_co_snapshot_delete(VdNode *node, const char *id, const char *name,
                                           VdError **errp);
 int qcow2_snapshot_list(VdNode *node, VdSnapshotInfo **list);
+
+/* ---- compress.c ---------------------------------------------------------------- */
+/* Clusters of at least this many bytes are (de)compressed on a thread-pool
+ * worker; smaller ones inline (the thread hop costs more than the work). */
+#define QCOW2_CODEC_OFFLOAD_MIN (16 * 1024)
+typedef struct Qcow2CodecJob {
+    int type;              /* QCOW2_COMPRESSION_ZLIB or _ZSTD */
+    bool compress;         /* deflate in -> out, else inflate in -> out */
+    const uint8_t *in;
+    size_t in_len;
+    uint8_t *out;
+    size_t out_cap;        /* inflate: exactly this many bytes must come out */
+    size_t out_len;        /* result: bytes produced (0: compression did not fit) */
+} Qcow2CodecJob;
+/* Run the job (on a worker when called from a coroutine and the cluster -
+ * in_len to compress, out_cap to inflate - is >= QCOW2_CODEC_OFFLOAD_MIN). Inflate: 0 or -EIO for a bad stream. Deflate: 0 (out_len
+ * 0 when it did not fit) or -ENOMEM. Touches nothing but the job's buffers. */
+int coroutine_fn qcow2_codec_co_run(Qcow2CodecJob *job);
+/* Test hook: jobs sent to the thread pool since the process started. */
+uint64_t qcow2_codec_offload_count(void);
 
 #endif

@@ -59,6 +59,38 @@ int coroutine_fn qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint6
     return 0;
 }
 
+/* Best effort: a cluster whose discard cannot be queued just keeps its blocks. */
+void qcow2_queue_file_discard(Qcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    if (s->nb_file_discards) {
+        Qcow2FileDiscard *l = &s->file_discards[s->nb_file_discards - 1];
+        if (l->offset + l->bytes == offset) {
+            l->bytes += bytes;
+            return;
+        }
+    }
+    if (s->nb_file_discards == s->file_discards_alloc) {
+        size_t n = s->file_discards_alloc ? s->file_discards_alloc * 2 : 16;
+        Qcow2FileDiscard *d = realloc(s->file_discards, n * sizeof(*d));
+        if (!d) {
+            return;
+        }
+        s->file_discards = d;
+        s->file_discards_alloc = n;
+    }
+    s->file_discards[s->nb_file_discards++] = (Qcow2FileDiscard){ offset, bytes };
+}
+
+int coroutine_fn qcow2_process_file_discards(Qcow2State *s)
+{
+    while (s->nb_file_discards) {
+        Qcow2FileDiscard d = s->file_discards[--s->nb_file_discards];
+        /* errors ignored: the space is just not given back */
+        vd_co_pdiscard(s->file, (int64_t)d.offset, (int64_t)d.bytes);
+    }
+    return 0;
+}
+
 int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                        int64_t addend)
 {
@@ -113,6 +145,9 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
                     s->free_cluster_index = c;
                 }
                 uint64_t off = c << s->cluster_bits;
+                if (addend < 0 && s->pass_discard[s->discard_type]) {
+                    qcow2_queue_file_discard(s, off, s->cluster_size);
+                }
                 qcow2_cache_discard(s->l2_cache, off);
                 if (off != block_off) {
                     qcow2_cache_discard(s->refcount_cache, off);
@@ -122,7 +157,9 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
         qcow2_cache_mark_dirty(s->refcount_cache, block);
         qcow2_cache_put(s->refcount_cache, &block);
     }
-    return 0;
+    /* still under s->lock: nothing can reallocate these clusters before
+     * their discard is done */
+    return addend < 0 ? qcow2_process_file_discards(s) : 0;
 }
 
 /* First cluster index >= from with refcount 0 (never the header cluster,
@@ -426,6 +463,7 @@ void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes
         return;
     }
     if (s->nb_pending_free &&
+        s->pending_free[s->nb_pending_free - 1].type == s->discard_type &&
         s->pending_free[s->nb_pending_free - 1].offset +
         s->pending_free[s->nb_pending_free - 1].bytes == offset) {
         s->pending_free[s->nb_pending_free - 1].bytes += bytes;
@@ -442,6 +480,7 @@ void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes
     }
     s->pending_free[s->nb_pending_free].offset = offset;
     s->pending_free[s->nb_pending_free].bytes = bytes;
+    s->pending_free[s->nb_pending_free].type = s->discard_type;
     s->nb_pending_free++;
 }
 
@@ -450,18 +489,12 @@ int coroutine_fn qcow2_apply_pending_frees(Qcow2State *s)
     int result = 0;
     while (s->nb_pending_free) {
         Qcow2PendingFree f = s->pending_free[--s->nb_pending_free];
+        Qcow2DiscardType saved = s->discard_type;
+        s->discard_type = f.type;
         int ret = qcow2_update_refcount(s, f.offset, f.bytes, -1);
+        s->discard_type = saved;
         if (ret < 0 && !result) {
             result = ret;
-        }
-        if (ret == 0 && (s->node->open_flags & VD_O_UNMAP) && f.offset % s->cluster_size == 0 &&
-            f.bytes % s->cluster_size == 0) {
-            /* best effort: give the space back to the host if nobody uses it */
-            uint64_t r = 1;
-            qcow2_get_refcount(s, f.offset >> s->cluster_bits, &r);
-            if (r == 0 && f.bytes == s->cluster_size) {
-                vd_co_pdiscard(s->file, (int64_t)f.offset, (int64_t)f.bytes);
-            }
         }
     }
     return result;
@@ -536,7 +569,7 @@ int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, cons
     if (s->corrupt) {
         return -EIO;
     }
-    int ol = qcow2_check_overlap(s, kind, offset, size);
+    int ol = qcow2_check_overlap(s, kind | ~s->overlap_checks, offset, size);
     if (ol) {
         qcow2_signal_corruption(s, "preventing a metadata write at 0x%llx (%llu bytes) that "
                                 "would overwrite the %s", (unsigned long long)offset,

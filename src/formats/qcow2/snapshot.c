@@ -596,6 +596,7 @@ int coroutine_fn qcow2_co_snapshot_delete(VdNode *node, const char *id, const ch
         return -ENOENT;
     }
     Qcow2Snapshot sn = s->snapshots[idx];
+    s->discard_type = QCOW2_DISCARD_SNAPSHOT;   /* pass-discard-snapshot */
     memmove(&s->snapshots[idx], &s->snapshots[idx + 1],
             (s->nb_snapshots - (uint32_t)idx - 1) * sizeof(Qcow2Snapshot));
     s->nb_snapshots--;
@@ -620,6 +621,7 @@ int coroutine_fn qcow2_co_snapshot_delete(VdNode *node, const char *id, const ch
     free(sn.id_str);
     free(sn.name);
     free(sn.extra);
+    s->discard_type = QCOW2_DISCARD_OTHER;
     vd_co_mutex_unlock(&s->lock);
     if (ret < 0) {
         vd_error_setg_errno(errp, -ret, "%s: could not delete snapshot", s->name);

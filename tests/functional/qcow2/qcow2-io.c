@@ -5,12 +5,13 @@
  * bursts, and creates images with vdisk's qcow2 create.
  *
  *   qcow2-io create FILE OPTS            (OPTS: "size=64M,cluster_size=4k,...")
- *   qcow2-io [-U] [-t cache] FILE -c CMD [-c CMD...]
+ *   qcow2-io [-U] [-t cache] [-o RUNTIME-OPTS] FILE -c CMD [-c CMD...]
  * CMD: write [-P pat] [-z] [-c] OFF LEN | aio_write [-P pat] [-z] OFF LEN |
  *      aio_flush | discard OFF LEN | flush | read [-P pat] OFF LEN |
  *      compare RAWFILE | check [-r leaks|all] | info | abort | sleep MS | truncate SIZE |
  *      snapshot_create NAME | snapshot_apply NAME | snapshot_delete NAME |
- *      snapshot_list | amend OPTS | measure OPTS | change_backing FILE FMT | make_empty
+ *      snapshot_list | amend OPTS | measure OPTS | change_backing FILE FMT | make_empty |
+ *      qcow2_stats (prints driver counters: cache_cleaned=N)
  * Exit status 0 when every command succeeded and every read matched.
  */
 #include <errno.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 #include "vdisk/block.h"
 #include "block/driver.h"
+#include "formats/qcow2/qcow2.h"
 
 static int g_pending;
 static int g_failed;
@@ -188,6 +190,15 @@ static int run_cmd(VdBackend *b, char *cmd)
     if (!strcmp(op, "compare")) {
         wait_pending();
         return i < argc ? compare_raw(b, argv[i]) : -1;
+    }
+    if (!strcmp(op, "qcow2_stats")) {
+        VdNode *n = vd_backend_node(b);
+        if (!n || strcmp(n->drv->format_name, "qcow2")) {
+            return -1;
+        }
+        Qcow2State *s = n->opaque;
+        printf("cache_cleaned=%llu\n", (unsigned long long)s->cache_cleaned);
+        return 0;
     }
     if (!strcmp(op, "sleep")) {
         /* keep the event loop running (timers fire) for N milliseconds */
@@ -365,6 +376,7 @@ int main(int argc, char **argv)
     int flags = VD_O_RDWR | VD_O_UNMAP;   /* as qemu-io: discards reach the driver */
     const char *file = NULL;
     const char *cache = "writeback";
+    const char *runtime_opts = NULL;
     int first_cmd = argc;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-c")) {
@@ -376,6 +388,8 @@ int main(int argc, char **argv)
             flags |= VD_O_CHECK;
         } else if (!strcmp(argv[i], "-t") && i + 1 < argc) {
             cache = argv[++i];
+        } else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
+            runtime_opts = argv[++i];
         } else {
             file = argv[i];
         }
@@ -389,7 +403,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "qcow2-io: bad cache mode %s\n", cache);
         return 1;
     }
-    VdBackend *b = vd_backend_open(file, NULL, flags, &err);
+    VdOpts *ropts = NULL;
+    if (runtime_opts) {
+        ropts = vd_opts_parse(runtime_opts, NULL, &err);
+        if (!ropts) {
+            fprintf(stderr, "qcow2-io: %s\n", err ? err->msg : "bad -o options");
+            vd_error_free(err);
+            return 1;
+        }
+    }
+    VdBackend *b = vd_backend_open(file, ropts, flags, &err);
     if (!b) {
         fprintf(stderr, "qcow2-io: %s\n", err ? err->msg : "open failed");
         vd_error_free(err);

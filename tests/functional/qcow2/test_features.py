@@ -16,6 +16,11 @@ import sys
 import tempfile
 
 QCOW2_IO = sys.argv[1]
+VDISK_IO = None
+if '--vdisk-io' in sys.argv:
+    i = sys.argv.index('--vdisk-io')
+    VDISK_IO = sys.argv[i + 1]
+    del sys.argv[i:i + 2]
 TMP = tempfile.mkdtemp(prefix='vd-qcow2-feat-')
 passed = []
 tests = []
@@ -121,6 +126,233 @@ def compressed_writes():
         run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compression_type=' + ctype, q, '4M'])
         run(['qemu-io', '-c', 'write -c -P 0x77 64k 64k', q])
         vio(q, 'read -P 0x77 64k 64k', 'read -P 0 0 64k', flags=['-r'])
+
+
+@test
+def compressed_large_clusters():
+    # clusters >= 16 KiB are (de)compressed on the thread pool: images written
+    # that way must be what QEMU reads, and read back through vdisk
+    for ctype in ('zlib', 'zstd'):
+        for cs in (64 << 10, 2 << 20):
+            img = path('compl-%s-%d.qcow2' % (ctype, cs))
+            ref = path('compl-%s-%d.raw' % (ctype, cs))
+            size = 3 * cs + cs // 2
+            run([QCOW2_IO, 'create', img, 'size=%d,cluster_size=%d,compression_type=%s'
+                 % (size, cs, ctype)])
+            run(['qemu-img', 'create', '-q', '-f', 'raw', ref, str(size)])
+            cmds = ['write -c -P 0x%02x %d %d' % (0x21 + i, i * cs, cs) for i in range(3)]
+            cmds.append('write -c -P 0x5a %d %d' % (3 * cs, cs // 2))
+            cmds.append('write -P 0x7e %d 4k' % (cs + 512))
+            vio(img, *cmds)
+            qargs = ['qemu-io', '-f', 'raw']
+            for c in cmds:
+                qargs += ['-c', c.replace('-c ', '')]
+            run(qargs + [ref])
+            check_clean(img)
+            assert 'compressed' in run(['qemu-img', 'check', img]).stdout
+            run(['qemu-img', 'compare', '-q', '-f', 'qcow2', '-F', 'raw', img, ref])
+            vio(img, 'read -P 0x21 0 %d' % cs, 'read -P 0x7e %d 4k' % (cs + 512),
+                'read -P 0x22 %d 512' % cs, 'read -P 0x23 %d %d' % (2 * cs, cs),
+                'read -P 0x5a %d %d' % (3 * cs, cs // 2), flags=['-r'])
+
+
+def host_is_hole(img, off, length):
+    """True when [off, off+length) of the file holds no data (SEEK_DATA)."""
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        try:
+            d = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:
+            return True   # ENXIO: only a hole up to the end
+        return d >= off + length
+    finally:
+        os.close(fd)
+
+
+def qmap(img):
+    return json.loads(run(['qemu-img', 'map', '--output=json', '-U', img]).stdout)
+
+
+def data_offset(img, guest):
+    for e in qmap(img):
+        if e['start'] <= guest < e['start'] + e['length'] and 'offset' in e:
+            return e['offset'] + guest - e['start']
+    return None
+
+
+def l2_entry(img, guest_cluster):
+    """Raw L2 entry (first L2 table) of a guest cluster."""
+    with open(img, 'rb') as f:
+        hdr = f.read(104)
+        cb = struct.unpack('>I', hdr[20:24])[0]
+        l1_off = struct.unpack('>Q', hdr[40:48])[0]
+        f.seek(l1_off)
+        l2 = struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00
+        f.seek(l2 + 8 * guest_cluster)
+        return struct.unpack('>Q', f.read(8))[0], cb
+
+
+def opt_error(img, opts, message):
+    r = run([QCOW2_IO, '-o', opts, img, '-c', 'read 0 4k'], ok=(1,))
+    assert message in r.stderr, (opts, r.stderr)
+    if VDISK_IO:
+        r = run([VDISK_IO, '--image-opts', 'driver=qcow2,file.filename=%s,%s' % (img, opts),
+                 '-c', 'read 0 4k'], ok=(1,))
+        assert message in r.stderr, (opts, r.stderr)
+
+
+@test
+def runtime_option_errors():
+    img = path('opts.qcow2')
+    run([QCOW2_IO, 'create', img, 'size=1M'])
+    opt_error(img, 'overlap-check=bogus', "unsupported value 'bogus' for qcow2 option "
+              "'overlap-check'. Allowed are any of the following: none, constant, cached, all")
+    opt_error(img, 'overlap-check=all', 'overlap-check=all is not supported')
+    opt_error(img, 'l2-cache-entry-size=1000', 'l2-cache-entry-size=1000: L2 cache entry size '
+              'must be a power of two between 512 and the cluster size (65536)')
+    opt_error(img, 'l2-cache-entry-size=128k', 'l2-cache-entry-size=131072: L2 cache entry')
+    opt_error(img, 'l2-cache-entry-size=4k', 'l2-cache-entry-size=4096 is not supported')
+    opt_error(img, 'cache-clean-interval=5000000000', 'cache-clean-interval=5000000000: cache '
+              'clean interval too big')
+    for bad in ('cache-clean-interval=soon', 'pass-discard-other=maybe',
+                'pass-discard-request=2', 'discard-no-unref=x'):
+        r = run([QCOW2_IO, '-o', bad, img, '-c', 'read 0 4k'], ok=(1,))
+        assert bad.split('=')[0] in r.stderr, (bad, r.stderr)
+    v2 = path('opts-v2.qcow2')
+    run([QCOW2_IO, 'create', v2, 'size=1M,compat=0.10'])
+    opt_error(v2, 'discard-no-unref=on', 'discard-no-unref is only supported since qcow2 '
+              'version 3')
+    # the accepted values
+    for good in ('overlap-check=none', 'overlap-check=constant', 'overlap-check=cached',
+                 'l2-cache-entry-size=64k', 'cache-clean-interval=0',
+                 'pass-discard-request=off,pass-discard-snapshot=off,pass-discard-other=on',
+                 'discard-no-unref=off'):
+        run([QCOW2_IO, '-o', good, img, '-c', 'write -P 0x3c 0 8k', '-c', 'read -P 0x3c 0 8k'])
+    check_clean(img)
+
+
+@test
+def pass_discard():
+    cs = 65536
+    # request: a guest discard gives the host cluster back unless turned off
+    for opt, hole in (('pass-discard-request=on', True), ('pass-discard-request=off', False)):
+        img = path('pdr.qcow2')
+        run([QCOW2_IO, 'create', img, 'size=1M'])
+        vio(img, 'write -P 0x11 0 64k')
+        host = data_offset(img, 0)
+        assert host and not host_is_hole(img, host, cs)
+        vio(img, 'discard 0 64k', flags=['-o', opt])
+        check_clean(img)
+        assert host_is_hole(img, host, cs) == hole, opt
+        run(['qemu-io', '-c', 'read -P 0 0 64k', img])
+    # snapshot: clusters freed by deleting a snapshot (default on)
+    for opt, hole in (('pass-discard-snapshot=on', True), ('pass-discard-snapshot=off', False)):
+        img = path('pds.qcow2')
+        run([QCOW2_IO, 'create', img, 'size=1M'])
+        vio(img, 'write -P 0x21 0 64k', 'snapshot_create s1', 'write -P 0x22 0 64k')
+        cur = data_offset(img, 0)
+        # the snapshot keeps the first copy: the other cluster holding 0x21
+        old = [o for o in range(cs, os.path.getsize(img), cs)
+               if o != cur and first_byte(img, o) == 0x21 and not host_is_hole(img, o, cs)]
+        assert len(old) == 1, old
+        old = old[0]
+        vio(img, 'snapshot_delete s1', flags=['-o', opt])
+        check_clean(img)
+        assert host_is_hole(img, old, cs) == hole, opt
+        run(['qemu-io', '-c', 'read -P 0x22 0 64k', img])
+    # other: a compressed cluster replaced by a normal write (default off)
+    for opt, hole in (('pass-discard-other=off', False), ('pass-discard-other=on', True)):
+        img = path('pdo.qcow2')
+        run([QCOW2_IO, 'create', img, 'size=1M'])
+        vio(img, 'write -c -P 0x31 0 64k')
+        entry, cb = l2_entry(img, 0)
+        assert entry & (1 << 62)
+        host = (entry & ((1 << (62 - (cb - 8))) - 1)) & ~(cs - 1)
+        assert not host_is_hole(img, host, cs)
+        vio(img, 'write -P 0x32 0 64k', flags=['-o', opt])
+        check_clean(img)
+        assert host_is_hole(img, host, cs) == hole, opt
+        run(['qemu-io', '-c', 'read -P 0x32 0 64k', img])
+
+
+def first_byte(img, off):
+    with open(img, 'rb') as f:
+        f.seek(off)
+        return f.read(1)[0]
+
+
+@test
+def discard_no_unref():
+    cs = 65536
+    img = path('dnu.qcow2')
+    run([QCOW2_IO, 'create', img, 'size=1M'])
+    vio(img, 'write -P 0x41 0 128k')
+    host = data_offset(img, 0)
+    vio(img, 'discard 0 64k', 'write -z -u 64k 64k', flags=['-o', 'discard-no-unref=on'])
+    check_clean(img)
+    for e in qmap(img):
+        if e['start'] < 128 * 1024:
+            # still allocated (offset kept), reads as zeros
+            assert e['zero'] and not e['data'] and e.get('offset') == host + e['start'], e
+    run(['qemu-io', '-c', 'read -P 0 0 128k', img])
+    assert host_is_hole(img, host, cs)          # pass-discard-request (unmap) dropped the data
+    vio(img, 'write -P 0x42 0 128k')
+    assert data_offset(img, 0) == host and data_offset(img, cs) == host + cs  # reused in place
+    check_clean(img)
+    run(['qemu-io', '-c', 'read -P 0x42 0 128k', img])
+    # without it the clusters are freed
+    vio(img, 'discard 0 128k')
+    check_clean(img)
+    assert data_offset(img, 0) is None
+
+
+@test
+def cache_clean_interval():
+    img = path('cci.qcow2')
+    run([QCOW2_IO, 'create', img, 'size=64M,cluster_size=4k'])
+    vio(img, 'write -P 0x51 0 4k', 'write -P 0x52 32M 4k')
+    # interval 1 s: the first round marks, the second (2 s) drops the tables
+    for opt, cleaned, ms in (('cache-clean-interval=1', True, 3500),
+                             ('cache-clean-interval=0', False, 1200), ('', False, 1200)):
+        flags = ['-o', opt] if opt else []
+        r = vio(img, 'read -P 0x51 0 4k', 'read -P 0x52 32M 4k', 'sleep %d' % ms, 'qcow2_stats',
+                'read -P 0x51 0 4k', flags=flags)
+        n = int(r.stdout.split('cache_cleaned=')[1].split()[0])
+        assert (n >= 2) == cleaned and (n == 0) != cleaned, (opt, n)
+    check_clean(img)
+
+
+@test
+def overlap_check():
+    # an L1 entry pointing at the refcount table: writing "the L2 table"
+    # there must be refused unless overlap-check=none
+    # (and at a refcount block: refcount block vs L2 table, which only
+    # "cached" checks)
+    for target, opt, ok in (('reftable', 'overlap-check=cached', False),
+                            ('reftable', 'overlap-check=constant', False),
+                            ('reftable', 'overlap-check=none', True),
+                            ('refblock', '', False),
+                            ('refblock', 'overlap-check=cached', False),
+                            ('refblock', 'overlap-check=constant', True)):
+        img = path('ol.qcow2')
+        run(['qemu-img', 'create', '-q', '-f', 'qcow2', img, '1M'])
+        run(['qemu-io', '-c', 'write -P 0x61 0 64k', img])
+        with open(img, 'r+b') as f:
+            hdr = f.read(104)
+            l1_off = struct.unpack('>Q', hdr[40:48])[0]
+            rt_off = struct.unpack('>Q', hdr[48:56])[0]
+            f.seek(rt_off)
+            rb_off = struct.unpack('>Q', f.read(8))[0]
+            f.seek(l1_off)
+            f.write(struct.pack('>Q', (rt_off if target == 'reftable' else rb_off) | (1 << 63)))
+        # the L2 table is written back at the flush: the write itself succeeds
+        flags = ['-o', opt] if opt else []
+        r = run([QCOW2_IO] + flags + [img, '-c', 'write -P 0x62 0 4k', '-c', 'flush'],
+                ok=(0, 1))
+        refused = 'preventing a metadata write' in r.stderr
+        assert refused != ok, (opt, r.stderr)
+        if refused:
+            assert qinfo(img)['format-specific']['data'].get('corrupt'), opt
 
 
 @test

@@ -55,15 +55,7 @@ int img_cmd_amend(int argc, char **argv)
                 help = true;
                 break;
             }
-            char *old = options;
-            if (old) {
-                if (asprintf(&options, "%s,%s", old, optarg) < 0) {
-                    options = NULL;
-                }
-                free(old);
-            } else {
-                options = strdup(optarg);
-            }
+            img_append_option(&options, optarg);
             break;
         }
         case 'f': fmt = optarg; break;

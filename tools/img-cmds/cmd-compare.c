@@ -99,13 +99,7 @@ static int cmp_check_empty(CmpImage *im, int64_t offset, int64_t end, uint8_t *b
 
 int img_cmd_compare(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, 'O' },
-        { "image-opts", no_argument, NULL, 'I' },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 },
-    };
+    const struct option *longopts = img_std_longopts;
     const char *fmt1 = NULL, *fmt2 = NULL, *cache = NULL;
     bool strict = false, progress = false, quiet = false, force_share = false, image_opts = false;
     int c, ret = 2;

@@ -433,15 +433,7 @@ int img_cmd_convert(int argc, char **argv)
                 free(options);
                 return 0;
             }
-            char *old = options;
-            if (old) {
-                if (asprintf(&options, "%s,%s", old, optarg) < 0) {
-                    options = NULL;
-                }
-                free(old);
-            } else {
-                options = strdup(optarg);
-            }
+            img_append_option(&options, optarg);
             break;
         }
         case 'l':

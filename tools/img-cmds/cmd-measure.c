@@ -31,15 +31,7 @@ int img_cmd_measure(int argc, char **argv)
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
         case 'o': {
-            char *old = options;
-            if (old) {
-                if (asprintf(&options, "%s,%s", old, optarg) < 0) {
-                    options = NULL;
-                }
-                free(old);
-            } else {
-                options = strdup(optarg);
-            }
+            img_append_option(&options, optarg);
             break;
         }
         case 'l':

@@ -28,13 +28,7 @@ static int rebase_read(VdNode *node, int64_t node_size, int64_t off, int64_t n, 
 
 int img_cmd_rebase(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, 'O' },
-        { "image-opts", no_argument, NULL, 'I' },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 },
-    };
+    const struct option *longopts = img_std_longopts;
     const char *fmt = NULL, *cache = "writeback", *src_cache = "writeback";
     const char *out_base = NULL, *out_basefmt = NULL;
     bool quiet = false, image_opts = false, unsafe = false, progress = false;

@@ -57,13 +57,7 @@ enum { SNAPSHOT_LIST = 1, SNAPSHOT_CREATE, SNAPSHOT_APPLY, SNAPSHOT_DELETE };
 
 int img_cmd_snapshot(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, 'O' },
-        { "image-opts", no_argument, NULL, 'I' },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 },
-    };
+    const struct option *longopts = img_std_longopts;
     const char *fmt = NULL, *name = NULL;
     bool quiet = false, image_opts = false, force_share = false;
     int action = 0, c;

@@ -27,6 +27,14 @@ void img_error_err(VdError *err, const char *prefix)
     vd_error_free(err);
 }
 
+const struct option img_std_longopts[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "object", required_argument, NULL, 'O' },
+    { "image-opts", no_argument, NULL, 'I' },
+    { "force-share", no_argument, NULL, 'U' },
+    { NULL, 0, NULL, 0 },
+};
+
 void img_getopt_reset(void)
 {
     optind = 0;     /* GNU getopt: full re-initialisation */
@@ -92,6 +100,20 @@ const char *img_unknown_create_opt(const VdDriver *drv, const VdOpts *opts, cons
         }
     }
     return NULL;
+}
+
+void img_append_option(char **options, const char *arg)
+{
+    char *old = *options;
+
+    if (old) {
+        if (asprintf(options, "%s,%s", old, arg) < 0) {
+            *options = NULL;
+        }
+        free(old);
+    } else {
+        *options = strdup(arg);
+    }
 }
 
 int img_parse_output(const char *arg, bool *json)

@@ -19,6 +19,10 @@ void img_error(const char *fmt, ...) VD_PRINTF(1, 2);
 /* "vdisk-img: <prefix><err->msg>\n"; frees err. prefix may be NULL. */
 void img_error_err(VdError *err, const char *prefix);
 
+/* The long options of commands that take no others: --help, --object (as 'O'),
+ * --image-opts ('I') and --force-share ('U'). */
+extern const struct option img_std_longopts[];
+
 /* Start option parsing of a command's argv (argv[0] is the command). */
 void img_getopt_reset(void);
 /* Report getopt's '?' or ':' result (c) for argv; returns exit status 1. */
@@ -35,6 +39,10 @@ int img_size_error(const char *what);
  * for a format, one of its protocol's (filename's URI scheme, else file;
  * filename may be NULL), or NULL if all are known. */
 const char *img_unknown_create_opt(const VdDriver *drv, const VdOpts *opts, const char *filename);
+
+/* Append one -o argument to the comma-joined option string *options (NULL
+ * when none yet); *options becomes NULL if memory runs out. */
+void img_append_option(char **options, const char *arg);
 
 /* Parse --output: returns 0 and sets *json, or prints qemu-img's error and returns 1. */
 int img_parse_output(const char *arg, bool *json);

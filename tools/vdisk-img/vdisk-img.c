@@ -512,6 +512,42 @@ static void img_print_info_human(const VdJson *info)
     }
 }
 
+/* Parse the integer option value @arg (any base strtoll takes) within [@min, @max]
+ * into *out; otherwise print "Invalid <what> specified" and return -EINVAL. */
+static int img_parse_int_opt(const char *arg, long long min, long long max, const char *what,
+                             int *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(arg, &end, 0);
+    if (errno || end == arg || *end || v < min || v > max) {
+        img_err("Invalid %s specified", what);
+        return -EINVAL;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* Parse the size option value @arg (suffixes allowed), at most INT_MAX, into *out;
+ * otherwise print qemu-img's error naming @what and return -EINVAL. */
+static int img_parse_int_size(const char *arg, const char *what, int64_t *out)
+{
+    int64_t sz = tool_parse_size(arg);
+
+    if (sz < 0) {
+        img_size_err_plain(what);
+        return -EINVAL;
+    }
+    if (sz > INT_MAX) {
+        img_err("Invalid %s specified. Must be between 0 and %d.", what, INT_MAX);
+        return -EINVAL;
+    }
+    *out = sz;
+    return 0;
+}
+
 static int img_info(int argc, char **argv)
 {
     enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_LIMITS };
@@ -731,8 +767,6 @@ static int img_bench(int argc, char **argv)
     opterr = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", long_opts, NULL)) != -1) {
-        char *end;
-        long long v;
         int64_t sz;
         switch (c) {
         case 'h':
@@ -741,22 +775,14 @@ static int img_bench(int argc, char **argv)
                    "[-S step_size] [-t cache] [-w] [-U] [--image-opts] filename\n");
             return 0;
         case 'c':
-            errno = 0;
-            v = strtoll(optarg, &end, 0);
-            if (errno || end == optarg || *end || v < 0 || v > INT_MAX) {
-                img_err("Invalid request count specified");
+            if (img_parse_int_opt(optarg, 0, INT_MAX, "request count", &count) < 0) {
                 return 1;
             }
-            count = (int)v;
             break;
         case 'd':
-            errno = 0;
-            v = strtoll(optarg, &end, 0);
-            if (errno || end == optarg || *end || v <= 0 || v > INT_MAX) {
-                img_err("Invalid queue depth specified");
+            if (img_parse_int_opt(optarg, 1, INT_MAX, "queue depth", &depth) < 0) {
                 return 1;
             }
-            depth = (int)v;
             break;
         case 'f': fmt = optarg; break;
         case 'n': aio = "io_uring"; break;
@@ -771,25 +797,13 @@ static int img_bench(int argc, char **argv)
             break;
         case 'q': break;   /* qemu-img bench prints its lines with -q too */
         case 's':
-            sz = tool_parse_size(optarg);
-            if (sz < 0) {
-                img_size_err_plain("buffer size");
-                return 1;
-            }
-            if (sz > INT_MAX) {
-                img_err("Invalid buffer size specified. Must be between 0 and %d.", INT_MAX);
+            if (img_parse_int_size(optarg, "buffer size", &sz) < 0) {
                 return 1;
             }
             bufsize = (int)sz;
             break;
         case 'S':
-            sz = tool_parse_size(optarg);
-            if (sz < 0) {
-                img_size_err_plain("step_size");
-                return 1;
-            }
-            if (sz > INT_MAX) {
-                img_err("Invalid step_size specified. Must be between 0 and %d.", INT_MAX);
+            if (img_parse_int_size(optarg, "step_size", &sz) < 0) {
                 return 1;
             }
             step = sz;
@@ -798,23 +812,15 @@ static int img_bench(int argc, char **argv)
         case 'w': write = true; break;
         case 'U': force_share = true; break;
         case OPT_FLUSH_INTERVAL:
-            errno = 0;
-            v = strtoll(optarg, &end, 0);
-            if (errno || end == optarg || *end || v < 0 || v > INT_MAX) {
-                img_err("Invalid flush interval specified");
+            if (img_parse_int_opt(optarg, 0, INT_MAX, "flush interval", &flush_interval) < 0) {
                 return 1;
             }
-            flush_interval = (int)v;
             break;
         case OPT_NO_DRAIN: drain = false; break;
         case OPT_PATTERN:
-            errno = 0;
-            v = strtoll(optarg, &end, 0);
-            if (errno || end == optarg || *end || v < 0 || v > 0xff) {
-                img_err("Invalid pattern byte specified");
+            if (img_parse_int_opt(optarg, 0, 0xff, "pattern byte", &pattern) < 0) {
                 return 1;
             }
-            pattern = (int)v;
             break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case OPT_OBJECT: return img_usage_err("--object is not supported");

@@ -237,6 +237,68 @@ static void io_print_report(const char *op, struct timeval *t, int64_t offset,
 }
 
 /* Check a request against the image as qemu's block backend does. */
+/* Parse a number argument the way qemu-io's cvtnum does, printing its message on
+ * error. Returns the value or a negative errno. */
+static int64_t io_parse_num(const char *arg)
+{
+    int64_t val = tool_parse_size(arg);
+
+    if (val < 0) {
+        io_print_cvtnum_err(val, arg);
+    }
+    return val;
+}
+
+/* Print the usage of command @name and fail with -EINVAL. */
+static int io_usage_err(const char *name)
+{
+    io_command_usage(io_find_command(name));
+    return -EINVAL;
+}
+
+/* Parse the "<offset> <length>" pair at @args[0..1]; with @cap, reject lengths over
+ * IO_REQUEST_MAX_BYTES as qemu-io does. Prints the error; returns 0 or a negative errno. */
+static int io_parse_off_len(char **args, int64_t *offset, int64_t *count, bool cap)
+{
+    *offset = io_parse_num(args[0]);
+    if (*offset < 0) {
+        return (int)*offset;
+    }
+    *count = io_parse_num(args[1]);
+    if (*count < 0) {
+        return (int)*count;
+    }
+    if (cap && *count > IO_REQUEST_MAX_BYTES) {
+        printf("length cannot exceed %" PRIu64 ", given %s\n",
+               (uint64_t)IO_REQUEST_MAX_BYTES, args[1]);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Check that the @len bytes of @buf all equal @pattern; if not, print qemu-io's
+ * message naming @report_off and @report_len and return -EINVAL. */
+static int io_verify_pattern(const char *buf, int64_t len, int pattern,
+                             int64_t report_off, int64_t report_len)
+{
+    for (int64_t i = 0; i < len; i++) {
+        if ((uint8_t)buf[i] != pattern) {
+            printf("Pattern verification failed at offset %" PRId64 ", %" PRId64 " bytes\n",
+                   report_off, report_len);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* Print the statistics of a request of @bytes at @offset that ran from @t1 to @t2. */
+static void io_report_done(const char *op, struct timeval t1, struct timeval t2,
+                           int64_t offset, int64_t bytes, bool cflag)
+{
+    t2 = io_tsub(t2, t1);
+    io_print_report(op, &t2, offset, bytes, bytes, 1, cflag);
+}
+
 static int io_check_request(int64_t offset, int64_t bytes)
 {
     int64_t len = vd_backend_getlength(g_blk);
@@ -350,6 +412,21 @@ out:
     return buf;
 }
 
+/* Parse the "<offset> <len> [<len>...]" arguments of the vectored commands
+ * (@nargs of them at @args) into *offset and *qiov over one buffer filled with
+ * @pattern, stored in *buf. Prints the error; returns 0 or a negative errno. */
+static int io_parse_vec_args(char **args, int nargs, int pattern, int64_t *offset,
+                             VdIOVector *qiov, char **buf)
+{
+    *buf = NULL;
+    *offset = io_parse_num(args[0]);
+    if (*offset < 0) {
+        return (int)*offset;
+    }
+    *buf = io_create_iovec(qiov, &args[1], nargs - 1, pattern);
+    return *buf ? 0 : -EINVAL;
+}
+
 /* ---- read ------------------------------------------------------------------------ */
 
 static void io_read_help(void)
@@ -385,9 +462,8 @@ static int io_read_f(int argc, char **argv)
         case 'C': cflag = true; break;
         case 'l':
             lflag = true;
-            pattern_count = tool_parse_size(optarg);
+            pattern_count = io_parse_num(optarg);
             if (pattern_count < 0) {
-                io_print_cvtnum_err(pattern_count, optarg);
                 return (int)pattern_count;
             }
             break;
@@ -402,41 +478,25 @@ static int io_read_f(int argc, char **argv)
         case 'q': qflag = true; break;
         case 's':
             sflag = true;
-            pattern_offset = tool_parse_size(optarg);
+            pattern_offset = io_parse_num(optarg);
             if (pattern_offset < 0) {
-                io_print_cvtnum_err(pattern_offset, optarg);
                 return (int)pattern_offset;
             }
             break;
         case 'v': vflag = true; break;
         default:
-            io_command_usage(io_find_command("read"));
-            return -EINVAL;
+            return io_usage_err("read");
         }
     }
     if (optind != argc - 2) {
-        io_command_usage(io_find_command("read"));
-        return -EINVAL;
+        return io_usage_err("read");
     }
-    offset = tool_parse_size(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
-    }
-    optind++;
-    count = tool_parse_size(argv[optind]);
-    if (count < 0) {
-        io_print_cvtnum_err(count, argv[optind]);
-        return (int)count;
-    }
-    if (count > IO_REQUEST_MAX_BYTES) {
-        printf("length cannot exceed %" PRIu64 ", given %s\n",
-               (uint64_t)IO_REQUEST_MAX_BYTES, argv[optind]);
-        return -EINVAL;
+    ret = io_parse_off_len(&argv[optind], &offset, &count, true);
+    if (ret < 0) {
+        return ret;
     }
     if (!Pflag && (lflag || sflag)) {
-        io_command_usage(io_find_command("read"));
-        return -EINVAL;
+        return io_usage_err("read");
     }
     if (!lflag) {
         pattern_count = count - pattern_offset;
@@ -459,14 +519,8 @@ static int io_read_f(int argc, char **argv)
         goto out;
     }
     if (Pflag) {
-        for (int64_t i = 0; i < pattern_count; i++) {
-            if ((uint8_t)buf[pattern_offset + i] != pattern) {
-                printf("Pattern verification failed at offset %" PRId64 ", %" PRId64 " bytes\n",
-                       offset + pattern_offset, pattern_count);
-                ret = -EINVAL;
-                break;
-            }
-        }
+        ret = io_verify_pattern(buf + pattern_offset, pattern_count, pattern,
+                                offset + pattern_offset, pattern_count);
     }
     if (qflag) {
         goto out;
@@ -474,8 +528,7 @@ static int io_read_f(int argc, char **argv)
     if (vflag) {
         io_dump_buffer(buf, offset, count);
     }
-    t2 = io_tsub(t2, t1);
-    io_print_report("read", &t2, offset, count, count, 1, cflag);
+    io_report_done("read", t1, t2, offset, count, cflag);
 out:
     io_free(buf);
     return ret;
@@ -501,7 +554,7 @@ static void io_readv_help(void)
 static int io_readv_f(int argc, char **argv)
 {
     bool cflag = false, qflag = false, vflag = false, Pflag = false;
-    int c, pattern = 0, ret, nr_iov;
+    int c, pattern = 0, ret;
     int64_t offset;
     struct timeval t1, t2;
     VdIOVector qiov;
@@ -520,24 +573,15 @@ static int io_readv_f(int argc, char **argv)
         case 'q': qflag = true; break;
         case 'v': vflag = true; break;
         default:
-            io_command_usage(io_find_command("readv"));
-            return -EINVAL;
+            return io_usage_err("readv");
         }
     }
     if (optind > argc - 2) {
-        io_command_usage(io_find_command("readv"));
-        return -EINVAL;
+        return io_usage_err("readv");
     }
-    offset = tool_parse_size(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
-    }
-    optind++;
-    nr_iov = argc - optind;
-    buf = io_create_iovec(&qiov, &argv[optind], nr_iov, 0xab);
-    if (!buf) {
-        return -EINVAL;
+    ret = io_parse_vec_args(&argv[optind], argc - optind, 0xab, &offset, &qiov, &buf);
+    if (ret < 0) {
+        return ret;
     }
     gettimeofday(&t1, NULL);
     ret = io_sync(IO_READ, offset, (int64_t)qiov.size, &qiov, 0);
@@ -547,14 +591,7 @@ static int io_readv_f(int argc, char **argv)
         goto out;
     }
     if (Pflag) {
-        for (size_t i = 0; i < qiov.size; i++) {
-            if ((uint8_t)buf[i] != pattern) {
-                printf("Pattern verification failed at offset %" PRId64 ", %zu bytes\n",
-                       offset, qiov.size);
-                ret = -EINVAL;
-                break;
-            }
-        }
+        ret = io_verify_pattern(buf, (int64_t)qiov.size, pattern, offset, (int64_t)qiov.size);
     }
     if (qflag) {
         goto out;
@@ -562,8 +599,7 @@ static int io_readv_f(int argc, char **argv)
     if (vflag) {
         io_dump_buffer(buf, offset, (int64_t)qiov.size);
     }
-    t2 = io_tsub(t2, t1);
-    io_print_report("read", &t2, offset, (int64_t)qiov.size, (int64_t)qiov.size, 1, cflag);
+    io_report_done("read", t1, t2, offset, (int64_t)qiov.size, cflag);
 out:
     vd_iov_destroy(&qiov);
     io_free(buf);
@@ -624,13 +660,11 @@ static int io_write_f(int argc, char **argv)
         case 'u': flags |= VD_REQ_MAY_UNMAP; break;
         case 'z': zflag = true; break;
         default:
-            io_command_usage(io_find_command("write"));
-            return -EINVAL;
+            return io_usage_err("write");
         }
     }
     if (optind != argc - 2) {
-        io_command_usage(io_find_command("write"));
-        return -EINVAL;
+        return io_usage_err("write");
     }
     if (bflag && zflag) {
         printf("-b and -z cannot be specified at the same time\n");
@@ -656,20 +690,13 @@ static int io_write_f(int argc, char **argv)
         printf("-u requires -z to be specified\n");
         return -EINVAL;
     }
-    offset = tool_parse_size(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
-    }
-    optind++;
-    count = tool_parse_size(argv[optind]);
-    if (count < 0) {
-        io_print_cvtnum_err(count, argv[optind]);
-        return (int)count;
+    ret = io_parse_off_len(&argv[optind], &offset, &count, false);
+    if (ret < 0) {
+        return ret;
     }
     if (count > IO_REQUEST_MAX_BYTES && !(flags & VD_REQ_NO_FALLBACK)) {
         printf("length cannot exceed %" PRIu64 " without -n, given %s\n",
-               (uint64_t)IO_REQUEST_MAX_BYTES, argv[optind]);
+               (uint64_t)IO_REQUEST_MAX_BYTES, argv[optind + 1]);
         return -EINVAL;
     }
     if (!zflag) {
@@ -696,8 +723,7 @@ static int io_write_f(int argc, char **argv)
     if (qflag) {
         goto out;
     }
-    t2 = io_tsub(t2, t1);
-    io_print_report("wrote", &t2, offset, count, count, 1, cflag);
+    io_report_done("wrote", t1, t2, offset, count, cflag);
 out:
     io_free(buf);
     return ret;
@@ -723,7 +749,7 @@ static void io_writev_help(void)
 static int io_writev_f(int argc, char **argv)
 {
     bool cflag = false, qflag = false;
-    int c, pattern = 0xcd, flags = 0, ret, nr_iov;
+    int c, pattern = 0xcd, flags = 0, ret;
     int64_t offset;
     struct timeval t1, t2;
     VdIOVector qiov;
@@ -741,24 +767,15 @@ static int io_writev_f(int argc, char **argv)
             }
             break;
         default:
-            io_command_usage(io_find_command("writev"));
-            return -EINVAL;
+            return io_usage_err("writev");
         }
     }
     if (optind > argc - 2) {
-        io_command_usage(io_find_command("writev"));
-        return -EINVAL;
+        return io_usage_err("writev");
     }
-    offset = tool_parse_size(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
-    }
-    optind++;
-    nr_iov = argc - optind;
-    buf = io_create_iovec(&qiov, &argv[optind], nr_iov, pattern);
-    if (!buf) {
-        return -EINVAL;
+    ret = io_parse_vec_args(&argv[optind], argc - optind, pattern, &offset, &qiov, &buf);
+    if (ret < 0) {
+        return ret;
     }
     gettimeofday(&t1, NULL);
     ret = io_sync(IO_WRITE, offset, (int64_t)qiov.size, &qiov, flags);
@@ -768,8 +785,7 @@ static int io_writev_f(int argc, char **argv)
         goto out;
     }
     if (!qflag) {
-        t2 = io_tsub(t2, t1);
-        io_print_report("wrote", &t2, offset, (int64_t)qiov.size, (int64_t)qiov.size, 1, cflag);
+        io_report_done("wrote", t1, t2, offset, (int64_t)qiov.size, cflag);
     }
 out:
     vd_iov_destroy(&qiov);
@@ -812,8 +828,7 @@ static void io_aio_write_done(void *opaque, int ret)
     if (ret < 0) {
         printf("aio_write failed: %s\n", strerror(-ret));
     } else if (!ctx->qflag) {
-        t2 = io_tsub(t2, ctx->t1);
-        io_print_report("wrote", &t2, ctx->offset, bytes, bytes, 1, ctx->cflag);
+        io_report_done("wrote", ctx->t1, t2, ctx->offset, bytes, ctx->cflag);
     }
     io_aio_free(ctx);
 }
@@ -830,13 +845,8 @@ static void io_aio_read_done(void *opaque, int ret)
         goto out;
     }
     if (ctx->Pflag) {
-        for (size_t i = 0; i < ctx->qiov.size; i++) {
-            if ((uint8_t)ctx->buf[i] != ctx->pattern) {
-                printf("Pattern verification failed at offset %" PRId64 ", %zu bytes\n",
-                       ctx->offset, ctx->qiov.size);
-                break;
-            }
-        }
+        io_verify_pattern(ctx->buf, (int64_t)ctx->qiov.size, ctx->pattern, ctx->offset,
+                          (int64_t)ctx->qiov.size);
     }
     if (ctx->qflag) {
         goto out;
@@ -844,9 +854,7 @@ static void io_aio_read_done(void *opaque, int ret)
     if (ctx->vflag) {
         io_dump_buffer(ctx->buf, ctx->offset, (int64_t)ctx->qiov.size);
     }
-    t2 = io_tsub(t2, ctx->t1);
-    io_print_report("read", &t2, ctx->offset, (int64_t)ctx->qiov.size, (int64_t)ctx->qiov.size,
-                    1, ctx->cflag);
+    io_report_done("read", ctx->t1, t2, ctx->offset, (int64_t)ctx->qiov.size, ctx->cflag);
 out:
     io_aio_free(ctx);
 }
@@ -876,6 +884,23 @@ static void io_aio_complete_later(VdCompletionFunc *cb, void *opaque, int ret)
     vd_bh_schedule_oneshot(vd_backend_get_context(g_blk), io_aio_fail_bh, f);
 }
 
+/* Start timing aio request @ctx of @bytes and count it in flight. Returns true if
+ * the caller should submit it; false if the range is invalid, in which case @cb
+ * gets the error from a BH. */
+static bool io_aio_begin(IoAioCtx *ctx, int64_t bytes, VdCompletionFunc *cb)
+{
+    int ret;
+
+    gettimeofday(&ctx->t1, NULL);
+    g_aio_in_flight++;
+    ret = io_check_request(ctx->offset, bytes);
+    if (ret < 0) {
+        io_aio_complete_later(cb, ctx, ret);
+        return false;
+    }
+    return true;
+}
+
 static void io_aio_read_help(void)
 {
     printf("\n"
@@ -896,7 +921,7 @@ static void io_aio_read_help(void)
 static int io_aio_read_f(int argc, char **argv)
 {
     IoAioCtx *ctx = calloc(1, sizeof(*ctx));
-    int c, nr_iov;
+    int c, ret;
     bool invalid = false;
 
     if (!ctx) {
@@ -918,39 +943,24 @@ static int io_aio_read_f(int argc, char **argv)
         case 'v': ctx->vflag = true; break;
         default:
             free(ctx);
-            io_command_usage(io_find_command("aio_read"));
-            return -EINVAL;
+            return io_usage_err("aio_read");
         }
     }
     if (optind > argc - 2) {
         free(ctx);
-        io_command_usage(io_find_command("aio_read"));
-        return -EINVAL;
+        return io_usage_err("aio_read");
     }
-    ctx->offset = tool_parse_size(argv[optind]);
-    if (ctx->offset < 0) {
-        int ret = (int)ctx->offset;
-        io_print_cvtnum_err(ctx->offset, argv[optind]);
+    ret = io_parse_vec_args(&argv[optind], argc - optind, 0xab, &ctx->offset, &ctx->qiov,
+                            &ctx->buf);
+    if (ret < 0) {
         free(ctx);
         return ret;
-    }
-    optind++;
-    nr_iov = argc - optind;
-    ctx->buf = io_create_iovec(&ctx->qiov, &argv[optind], nr_iov, 0xab);
-    if (!ctx->buf) {
-        free(ctx);
-        return -EINVAL;
     }
     if (invalid) {
         io_aio_free(ctx);
         return 0;
     }
-    gettimeofday(&ctx->t1, NULL);
-    g_aio_in_flight++;
-    int ret = io_check_request(ctx->offset, (int64_t)ctx->qiov.size);
-    if (ret < 0) {
-        io_aio_complete_later(io_aio_read_done, ctx, ret);
-    } else {
+    if (io_aio_begin(ctx, (int64_t)ctx->qiov.size, io_aio_read_done)) {
         vd_backend_aio_preadv(g_blk, ctx->offset, &ctx->qiov, 0, io_aio_read_done, ctx);
     }
     return 0;
@@ -978,7 +988,7 @@ static void io_aio_write_help(void)
 static int io_aio_write_f(int argc, char **argv)
 {
     IoAioCtx *ctx = calloc(1, sizeof(*ctx));
-    int c, nr_iov, pattern = 0xcd, flags = 0, ret;
+    int c, nr_iov, pattern = 0xcd, flags = 0;
     bool invalid = false, Pflag = false;
 
     if (!ctx) {
@@ -1003,14 +1013,12 @@ static int io_aio_write_f(int argc, char **argv)
         case 'z': ctx->zero = true; break;
         default:
             free(ctx);
-            io_command_usage(io_find_command("aio_write"));
-            return -EINVAL;
+            return io_usage_err("aio_write");
         }
     }
     if (optind > argc - 2) {
         free(ctx);
-        io_command_usage(io_find_command("aio_write"));
-        return -EINVAL;
+        return io_usage_err("aio_write");
     }
     if (ctx->zero && Pflag) {
         printf("-z and -P cannot be specified at the same time\n");
@@ -1027,12 +1035,11 @@ static int io_aio_write_f(int argc, char **argv)
         free(ctx);
         return -EINVAL;
     }
-    ctx->offset = tool_parse_size(argv[optind]);
+    ctx->offset = io_parse_num(argv[optind]);
     if (ctx->offset < 0) {
-        ret = (int)ctx->offset;
-        io_print_cvtnum_err(ctx->offset, argv[optind]);
+        int err = (int)ctx->offset;
         free(ctx);
-        return ret;
+        return err;
     }
     optind++;
     nr_iov = argc - optind;
@@ -1043,20 +1050,14 @@ static int io_aio_write_f(int argc, char **argv)
             free(ctx);
             return -EINVAL;
         }
-        count = tool_parse_size(argv[optind]);
+        count = io_parse_num(argv[optind]);
         if (count < 0) {
-            io_print_cvtnum_err(count, argv[optind]);
             free(ctx);
             return (int)count;
         }
         ctx->zero_bytes = count;
         vd_iov_init(&ctx->qiov, 1);
-        gettimeofday(&ctx->t1, NULL);
-        g_aio_in_flight++;
-        ret = io_check_request(ctx->offset, count);
-        if (ret < 0) {
-            io_aio_complete_later(io_aio_write_done, ctx, ret);
-        } else {
+        if (io_aio_begin(ctx, count, io_aio_write_done)) {
             vd_backend_aio_pwrite_zeroes(g_blk, ctx->offset, count, flags, io_aio_write_done, ctx);
         }
         return 0;
@@ -1070,12 +1071,7 @@ static int io_aio_write_f(int argc, char **argv)
         io_aio_free(ctx);
         return 0;
     }
-    gettimeofday(&ctx->t1, NULL);
-    g_aio_in_flight++;
-    ret = io_check_request(ctx->offset, (int64_t)ctx->qiov.size);
-    if (ret < 0) {
-        io_aio_complete_later(io_aio_write_done, ctx, ret);
-    } else {
+    if (io_aio_begin(ctx, (int64_t)ctx->qiov.size, io_aio_write_done)) {
         vd_backend_aio_pwritev(g_blk, ctx->offset, &ctx->qiov, flags, io_aio_write_done, ctx);
     }
     return 0;
@@ -1126,29 +1122,15 @@ static int io_discard_f(int argc, char **argv)
         case 'C': cflag = true; break;
         case 'q': qflag = true; break;
         default:
-            io_command_usage(io_find_command("discard"));
-            return -EINVAL;
+            return io_usage_err("discard");
         }
     }
     if (optind != argc - 2) {
-        io_command_usage(io_find_command("discard"));
-        return -EINVAL;
+        return io_usage_err("discard");
     }
-    offset = tool_parse_size(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
-    }
-    optind++;
-    count = tool_parse_size(argv[optind]);
-    if (count < 0) {
-        io_print_cvtnum_err(count, argv[optind]);
-        return (int)count;
-    }
-    if (count > IO_REQUEST_MAX_BYTES) {
-        printf("length cannot exceed %" PRIu64 ", given %s\n",
-               (uint64_t)IO_REQUEST_MAX_BYTES, argv[optind]);
-        return -EINVAL;
+    ret = io_parse_off_len(&argv[optind], &offset, &count, true);
+    if (ret < 0) {
+        return ret;
     }
     gettimeofday(&t1, NULL);
     ret = io_sync(IO_DISCARD, offset, count, NULL, 0);
@@ -1158,8 +1140,7 @@ static int io_discard_f(int argc, char **argv)
         return ret;
     }
     if (!qflag) {
-        t2 = io_tsub(t2, t1);
-        io_print_report("discard", &t2, offset, count, count, 1, cflag);
+        io_report_done("discard", t1, t2, offset, count, cflag);
     }
     return 0;
 }
@@ -1185,17 +1166,14 @@ static int io_truncate_f(int argc, char **argv)
             }
             break;
         default:
-            io_command_usage(io_find_command("truncate"));
-            return -EINVAL;
+            return io_usage_err("truncate");
         }
     }
     if (optind != argc - 1) {
-        io_command_usage(io_find_command("truncate"));
-        return -EINVAL;
+        return io_usage_err("truncate");
     }
-    offset = tool_parse_size(argv[optind]);
+    offset = io_parse_num(argv[optind]);
     if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
         return (int)offset;
     }
     ret = vd_truncate(vd_backend_node(g_blk), offset, false, (VdPrealloc)prealloc, &err);
@@ -1291,15 +1269,13 @@ static int io_alloc_f(int argc, char **argv)
     int64_t offset, count = 512, remaining, sum_alloc = 0, len;
     char s1[64];
 
-    offset = tool_parse_size(argv[1]);
+    offset = io_parse_num(argv[1]);
     if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[1]);
         return (int)offset;
     }
     if (argc == 3) {
-        count = tool_parse_size(argv[2]);
+        count = io_parse_num(argv[2]);
         if (count < 0) {
-            io_print_cvtnum_err(count, argv[2]);
             return (int)count;
         }
     }
@@ -1437,8 +1413,7 @@ static int io_open_f(int argc, char **argv)
         }
         default:
             vd_json_unref(extra);
-            io_command_usage(io_find_command("open"));
-            return -EINVAL;
+            return io_usage_err("open");
         }
     }
     if (optind == argc - 1) {
@@ -1447,8 +1422,7 @@ static int io_open_f(int argc, char **argv)
         ret = io_open_image(NULL, &o, extra);
     } else {
         vd_json_unref(extra);
-        io_command_usage(io_find_command("open"));
-        return -EINVAL;
+        return io_usage_err("open");
     }
     return ret;
 }
@@ -1532,14 +1506,12 @@ static int io_reopen_f(int argc, char **argv)
         }
         default:
             vd_json_unref(extra);
-            io_command_usage(io_find_command("reopen"));
-            return -EINVAL;
+            return io_usage_err("reopen");
         }
     }
     if (optind != argc) {
         vd_json_unref(extra);
-        io_command_usage(io_find_command("reopen"));
-        return -EINVAL;
+        return io_usage_err("reopen");
     }
     if (rflag && wflag) {
         vd_error_report("Only one -r/-w option may be given");

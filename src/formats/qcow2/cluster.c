@@ -378,6 +378,27 @@ int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1i, uint64_t **
     return 0;
 }
 
+/* Before a mapping changes: with lazy refcounts, set the header's dirty bit
+ * first (once). Returns 0 or a negative errno. */
+static int coroutine_fn cluster_mark_dirty_if_lazy(Qcow2State *s)
+{
+    if (s->lazy_refcounts && !s->dirty_bit_set) {
+        return qcow2_mark_dirty(s);
+    }
+    return 0;
+}
+
+/* cluster_mark_dirty_if_lazy(), then the L2 table of L1 entry @l1i for writing. */
+static int coroutine_fn cluster_l2_for_update(Qcow2State *s, uint64_t l1i, uint64_t **l2)
+{
+    int ret = cluster_mark_dirty_if_lazy(s);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return qcow2_get_l2_for_write(s, l1i, l2);
+}
+
 /* Fill buf with guest bytes [off, off+len) of one cluster whose L2 entry was
  * entry (copy-on-write source). guest_cluster is the cluster's guest offset. */
 static int coroutine_fn cow_read(Qcow2State *s, uint64_t entry, uint64_t guest_cluster,
@@ -464,15 +485,8 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             vd_co_mutex_unlock(&s->lock);
             return -EIO;
         }
-        if (s->lazy_refcounts && !s->dirty_bit_set) {
-            ret = qcow2_mark_dirty(s);
-            if (ret < 0) {
-                vd_co_mutex_unlock(&s->lock);
-                return ret;
-            }
-        }
         uint64_t *l2;
-        ret = qcow2_get_l2_for_write(s, l1i, &l2);
+        ret = cluster_l2_for_update(s, l1i, &l2);
         if (ret < 0) {
             vd_co_mutex_unlock(&s->lock);
             return ret;
@@ -720,15 +734,8 @@ int coroutine_fn qcow2_co_zero_or_discard(Qcow2State *s, uint64_t offset, uint64
                 }
             }
         }
-        if (s->lazy_refcounts && !s->dirty_bit_set) {
-            ret = qcow2_mark_dirty(s);
-            if (ret < 0) {
-                vd_co_mutex_unlock(&s->lock);
-                return ret;
-            }
-        }
         uint64_t *l2;
-        ret = qcow2_get_l2_for_write(s, l1i, &l2);
+        ret = cluster_l2_for_update(s, l1i, &l2);
         if (ret < 0) {
             vd_co_mutex_unlock(&s->lock);
             return ret;
@@ -825,11 +832,9 @@ again:;
     if (wait_for_allocs(s, offset, &cend)) {
         goto again;
     }
-    if (s->lazy_refcounts && !s->dirty_bit_set) {
-        ret = qcow2_mark_dirty(s);
-        if (ret < 0) {
-            goto out_unlock;
-        }
+    ret = cluster_mark_dirty_if_lazy(s);
+    if (ret < 0) {
+        goto out_unlock;
     }
     int64_t host = qcow2_alloc_clusters(s, (csize + cs - 1) / cs);
     if (host < 0) {

@@ -54,6 +54,12 @@ int coroutine_fn qcow2_flush_file(Qcow2State *s)
     return ret;
 }
 
+int coroutine_fn qcow2_flush_file_now(Qcow2State *s)
+{
+    s->data_unflushed = true;
+    return qcow2_flush_file(s);
+}
+
 int coroutine_fn qcow2_write_l1(Qcow2State *s)
 {
     size_t bytes = (size_t)s->l1_size * 8;
@@ -202,8 +208,7 @@ int coroutine_fn qcow2_mark_dirty(Qcow2State *s)
     }
     int ret = write_incompat(s, s->header.incompatible_features | QCOW2_INCOMPAT_DIRTY);
     if (ret == 0) {
-        s->data_unflushed = true;
-        ret = qcow2_flush_file(s);
+        ret = qcow2_flush_file_now(s);
     }
     if (ret == 0) {
         s->dirty_bit_set = true;
@@ -329,8 +334,7 @@ static int coroutine_fn qcow2_mark_clean(Qcow2State *s)
     if (ret == 0 && (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = write_incompat(s, s->header.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
         if (ret == 0) {
-            s->data_unflushed = true;
-            ret = qcow2_flush_file(s);
+            ret = qcow2_flush_file_now(s);
         }
     }
     if (ret == 0) {
@@ -779,8 +783,7 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
             vd_co_mutex_lock(&s->lock);
             ret = qcow2_update_header(s);
             if (ret == 0) {
-                s->data_unflushed = true;
-                ret = qcow2_flush_file(s);
+                ret = qcow2_flush_file_now(s);
             }
             vd_co_mutex_unlock(&s->lock);
             if (ret < 0) {
@@ -1003,8 +1006,7 @@ static int coroutine_fn qcow2_co_truncate(VdNode *node, int64_t offset, bool exa
         ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 24, b, 8);
         if (ret == 0) {
             s->header.size = new_size;
-            s->data_unflushed = true;
-            ret = qcow2_flush_file(s);
+            ret = qcow2_flush_file_now(s);
         }
     }
     vd_co_mutex_unlock(&s->lock);
@@ -1083,8 +1085,7 @@ static int coroutine_fn qcow2_co_change_backing_file(VdNode *node, const char *f
     vd_co_mutex_lock(&s->lock);
     int ret = qcow2_update_header(s);
     if (ret == 0) {
-        s->data_unflushed = true;
-        ret = qcow2_flush_file(s);
+        ret = qcow2_flush_file_now(s);
     }
     vd_co_mutex_unlock(&s->lock);
     if (ret < 0) {
@@ -1273,8 +1274,7 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
             ret = qcow2_update_header(s);
         }
         if (ret == 0) {
-            s->data_unflushed = true;
-            ret = qcow2_flush_file(s);
+            ret = qcow2_flush_file_now(s);
         }
     }
     vd_co_mutex_unlock(&s->lock);

@@ -381,6 +381,9 @@ int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, cons
 int coroutine_fn qcow2_flush_metadata(Qcow2State *s);
 /* Flush the file if anything was written to it since the last flush. */
 int coroutine_fn qcow2_flush_file(Qcow2State *s);
+/* Flush the file even if no data write is pending (after a metadata write that
+ * must be stable before the next step). */
+int coroutine_fn qcow2_flush_file_now(Qcow2State *s);
 /* Rewrite the header cluster (fixed header, extensions, backing name). */
 int coroutine_fn qcow2_update_header(Qcow2State *s);
 int coroutine_fn qcow2_mark_dirty(Qcow2State *s);

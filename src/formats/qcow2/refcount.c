@@ -181,6 +181,19 @@ static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
     }
 }
 
+/* Write metadata of @kind and flush the file, so that it is stable before the
+ * step that depends on it. Returns 0 or a negative errno. */
+static int coroutine_fn refcount_write_stable(Qcow2State *s, int kind, uint64_t offset,
+                                              const void *buf, uint64_t size)
+{
+    int ret = qcow2_write_meta(s, kind, offset, buf, size);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return qcow2_flush_file_now(s);
+}
+
 /*
  * Grow the refcount table to at least min_entries. The new table and the
  * refcount blocks needed to describe it go after everything allocated; they
@@ -274,24 +287,14 @@ static int coroutine_fn refcount_grow_table(Qcow2State *s, uint64_t min_entries)
     if (ret < 0) {
         goto out;
     }
-    ret = qcow2_write_meta(s, QCOW2_OL_REFTABLE, table_off, buf, new_entries * 8);
-    if (ret < 0) {
-        goto out;
-    }
-    s->data_unflushed = true;
-    ret = qcow2_flush_file(s);
+    ret = refcount_write_stable(s, QCOW2_OL_REFTABLE, table_off, buf, new_entries * 8);
     if (ret < 0) {
         goto out;
     }
     uint8_t hdr[12];
     qcow2_st64(hdr, table_off);
     qcow2_st32(hdr + 8, (uint32_t)tclusters);
-    ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr));
-    if (ret < 0) {
-        goto out;
-    }
-    s->data_unflushed = true;
-    ret = qcow2_flush_file(s);
+    ret = refcount_write_stable(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr));
     if (ret < 0) {
         goto out;
     }
@@ -377,8 +380,7 @@ static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int d
         if (ret < 0) {
             return ret;
         }
-        s->data_unflushed = true;
-        ret = qcow2_flush_file(s);
+        ret = qcow2_flush_file_now(s);
         if (ret < 0) {
             return ret;
         }
@@ -721,8 +723,7 @@ int coroutine_fn qcow2_change_refcount_order(Qcow2State *s, int new_order, VdErr
     s->header.refcount_table_clusters = (uint32_t)t;
     ret = qcow2_update_header(s);
     if (ret == 0) {
-        s->data_unflushed = true;
-        ret = qcow2_flush_file(s);
+        ret = qcow2_flush_file_now(s);
     }
     if (ret < 0) {
         /* the header may still name the old structures: keep using them */

@@ -239,8 +239,7 @@ static int coroutine_fn write_snapshot_table(Qcow2State *s)
         qcow2_st64(h + 4, (uint64_t)new_off);
         ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 60, h, 12);
         if (ret == 0) {
-            s->data_unflushed = true;
-            ret = qcow2_flush_file(s);
+            ret = qcow2_flush_file_now(s);
         }
     }
     if (ret < 0) {

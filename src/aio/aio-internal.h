@@ -172,8 +172,8 @@ void aio_kick_if_sleeping(VdAioContext *ctx);
 /* True if ctx is the calling thread's current context. */
 bool aio_is_current(const VdAioContext *ctx);
 /* Unplugged, every this many queued requests go to the kernel at once
- * (docs/aio.md, "io_uring batching"). */
-#define AIO_URING_EAGER_BATCH 8
+ * (docs/aio.md, "io_uring batching"): 1, each as it is queued. */
+#define AIO_URING_EAGER_BATCH 1
 
 /* timer.c */
 bool aio_timers_run(VdAioContext *ctx, int64_t now);

@@ -17,6 +17,7 @@
 #define AIO_MAX_ROUNDS_WITHOUT_EPOLL 8
 #define AIO_MAX_EVENTS 128
 #define AIO_POLL_START_NS 4000
+#define AIO_BUSY_POLL_FD_NS 2000   /* user-fd look while busy-polling */
 #define AIO_POLL_MAX_CAP_NS (10 * 1000000000LL)
 
 static __thread VdAioContext *t_current;
@@ -350,11 +351,18 @@ static bool aio_run_poll_handlers_once(VdAioContext *ctx, bool *progress)
     return found;
 }
 
-/* Busy-poll for up to ctx->poll_ns. Returns true once there is work. */
-static bool aio_busy_poll(VdAioContext *ctx, bool *progress)
+static int aio_epoll(VdAioContext *ctx, struct epoll_event *ev, int64_t timeout_ns);
+
+/* Busy-poll for up to ctx->poll_ns. Returns true once there is work. User
+ * fds (sockets) have no poll callback, so every AIO_BUSY_POLL_FD_NS the loop
+ * also asks epoll without waiting: a request arriving on a socket while the
+ * loop spins for completions is not left until the window ends. */
+static bool aio_busy_poll(VdAioContext *ctx, bool *progress, struct epoll_event *ev, int *n)
 {
     int64_t now = 0;
-    int64_t end = vd_clock_ns() + ctx->poll_ns;
+    int64_t start = vd_clock_ns();
+    int64_t end = start + ctx->poll_ns;
+    int64_t next_fd_check = start + AIO_BUSY_POLL_FD_NS;
     do {
         if (ctx->n_poll_handlers && aio_run_poll_handlers_once(ctx, progress)) {
             return true;
@@ -363,6 +371,15 @@ static bool aio_busy_poll(VdAioContext *ctx, bool *progress)
             return true;
         }
         now = vd_clock_ns();
+        if (ctx->n_user_fds && now >= next_fd_check) {
+            *n = aio_epoll(ctx, ev, 0);
+            ctx->rounds_without_epoll = 0;
+            if (*n > 0) {
+                return true;
+            }
+            *n = 0;
+            next_fd_check = now + AIO_BUSY_POLL_FD_NS;
+        }
     } while (now < end);
     return false;
 }
@@ -470,7 +487,7 @@ bool vd_aio_poll(VdAioContext *ctx, bool blocking)
             }
         } else {
             int64_t start = ctx->poll_max_ns ? vd_clock_ns() : 0;
-            bool found = ctx->poll_ns > 0 && aio_busy_poll(ctx, &progress);
+            bool found = ctx->poll_ns > 0 && aio_busy_poll(ctx, &progress, ev, &n);
             if (!found) {
                 /* Announce the sleep, then look once more (Dekker with
                  * vd_bh_schedule / vd_aio_notify). */

@@ -188,11 +188,13 @@ static void test_uring_plug_batches(void **state)
     for (int i = 0; i < N + 3; i++) {
         vd_aio_uring_submit(ctx, VD_URING_NOP, 0, NULL, 0, 0, 0, 0, done_cb, &d);
     }
-    enum { EAGER = (N + 3) / AIO_URING_EAGER_BATCH };
+    enum { EAGER = (N + 3) / AIO_URING_EAGER_BATCH,
+           LEFT = (N + 3) % AIO_URING_EAGER_BATCH };
     assert_int_equal(ctx->stats.uring_enter, enter0 + 1 + EAGER);
     assert_int_equal(ctx->stats.uring_submitted, N + EAGER * AIO_URING_EAGER_BATCH);
     wait_done(ctx, &d, 2 * N + 3);
-    assert_int_equal(ctx->stats.uring_enter, enter0 + 2 + EAGER);    /* the 3 left over */
+    /* what was left over went in one call before the loop waited */
+    assert_int_equal(ctx->stats.uring_enter, enter0 + 1 + EAGER + (LEFT ? 1 : 0));
     assert_int_equal(ctx->stats.uring_submitted, 2 * N + 3);
 
     /* plugged while the loop waits: submitted anyway, no hang */

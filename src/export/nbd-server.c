@@ -459,9 +459,12 @@ static int coroutine_fn nbd_send_locked(NbdConn *c, struct iovec *iov, int niov)
             return 0;
         }
         c->flusher_active = true;
-        if (__atomic_load_n(&c->in_flight, __ATOMIC_ACQUIRE) > 1) {
-            /* Others may complete in this loop round: give them a chance to
-             * join the batch. Alone, send at once (queue depth 1 latency). */
+        if (__atomic_load_n(&c->in_flight, __ATOMIC_ACQUIRE) > 1 || c->rpos < c->rlen) {
+            /* Others may complete in this loop round, or are already in the
+             * receive buffer (a request that completes at once, like a read
+             * of null-co or of cached data, is done before the next one is
+             * parsed): give them a chance to join the batch. Alone, send at
+             * once (queue depth 1 latency). */
             vd_co_yield_to_loop();
         }
         vd_co_mutex_lock(&c->send_lock);

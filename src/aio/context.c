@@ -3,12 +3,12 @@
  * fd handlers on epoll, the wake-up eventfd, adaptive busy-polling and
  * vd_aio_poll, which runs one round of the loop (order in docs/aio.md).
  */
+#include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
 
-#include <sched.h>
 #include "aio/aio-internal.h"
 #include "vdisk/log.h"
 
@@ -17,7 +17,7 @@
 #define AIO_MAX_ROUNDS_WITHOUT_EPOLL 8
 #define AIO_MAX_EVENTS 128
 #define AIO_POLL_START_NS 4000
-#define AIO_BUSY_POLL_FD_NS 2000   /* user-fd look while busy-polling */
+#define AIO_BUSY_POLL_SLICE_NS 2000   /* busy-poll: user-fd look and yield */
 #define AIO_POLL_MAX_CAP_NS (10 * 1000000000LL)
 
 static __thread VdAioContext *t_current;
@@ -353,16 +353,20 @@ static bool aio_run_poll_handlers_once(VdAioContext *ctx, bool *progress)
 
 static int aio_epoll(VdAioContext *ctx, struct epoll_event *ev, int64_t timeout_ns);
 
-/* Busy-poll for up to ctx->poll_ns. Returns true once there is work. User
- * fds (sockets) have no poll callback, so every AIO_BUSY_POLL_FD_NS the loop
- * also asks epoll without waiting: a request arriving on a socket while the
- * loop spins for completions is not left until the window ends. */
+/* Busy-poll for up to ctx->poll_ns. Returns true once there is work.
+ * Every AIO_BUSY_POLL_SLICE_NS the loop also
+ * - asks epoll without waiting, if user fds are registered: sockets have no
+ *   poll callback, and a request arriving while the loop spins for
+ *   completions must not wait until the window ends;
+ * - yields the CPU (sched_yield): a thread that is runnable on this CPU (a
+ *   client, another IOThread) runs instead of waiting for the spin to end,
+ *   while the loop still avoids the cost of sleeping and being woken. */
 static bool aio_busy_poll(VdAioContext *ctx, bool *progress, struct epoll_event *ev, int *n)
 {
     int64_t now = 0;
     int64_t start = vd_clock_ns();
     int64_t end = start + ctx->poll_ns;
-    int64_t next_fd_check = start + AIO_BUSY_POLL_FD_NS;
+    int64_t next_slice = start + AIO_BUSY_POLL_SLICE_NS;
     do {
         if (ctx->n_poll_handlers && aio_run_poll_handlers_once(ctx, progress)) {
             return true;
@@ -371,14 +375,18 @@ static bool aio_busy_poll(VdAioContext *ctx, bool *progress, struct epoll_event 
             return true;
         }
         now = vd_clock_ns();
-        if (ctx->n_user_fds && now >= next_fd_check) {
-            *n = aio_epoll(ctx, ev, 0);
-            ctx->rounds_without_epoll = 0;
-            if (*n > 0) {
-                return true;
+        if (now >= next_slice) {
+            if (ctx->n_user_fds) {
+                *n = aio_epoll(ctx, ev, 0);
+                ctx->rounds_without_epoll = 0;
+                if (*n > 0) {
+                    return true;
+                }
+                *n = 0;
             }
-            *n = 0;
-            next_fd_check = now + AIO_BUSY_POLL_FD_NS;
+            sched_yield();
+            now = vd_clock_ns();
+            next_slice = now + AIO_BUSY_POLL_SLICE_NS;
         }
     } while (now < end);
     return false;

@@ -214,6 +214,11 @@ bool aio_uring_reap(VdAioContext *ctx)
 {
     bool progress = false;
     struct io_uring_cqe *cqe;
+    /* Requests that completions start (a coroutine resubmitting, a COW
+     * write after its read) go to the kernel together when the reap ends:
+     * they are known all at once, unlike requests arriving one by one from
+     * a socket. A nested vd_aio_poll that waits still flushes first. */
+    ctx->plug_depth++;
     /* One CQE at a time, marked seen before its callback: a callback may
      * run a nested vd_aio_poll that reaps further. */
     while (io_uring_peek_cqe(&ctx->ring, &cqe) == 0) {   /* syscall only to
@@ -234,6 +239,7 @@ bool aio_uring_reap(VdAioContext *ctx)
     if (ctx->overflow_head) {
         aio_uring_drain_overflow(ctx);
     }
+    vd_aio_unplug(ctx);
     return progress;
 }
 

@@ -205,6 +205,51 @@ static void test_uring_plug_batches(void **state)
     free_ctx(ctx);
 }
 
+/* Requests submitted from completion callbacks go to the kernel in one
+ * io_uring_enter when the reap ends, not one call each. */
+typedef struct Resubmit {
+    VdAioContext *ctx;
+    Done done;
+    int resubmitted;
+    int limit;
+} Resubmit;
+
+static void resubmit_cb(void *opaque, int ret)
+{
+    Resubmit *r = opaque;
+    done_cb(&r->done, ret);
+    if (r->resubmitted < r->limit) {
+        r->resubmitted++;
+        assert_int_equal(vd_aio_uring_submit(r->ctx, VD_URING_NOP, 0, NULL, 0, 0, 0, 0,
+                                             resubmit_cb, r), 0);
+    }
+}
+
+static void test_uring_reap_batches_resubmits(void **state)
+{
+    VdAioContext *ctx = new_ctx();
+    enum { N = 16 };
+    Resubmit r = { .ctx = ctx, .limit = N };
+    vd_aio_plug(ctx);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(vd_aio_uring_submit(ctx, VD_URING_NOP, 0, NULL, 0, 0, 0, 0,
+                                             resubmit_cb, &r), 0);
+    }
+    uint64_t enter0 = ctx->stats.uring_enter;
+    vd_aio_unplug(ctx);
+    assert_int_equal(ctx->stats.uring_enter, enter0 + 1);
+    /* NOPs complete inside io_uring_enter: one reap sees all N, and the N
+     * resubmissions leave in a single call at its end */
+    while (r.done.n < N) {
+        vd_aio_poll(ctx, true);
+    }
+    assert_int_equal(r.resubmitted, N);
+    assert_int_equal(ctx->stats.uring_enter, enter0 + 2);
+    wait_done(ctx, &r.done, 2 * N);
+    assert_int_equal(ctx->stats.uring_enter, enter0 + 2);
+    free_ctx(ctx);
+}
+
 /* More requests than SQ entries: submitted when the SQ fills, overflow
  * queue past that, all complete exactly once. */
 static void test_uring_sq_full(void **state)
@@ -410,6 +455,7 @@ int main(void)
         TEST("/aio/uring/sync-ops", test_uring_sync_ops),
         TEST("/aio/uring/invalid", test_uring_invalid),
         TEST("/aio/uring/plug-batches", test_uring_plug_batches),
+        TEST("/aio/uring/reap-batches-resubmits", test_uring_reap_batches_resubmits),
         TEST("/aio/uring/sq-full", test_uring_sq_full),
         TEST("/aio/uring/co-rw", test_uring_co_rw),
         TEST("/aio/uring/fallback-thread-pool", test_uring_fallback_thread_pool),

@@ -3,7 +3,11 @@
 # same run, fio's nbd engine over UNIX sockets, medians of RUNS runs each.
 #
 #   bench/nbd/run.sh [path/to/vdiskd]      (default: build/tools/vdiskd/vdiskd)
-#   RUNS=5 RUNTIME=10 SIZE=1G bench/nbd/run.sh ...
+#   RUNS=9 RUNTIME=10 SIZE=1G bench/nbd/run.sh ...
+#
+# Each run measures every case once, in turn, so slow drifts of the disk or
+# the host hit all of them alike; the ratios are printed from the medians and,
+# as a check on them, as the median of the per-run ratios.
 #
 # 1. qcow2, 4k random reads, depth 32: vdiskd (one IOThread) vs
 #    qemu-storage-daemon, both cache.direct=on + aio=io_uring on the same image.
@@ -17,7 +21,7 @@
 set -euo pipefail
 
 VDISKD=$(realpath "${1:-build/tools/vdiskd/vdiskd}")
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 RUNTIME=${RUNTIME:-10}
 SIZE=${SIZE:-1G}
 for t in fio qemu-img qemu-io qemu-storage-daemon nbdkit; do
@@ -122,6 +126,16 @@ printf '%-58s %10s   (target >= 1.0)\n' "ratio vdiskd / nbdkit" "$(ratio "$mvn" 
 printf '%-58s %10s IOPS\n' "null-co, 1 export on 1 IOThread, 1 job" "$mone"
 printf '%-58s %10s IOPS\n' "null-co, 2 exports on 2 IOThreads, 2 jobs (aggregate)" "$mtwo"
 printf '%-58s %10s   (target >= 1.6)\n' "ratio two / one" "$(ratio "$mtwo" "$mone")"
+pmed() {   # pmed "a1 a2 .." "b1 b2 ..": median of a_i/b_i
+    python3 -c 'import sys,statistics
+a=list(map(float,sys.argv[1].split())); b=list(map(float,sys.argv[2].split()))
+r=sorted(x/y for x,y in zip(a,b)); print("%.2f (runs: %s)" % (statistics.median(r), " ".join("%.2f" % x for x in r)))' "$1" "$2"
+}
+echo
+echo "median of per-run ratios:"
+printf '  vdiskd / qemu-storage-daemon %s\n' "$(pmed "${vq[*]}" "${qq[*]}")"
+printf '  vdiskd / nbdkit               %s\n' "$(pmed "${vn[*]}" "${kn[*]}")"
+printf '  two / one                     %s\n' "$(pmed "${two[*]}" "${one[*]}")"
 cpu() { median $(python3 -c 'import sys; print(" ".join(str(int(float(l)*100)) for l in open(sys.argv[1])))' "$DIR/cpu.$1") | python3 -c 'import sys; print("%.2f" % (int(sys.stdin.read())/100))'; }
 echo
 echo "server CPU time per request (us, median; lower is better; a disk-bound run can"

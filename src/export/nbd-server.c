@@ -337,7 +337,7 @@ static void nbd_conn_free(NbdConn *c)
                 break;
             }
         }
-        c->exp->n_conns--;
+        __atomic_sub_fetch(&c->exp->n_conns, 1, __ATOMIC_RELEASE);   /* read unlocked */
     }
     c->dead = true;
     __atomic_sub_fetch(&g_n_conns, 1, __ATOMIC_RELEASE);
@@ -1283,7 +1283,7 @@ static void coroutine_fn nbd_conn_handshake_entry(void *opaque)
     c->exp = exp;
     c->next_in_export = exp->conns;
     exp->conns = c;
-    exp->n_conns++;
+    __atomic_add_fetch(&exp->n_conns, 1, __ATOMIC_RELEASE);   /* read unlocked */
     bool parked = __atomic_load_n(&exp->quiescing, __ATOMIC_ACQUIRE);
     if (!parked) {
         c->ctx = vd_backend_get_context(exp->blk);

@@ -59,7 +59,13 @@ static void test_request_roundtrip(void **state)
     assert_int_equal(buf[0], 0x25);
     assert_int_equal(buf[3], 0x13);
     nbd_request_decode(buf, &b);
-    assert_memory_equal(&a, &b, sizeof(a));
+    /* field by field: the struct has tail padding */
+    assert_int_equal(a.magic, b.magic);
+    assert_int_equal(a.flags, b.flags);
+    assert_int_equal(a.type, b.type);
+    assert_int_equal(a.cookie, b.cookie);
+    assert_int_equal(a.offset, b.offset);
+    assert_int_equal(a.length, b.length);
 }
 
 static void test_validate_ok(void **state)

@@ -351,7 +351,25 @@ static bool aio_run_poll_handlers_once(VdAioContext *ctx, bool *progress)
     return found;
 }
 
-static int aio_epoll(VdAioContext *ctx, struct epoll_event *ev, int64_t timeout_ns);
+static int aio_epoll(VdAioContext *ctx, struct epoll_event *ev, int64_t timeout_ns)
+{
+    int n;
+    ctx->stats.epoll_calls++;
+    if (timeout_ns != 0) {
+        ctx->stats.sleeps++;
+    }
+    if (timeout_ns > 0 && atomic_load_explicit(&g_have_epoll_pwait2, memory_order_relaxed)) {
+        struct timespec ts = { timeout_ns / 1000000000LL, timeout_ns % 1000000000LL };
+        n = epoll_pwait2(ctx->epfd, ev, AIO_MAX_EVENTS, &ts, NULL);
+        if (!(n < 0 && errno == ENOSYS)) {
+            return n;
+        }
+        atomic_store_explicit(&g_have_epoll_pwait2, 0, memory_order_relaxed);
+    }
+    /* round up: never wake before the timer is due */
+    int ms = timeout_ns < 0 ? -1 : (int)VD_MIN((timeout_ns + 999999) / 1000000, INT32_MAX);
+    return epoll_wait(ctx->epfd, ev, AIO_MAX_EVENTS, ms);
+}
 
 /* Busy-poll for up to ctx->poll_ns. Returns true once there is work.
  * Every AIO_BUSY_POLL_SLICE_NS the loop also
@@ -390,26 +408,6 @@ static bool aio_busy_poll(VdAioContext *ctx, bool *progress, struct epoll_event 
         }
     } while (now < end);
     return false;
-}
-
-static int aio_epoll(VdAioContext *ctx, struct epoll_event *ev, int64_t timeout_ns)
-{
-    int n;
-    ctx->stats.epoll_calls++;
-    if (timeout_ns != 0) {
-        ctx->stats.sleeps++;
-    }
-    if (timeout_ns > 0 && atomic_load_explicit(&g_have_epoll_pwait2, memory_order_relaxed)) {
-        struct timespec ts = { timeout_ns / 1000000000LL, timeout_ns % 1000000000LL };
-        n = epoll_pwait2(ctx->epfd, ev, AIO_MAX_EVENTS, &ts, NULL);
-        if (!(n < 0 && errno == ENOSYS)) {
-            return n;
-        }
-        atomic_store_explicit(&g_have_epoll_pwait2, 0, memory_order_relaxed);
-    }
-    /* round up: never wake before the timer is due */
-    int ms = timeout_ns < 0 ? -1 : (int)VD_MIN((timeout_ns + 999999) / 1000000, INT32_MAX);
-    return epoll_wait(ctx->epfd, ev, AIO_MAX_EVENTS, ms);
 }
 
 static void aio_adjust_poll_window(VdAioContext *ctx, int64_t block_ns)

@@ -71,25 +71,6 @@ int vd_parse_cache_mode(const char *mode, int *flags, bool *writethrough)
     return 0;
 }
 
-/* ---- driver probing ------------------------------------------------------------------ */
-
-const VdDriver *vd_driver_probe(const uint8_t *buf, int buf_size, const char *filename)
-{
-    const VdDriver *best = NULL;
-    int best_score = 0;
-    for (const VdDriver *d = vd_driver_next(NULL); d; d = vd_driver_next(d)) {
-        if (!d->probe || !d->is_format) {
-            continue;
-        }
-        int score = d->probe(buf, buf_size, filename);
-        if (score > best_score) {
-            best_score = score;
-            best = d;
-        }
-    }
-    return best ? best : vd_driver_find("raw");
-}
-
 /* ---- registry -------------------------------------------------------------------------- */
 
 VdNode *vd_node_find(const char *node_name)
@@ -687,7 +668,29 @@ static const VdDriver *probe_node(VdNode *file, const char *filename, VdError **
             return NULL;
         }
     }
-    return vd_driver_probe(buf, n, filename);
+    const VdDriver *drv = vd_driver_probe(buf, n, filename);
+    if (strcmp(drv->format_name, "raw")) {
+        return drv;
+    }
+    /* raw only if no format we lack claims it: never serve a VMDK's own
+     * bytes as the disk */
+    uint8_t tail[512];
+    bool have_tail = len >= (int64_t)sizeof(tail) * 2;
+    if (have_tail) {
+        int ret = vd_co_pread(file, len - (int64_t)sizeof(tail), sizeof(tail), tail, 0);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: could not read image for determining its "
+                                "format", filename);
+            return NULL;
+        }
+    }
+    const char *other = vd_probe_unsupported_format(buf, n, have_tail ? tail : NULL,
+                                                    have_tail ? (int)sizeof(tail) : 0);
+    if (other) {
+        vd_error_setg(errp, ENOTSUP, "%s: image format '%s' is not supported", filename, other);
+        return NULL;
+    }
+    return drv;
 }
 
 typedef struct OpenOnNewStack {

@@ -488,7 +488,7 @@ static bool opts_first_key(const VdOpts *o, char *buf, size_t size)
     for (size_t i = 0; i < vd_json_object_size(o); i++) {
         VdJson *v;
         const char *k = vd_json_object_entry(o, i, &v);
-        if (vd_json_type(v) == VD_JSON_OBJECT) {
+        if (vd_json_type(v) == VD_JSON_OBJECT && vd_json_object_size(v) > 0) {
             char sub[256];
             if (opts_first_key(v, sub, sizeof(sub))) {
                 snprintf(buf, size, "%.100s.%.150s", k, sub);
@@ -496,6 +496,8 @@ static bool opts_first_key(const VdOpts *o, char *buf, size_t size)
             }
             continue;
         }
+        /* a leaf, or an empty object nobody took ("file":{} inside a file
+         * node): takes prune the parents they empty, so this was given */
         snprintf(buf, size, "%s", k);
         return true;
     }

@@ -4,6 +4,7 @@
 set -eu
 pkgs=(
   gcc libc6-dev make meson ninja-build pkg-config    # toolchain and build
+  g++                                                # C++ check of the public headers
   liburing-dev zlib1g-dev libzstd-dev libnbd-dev     # libvdisk dependencies
   libcmocka-dev                                      # unit-test framework
   clang libclang-rt-14-dev                           # fuzzers (libFuzzer) and sanitizers

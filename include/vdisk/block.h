@@ -18,6 +18,8 @@
 #include "vdisk/opts.h"
 #include "vdisk/aio.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdNode VdNode;
 typedef struct VdChild VdChild;
 typedef struct VdBackend VdBackend;
@@ -276,5 +278,7 @@ int vd_backend_pwrite(VdBackend *blk, int64_t offset, int64_t bytes, const void 
 int vd_backend_pwrite_zeroes(VdBackend *blk, int64_t offset, int64_t bytes, int flags);
 int vd_backend_pdiscard(VdBackend *blk, int64_t offset, int64_t bytes);
 int vd_backend_flush(VdBackend *blk);
+
+VD_EXTERN_C_END
 
 #endif

@@ -9,6 +9,16 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "vdisk/version.h"
+
+/* Public headers wrap their declarations in these, for C++ users. */
+#ifdef __cplusplus
+#define VD_EXTERN_C_BEGIN extern "C" {
+#define VD_EXTERN_C_END }
+#else
+#define VD_EXTERN_C_BEGIN
+#define VD_EXTERN_C_END
+#endif
 
 /*
  * Marks a function that may yield: it must be called from coroutine context

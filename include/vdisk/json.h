@@ -10,6 +10,8 @@
 #include "vdisk/common.h"
 #include "vdisk/error.h"
 
+VD_EXTERN_C_BEGIN
+
 #define VD_JSON_MAX_DEPTH 64
 
 typedef enum VdJsonType {
@@ -82,5 +84,7 @@ void vd_json_stream_free(VdJsonStream *s);
 /* Serialise. pretty: qemu-img's --output=json layout (4-space indent,
  * "key": value). Returns a malloc'ed string. */
 char *vd_json_to_string(const VdJson *v, bool pretty);
+
+VD_EXTERN_C_END
 
 #endif

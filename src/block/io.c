@@ -1043,7 +1043,7 @@ static void coroutine_fn sync_status_entry(void *opaque)
                                       s->pnum, s->map, s->file, s->depth);
 }
 
-static int sync_run(VdCoroutineEntry *entry, SyncRw *s)
+static int coroutine_mixed_fn sync_run(VdCoroutineEntry *entry, SyncRw *s)
 {
     if (vd_in_coroutine()) {
         entry(s);

@@ -269,7 +269,7 @@ static int child_flags(int parent_flags, VdChildRole role)
     return f;
 }
 
-VdChild *vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
                        VdNode *parent, VdChildRole role, bool allow_none, VdError **errp)
 {
     VdJson *ref = parent_options ? vd_opts_lookup(parent_options, child_name) : NULL;
@@ -337,7 +337,7 @@ void vd_get_full_backing_filename(const VdNode *node, const char *backing, char 
     snprintf(buf, size, "%.*s%s", (int)(slash - base + 1), base, backing);
 }
 
-int vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
+int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
 {
     if (node->backing) {
         return 0;
@@ -571,7 +571,7 @@ static void print_probed_raw_warning(const char *filename)
             filename);
 }
 
-static const VdDriver *probe_node(VdNode *file, const char *filename, VdError **errp)
+static const VdDriver * coroutine_fn probe_node(VdNode *file, const char *filename, VdError **errp)
 {
     uint8_t buf[VD_PROBE_BUF_SIZE];
     int64_t len = vd_node_getlength(file);
@@ -855,7 +855,7 @@ static void coroutine_fn open_entry(void *opaque)
     }
 }
 
-VdNode *vd_node_open(const char *filename, VdOpts *options, int flags, VdError **errp)
+VdNode * coroutine_mixed_fn vd_node_open(const char *filename, VdOpts *options, int flags, VdError **errp)
 {
     if (vd_block_init(errp) < 0) {
         vd_json_unref(options);
@@ -883,7 +883,7 @@ static void coroutine_fn close_entry(void *opaque)
     }
 }
 
-void vd_node_unref(VdNode *node)
+void coroutine_mixed_fn vd_node_unref(VdNode *node)
 {
     if (!node) {
         return;
@@ -1049,7 +1049,7 @@ static void coroutine_fn info_entry(void *opaque)
     s->actual = vd_co_get_allocated_file_size(s->node);
 }
 
-static VdJson *node_info_one(VdNode *node, VdError **errp)
+static VdJson * coroutine_mixed_fn node_info_one(VdNode *node, VdError **errp)
 {
     VdJson *o = vd_json_object();
     int64_t cluster_size = 0;
@@ -1347,7 +1347,7 @@ static void coroutine_fn check_entry(void *opaque)
     s->ret = s->node->drv->co_check(s->node, s->result, s->fix);
 }
 
-int vd_node_check(VdNode *node, VdCheckResult *result, int fix, VdError **errp)
+int coroutine_mixed_fn vd_node_check(VdNode *node, VdCheckResult *result, int fix, VdError **errp)
 {
     memset(result, 0, sizeof(*result));
     if (!node->drv->co_check) {
@@ -1407,7 +1407,7 @@ static int create_driver(const char *fmt, const VdDriver **pdrv, VdError **errp)
     return 0;
 }
 
-int vd_img_create(const char *filename, const char *fmt, const VdOpts *opts, VdError **errp)
+int coroutine_mixed_fn vd_img_create(const char *filename, const char *fmt, const VdOpts *opts, VdError **errp)
 {
     if (vd_block_init(errp) < 0) {
         return -EIO;

@@ -85,6 +85,15 @@ void vd_json_stream_free(VdJsonStream *s);
  * "key": value). Returns a malloc'ed string. */
 char *vd_json_to_string(const VdJson *v, bool pretty);
 
+/* Reorder the keys of every object in v (recursively) into the order in
+ * which QEMU's tools print a dictionary (its hash-table order), so JSON output
+ * matches qemu-img's byte for byte. vd_node_info's result is already ordered.
+ * (json-qemu.c) */
+void vd_json_qemu_order(VdJson *v);
+/* Serialise v on one line the way QEMU writes json: filenames
+ * ({"a": 1, "b": {"c": "d"}}, keys in the order they are in). malloc'ed. */
+char *vd_json_to_qemu_string(const VdJson *v);
+
 VD_EXTERN_C_END
 
 #endif

@@ -17,7 +17,7 @@
 
 #include "vdisk/block.h"
 #include "vdisk/coroutine.h"
-#include "../vdisk-img/tool-common.h"
+#include "tool-common.h"
 
 #define IO_REQUEST_MAX_BYTES ((int64_t)(INT_MAX & ~511))   /* 2147483136, as qemu */
 #define IO_MISALIGN_OFFSET 16

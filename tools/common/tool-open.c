@@ -38,7 +38,7 @@ static void opts_merge_over(VdOpts *dst, const VdOpts *src)
     for (size_t i = 0; i < vd_json_object_size(src); i++) {
         VdJson *val;
         const char *k = vd_json_object_entry(src, i, &val);
-        vd_json_object_put(dst, k, vd_json_ref(val));
+        vd_json_object_put(dst, k, vd_json_deep_copy(val));
     }
 }
 

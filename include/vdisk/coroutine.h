@@ -36,6 +36,20 @@ VdCoroutine *vd_co_self(void);          /* NULL outside coroutines */
 bool vd_in_coroutine(void);
 VdAioContext *vd_co_get_context(const VdCoroutine *co);
 
+/* ---- recursion that the data decides (backing chains, nested filters) ------- */
+
+/* True if the running coroutine has used more than half of its stack; false
+ * outside coroutines. Costs a few instructions. */
+bool vd_co_stack_low(void);
+
+/*
+ * Run entry(opaque) to completion in a new coroutine (a fresh stack) in the
+ * current context while the calling coroutine waits (it yields if entry
+ * yields). For code whose recursion depth the data decides: call it when
+ * vd_co_stack_low() so the depth is bounded by memory, not by one stack.
+ */
+void coroutine_fn vd_co_call_on_new_stack(VdCoroutineEntry *entry, void *opaque);
+
 /* ---- waking coroutines across contexts -------------------------------------- */
 
 /* Enter co from a BH in ctx's thread. Any thread. Lock-free. */

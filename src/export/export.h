@@ -61,6 +61,9 @@ void vd_export_shutdown_all(void);
 
 /* ---- NBD server ---- */
 
+/* A non-blocking listening UNIX socket on path (replaced if it exists); the
+ * path appears only once the socket is listening. Returns the fd or -errno. */
+int vd_unix_socket_listen(const char *path, int backlog, VdError **errp);
 /* Listen on a UNIX socket path (replaced if it exists) or a TCP host/port. */
 int vd_nbd_server_listen_unix(const char *path, VdError **errp);
 int vd_nbd_server_listen_inet(const char *host, const char *port, VdError **errp);

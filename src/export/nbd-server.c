@@ -1572,16 +1572,47 @@ static void nbd_listener_add(int fd, const char *unix_path)
     nbd_listener_retry(l);
 }
 
-int vd_nbd_server_listen_unix(const char *path, VdError **errp)
+int vd_unix_socket_listen(const char *path, int backlog, VdError **errp)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    char tmp[sizeof(sa.sun_path)];
 
     if (strlen(path) >= sizeof(sa.sun_path)) {
         vd_error_setg(errp, ENAMETOOLONG, "UNIX socket path '%s' is too long", path);
         return -ENAMETOOLONG;
     }
-    strcpy(sa.sun_path, path);
-    /* Binding again would unlink the live socket and leave its listener
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        vd_error_setg_errno(errp, errno, "Failed to create socket");
+        return -errno;
+    }
+    /* bind() creates the file before listen() makes it connectable: bind a
+     * temporary name and rename it into place once listening, so a client
+     * that sees the path can connect. Paths too long for the temporary name
+     * are bound directly. */
+    int n = snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
+    bool use_tmp = n > 0 && (size_t)n < sizeof(tmp);
+    strcpy(sa.sun_path, use_tmp ? tmp : path);
+    unlink(sa.sun_path);
+    if (!use_tmp) {
+        unlink(path);
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, backlog) < 0 ||
+        (use_tmp && rename(tmp, path) < 0)) {
+        int err = errno;
+        vd_error_setg_errno(errp, err, "Failed to bind socket to %s", path);
+        if (use_tmp) {
+            unlink(tmp);
+        }
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+int vd_nbd_server_listen_unix(const char *path, VdError **errp)
+{
+    /* Binding again would replace the live socket and leave its listener
      * unreachable: refuse, as qemu-storage-daemon refuses a second start. */
     struct stat st_new;
     bool exists = stat(path, &st_new) == 0;
@@ -1594,17 +1625,9 @@ int vd_nbd_server_listen_unix(const char *path, VdError **errp)
             return -EEXIST;
         }
     }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = vd_unix_socket_listen(path, 128, errp);
     if (fd < 0) {
-        vd_error_setg_errno(errp, errno, "Failed to create socket");
-        return -errno;
-    }
-    unlink(path);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 128) < 0) {
-        int err = errno;
-        vd_error_setg_errno(errp, err, "Failed to bind socket to %s", path);
-        close(fd);
-        return -err;
+        return fd;
     }
     nbd_listener_add(fd, path);
     return 0;

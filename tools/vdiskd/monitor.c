@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "export/export.h"
 #include "daemon.h"
 
 #define MON_MAX_VALUE (1024 * 1024)
@@ -573,19 +573,9 @@ int vdd_monitor_add(VdOpts *opts, VdError **errp)
         vd_error_setg(errp, EBUSY, "monitor: chardev '%s' is already in use", chardev);
         goto out;
     }
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    if (strlen(d->path) >= sizeof(sa.sun_path)) {
-        vd_error_setg(errp, ENAMETOOLONG, "chardev '%s': path '%s' is too long", d->id, d->path);
-        goto out;
-    }
-    strcpy(sa.sun_path, d->path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    unlink(d->path);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 16) < 0) {
-        vd_error_setg_errno(errp, errno, "chardev '%s': cannot listen on '%s'", d->id, d->path);
-        if (fd >= 0) {
-            close(fd);
-        }
+    int fd = vd_unix_socket_listen(d->path, 16, errp);
+    if (fd < 0) {
+        vd_error_prepend(errp, "chardev '%s': ", d->id);
         goto out;
     }
     d->used = true;

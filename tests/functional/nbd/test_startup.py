@@ -167,6 +167,13 @@ def default_mode(binary, d):
     fails(binary, [], [f"127.0.0.1:{port}", "VDISKD_NBD_PORT"], cwd=wd, env=env)
     assert not os.path.exists(os.path.join(wd, "vdisk-data", "disk.qcow2")), \
         "image created although the port was taken"
+    # scripts/run.sh checks the port before installing, building, creating
+    run_sh = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                          "scripts", "run.sh")
+    p = subprocess.run(["bash", run_sh, "--port", str(port)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=60)
+    log(p.stdout)
+    assert p.returncode == 1 and f"127.0.0.1:{port} is not available" in p.stdout, p.stdout
     busy.close()
     # another port and socket
     port = free_port()

@@ -54,7 +54,8 @@ static void usage(void)
            "  --pidfile <path>       write process ID to a file after startup\n"
            "\n"
            "Without options: create ./vdisk-data/disk.qcow2 (16 GiB, thin) and serve it as\n"
-           "export 'disk' on ./vdisk-data/nbd.sock and 127.0.0.1:10809.\n"
+           "export 'disk' on ./vdisk-data/nbd.sock and 127.0.0.1:10809 (VDISKD_NBD_SOCKET\n"
+           "and VDISKD_NBD_PORT in the environment replace them).\n"
            "See docs/vdiskd.md.\n");
 }
 

@@ -244,6 +244,13 @@ void vd_backend_set_stop_notifier(VdBackend *blk, void (*cb)(void *opaque, int e
 bool vd_backend_is_paused(VdBackend *blk);
 /* Resume after a stop: held requests are retried. Any thread. */
 void vd_backend_resume(VdBackend *blk);
+/* Give up on the requests a stop holds: they complete with the error that
+ * stopped them, and the backend runs again (the policy stays, so a new
+ * failure stops it again). For shutdown and hard export deletion, so a
+ * paused backend never blocks them. Main thread. */
+void vd_backend_fail_held(VdBackend *blk);
+/* Requests held by a stop right now (any thread). */
+int vd_backend_n_held(VdBackend *blk);
 
 void vd_backend_get_stats(VdBackend *blk, VdBlockStats *out);
 void vd_backend_drain_begin(VdBackend *blk);

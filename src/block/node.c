@@ -1,8 +1,9 @@
 /*
  * The block graph (DESIGN.md §3): opening nodes from filenames, json: names
  * and option trees (generic options, format probing, file/backing children),
- * the named-node registry, reference counting and the close path, drain and
- * context moves, image information, check and creation.
+ * the named-node registry, reference counting and the close path. Drain and
+ * context moves are in drain.c, info and check in info.c, creation in
+ * create.c.
  */
 #include <assert.h>
 #include <ctype.h>
@@ -253,7 +254,7 @@ static int child_flags(int parent_flags, VdChildRole role)
 static VdNode *coroutine_fn node_open_co(const char *filename, VdOpts *options, int flags,
                                          const VdBackingLink *backing_up, VdError **errp);
 
-static VdChild *open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+static VdChild * coroutine_fn open_child(const char *filename, VdOpts *parent_options, const char *child_name,
                            VdNode *parent, VdChildRole role, bool allow_none,
                            const VdBackingLink *backing_up, VdError **errp)
 {
@@ -305,7 +306,7 @@ static VdChild *open_child(const char *filename, VdOpts *parent_options, const c
     return c;
 }
 
-VdChild *vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
                        VdNode *parent, VdChildRole role, bool allow_none, VdError **errp)
 {
     return open_child(filename, parent_options, child_name, parent, role, allow_none, NULL, errp);
@@ -394,7 +395,7 @@ static void backing_loop_error(const VdBackingLink *me, const char *target, VdEr
     free(chain);
 }
 
-int vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
+int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
 {
     if (node->backing) {
         return 0;
@@ -656,7 +657,7 @@ static void print_probed_raw_warning(const char *filename)
             filename);
 }
 
-static const VdDriver *probe_node(VdNode *file, const char *filename, VdError **errp)
+static const VdDriver * coroutine_fn probe_node(VdNode *file, const char *filename, VdError **errp)
 {
     uint8_t buf[VD_PROBE_BUF_SIZE];
     int64_t len = vd_node_getlength(file);
@@ -993,18 +994,14 @@ static void coroutine_fn open_entry(void *opaque)
     }
 }
 
-VdNode *vd_node_open(const char *filename, VdOpts *options, int flags, VdError **errp)
+VdNode * coroutine_mixed_fn vd_node_open(const char *filename, VdOpts *options, int flags, VdError **errp)
 {
     if (vd_block_init(errp) < 0) {
         vd_json_unref(options);
         return NULL;
     }
     OpenSync s = { filename, options, flags, errp, NULL };
-    if (vd_in_coroutine()) {
-        open_entry(&s);
-    } else {
-        vd_co_run_sync(vd_aio_main_context(), open_entry, &s);
-    }
+    vd_co_call(vd_aio_main_context(), open_entry, &s);
     return s.node;
 }
 
@@ -1026,7 +1023,7 @@ static void coroutine_fn unref_on_new_stack(void *opaque)
     vd_node_unref(opaque);
 }
 
-void vd_node_unref(VdNode *node)
+void coroutine_mixed_fn vd_node_unref(VdNode *node)
 {
     if (!node) {
         return;
@@ -1055,583 +1052,4 @@ void vd_node_unref(VdNode *node)
     registry_remove(node);
     VD_TRACE(VD_LOG_BLOCK, "closed %s", node->node_name);
     node_free(node);
-}
-
-/* ---- drain and contexts ---------------------------------------------------------------------- */
-
-static void drain_waiters_inc(VdNode *n, void *opaque)
-{
-    n->core->drain_waiters += *(int *)opaque;
-}
-
-static void drain_begin_local(void *opaque)
-{
-    VdNode *node = opaque;
-    int one = 1;
-    vd_node_quiesce_begin_local(node);
-    vd_node_foreach_subtree(node, drain_waiters_inc, &one);
-}
-
-static void drain_end_local(void *opaque)
-{
-    VdNode *node = opaque;
-    int minus = -1;
-    vd_node_foreach_subtree(node, drain_waiters_inc, &minus);
-    vd_node_quiesce_end_local(node);
-}
-
-static void drain_wait_node(VdNode *n, void *opaque)
-{
-    VD_AIO_WAIT_WHILE(n->ctx, VD_RELAXED_READ(n->core->in_flight) > 0);
-}
-
-void vd_node_drain_begin(VdNode *node)
-{
-    vd_aio_run_sync(node->ctx, drain_begin_local, node);
-    vd_node_foreach_subtree(node, drain_wait_node, NULL);
-}
-
-void vd_node_drain_end(VdNode *node)
-{
-    vd_aio_run_sync(node->ctx, drain_end_local, node);
-}
-
-static void detach_one(VdNode *n, void *opaque)
-{
-    if (n->drv->detach_aio_context) {
-        n->drv->detach_aio_context(n);
-    }
-}
-
-static void detach_all(void *opaque)
-{
-    vd_node_foreach_subtree(opaque, detach_one, NULL);
-}
-
-static void set_ctx_one(VdNode *n, void *opaque)
-{
-    n->ctx = opaque;
-}
-
-static void attach_one(VdNode *n, void *opaque)
-{
-    if (n->drv->attach_aio_context) {
-        n->drv->attach_aio_context(n, n->ctx);
-    }
-}
-
-static void attach_all(void *opaque)
-{
-    vd_node_foreach_subtree(opaque, attach_one, NULL);
-}
-
-static bool subtree_has_foreign_parent(VdNode *root, VdNode *n)
-{
-    for (VdChild *p = n->parents; p; p = p->next_parent) {
-        if (n != root && p->parent && p->parent->ctx != root->ctx) {
-            return true;
-        }
-        if (n == root && p->parent) {
-            return true;
-        }
-    }
-    for (VdChild *c = n->children; c; c = c->next) {
-        if (subtree_has_foreign_parent(root, c->node)) {
-            return true;
-        }
-    }
-    return false;
-}
-
-int vd_node_set_context(VdNode *node, VdAioContext *ctx, VdError **errp)
-{
-    if (!ctx) {
-        vd_error_setg(errp, EINVAL, "%s: no context given", node->node_name);
-        return -EINVAL;
-    }
-    if (node->ctx == ctx) {
-        return 0;
-    }
-    if (subtree_has_foreign_parent(node, node)) {
-        vd_error_setg(errp, EBUSY, "%s: node '%s' is used by another node; move its parent instead",
-                      node->filename, node->node_name);
-        return -EBUSY;
-    }
-    VdAioContext *old = node->ctx;
-    vd_node_drain_begin(node);
-    vd_aio_run_sync(old, detach_all, node);
-    vd_node_foreach_subtree(node, set_ctx_one, ctx);
-    vd_aio_run_sync(ctx, attach_all, node);
-    vd_node_drain_end(node);
-    VD_TRACE(VD_LOG_BLOCK, "moved %s to another context", node->node_name);
-    return 0;
-}
-
-/* ---- info, check, create ------------------------------------------------------------------------ */
-
-typedef struct InfoSync {
-    VdNode *node;
-    int64_t actual;
-    VdCheckResult *result;
-    int fix;
-    int ret;
-    const VdDriver *drv;
-    const char *filename;
-    const VdOpts *opts;
-    VdError **errp;
-} InfoSync;
-
-int64_t coroutine_fn vd_co_get_allocated_file_size(VdNode *node)
-{
-    if (node->drv->co_get_allocated_file_size) {
-        return node->drv->co_get_allocated_file_size(node);
-    }
-    if (node->file) {
-        return vd_co_get_allocated_file_size(node->file->node);
-    }
-    return -ENOTSUP;
-}
-
-static void coroutine_fn info_entry(void *opaque)
-{
-    InfoSync *s = opaque;
-    s->actual = vd_co_get_allocated_file_size(s->node);
-}
-
-static VdJson *node_info_one(VdNode *node, VdError **errp)
-{
-    VdJson *o = vd_json_object();
-    int64_t cluster_size = 0;
-    bool dirty = false;
-    InfoSync s = { .node = node };
-
-    /* cluster-size and dirty-flag only where the driver answers (a filter
-     * answers with its child), as qemu-img does */
-    VdNode *answering = node;
-    while (!answering->drv->get_info && answering->drv->is_filter && answering->file) {
-        answering = answering->file->node;
-    }
-    bool have_info = false;
-    if (answering->drv->get_info) {
-        int ret = answering->drv->get_info(answering, &cluster_size, &dirty);
-        if (ret < 0 && ret != -ENOTSUP) {
-            vd_error_setg_errno(errp, -ret, "%s: cannot get image information", node->filename);
-            vd_json_unref(o);
-            return NULL;
-        }
-        have_info = ret == 0;
-    }
-    if (vd_in_coroutine()) {
-        info_entry(&s);
-    } else {
-        vd_co_run_sync(node->ctx, info_entry, &s);
-    }
-    if (node->backing_file[0] && node->backing_format[0]) {
-        vd_json_object_put_str(o, "backing-filename-format", node->backing_format);
-    }
-    vd_json_object_put_int(o, "virtual-size", vd_node_getlength(node));
-    vd_json_object_put_str(o, "filename", node->filename);
-    if (have_info && cluster_size > 0) {
-        vd_json_object_put_int(o, "cluster-size", cluster_size);
-    }
-    vd_json_object_put_str(o, "format", node->drv->format_name);
-    if (s.actual >= 0) {
-        vd_json_object_put_int(o, "actual-size", s.actual);
-    }
-    if (node->drv->get_specific_info) {
-        VdError *err = NULL;
-        VdJson *spec = node->drv->get_specific_info(node, &err);
-        if (err) {
-            vd_error_propagate(errp, err);
-            vd_json_unref(o);
-            return NULL;
-        }
-        if (spec) {
-            vd_json_object_put(o, "format-specific", spec);
-        }
-    }
-    if (node->backing_file[0]) {
-        char full[4096];
-        vd_get_full_backing_filename(node, node->backing_file, full, sizeof(full));
-        vd_json_object_put_str(o, "full-backing-filename", full);
-        vd_json_object_put_str(o, "backing-filename", node->backing_file);
-    }
-    if (node->drv->snapshot_list) {
-        VdSnapshotInfo *list = NULL;
-        int n = node->drv->snapshot_list(node, &list);
-        if (n > 0) {
-            VdJson *arr = vd_json_array();
-            for (int i = 0; i < n; i++) {
-                VdJson *sn = vd_json_object();
-                if (list[i].icount != UINT64_MAX) {
-                    vd_json_object_put(sn, "icount", vd_json_uint(list[i].icount));
-                }
-                vd_json_object_put_str(sn, "id", list[i].id_str);
-                vd_json_object_put_str(sn, "name", list[i].name);
-                vd_json_object_put_int(sn, "vm-state-size", (int64_t)list[i].vm_state_size);
-                vd_json_object_put_int(sn, "date-sec", list[i].date_sec);
-                vd_json_object_put_int(sn, "date-nsec", list[i].date_nsec);
-                vd_json_object_put_int(sn, "vm-clock-sec", (int64_t)(list[i].vm_clock_nsec / 1000000000ULL));
-                vd_json_object_put_int(sn, "vm-clock-nsec", (int64_t)(list[i].vm_clock_nsec % 1000000000ULL));
-                vd_json_array_append(arr, sn);
-            }
-            vd_json_object_put(o, "snapshots", arr);
-        }
-        free(list);
-    }
-    if (have_info) {
-        vd_json_object_put_bool(o, "dirty-flag", dirty);
-    }
-    return o;
-}
-
-/* QEMU prints dictionaries in the iteration order of its hash table: buckets
- * in increasing order (hash % 512), newest entry first within a bucket. */
-static unsigned qemu_dict_bucket(const char *key)
-{
-    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
-    for (unsigned i = 0; key[i]; i++) {
-        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    }
-    return (1103515243u * v + 12345u) % 512;
-}
-
-typedef struct QemuOrderEntry {
-    char *key;
-    VdJson *value;
-    unsigned bucket;
-    size_t index;
-} QemuOrderEntry;
-
-static int qemu_order_cmp(const void *a, const void *b)
-{
-    const QemuOrderEntry *x = a, *y = b;
-    if (x->bucket != y->bucket) {
-        return x->bucket < y->bucket ? -1 : 1;
-    }
-    return x->index > y->index ? -1 : 1;     /* later insertion first */
-}
-
-void vd_json_qemu_order(VdJson *v)
-{
-    if (!v) {
-        return;
-    }
-    if (vd_json_type(v) == VD_JSON_ARRAY) {
-        for (size_t i = 0; i < vd_json_array_size(v); i++) {
-            vd_json_qemu_order(vd_json_array_get(v, i));
-        }
-        return;
-    }
-    if (vd_json_type(v) != VD_JSON_OBJECT) {
-        return;
-    }
-    size_t n = vd_json_object_size(v);
-    QemuOrderEntry *e = calloc(n ? n : 1, sizeof(*e));
-    if (!e) {
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        VdJson *val;
-        const char *k = vd_json_object_entry(v, i, &val);
-        e[i].key = strdup(k);
-        e[i].value = vd_json_ref(val);
-        e[i].bucket = qemu_dict_bucket(k);
-        e[i].index = i;
-        vd_json_qemu_order(val);
-    }
-    qsort(e, n, sizeof(*e), qemu_order_cmp);
-    for (size_t i = 0; i < n; i++) {
-        vd_json_object_del(v, e[i].key);
-    }
-    for (size_t i = 0; i < n; i++) {
-        vd_json_object_put(v, e[i].key, e[i].value);
-        free(e[i].key);
-    }
-    free(e);
-}
-
-typedef struct QjBuf {
-    char *p;
-    size_t len, cap;
-} QjBuf;
-
-static void qj_put(QjBuf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = VD_MAX(b->cap * 2, b->len + n + 64);
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            abort();
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void qj_puts(QjBuf *b, const char *s)
-{
-    qj_put(b, s, strlen(s));
-}
-
-static void qj_string(QjBuf *b, const char *s)
-{
-    qj_puts(b, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        switch (c) {
-        case '"': qj_puts(b, "\\\""); break;
-        case '\\': qj_puts(b, "\\\\"); break;
-        case '\n': qj_puts(b, "\\n"); break;
-        case '\t': qj_puts(b, "\\t"); break;
-        case '\r': qj_puts(b, "\\r"); break;
-        case '\b': qj_puts(b, "\\b"); break;
-        case '\f': qj_puts(b, "\\f"); break;
-        default:
-            if (c < 0x20 || c == 0x7f) {
-                snprintf(esc, sizeof(esc), "\\u%04x", c);
-                qj_puts(b, esc);
-            } else {
-                qj_put(b, (const char *)&c, 1);
-            }
-        }
-    }
-    qj_puts(b, "\"");
-}
-
-static void qj_gen(QjBuf *b, const VdJson *v)
-{
-    char num[64];
-    switch (vd_json_type(v)) {
-    case VD_JSON_NULL:
-        qj_puts(b, "null");
-        break;
-    case VD_JSON_BOOL:
-        qj_puts(b, vd_json_get_bool(v) ? "true" : "false");
-        break;
-    case VD_JSON_INT:
-        snprintf(num, sizeof(num), "%" PRId64, vd_json_get_int(v));
-        qj_puts(b, num);
-        break;
-    case VD_JSON_UINT:
-        snprintf(num, sizeof(num), "%" PRIu64, vd_json_get_uint(v));
-        qj_puts(b, num);
-        break;
-    case VD_JSON_DOUBLE:
-        snprintf(num, sizeof(num), "%.17g", vd_json_get_double(v));
-        qj_puts(b, num);
-        break;
-    case VD_JSON_STRING:
-        qj_string(b, vd_json_get_string(v));
-        break;
-    case VD_JSON_ARRAY:
-        qj_puts(b, "[");
-        for (size_t i = 0; i < vd_json_array_size(v); i++) {
-            if (i) {
-                qj_puts(b, ", ");
-            }
-            qj_gen(b, vd_json_array_get(v, i));
-        }
-        qj_puts(b, "]");
-        break;
-    case VD_JSON_OBJECT:
-        qj_puts(b, "{");
-        for (size_t i = 0; i < vd_json_object_size(v); i++) {
-            VdJson *val;
-            const char *k = vd_json_object_entry(v, i, &val);
-            if (i) {
-                qj_puts(b, ", ");
-            }
-            qj_string(b, k);
-            qj_puts(b, ": ");
-            qj_gen(b, val);
-        }
-        qj_puts(b, "}");
-        break;
-    }
-}
-
-char *vd_json_to_qemu_string(const VdJson *v)
-{
-    QjBuf b = { 0 };
-    if (v) {
-        qj_gen(&b, v);
-    } else {
-        qj_puts(&b, "null");
-    }
-    return b.p;
-}
-
-VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp)
-{
-    if (!node || !node->drv) {
-        vd_error_setg(errp, ENOMEDIUM, "no medium");
-        return NULL;
-    }
-    if (!backing_chain) {
-        VdJson *o = node_info_one(node, errp);
-        vd_json_qemu_order(o);
-        return o;
-    }
-    VdJson *arr = vd_json_array();
-    for (VdNode *n = node; n; n = vd_node_backing(n)) {
-        VdJson *o = node_info_one(n, errp);
-        if (!o) {
-            vd_json_unref(arr);
-            return NULL;
-        }
-        vd_json_array_append(arr, o);
-    }
-    vd_json_qemu_order(arr);
-    return arr;
-}
-
-static void coroutine_fn check_entry(void *opaque)
-{
-    InfoSync *s = opaque;
-    s->ret = s->node->drv->co_check(s->node, s->result, s->fix);
-}
-
-int vd_node_check(VdNode *node, VdCheckResult *result, int fix, VdError **errp)
-{
-    memset(result, 0, sizeof(*result));
-    if (!node->drv->co_check) {
-        vd_error_setg(errp, ENOTSUP, "This image format ('%s') does not support checks",
-                      node->drv->format_name);
-        return -ENOTSUP;
-    }
-    if (fix && node->read_only) {
-        vd_error_setg(errp, EPERM, "%s: cannot repair a read-only image", node->filename);
-        return -EPERM;
-    }
-    InfoSync s = { .node = node, .result = result, .fix = fix };
-    if (vd_in_coroutine()) {
-        check_entry(&s);
-    } else {
-        vd_co_run_sync(node->ctx, check_entry, &s);
-    }
-    if (s.ret < 0 && s.ret != -ENOTSUP) {
-        vd_error_setg_errno(errp, -s.ret, "%s: check failed", node->filename);
-    } else if (s.ret == -ENOTSUP) {
-        vd_error_setg(errp, ENOTSUP, "This image format ('%s') does not support checks",
-                      node->drv->format_name);
-    }
-    return s.ret;
-}
-
-static bool create_opt_known(const VdCreateOption *list, const char *name)
-{
-    for (; list && list->name; list++) {
-        if (!strcmp(list->name, name)) {
-            return true;
-        }
-    }
-    return false;
-}
-
-static void coroutine_fn create_entry(void *opaque)
-{
-    InfoSync *s = opaque;
-    s->ret = s->drv->co_create(s->filename, s->opts, s->errp);
-}
-
-/* *pdrv = the driver that creates images of format fmt (raw if NULL); 0 or -errno. */
-static int create_driver(const char *fmt, const VdDriver **pdrv, VdError **errp)
-{
-    const VdDriver *drv = vd_driver_find(fmt ? fmt : "raw");
-    if (!drv) {
-        vd_error_setg(errp, EINVAL, "Unknown file format '%s'", fmt);
-        return -EINVAL;
-    }
-    if (!drv->co_create) {
-        vd_error_setg(errp, ENOTSUP, "Format driver '%s' does not support image creation",
-                      drv->format_name);
-        return -ENOTSUP;
-    }
-    *pdrv = drv;
-    return 0;
-}
-
-int vd_img_create(const char *filename, const char *fmt, const VdOpts *opts, VdError **errp)
-{
-    if (vd_block_init(errp) < 0) {
-        return -EIO;
-    }
-    const VdDriver *drv = NULL;
-    int ret = create_driver(fmt, &drv, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    if (!filename || !filename[0]) {
-        vd_error_setg(errp, EINVAL, "no filename given to create a '%s' image", drv->format_name);
-        return -EINVAL;
-    }
-    if (opts && drv->create_opts) {
-        const VdDriver *proto = NULL;
-        if (drv->is_format) {
-            proto = vd_driver_find_protocol(filename);
-            if (!proto) {
-                proto = vd_driver_find("file");
-            }
-        }
-        for (size_t i = 0; i < vd_json_object_size(opts); i++) {
-            VdJson *v;
-            const char *k = vd_json_object_entry(opts, i, &v);
-            if (!create_opt_known(drv->create_opts, k) &&
-                !(proto && create_opt_known(proto->create_opts, k))) {
-                vd_error_setg(errp, EINVAL, "%s: Invalid parameter '%s'", filename, k);
-                return -EINVAL;
-            }
-        }
-    }
-    InfoSync s = { .drv = drv, .filename = filename, .opts = opts, .errp = errp };
-    if (vd_in_coroutine()) {
-        create_entry(&s);
-    } else {
-        vd_co_run_sync(vd_aio_main_context(), create_entry, &s);
-    }
-    if (s.ret < 0 && errp && !*errp) {
-        vd_error_setg_errno(errp, -s.ret, "%s: could not create the image", filename);
-    }
-    return s.ret;
-}
-
-static int create_opt_cmp(const void *a, const void *b)
-{
-    const VdCreateOption *x = *(const VdCreateOption *const *)a;
-    const VdCreateOption *y = *(const VdCreateOption *const *)b;
-    return strcmp(x->name, y->name);
-}
-
-int vd_img_create_help(const char *fmt, VdError **errp)
-{
-    const VdDriver *drv = NULL;
-    int ret = create_driver(fmt, &drv, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    size_t n = 0;
-    while (drv->create_opts && drv->create_opts[n].name) {
-        n++;
-    }
-    const VdCreateOption **sorted = calloc(n + 1, sizeof(*sorted));
-    for (size_t i = 0; i < n; i++) {
-        sorted[i] = &drv->create_opts[i];
-    }
-    qsort(sorted, n, sizeof(*sorted), create_opt_cmp);
-    printf("Supported %s options:\n", drv->format_name);
-    for (size_t i = 0; i < n; i++) {
-        static const char *const type_names[] = { "str", "bool (on/off)", "num", "size" };
-        char left[128];
-        snprintf(left, sizeof(left), "%s=<%s>", sorted[i]->name, type_names[sorted[i]->type]);
-        printf("  %-22s - %s\n", left, sorted[i]->help ? sorted[i]->help : "");
-    }
-    printf("\nThe protocol level may support further options.\n"
-           "Specify the target filename to include those options.\n");
-    free(sorted);
-    return 0;
 }

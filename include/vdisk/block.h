@@ -41,6 +41,11 @@ enum {
     VD_O_THREADS      = 1 << 10, /* aio=threads */
 };
 
+/* The most images a backing chain may have below its top image (QEMU sets no
+ * limit; this one only bounds what a hostile image can make us open). Chains
+ * do not use more stack as they grow deeper (docs/block.md). */
+#define VD_MAX_BACKING_CHAIN 10000
+
 /* Request flags */
 enum {
     VD_REQ_FUA              = 1 << 0,  /* write is stable on completion */

@@ -104,6 +104,15 @@ VdAioContext *vd_node_get_context(const VdNode *node);
 /* Virtual size in bytes or -errno. Any thread that owns the node's context or main. */
 int64_t vd_node_getlength(VdNode *node);
 
+/* Per-node I/O counters (monotonic since open; any thread, relaxed). */
+typedef struct VdNodeCounters {
+    uint64_t writes;          /* write/zero requests that reached the node's driver */
+    uint64_t meta_writes;     /* metadata writes a format node issued to its children */
+    uint64_t flush_requests;  /* flushes that ran on the node (merged ones excluded) */
+    uint64_t flushes;         /* flushes that reached the disk (fdatasync for file) */
+} VdNodeCounters;
+void vd_node_get_counters(VdNode *node, VdNodeCounters *out);
+
 /* Buffer aligned for I/O on node (bl.min_mem_alignment); free with free(). */
 void *vd_node_blockalign(VdNode *node, size_t size);
 

@@ -43,10 +43,10 @@ static bool set_used(QedCheck *c, uint64_t offset, uint64_t n)
     return dup == 0;
 }
 
-static void bad_entry(QedCheck *c, uint64_t *entry, uint64_t *invalid)
+static void bad_entry(QedCheck *c, uint8_t *entry, uint64_t *invalid)
 {
     if (c->fix & VD_FIX_ERRORS) {
-        *entry = 0;
+        qed_st64(entry, 0);
         c->res->corruptions_fixed++;
     } else {
         c->res->corruptions++;
@@ -54,7 +54,7 @@ static void bad_entry(QedCheck *c, uint64_t *entry, uint64_t *invalid)
     (*invalid)++;
 }
 
-static int coroutine_fn check_l2(QedCheck *c, uint64_t l2_off, uint64_t *table)
+static int coroutine_fn check_l2(QedCheck *c, uint64_t l2_off, uint8_t *table)
 {
     QedState *s = c->s;
     int ret = qed_read_table(s, l2_off, table);
@@ -64,7 +64,7 @@ static int coroutine_fn check_l2(QedCheck *c, uint64_t l2_off, uint64_t *table)
     }
     uint64_t invalid = 0, last = 0;
     for (uint64_t i = 0; i < s->table_entries; i++) {
-        uint64_t e = table[i];
+        uint64_t e = qed_le64(table + i * 8);
         if (e == QED_CLUSTER_UNALLOC_VALUE || e == QED_CLUSTER_ZERO_VALUE) {
             continue;
         }
@@ -74,14 +74,14 @@ static int coroutine_fn check_l2(QedCheck *c, uint64_t l2_off, uint64_t *table)
         }
         last = e;
         if (!qed_check_cluster_offset(s, e)) {
-            bad_entry(c, &table[i], &invalid);
+            bad_entry(c, table + i * 8, &invalid);
             continue;
         }
         set_used(c, e, 1);
     }
     if (invalid && (c->fix & VD_FIX_ERRORS)) {
-        qed_l2_cache_drop(s, l2_off);
-        ret = qed_write_table(s, l2_off, table, 0, s->table_entries, VD_DBG_L2_UPDATE);
+        vd_debug_event(s->file, VD_DBG_L2_UPDATE);
+        ret = vd_co_pwrite(s->file, (int64_t)l2_off, (int64_t)s->table_bytes, table, 0);
         if (ret < 0) {
             c->res->check_errors++;
             return ret;
@@ -95,7 +95,7 @@ int coroutine_fn qed_co_check_impl(QedState *s, VdCheckResult *res, int fix)
     QedCheck c = { .s = s, .res = res, .fix = s->node->read_only ? 0 : fix };
     c.nclusters = s->alloc_end >> s->cluster_bits;
     c.used = calloc(1, c.nclusters / 8 + 1);
-    uint64_t *table = malloc(s->table_bytes);
+    uint8_t *table = vd_node_blockalign(s->file, s->table_bytes);
     if (!c.used || !table) {
         free(c.used);
         free(table);
@@ -103,16 +103,27 @@ int coroutine_fn qed_co_check_impl(QedState *s, VdCheckResult *res, int fix)
     }
     res->total_clusters = VD_DIV_ROUND_UP(s->header.image_size, s->cluster_size);
     int ret = 0, last_error = 0;
+    /* check what is on disk: write the cached changes, then forget the cached
+     * L2 tables (repairs below write tables directly) */
+    if (!s->node->read_only) {
+        ret = vd_mq_commit(s->mq, 0);
+        if (ret < 0) {
+            free(c.used);
+            free(table);
+            return ret;
+        }
+    }
+    qed_l2_cache_free(s);
     uint64_t invalid_l1 = 0;
 
     set_used(&c, s->header.l1_table_offset, s->header.table_size);
     for (uint64_t i = 0; i < s->table_entries; i++) {
-        uint64_t off = s->l1_table[i];
+        uint64_t off = qed_l1_get(s, i);
         if (!off) {
             continue;
         }
         if (!qed_check_table_offset(s, off)) {
-            bad_entry(&c, &s->l1_table[i], &invalid_l1);
+            bad_entry(&c, s->l1_buf + i * 8, &invalid_l1);
             continue;
         }
         if (!set_used(&c, off, s->header.table_size)) {
@@ -124,8 +135,10 @@ int coroutine_fn qed_co_check_impl(QedState *s, VdCheckResult *res, int fix)
         }
     }
     if (invalid_l1 && (c.fix & VD_FIX_ERRORS)) {
-        ret = qed_write_table(s, s->header.l1_table_offset, s->l1_table, 0, s->table_entries,
-                              VD_DBG_L1_UPDATE);
+        /* the queue's L1 table is clean: its buffer and the disk agree after this */
+        vd_debug_event(s->file, VD_DBG_L1_UPDATE);
+        ret = vd_co_pwrite(s->file, (int64_t)s->header.l1_table_offset,
+                           (int64_t)s->table_bytes, s->l1_buf, 0);
         if (ret < 0) {
             res->check_errors++;
             last_error = ret;

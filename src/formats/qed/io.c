@@ -121,12 +121,10 @@ static int coroutine_fn write_alloc(QedState *s, uint64_t offset, uint64_t n, Vd
     uint64_t start = VD_ALIGN_DOWN(offset, cs);
     uint64_t end = VD_ALIGN_UP(offset + n, cs);
     uint64_t nclusters = (end - start) / cs;
-    QedTableUpdate u = { .l2_index = qed_l2_index(s, offset), .count = nclusters };
     int ret = 0;
 
     if (zero) {
-        u.value = QED_CLUSTER_ZERO_VALUE;
-        return qed_table_update(s, qed_l1_index(s, offset), &u);
+        return qed_set_entries(s, offset, nclusters, QED_CLUSTER_ZERO_VALUE, false);
     }
 
     uint64_t host = s->alloc_end;
@@ -176,16 +174,9 @@ static int coroutine_fn write_alloc(QedState *s, uint64_t offset, uint64_t n, Vd
     }
     /* Invariant 1: the new cluster is fresh space (append-only), so before its
      * data is stable it reads as zeros. That is the old content unless the
-     * cluster hides backing data: then flush before the L2 entry is written. */
-    if (s->node->backing && kind != QED_KIND_ZERO) {
-        vd_debug_event(s->file, VD_DBG_FLUSH_TO_DISK);
-        ret = vd_co_flush(s->file);
-        if (ret < 0) {
-            goto out;
-        }
-    }
-    u.value = host;
-    ret = qed_table_update(s, qed_l1_index(s, offset), &u);
+     * cluster hides backing data: then the L2 entry waits for the data to be
+     * stable (a flush at write-back, shared by every such request). */
+    ret = qed_set_entries(s, offset, nclusters, host, s->node->backing && kind != QED_KIND_ZERO);
 out:
     vd_iov_destroy(&wq);
     free(head_buf);

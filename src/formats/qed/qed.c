@@ -18,68 +18,38 @@ static int qed_probe(const uint8_t *buf, int buf_size, const char *filename)
     return 0;
 }
 
-/* ---- header -------------------------------------------------------------------------- */
+/* ---- header ----------------------------------------------------------------------------- */
 
-/* Rewrite the fixed header (the first meta_align bytes of the file, read
- * back so that whatever follows the 64 header bytes stays). Caller holds
- * header_lock or has the image to itself. */
+/* Put s->header into the cached first block of the file and mark it dirty. */
+static void header_update(QedState *s)
+{
+    qed_header_write(&s->header, s->header_buf);
+    vd_mq_mark_dirty(&s->header_mt, 0, QED_HEADER_SIZE);
+}
+
 int coroutine_fn qed_write_header(QedState *s)
 {
-    uint8_t *buf = vd_node_blockalign(s->file, s->meta_align);
-    if (!buf) {
-        return -ENOMEM;
-    }
-    int ret = vd_co_pread(s->file, 0, s->meta_align, buf, 0);
-    if (ret == 0) {
-        qed_header_write(&s->header, buf);
-        vd_debug_event(s->file, VD_DBG_HEADER_UPDATE);
-        ret = vd_co_pwrite(s->file, 0, s->meta_align, buf, 0);
-    }
-    free(buf);
-    return ret;
+    header_update(s);
+    return vd_mq_commit(s->mq, 0);
 }
 
 /* ---- need-check (invariants 3 and 4) --------------------------------------------------- */
 
-int coroutine_fn qed_meta_begin(QedState *s)
+void coroutine_fn qed_need_check_begin(QedState *s)
 {
     while (s->nc_clearing) {
         vd_co_queue_wait(&s->nc_waiters, NULL);
     }
-    s->meta_users++;
-    if (s->need_check_on_disk) {
-        return 0;
-    }
-    int ret = 0;
-    vd_co_mutex_lock(&s->header_lock);
-    if (!s->need_check_on_disk) {
+    if (!(s->header.features & QED_F_NEED_CHECK)) {
+        /* tables changed from now on depend on this header contents */
         s->header.features |= QED_F_NEED_CHECK;
-        ret = qed_write_header(s);
-        if (ret == 0) {
-            vd_debug_event(s->file, VD_DBG_FLUSH_TO_DISK);
-            ret = vd_co_flush(s->file);
-        }
-        if (ret == 0) {
-            s->need_check_on_disk = true;
-        } else {
-            s->header.features &= ~QED_F_NEED_CHECK;
-        }
+        header_update(s);
     }
-    vd_co_mutex_unlock(&s->header_lock);
-    if (ret < 0) {
-        s->meta_users--;
-    }
-    return ret;
-}
-
-void qed_meta_end(QedState *s)
-{
-    s->meta_users--;
 }
 
 void qed_nc_timer_arm(QedState *s)
 {
-    if (s->nc_timer && s->need_check_on_disk && !s->node->read_only) {
+    if (s->nc_timer && (s->header.features & QED_F_NEED_CHECK) && !s->node->read_only) {
         vd_timer_mod(s->nc_timer, vd_clock_ns() + (int64_t)s->nc_delay_ns);
     }
 }
@@ -91,31 +61,27 @@ void qed_nc_timer_cancel(QedState *s)
     }
 }
 
-/* Clear need-check: only with no table update or allocation in progress, after
- * a flush of everything before it (change, flush, then mark clean). */
+/* Clear need-check: with no allocation in progress, after every table change
+ * is written and flushed (change, flush, then mark clean); table changes wait
+ * meanwhile. */
 static int coroutine_fn qed_clear_need_check(QedState *s)
 {
-    if (!s->need_check_on_disk || s->allocating || s->meta_users || s->corrupt) {
+    if (!(s->header.features & QED_F_NEED_CHECK) || s->allocating || s->nc_clearing ||
+        s->corrupt) {
         return 0;
     }
     s->nc_clearing = true;
-    vd_co_mutex_lock(&s->header_lock);
-    vd_debug_event(s->file, VD_DBG_FLUSH_TO_DISK);
-    int ret = vd_co_flush(s->file);
+    int ret = vd_mq_commit(s->mq, 0);
     if (ret == 0) {
         s->header.features &= ~QED_F_NEED_CHECK;
-        ret = qed_write_header(s);
-        if (ret == 0) {
-            ret = vd_co_flush(s->file);
-        }
-        if (ret == 0) {
-            s->need_check_on_disk = false;
-        } else {
+        header_update(s);
+        ret = vd_mq_commit(s->mq, 0);
+        if (ret < 0) {
             /* the header may or may not say clean: keep treating it as dirty */
             s->header.features |= QED_F_NEED_CHECK;
+            header_update(s);
         }
     }
-    vd_co_mutex_unlock(&s->header_lock);
     s->nc_clearing = false;
     vd_co_queue_restart_all(&s->nc_waiters);
     return ret;
@@ -132,7 +98,7 @@ static void coroutine_fn qed_nc_entry(void *opaque)
 static void qed_nc_timer_cb(void *opaque)
 {
     QedState *s = opaque;
-    if (s->nc_running || !s->need_check_on_disk) {
+    if (s->nc_running || !(s->header.features & QED_F_NEED_CHECK)) {
         return;
     }
     s->nc_running = true;
@@ -146,12 +112,18 @@ static void qed_detach_aio_context(VdNode *node)
         vd_timer_free(s->nc_timer);
         s->nc_timer = NULL;
     }
+    if (s->mq) {
+        vd_mq_detach_aio_context(s->mq);
+    }
 }
 
 static void qed_attach_aio_context(VdNode *node, VdAioContext *ctx)
 {
     QedState *s = node->opaque;
-    if (!node->read_only && !s->nc_timer && s->l1_table) {
+    if (s->mq) {
+        vd_mq_attach_aio_context(s->mq, ctx);
+    }
+    if (!node->read_only && !s->nc_timer && s->l1_buf) {
         s->nc_timer = vd_timer_new(ctx, qed_nc_timer_cb, s);
         if (!s->allocating) {
             qed_nc_timer_arm(s);
@@ -168,8 +140,19 @@ static void qed_free_state(QedState *s)
         s->nc_timer = NULL;
     }
     qed_l2_cache_free(s);
-    free(s->l1_table);
-    s->l1_table = NULL;
+    if (s->mq) {
+        if (s->mq_tables) {
+            vd_mq_table_release_now(&s->l1_mt);
+            vd_mq_table_release_now(&s->header_mt);
+            s->mq_tables = false;
+        }
+        vd_mq_free(s->mq);
+        s->mq = NULL;
+    }
+    free(s->l1_buf);
+    s->l1_buf = NULL;
+    free(s->header_buf);
+    s->header_buf = NULL;
     free(s->zero_buf);
     s->zero_buf = NULL;
 }
@@ -179,8 +162,6 @@ static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, Vd
     QedState *s = node->opaque;
     memset(s, 0, sizeof(*s));
     s->node = node;
-    vd_co_mutex_init(&s->l1_lock);
-    vd_co_mutex_init(&s->header_lock);
     vd_co_queue_init(&s->nc_waiters);
     vd_co_queue_init(&s->nc_done);
 
@@ -264,18 +245,29 @@ static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, Vd
         }
     }
 
-    s->l1_table = malloc(s->table_bytes);
-    if (!s->l1_table) {
+    s->mq = vd_mq_new(node, s->file, NULL, NULL, NULL);
+    s->header_buf = vd_node_blockalign(s->file, s->meta_align);
+    s->l1_buf = vd_node_blockalign(s->file, s->table_bytes);
+    if (!s->mq || !s->header_buf || !s->l1_buf) {
         vd_error_setg(errp, ENOMEM, "%s: cannot allocate the L1 table (%llu bytes)", s->name,
                       (unsigned long long)s->table_bytes);
-        return -ENOMEM;
+        ret = -ENOMEM;
+        goto fail;
     }
-    ret = qed_read_table(s, h->l1_table_offset, s->l1_table);
+    memset(s->header_buf, 0, s->meta_align);
+    ret = vd_co_pread(s->file, 0, VD_MIN((int64_t)s->meta_align, file_size), s->header_buf, 0);
+    if (ret == 0) {
+        ret = qed_read_table(s, h->l1_table_offset, s->l1_buf);
+    }
     if (ret < 0) {
         vd_error_setg_errno(errp, -ret, "%s: cannot read the L1 table", s->name);
         goto fail;
     }
-    s->need_check_on_disk = (h->features & QED_F_NEED_CHECK) != 0;
+    vd_mq_table_init(s->mq, &s->header_mt, QED_MQ_HEADER, VD_DBG_HEADER_UPDATE, 0,
+                     s->meta_align, s->header_buf);
+    vd_mq_table_init(s->mq, &s->l1_mt, QED_MQ_L1, VD_DBG_L1_UPDATE, h->l1_table_offset,
+                     s->table_bytes, s->l1_buf);
+    s->mq_tables = true;
 
     if (!node->read_only && !(flags & VD_O_CHECK) && !(flags & VD_O_NO_IO)) {
         bool rewrite = false;
@@ -283,7 +275,7 @@ static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, Vd
             h->autoclear_features &= QED_AUTOCLEAR_FEATURE_MASK;
             rewrite = true;
         }
-        if (s->need_check_on_disk) {
+        if (h->features & QED_F_NEED_CHECK) {
             /* invariant 4: a crash may have left the tables inconsistent */
             VdCheckResult res;
             memset(&res, 0, sizeof(res));
@@ -304,9 +296,6 @@ static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, Vd
         }
         if (rewrite) {
             ret = qed_write_header(s);
-            if (ret == 0) {
-                ret = vd_co_flush(s->file);
-            }
             if (ret < 0) {
                 vd_error_setg_errno(errp, -ret, "%s: cannot update the header", s->name);
                 goto fail;
@@ -329,17 +318,23 @@ fail:
 static void coroutine_fn qed_co_close(VdNode *node)
 {
     QedState *s = node->opaque;
-    if (!s->l1_table) {
+    if (!s->l1_buf) {
         return;
     }
-    qed_detach_aio_context(node);
+    if (s->nc_timer) {
+        vd_timer_free(s->nc_timer);
+        s->nc_timer = NULL;
+    }
     while (s->nc_running) {
         vd_co_queue_wait(&s->nc_done, NULL);
     }
-    if (!node->read_only && s->need_check_on_disk) {
+    if (!node->read_only) {
+        vd_mq_commit(s->mq, 0);
         /* clean shutdown: no check needed on the next open */
         qed_clear_need_check(s);
     }
+    vd_mq_pause(s->mq);
+    vd_mq_drain(s->mq);
     qed_free_state(s);
 }
 
@@ -376,6 +371,13 @@ static int coroutine_fn qed_co_pwrite_zeroes(VdNode *node, int64_t offset, int64
         return -ENOTSUP;
     }
     return qed_co_pwritev_impl(s, (uint64_t)offset, (uint64_t)bytes, NULL, 0, true);
+}
+
+/* Write the dirty tables in dependency order; the core flushes the file after. */
+static int coroutine_fn qed_co_flush_to_os(VdNode *node)
+{
+    QedState *s = node->opaque;
+    return vd_mq_commit(s->mq, VD_MQ_COMMIT_NO_FLUSH);
 }
 
 static int coroutine_fn qed_co_block_status(VdNode *node, bool want_zero, int64_t offset,
@@ -420,18 +422,14 @@ static int coroutine_fn qed_co_truncate(VdNode *node, int64_t offset, bool exact
         vd_error_setg(errp, ENOTSUP, "Shrinking images is currently not supported");
         return -ENOTSUP;
     }
-    vd_co_mutex_lock(&s->header_lock);
     uint64_t old = s->header.image_size;
     s->header.image_size = (uint64_t)offset;
     int ret = qed_write_header(s);
-    if (ret == 0) {
-        ret = vd_co_flush(s->file);
-    }
     if (ret < 0) {
         s->header.image_size = old;
+        header_update(s);
         vd_error_setg_errno(errp, -ret, "Failed to update the image size");
     }
-    vd_co_mutex_unlock(&s->header_lock);
     return ret;
 }
 
@@ -481,8 +479,11 @@ static int coroutine_fn qed_co_change_backing_file(VdNode *node, const char *fil
     if (!buf) {
         return -ENOMEM;
     }
-    vd_co_mutex_lock(&s->header_lock);
-    int ret = vd_co_pread(s->file, 0, (int64_t)span, buf, 0);
+    /* everything else first: the header is written directly below */
+    int ret = vd_mq_commit(s->mq, 0);
+    if (ret == 0) {
+        ret = vd_co_pread(s->file, 0, (int64_t)span, buf, 0);
+    }
     if (ret == 0) {
         qed_header_write(&nh, buf);
         if (len) {
@@ -495,12 +496,13 @@ static int coroutine_fn qed_co_change_backing_file(VdNode *node, const char *fil
         }
     }
     if (ret == 0) {
+        /* the cached first block must say what the file says */
+        memcpy(s->header_buf, buf, VD_MIN((uint64_t)s->meta_align, span));
         s->header = nh;
         snprintf(node->backing_file, sizeof(node->backing_file), "%s", len ? file : "");
         snprintf(node->backing_format, sizeof(node->backing_format), "%s",
                  (len && fmt) ? fmt : "");
     }
-    vd_co_mutex_unlock(&s->header_lock);
     free(buf);
     return ret;
 }
@@ -572,6 +574,7 @@ const VdDriver vd_driver_qed = {
     .co_preadv = qed_co_preadv,
     .co_pwritev = qed_co_pwritev,
     .co_pwrite_zeroes = qed_co_pwrite_zeroes,
+    .co_flush_to_os = qed_co_flush_to_os,
     .co_block_status = qed_co_block_status,
     .co_truncate = qed_co_truncate,
     .co_getlength = qed_co_getlength,

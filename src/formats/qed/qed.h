@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include "block/driver.h"
+#include "block/meta-queue.h"
 
 #define QED_MAGIC 0x00444551u            /* "QED\0" little-endian */
 #define QED_HEADER_SIZE 64               /* fixed header bytes on disk */
@@ -95,11 +96,17 @@ int qed_header_decode(const uint8_t *buf, size_t len, const char *name, uint64_t
 
 /* ---- driver state ------------------------------------------------------------------ */
 
+/* Kinds of metadata tables given to the write-back queue (its counters). */
+enum { QED_MQ_HEADER, QED_MQ_L1, QED_MQ_L2 };
+
+/* A cached L2 table: disk byte order, registered with the write-back queue. */
 typedef struct QedL2Table {
+    VdMetaTable mt;             /* the queue's view (offset, size, buf) */
     uint64_t offset;            /* file offset of the table */
-    uint64_t *entries;          /* host byte order, table_entries of them */
+    uint8_t *buf;               /* table_bytes, little-endian entries */
     int refcnt;                 /* users that may yield while holding it */
     bool loading;               /* read in progress: wait on load_waiters */
+    bool registered;            /* mt is known to the queue */
     int load_ret;
     VdCoQueue load_waiters;
     uint64_t last_use;
@@ -107,27 +114,6 @@ typedef struct QedL2Table {
 } QedL2Table;
 
 #define QED_L2_HASH 256
-
-/* One pending L2 entry update, queued on its table's lock (group commit). */
-typedef struct QedTableUpdate {
-    uint64_t l2_index;          /* first entry */
-    uint64_t count;             /* entries */
-    uint64_t value;             /* first data cluster (next ones follow), or 1 (zero) */
-    bool done;
-    int ret;
-    struct QedTableUpdate *next;
-} QedTableUpdate;
-
-/* Per-L1-index table lock: one coroutine at a time applies the queued
- * updates of an L2 table (and allocates it if absent). */
-typedef struct QedTableLock {
-    uint64_t l1_index;
-    bool busy;
-    int users;
-    QedTableUpdate *pending, **pending_tail;
-    VdCoQueue waiters;
-    struct QedTableLock *next;
-} QedTableLock;
 
 /* An allocating request in flight over guest clusters [start, end): requests
  * touching them wait and look their clusters up again (DESIGN.md §2). */
@@ -150,29 +136,28 @@ typedef struct QedState {
     uint64_t table_entries;
     int table_bits;             /* log2(table_entries) */
     uint64_t header_bytes;      /* header_size * cluster_size */
-    uint32_t meta_align;        /* table writes are aligned to this (>= 512) */
+    uint32_t meta_align;        /* the file's write alignment (>= 512) */
 
-    uint64_t *l1_table;         /* host order */
-    VdCoMutex l1_lock;          /* serialises L1 writes (shared sectors) */
-    VdCoMutex header_lock;      /* serialises header writes */
+    VdMetaQueue *mq;            /* metadata write-back (src/block/meta-queue.h) */
+    VdMetaTable header_mt;      /* the first meta_align bytes of the file */
+    uint8_t *header_buf;
+    VdMetaTable l1_mt;
+    uint8_t *l1_buf;            /* the L1 table, little-endian */
+    bool mq_tables;             /* header_mt and l1_mt registered */
 
     QedL2Table *l2_hash[QED_L2_HASH];
     uint64_t l2_cached;         /* tables in the cache */
     uint64_t l2_cache_max;
     uint64_t l2_clock;
 
-    QedTableLock *table_locks;
     QedAlloc *allocs;
     uint64_t alloc_end;         /* next cluster to allocate (append-only) */
 
-    /* need-check (invariant 3/4) */
-    bool need_check_on_disk;
-    bool nc_clearing;           /* the clear coroutine is writing the header */
-    int meta_users;             /* table updates in progress */
+    /* need-check (invariants 3 and 4) */
+    bool nc_clearing;           /* the clear coroutine is committing a clean header */
     int allocating;             /* allocating requests in flight */
     VdCoQueue nc_waiters;
     VdTimer *nc_timer;
-    bool nc_timer_armed;        /* to re-arm after a context move */
     bool nc_running;            /* clear coroutine running */
     VdCoQueue nc_done;
     uint64_t nc_delay_ns;
@@ -183,7 +168,6 @@ typedef struct QedState {
     /* test hooks: concurrency measurements */
     int allocs_in_flight_max_tables;  /* most distinct L2 tables allocating at once */
     uint64_t l2_tables_allocated;
-    uint64_t table_batches, table_batched_updates;
 } QedState;
 
 static inline uint64_t qed_l1_index(const QedState *s, uint64_t off)
@@ -198,8 +182,12 @@ static inline uint64_t qed_in_cluster(const QedState *s, uint64_t off)
 {
     return off & (s->cluster_size - 1);
 }
+static inline uint64_t qed_l1_get(const QedState *s, uint64_t i)
+{
+    return qed_le64(s->l1_buf + i * 8);
+}
 
-/* ---- table.c: L1/L2 tables, cache, table locks, lookups ------------------------- */
+/* ---- table.c: L1/L2 tables, cache, lookups, entry updates ------------------------ */
 /* Is off a valid data cluster / table offset (aligned, past the header, inside
  * the allocated file)? */
 bool qed_check_cluster_offset(const QedState *s, uint64_t off);
@@ -207,27 +195,30 @@ bool qed_check_table_offset(const QedState *s, uint64_t off);
 /* Get the L2 table at off (loaded if needed; may yield). refcnt taken: put it. */
 int coroutine_fn qed_l2_get(QedState *s, uint64_t off, QedL2Table **t);
 void qed_l2_put(QedState *s, QedL2Table *t);
+/* Forget every cached table (all must be clean: commit first). */
 void qed_l2_cache_free(QedState *s);
-void qed_l2_cache_drop(QedState *s, uint64_t off);
 /* Look up guest offset: kind, host offset of the cluster (FOUND), and the
  * bytes from offset (<= bytes) that map the same way contiguously within one
  * L2 table. May yield (table load). -EIO on a corrupt entry. */
 int coroutine_fn qed_find_cluster(QedState *s, uint64_t offset, uint64_t bytes,
                                   QedClusterKind *kind, uint64_t *host, uint64_t *n);
-/* Queue an update of L2 table l1_index and wait until it is written (group
- * commit; allocates the table if needed). */
-int coroutine_fn qed_table_update(QedState *s, uint64_t l1_index, QedTableUpdate *u);
-/* Write entries [first, first+count) of a host-order table at file offset off
- * (aligned to s->meta_align). */
-int coroutine_fn qed_write_table(QedState *s, uint64_t off, const uint64_t *table,
-                                 uint64_t first, uint64_t count, VdDebugEvent ev);
-int coroutine_fn qed_read_table(QedState *s, uint64_t off, uint64_t *table);
+/* Point count L2 entries from guest offset at value (data clusters value,
+ * value+cs, ... or 1 for zero clusters), allocating the L2 table if needed.
+ * data_dep: the entries may reach the disk only after the data written so
+ * far is stable. May yield (table load, need-check wait); the change itself
+ * is made without yielding. */
+int coroutine_fn qed_set_entries(QedState *s, uint64_t offset, uint64_t count, uint64_t value,
+                                 bool data_dep);
+/* Read a table into buf (disk order). */
+int coroutine_fn qed_read_table(QedState *s, uint64_t off, uint8_t *buf);
 
 /* ---- qed.c ------------------------------------------------------------------------ */
+/* Put s->header into the header table and commit it (control path). */
 int coroutine_fn qed_write_header(QedState *s);
-/* Set need-check before a table update (invariant 3); pair with qed_meta_end. */
-int coroutine_fn qed_meta_begin(QedState *s);
-void qed_meta_end(QedState *s);
+/* Before a table change: wait while need-check is being cleared, set it in
+ * the header (dirty) if needed. The caller makes its table depend on
+ * s->header_mt (invariant 3). May yield only to wait. */
+void coroutine_fn qed_need_check_begin(QedState *s);
 void qed_nc_timer_arm(QedState *s);
 void qed_nc_timer_cancel(QedState *s);
 

@@ -83,19 +83,19 @@ int qed_header_decode(const uint8_t *buf, size_t len, const char *name, uint64_t
         return -ENOTSUP;
     }
     uint64_t cs = h->cluster_size;
-    uint64_t header_bytes = (uint64_t)h->header_size * cs;   /* < 2^58: no overflow */
-    if (h->header_size == 0 || header_bytes > file_size) {
-        vd_error_setg(errp, EINVAL, "%s: header_size %u clusters (%llu bytes) is %s", name,
-                      h->header_size, (unsigned long long)header_bytes,
-                      h->header_size == 0 ? "zero" : "beyond the end of the file");
-        return -EINVAL;
-    }
     uint64_t table_bytes = (uint64_t)h->table_size * cs;
     if (table_bytes > QED_MAX_TABLE_BYTES) {
         vd_error_setg(errp, EFBIG, "%s: tables of table_size %u x cluster_size %u = %llu "
                       "bytes exceed the supported %lld", name, h->table_size, h->cluster_size,
                       (unsigned long long)table_bytes, (long long)QED_MAX_TABLE_BYTES);
         return -EFBIG;
+    }
+    uint64_t header_bytes = (uint64_t)h->header_size * cs;   /* < 2^58: no overflow */
+    if (h->header_size == 0 || header_bytes > file_size) {
+        vd_error_setg(errp, EINVAL, "%s: header_size %u clusters (%llu bytes) is %s", name,
+                      h->header_size, (unsigned long long)header_bytes,
+                      h->header_size == 0 ? "zero" : "beyond the end of the file");
+        return -EINVAL;
     }
     if (h->image_size % 512) {
         vd_error_setg(errp, EINVAL, "%s: image_size %llu is not a multiple of 512", name,

@@ -117,18 +117,24 @@ static void qed_detach_aio_context(VdNode *node)
     }
 }
 
-static void qed_attach_aio_context(VdNode *node, VdAioContext *ctx)
+static void qed_nc_timer_setup(VdNode *node, VdAioContext *ctx)
 {
     QedState *s = node->opaque;
-    if (s->mq) {
-        vd_mq_attach_aio_context(s->mq, ctx);
-    }
     if (!node->read_only && !s->nc_timer && s->l1_buf) {
         s->nc_timer = vd_timer_new(ctx, qed_nc_timer_cb, s);
         if (!s->allocating) {
             qed_nc_timer_arm(s);
         }
     }
+}
+
+static void qed_attach_aio_context(VdNode *node, VdAioContext *ctx)
+{
+    QedState *s = node->opaque;
+    if (s->mq) {
+        vd_mq_attach_aio_context(s->mq, ctx);
+    }
+    qed_nc_timer_setup(node, ctx);
 }
 
 /* ---- open / close ---------------------------------------------------------------------- */
@@ -307,7 +313,7 @@ static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, Vd
     if (ret < 0) {
         goto fail;
     }
-    qed_attach_aio_context(node, node->ctx);
+    qed_nc_timer_setup(node, node->ctx);   /* the queue made its timer in vd_mq_new */
     return 0;
 
 fail:

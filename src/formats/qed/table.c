@@ -332,6 +332,12 @@ int coroutine_fn qed_set_entries(QedState *s, uint64_t offset, uint64_t count, u
         vd_mq_depend(&s->l1_mt, &s->header_mt);
         s->l2_tables_allocated++;
     } else {
+        /* a new table written once is updated in place from now on: its next
+         * writes are l2_update for blkdebug (the queue reads the field at
+         * each write) */
+        if (t->mt.event == VD_DBG_L2_ALLOC_WRITE && !vd_mq_table_dirty(&t->mt)) {
+            t->mt.event = VD_DBG_L2_UPDATE;
+        }
         set_range(s, t, first, count, value);
         vd_mq_mark_dirty(&t->mt, first * 8, count * 8);
         vd_mq_depend(&t->mt, &s->header_mt);

@@ -311,6 +311,26 @@ def rebase_amend_commit_convert_map():
     check_clean(img)
 
 
+@test
+def safe_rebase():
+    """rebase onto another backing file keeps what the guest sees."""
+    b1, b2 = path('sb1.raw'), path('sb2.raw')
+    for b, cmd in ((b1, 'write -P 1 0 4M'), (b2, 'write -P 2 1M 1M')):
+        open(b, 'wb').truncate(4 << 20)
+        qio(b, cmd, fmt='raw')
+    img, ref = path('sr.qed'), path('sr-q.qed')
+    run([VI, 'create', '-q', '-f', 'qed', '-b', b1, '-F', 'raw', img])
+    vio(img, 'write -P 9 64k 64k', 'write -z 2M 64k')
+    shutil.copyfile(img, ref)
+    before = path('sr-before.raw')
+    run(['qemu-img', 'convert', '-O', 'raw', img, before])
+    run([VI, 'rebase', '-b', b2, '-F', 'raw', img])
+    run(['qemu-img', 'rebase', '-b', b2, '-F', 'raw', ref])
+    run(['qemu-img', 'compare', '-F', 'raw', img, before])
+    run(['qemu-img', 'compare', img, ref])
+    check_clean(img)
+
+
 def main():
     global TMP
     for tool in ('qemu-img', 'qemu-io'):

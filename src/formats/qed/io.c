@@ -48,7 +48,6 @@ int coroutine_fn qed_co_preadv_impl(QedState *s, uint64_t offset, uint64_t bytes
         }
         switch (kind) {
         case QED_KIND_FOUND:
-            vd_debug_event(s->file, VD_DBG_READ_AIO);
             ret = vd_co_preadv(s->file, (int64_t)(host + qed_in_cluster(s, offset)),
                                (int64_t)n, qiov, qoff, 0);
             break;
@@ -167,7 +166,10 @@ static int coroutine_fn write_alloc(QedState *s, uint64_t offset, uint64_t n, Vd
         }
         vd_iov_add(&wq, tail_buf ? tail_buf : s->zero_buf, tail);
     }
-    vd_debug_event(s->file, head || tail ? VD_DBG_COW_WRITE : VD_DBG_WRITE_AIO);
+    /* (blkdebug raises write_aio for every write itself) */
+    if (head || tail) {
+        vd_debug_event(s->file, VD_DBG_COW_WRITE);
+    }
     ret = vd_co_pwritev(s->file, (int64_t)host, (int64_t)(end - start), &wq, 0, 0);
     if (ret < 0) {
         goto out;
@@ -200,7 +202,6 @@ int coroutine_fn qed_co_pwritev_impl(QedState *s, uint64_t offset, uint64_t byte
             if (zero) {
                 ret = vd_co_pwrite_zeroes(s->file, (int64_t)pos, (int64_t)n, 0);
             } else {
-                vd_debug_event(s->file, VD_DBG_WRITE_AIO);
                 ret = vd_co_pwritev(s->file, (int64_t)pos, (int64_t)n, qiov, qoff, 0);
             }
         } else if (zero && kind == QED_KIND_ZERO) {

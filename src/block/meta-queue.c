@@ -853,6 +853,10 @@ void vd_mq_detach_aio_context(VdMetaQueue *q)
 
 void vd_mq_attach_aio_context(VdMetaQueue *q, VdAioContext *ctx)
 {
+    if (q->timer && q->ctx == ctx) {
+        return;   /* already there (attach at open after vd_mq_new) */
+    }
+    vd_timer_free(q->timer);
     q->ctx = ctx;
     q->timer = vd_timer_new(ctx, mq_timer_cb, q);
     if (!q->paused) {

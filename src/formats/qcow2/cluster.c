@@ -521,7 +521,6 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             if (ret < 0) {
                 return ret;
             }
-            s->data_unflushed = true;
             offset += n;
             bytes -= n;
             qoff += n;
@@ -605,7 +604,6 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
 
         vd_co_mutex_lock(&s->lock);
         if (ret == 0) {
-            s->data_unflushed = true;
             ret = qcow2_get_l2_for_write(s, l1i, &l2);
             if (ret == 0) {
                 for (uint64_t i = 0; i < k; i++) {
@@ -848,7 +846,6 @@ again:;
     ret = vd_co_pwrite(s->file, host, (int64_t)csize, out, 0);
     vd_co_mutex_lock(&s->lock);
     if (ret == 0) {
-        s->data_unflushed = true;
         uint64_t *l2;
         ret = qcow2_get_l2_for_write(s, qcow2_l1_index(offset, s->cluster_bits), &l2);
         if (ret == 0) {

@@ -44,19 +44,12 @@ void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
 
 int coroutine_fn qcow2_flush_file(Qcow2State *s)
 {
-    if (!s->data_unflushed) {
-        return 0;
-    }
-    int ret = vd_co_flush(s->file);
-    if (ret == 0) {
-        s->data_unflushed = false;
-    }
-    return ret;
+    /* the file's flush generations skip the sync when nothing was written */
+    return vd_co_flush(s->file);
 }
 
 int coroutine_fn qcow2_flush_file_now(Qcow2State *s)
 {
-    s->data_unflushed = true;
     return qcow2_flush_file(s);
 }
 
@@ -83,29 +76,23 @@ int coroutine_fn qcow2_write_l1(Qcow2State *s)
 }
 
 /*
- * The write-back order (docs/qcow2.md): refcount blocks; flush (data and
- * refcounts stable: invariants 1, 2); L2 tables; flush; L1 table; then, with
- * every reference removal stable, the deferred refcount drops, whose blocks
- * are written in the next round.
+ * The write-back order (docs/qcow2.md): the metadata queue writes the dirty
+ * refcount blocks and L2 tables in dependency levels (refcount blocks; one
+ * flush making them and the data stable: invariants 1, 2; L2 tables; one
+ * flush), then the L1 table if it changed; then, with every reference
+ * removal stable, the deferred refcount drops, whose blocks are written in
+ * the next round. deferred: include lazy refcount blocks (clean, close).
  */
-int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
+static int coroutine_fn flush_metadata(Qcow2State *s, bool deferred)
 {
+    int flags = deferred ? VD_MQ_COMMIT_DEFERRED : 0;
     for (int round = 0; round < 4; round++) {
-        int ret = qcow2_cache_write(s, s->refcount_cache);
+        int ret = vd_mq_commit(s->mq, flags);
         if (ret < 0) {
             return ret;
         }
-        if (qcow2_cache_is_dirty(s->l2_cache)) {
-            ret = qcow2_cache_write(s, s->l2_cache);   /* flushes before the first table */
-            if (ret < 0) {
-                return ret;
-            }
-        }
         if (s->l1_dirty) {
-            ret = qcow2_flush_file(s);
-            if (ret < 0) {
-                return ret;
-            }
+            /* the commit's last flush made the new L2 tables stable */
             ret = qcow2_write_l1(s);
             if (ret < 0) {
                 return ret;
@@ -126,6 +113,20 @@ int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
         }
     }
     return 0;
+}
+
+int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
+{
+    return flush_metadata(s, false);
+}
+
+int coroutine_fn qcow2_flush_metadata_all(Qcow2State *s)
+{
+    int ret = flush_metadata(s, true);
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    return ret;
 }
 
 int coroutine_fn qcow2_update_header(Qcow2State *s)
@@ -300,6 +301,9 @@ static void qcow2_cache_clean_timer_cb(void *opaque)
 static void qcow2_detach_aio_context(VdNode *node)
 {
     Qcow2State *s = node->opaque;
+    if (s->mq) {
+        vd_mq_detach_aio_context(s->mq);
+    }
     if (s->cache_clean_timer) {
         vd_timer_free(s->cache_clean_timer);
         s->cache_clean_timer = NULL;
@@ -313,6 +317,9 @@ static void qcow2_detach_aio_context(VdNode *node)
 static void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx)
 {
     Qcow2State *s = node->opaque;
+    if (s->mq) {
+        vd_mq_attach_aio_context(s->mq, ctx);
+    }
     if (s->cache_clean_interval && s->l2_cache && !s->cache_clean_timer) {
         s->cache_clean_timer = vd_timer_new(ctx, qcow2_cache_clean_timer_cb, s);
         vd_timer_mod(s->cache_clean_timer,
@@ -327,10 +334,7 @@ static void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx)
 /* Invariant 3: cleared only after everything before it is stable. */
 static int coroutine_fn qcow2_mark_clean(Qcow2State *s)
 {
-    int ret = qcow2_flush_metadata(s);
-    if (ret == 0) {
-        ret = qcow2_flush_file(s);
-    }
+    int ret = qcow2_flush_metadata_all(s);
     if (ret == 0 && (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = write_incompat(s, s->header.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
         if (ret == 0) {
@@ -387,7 +391,8 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
         ret = qcow2_flush_file(s);
     }
     if (ret == 0) {
-        ret = qcow2_write_meta(s, QCOW2_OL_L1, (uint64_t)off, buf, n * 8);
+        ret = qcow2_write_meta_ev(s, QCOW2_OL_L1, VD_DBG_L1_GROW_WRITE_TABLE, (uint64_t)off, buf,
+                                  n * 8);
     }
     if (ret == 0) {
         ret = qcow2_flush_file(s);
@@ -396,7 +401,7 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
         uint8_t h[12];
         qcow2_st32(h, (uint32_t)n);
         qcow2_st64(h + 4, (uint64_t)off);
-        ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 36, h, 12);
+        ret = qcow2_write_meta_ev(s, QCOW2_OL_HEADER, VD_DBG_L1_GROW_ACTIVATE_TABLE, 36, h, 12);
     }
     if (ret == 0) {
         ret = qcow2_flush_file(s);
@@ -423,11 +428,18 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
 
 /* ---- open / close ------------------------------------------------------------ */
 
+static int qcow2_mq_pre_write(void *opaque, VdMetaTable *t, uint64_t offset, uint64_t bytes)
+{
+    return qcow2_cache_pre_write(opaque, t, offset, bytes);
+}
+
 static void qcow2_free_state(Qcow2State *s)
 {
     qcow2_cache_free(s->l2_cache);
     qcow2_cache_free(s->refcount_cache);
     s->l2_cache = s->refcount_cache = NULL;
+    vd_mq_free(s->mq);
+    s->mq = NULL;
     free(s->l1_table);
     free(s->refcount_table);
     free(s->pending_free);
@@ -471,6 +483,25 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
         vd_opts_take_size(options, "cache-size", 0, &cache_bytes, errp) < 0) {
         return -EINVAL;
     }
+    /* vdisk's own: metadata write-back triggers besides a guest flush
+     * (docs/qcow2.md): age of the oldest dirty table (ms, 0: never) and the
+     * number of dirty tables */
+    uint64_t wb_age_ms = 1000, wb_tables = VD_MQ_DEFAULT_MAX_DIRTY;
+    if (vd_opts_take_uint(options, "metadata-writeback-interval", wb_age_ms, &wb_age_ms,
+                          errp) < 0 ||
+        vd_opts_take_uint(options, "metadata-writeback-tables", wb_tables, &wb_tables,
+                          errp) < 0) {
+        return -EINVAL;
+    }
+    if (wb_age_ms > 3600 * 1000 || wb_tables > 1000000) {
+        vd_error_setg(errp, EINVAL, "%s: metadata-writeback-interval (ms) must be at most "
+                      "3600000 and metadata-writeback-tables at most 1000000", s->name);
+        return -EINVAL;
+    }
+    VdMetaQueueOpts mq_opts = {
+        .max_age_ns = wb_age_ms ? (int64_t)wb_age_ms * 1000000LL : -1,
+        .max_dirty = wb_tables ? (int)wb_tables : -1,
+    };
     if (vd_opts_lookup(options, "lazy-refcounts")) {
         lazy_opt_set = true;
         if (vd_opts_take_bool(options, "lazy-refcounts", false, &lazy_opt, errp) < 0) {
@@ -733,9 +764,13 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
     }
     uint64_t rc_tables = rc_cache_bytes ? rc_cache_bytes / cs : VD_MAX(l2_tables / 4, 4);
     rc_tables = VD_MIN(VD_MAX(rc_tables, 4), 16384);
-    s->l2_cache = qcow2_cache_new((int)l2_tables, cs, true);
-    s->refcount_cache = qcow2_cache_new((int)rc_tables, cs, false);
-    if (!s->l2_cache || !s->refcount_cache) {
+    static const VdMetaQueueOps mq_ops = { .pre_write = qcow2_mq_pre_write };
+    s->mq = vd_mq_new(node, s->file, &mq_ops, s, &mq_opts);
+    if (s->mq) {
+        s->l2_cache = qcow2_cache_new(s, (int)l2_tables, cs, true);
+        s->refcount_cache = qcow2_cache_new(s, (int)rc_tables, cs, false);
+    }
+    if (!s->mq || !s->l2_cache || !s->refcount_cache) {
         vd_error_setg(errp, ENOMEM, "%s: cannot allocate the table caches", s->name);
         ret = -ENOMEM;
         goto fail;
@@ -817,14 +852,15 @@ static void coroutine_fn qcow2_co_close(VdNode *node)
     /* a running clean-up holds the lock until it is done with s */
     vd_co_mutex_lock(&s->lock);
     vd_co_mutex_unlock(&s->lock);
+    /* no background write-back from now on; wait for one running */
+    vd_mq_pause(s->mq);
+    vd_mq_drain(s->mq);
     if (!node->read_only && !s->corrupt) {
         vd_co_mutex_lock(&s->lock);
         if (s->dirty_bit_set || (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
             qcow2_mark_clean(s);
         } else {
-            if (qcow2_flush_metadata(s) == 0) {
-                qcow2_flush_file(s);
-            }
+            qcow2_flush_metadata_all(s);
         }
         /* give back the preallocated tail nothing was written to */
         if (s->prealloc_end) {
@@ -1267,6 +1303,7 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
     if (ret == 0) {
         s->version = version;
         s->lazy_refcounts = lazy;
+        qcow2_cache_set_deferred(s->refcount_cache, lazy);
         if (!lazy) {
             ret = qcow2_mark_clean(s);
         }

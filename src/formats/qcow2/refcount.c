@@ -565,8 +565,7 @@ static const char *overlap_name(int kind)
     }
 }
 
-int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
-                                  uint64_t size)
+int qcow2_meta_write_check(Qcow2State *s, int kind, uint64_t offset, uint64_t size)
 {
     if (s->corrupt) {
         return -EIO;
@@ -579,12 +578,38 @@ int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, cons
         return -EIO;
     }
     qcow2_note_write(s, offset, size);
-    int ret = vd_co_pwrite(s->file, (int64_t)offset, (int64_t)size, buf, 0);
+    return 0;
+}
+
+static VdDebugEvent meta_event(int kind)
+{
+    switch (kind) {
+    case QCOW2_OL_HEADER: return VD_DBG_HEADER_UPDATE;
+    case QCOW2_OL_L1: return VD_DBG_L1_UPDATE;
+    case QCOW2_OL_REFTABLE: return VD_DBG_REFTABLE_UPDATE;
+    case QCOW2_OL_REFBLOCK: return VD_DBG_REFBLOCK_UPDATE;
+    case QCOW2_OL_SNAPTABLE: return VD_DBG_SNAPSHOT_TABLE_UPDATE;
+    case QCOW2_OL_SNAPL1: return VD_DBG_L1_UPDATE;
+    default: return VD_DBG_L2_UPDATE;
+    }
+}
+
+int coroutine_fn qcow2_write_meta_ev(Qcow2State *s, int kind, VdDebugEvent ev, uint64_t offset,
+                                     const void *buf, uint64_t size)
+{
+    int ret = qcow2_meta_write_check(s, kind, offset, size);
     if (ret < 0) {
         return ret;
     }
-    s->data_unflushed = true;
-    return 0;
+    vd_debug_event(s->file, ev);
+    vd_node_count_meta_write(s->node);
+    return vd_co_pwrite(s->file, (int64_t)offset, (int64_t)size, buf, 0);
+}
+
+int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
+                                  uint64_t size)
+{
+    return qcow2_write_meta_ev(s, kind, meta_event(kind), offset, buf, size);
 }
 
 #define QCOW2_PREALLOC_FROM (32 * VD_MiB)

@@ -252,12 +252,24 @@ void qcow2_cache_put(Qcow2Cache *c, void **table)
     *table = NULL;
 }
 
+static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool need_data);
+
 void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table)
 {
     qcow2_cache_mark_dirty_range(c, table, 0, 0);
 }
 
+void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, bool need_data)
+{
+    mark_dirty(c, table, 0, 0, need_data);
+}
+
 void qcow2_cache_mark_dirty_range(Qcow2Cache *c, void *table, size_t off, size_t len)
+{
+    mark_dirty(c, table, off, len, true);
+}
+
+static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool need_data)
 {
     int i = cache_index_of(c, table);
     if (i < 0) {
@@ -273,7 +285,9 @@ void qcow2_cache_mark_dirty_range(Qcow2Cache *c, void *table, size_t off, size_t
      * (unless lazy refcounts: the dirty bit covers them). Refcount blocks
      * changed meanwhile are all taken as dependencies: they are few and
      * are written in one level anyway. */
-    vd_mq_depend_data(t);
+    if (need_data) {
+        vd_mq_depend_data(t);
+    }
     Qcow2State *s = c->s;
     Qcow2Cache *rc = s->refcount_cache;
     if (!s->lazy_refcounts && rc) {

@@ -606,14 +606,22 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
         if (ret == 0) {
             ret = qcow2_get_l2_for_write(s, l1i, &l2);
             if (ret == 0) {
+                /* Invariant 1's exception: clusters that were zeros and are
+                 * fresh (never written, read as zeros) show zeros - their old
+                 * contents - if the entry lands before the data: then the
+                 * entry need not wait for a flush of the data. */
+                bool need_data = !fresh || reuse;
                 for (uint64_t i = 0; i < k; i++) {
                     uint64_t old = l2_get(l2, l2i + i);
+                    if (!cow_source_is_zero(s, old)) {
+                        need_data = true;
+                    }
                     l2_set(l2, l2i + i, ((uint64_t)host + i * cs) | QCOW2_OFLAG_COPIED);
                     if (!reuse) {
                         free_entry_storage(s, old);
                     }
                 }
-                qcow2_cache_mark_dirty(s->l2_cache, l2);
+                qcow2_cache_mark_dirty_l2(s->l2_cache, l2, need_data);
                 qcow2_cache_put(s->l2_cache, (void **)&l2);
                 qcow2_note_activity(s);
             }

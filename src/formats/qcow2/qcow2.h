@@ -199,6 +199,9 @@ void qcow2_cache_put(Qcow2Cache *c, void **table);
  * called without yielding after the change. */
 void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table);
 void qcow2_cache_mark_dirty_range(Qcow2Cache *c, void *table, size_t off, size_t len);
+/* An L2 table changed by an allocating write; need_data false: the new
+ * entries may land before their data (fresh clusters replacing zeros). */
+void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, bool need_data);
 /* Write every dirty table of both caches (in dependency levels, through
  * the queue, deferred refcount blocks included) and flush. */
 int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c);

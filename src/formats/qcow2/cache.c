@@ -302,10 +302,27 @@ static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool 
 
 int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c)
 {
-    (void)c;
-    /* every dirty table in dependency order, deferred refcount blocks
-     * included: callers need them on disk before their next step */
-    return vd_mq_commit(s->mq, VD_MQ_COMMIT_DEFERRED);
+    if (c->is_l2) {
+        /* every dirty table in dependency order, deferred refcount blocks
+         * included: callers need them on disk before their next step */
+        return vd_mq_commit(s->mq, VD_MQ_COMMIT_DEFERRED);
+    }
+    /* refcount blocks depend on nothing: write them (one level) and flush */
+    int ret = 0;
+    for (int i = 0; i < c->n && ret == 0; i++) {
+        Qcow2CacheEntry *e = &c->e[i];
+        if (e->offset && (vd_mq_table_dirty(&e->mt) || vd_mq_table_busy(&e->mt))) {
+            e->ref++;
+            ret = vd_mq_writeback_table(&e->mt);
+            e->ref--;
+        }
+    }
+    /* reported here (with any error a background write-back kept) */
+    int kept = vd_mq_take_error(s->mq);
+    if (ret == 0) {
+        ret = kept;
+    }
+    return ret < 0 ? ret : qcow2_flush_file(s);
 }
 
 void coroutine_fn qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)

@@ -406,6 +406,7 @@ static int coroutine_fn cow_read(Qcow2State *s, uint64_t entry, uint64_t guest_c
 {
     VdIOVector q;
     int ret = 0;
+    vd_debug_event(s->file, VD_DBG_COW_READ);
     vd_iov_init_buf(&q, buf, len);
     switch (qcow2_l2_entry_type(entry, s->version)) {
     case QCOW2_CLUSTER_UNALLOCATED:
@@ -596,6 +597,7 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             }
         }
         if (ret == 0) {
+            vd_debug_event(s->file, head || tail ? VD_DBG_COW_WRITE : VD_DBG_WRITE_AIO);
             ret = vd_co_pwritev(s->file, (int64_t)wstart, (int64_t)(head + n + tail), &wq, 0, 0);
         }
         vd_iov_destroy(&wq);

@@ -202,8 +202,9 @@ void qcow2_cache_mark_dirty_range(Qcow2Cache *c, void *table, size_t off, size_t
 /* An L2 table changed by an allocating write; need_data false: the new
  * entries may land before their data (fresh clusters replacing zeros). */
 void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, bool need_data);
-/* Write every dirty table of both caches (in dependency levels, through
- * the queue, deferred refcount blocks included) and flush. */
+/* L2 cache: write every dirty table of both caches (in dependency levels,
+ * through the queue, deferred refcount blocks included) and flush.
+ * Refcount cache: write its dirty blocks only (no dependencies) and flush. */
 int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c);
 /* Forget the table at offset (its cluster is being freed); waits for a
  * write of it in flight. */

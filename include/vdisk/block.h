@@ -18,6 +18,8 @@
 #include "vdisk/opts.h"
 #include "vdisk/aio.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdNode VdNode;
 typedef struct VdChild VdChild;
 typedef struct VdBackend VdBackend;
@@ -38,6 +40,11 @@ enum {
     VD_O_IO_URING     = 1 << 9,  /* aio=io_uring (default for file) */
     VD_O_THREADS      = 1 << 10, /* aio=threads */
 };
+
+/* The most images a backing chain may have below its top image (QEMU sets no
+ * limit; this one only bounds what a hostile image can make us open). Chains
+ * do not use more stack as they grow deeper (docs/block.md). */
+#define VD_MAX_BACKING_CHAIN 10000
 
 /* Request flags */
 enum {
@@ -187,13 +194,6 @@ int vd_img_create_help(const char *fmt, VdError **errp);
  * backing-filename, full-backing-filename, backing-filename-format,
  * format-specific, snapshots, children. backing_chain: returns an array. */
 VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp);
-/* Reorder the keys of every object in v (recursively) into the order in
- * which QEMU's tools print a dictionary (its hash-table order), so JSON output
- * matches qemu-img's byte for byte. vd_node_info's result is already ordered. */
-void vd_json_qemu_order(VdJson *v);
-/* Serialise v on one line the way QEMU writes json: filenames
- * ({"a": 1, "b": {"c": "d"}}, keys in the order they are in). malloc'ed. */
-char *vd_json_to_qemu_string(const VdJson *v);
 
 typedef struct VdCheckResult {
     int corruptions;
@@ -257,6 +257,13 @@ void vd_backend_set_stop_notifier(VdBackend *blk, void (*cb)(void *opaque, int e
 bool vd_backend_is_paused(VdBackend *blk);
 /* Resume after a stop: held requests are retried. Any thread. */
 void vd_backend_resume(VdBackend *blk);
+/* Give up on the requests a stop holds: they complete with the error that
+ * stopped them, and the backend runs again (the policy stays, so a new
+ * failure stops it again). For shutdown and hard export deletion, so a
+ * paused backend never blocks them. Main thread. */
+void vd_backend_fail_held(VdBackend *blk);
+/* Requests held by a stop right now (any thread). */
+int vd_backend_n_held(VdBackend *blk);
 
 void vd_backend_get_stats(VdBackend *blk, VdBlockStats *out);
 void vd_backend_drain_begin(VdBackend *blk);
@@ -289,5 +296,7 @@ int vd_backend_pwrite(VdBackend *blk, int64_t offset, int64_t bytes, const void 
 int vd_backend_pwrite_zeroes(VdBackend *blk, int64_t offset, int64_t bytes, int flags);
 int vd_backend_pdiscard(VdBackend *blk, int64_t offset, int64_t bytes);
 int vd_backend_flush(VdBackend *blk);
+
+VD_EXTERN_C_END
 
 #endif

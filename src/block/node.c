@@ -1,8 +1,9 @@
 /*
  * The block graph (DESIGN.md §3): opening nodes from filenames, json: names
  * and option trees (generic options, format probing, file/backing children),
- * the named-node registry, reference counting and the close path, drain and
- * context moves, image information, check and creation.
+ * the named-node registry, reference counting and the close path. Drain and
+ * context moves are in drain.c, info and check in info.c, creation in
+ * create.c.
  */
 #include <assert.h>
 #include <ctype.h>
@@ -69,25 +70,6 @@ int vd_parse_cache_mode(const char *mode, int *flags, bool *writethrough)
         *writethrough = wt;
     }
     return 0;
-}
-
-/* ---- driver probing ------------------------------------------------------------------ */
-
-const VdDriver *vd_driver_probe(const uint8_t *buf, int buf_size, const char *filename)
-{
-    const VdDriver *best = NULL;
-    int best_score = 0;
-    for (const VdDriver *d = vd_driver_next(NULL); d; d = vd_driver_next(d)) {
-        if (!d->probe || !d->is_format) {
-            continue;
-        }
-        int score = d->probe(buf, buf_size, filename);
-        if (score > best_score) {
-            best_score = score;
-            best = d;
-        }
-    }
-    return best ? best : vd_driver_find("raw");
 }
 
 /* ---- registry -------------------------------------------------------------------------- */
@@ -269,8 +251,12 @@ static int child_flags(int parent_flags, VdChildRole role)
     return f;
 }
 
-VdChild *vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
-                       VdNode *parent, VdChildRole role, bool allow_none, VdError **errp)
+static VdNode *coroutine_fn node_open_co(const char *filename, VdOpts *options, int flags,
+                                         const VdBackingLink *backing_up, VdError **errp);
+
+static VdChild * coroutine_fn open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+                           VdNode *parent, VdChildRole role, bool allow_none,
+                           const VdBackingLink *backing_up, VdError **errp)
 {
     VdJson *ref = parent_options ? vd_opts_lookup(parent_options, child_name) : NULL;
 
@@ -311,13 +297,19 @@ VdChild *vd_open_child(const char *filename, VdOpts *parent_options, const char 
     if ((role == VD_CHILD_FILE || role == VD_CHILD_DATA) && !vd_opts_lookup(sub, "driver")) {
         flags |= VD_O_PROTOCOL;
     }
-    VdNode *n = vd_node_open_co(filename, sub, flags, errp);
+    VdNode *n = node_open_co(filename, sub, flags, backing_up, errp);
     if (!n) {
         return NULL;
     }
     VdChild *c = vd_attach_child(parent, n, child_name, role);
     vd_node_unref(n);
     return c;
+}
+
+VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+                       VdNode *parent, VdChildRole role, bool allow_none, VdError **errp)
+{
+    return open_child(filename, parent_options, child_name, parent, role, allow_none, NULL, errp);
 }
 
 static bool filename_is_absolute_or_uri(const char *name)
@@ -337,10 +329,81 @@ void vd_get_full_backing_filename(const VdNode *node, const char *backing, char 
     snprintf(buf, size, "%.*s%s", (int)(slash - base + 1), base, backing);
 }
 
-int vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
+/*
+ * Backing chains. Each image whose backing file is being opened has a link
+ * on the stack of vd_open_backing, pointing up to the image above it; the
+ * backing file's open sees the chain through node->core->backing_up. An image
+ * is identified by its resolved path (URIs and json: names by their text), so
+ * a.qcow2 -> ./b.qcow2 -> /abs/a.qcow2 is a loop.
+ */
+struct VdBackingLink {
+    const struct VdBackingLink *up;     /* the image above, NULL at the top */
+    const char *name;                   /* as opened (for messages) */
+    char *id;                           /* resolved path, NULL if unknown */
+    unsigned depth;                     /* 1 for the top image */
+};
+
+/* The identity of an image name: realpath() for local files, the name itself
+ * for URIs, json: names and files that do not resolve. NULL for "". */
+static char *image_identity(const char *name)
+{
+    if (!name || !name[0]) {
+        return NULL;
+    }
+    if (!strncmp(name, "json:", 5) || vd_driver_find_protocol(name)) {
+        return strdup(name);
+    }
+    char *r = realpath(name, NULL);
+    return r ? r : strdup(name);
+}
+
+static const VdBackingLink *backing_chain_find(const VdBackingLink *l, const char *id)
+{
+    for (; id && l; l = l->up) {
+        if (l->id && !strcmp(l->id, id)) {
+            return l;
+        }
+    }
+    return NULL;
+}
+
+/* "Backing file 'X' creates an infinite loop: top -> ... -> me -> X" */
+static void backing_loop_error(const VdBackingLink *me, const char *target, VdError **errp)
+{
+    size_t n = 0, len = strlen(target) + 1;
+    for (const VdBackingLink *l = me; l; l = l->up) {
+        n++;
+        len += strlen(l->name) + 4;
+    }
+    const VdBackingLink **chain = calloc(n, sizeof(*chain));
+    char *msg = malloc(len);
+    if (!chain || !msg) {
+        abort();
+    }
+    size_t i = n;
+    for (const VdBackingLink *l = me; l; l = l->up) {
+        chain[--i] = l;
+    }
+    msg[0] = '\0';
+    size_t off = 0;
+    for (i = 0; i < n; i++) {
+        off += (size_t)snprintf(msg + off, len - off, "%s -> ", chain[i]->name);
+    }
+    snprintf(msg + off, len - off, "%s", target);
+    vd_error_setg(errp, ELOOP, "Backing file '%s' creates an infinite loop: %s", target, msg);
+    free(msg);
+    free(chain);
+}
+
+int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
 {
     if (node->backing) {
         return 0;
+    }
+    if (!node->filename[0] && node->file) {
+        /* opened from file.* options: the image is its file child's file (a
+         * relative backing name is resolved against its directory) */
+        snprintf(node->filename, sizeof(node->filename), "%s", node->file->node->filename);
     }
     VdJson *ref = parent_options ? vd_opts_lookup(parent_options, "backing") : NULL;
     if (node->open_flags & VD_O_NO_BACKING) {
@@ -371,11 +434,32 @@ int vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
     if ((!ref || is_object) && node->backing_format[0] && !vd_opts_lookup(parent_options, "backing.driver")) {
         vd_opts_set(parent_options, "backing.driver", node->backing_format);
     }
+    VdBackingLink me = { .up = node->core->backing_up, .name = node->filename,
+                         .id = image_identity(node->filename) };
+    me.depth = me.up ? me.up->depth + 1 : 1;
     VdError *err = NULL;
-    VdChild *c = vd_open_child(filename, parent_options, "backing", node, VD_CHILD_BACKING, true, &err);
+    VdChild *c = NULL;
+    const VdBackingLink *seen = backing_chain_find(me.up, me.id);
+    char *target = filename ? image_identity(filename) : NULL;
+    if (seen) {
+        /* an image above was reached again through explicit options */
+        backing_loop_error(me.up, node->filename, &err);
+    } else if (target && (backing_chain_find(&me, target))) {
+        backing_loop_error(&me, filename, &err);
+    } else if (me.depth > VD_MAX_BACKING_CHAIN) {
+        vd_error_setg(&err, EMLINK, "%s: the backing chain is deeper than %d images",
+                      node->filename, VD_MAX_BACKING_CHAIN);
+    } else {
+        c = open_child(filename, parent_options, "backing", node, VD_CHILD_BACKING, true, &me,
+                       &err);
+        if (!c && err) {
+            vd_error_prepend(&err, "Could not open backing file: ");
+        }
+    }
+    free(target);
+    free(me.id);
     vd_json_unref(tmp);
     if (!c && err) {
-        vd_error_prepend(&err, "Could not open backing file: ");
         vd_error_propagate(errp, err);
         return -EINVAL;
     }
@@ -571,7 +655,7 @@ static void print_probed_raw_warning(const char *filename)
             filename);
 }
 
-static const VdDriver *probe_node(VdNode *file, const char *filename, VdError **errp)
+static const VdDriver * coroutine_fn probe_node(VdNode *file, const char *filename, VdError **errp)
 {
     uint8_t buf[VD_PROBE_BUF_SIZE];
     int64_t len = vd_node_getlength(file);
@@ -585,11 +669,55 @@ static const VdDriver *probe_node(VdNode *file, const char *filename, VdError **
             return NULL;
         }
     }
-    return vd_driver_probe(buf, n, filename);
+    const VdDriver *drv = vd_driver_probe(buf, n, filename);
+    if (strcmp(drv->format_name, "raw")) {
+        return drv;
+    }
+    /* raw only if no format we lack claims it: never serve a VMDK's own
+     * bytes as the disk */
+    uint8_t tail[512];
+    bool have_tail = len >= (int64_t)sizeof(tail) * 2;
+    if (have_tail) {
+        int ret = vd_co_pread(file, len - (int64_t)sizeof(tail), sizeof(tail), tail, 0);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: could not read image for determining its "
+                                "format", filename);
+            return NULL;
+        }
+    }
+    const char *other = vd_probe_unsupported_format(buf, n, have_tail ? tail : NULL,
+                                                    have_tail ? (int)sizeof(tail) : 0);
+    if (other) {
+        vd_error_setg(errp, ENOTSUP, "%s: image format '%s' is not supported", filename, other);
+        return NULL;
+    }
+    return drv;
+}
+
+typedef struct OpenOnNewStack {
+    const char *filename;
+    VdOpts *options;
+    int flags;
+    const VdBackingLink *backing_up;
+    VdError **errp;
+    VdNode *node;
+} OpenOnNewStack;
+
+static void coroutine_fn open_on_new_stack(void *opaque)
+{
+    OpenOnNewStack *o = opaque;
+    o->node = node_open_co(o->filename, o->options, o->flags, o->backing_up, o->errp);
 }
 
 VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int flags,
                                      VdError **errp)
+{
+    return node_open_co(filename, options, flags, NULL, errp);
+}
+
+/* backing_up: the images above when this node opens as a backing file. */
+static VdNode *coroutine_fn node_open_co(const char *filename, VdOpts *options, int flags,
+                                         const VdBackingLink *backing_up, VdError **errp)
 {
     const VdDriver *drv = NULL;
     VdNode *node = NULL, *pre_file = NULL;
@@ -600,6 +728,13 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
     int detect_zeroes = 0;
     int ret;
 
+    if (vd_co_stack_low()) {
+        /* backing chains and nested filters open recursively: go on on a
+         * fresh stack rather than run out of this one */
+        OpenOnNewStack o = { filename, options, flags, backing_up, errp, NULL };
+        vd_co_call_on_new_stack(open_on_new_stack, &o);
+        return o.node;
+    }
     if (!options) {
         options = vd_json_object();
     }
@@ -739,7 +874,9 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
         vd_error_setg(errp, ENOTSUP, "%s: driver '%s' cannot be opened", what, drv->format_name);
         goto fail_node;
     }
+    node->core->backing_up = backing_up;
     ret = drv->co_open(node, options, flags, errp);
+    node->core->backing_up = NULL;
     if (ret < 0) {
         if (errp && !*errp) {
             vd_error_setg_errno(errp, -ret, "Could not open '%s'", what);
@@ -855,7 +992,7 @@ static void coroutine_fn open_entry(void *opaque)
     }
 }
 
-VdNode *vd_node_open(const char *filename, VdOpts *options, int flags, VdError **errp)
+VdNode * coroutine_mixed_fn vd_node_open(const char *filename, VdOpts *options, int flags, VdError **errp)
 {
     if (vd_block_init(errp) < 0) {
         vd_json_unref(options);
@@ -883,7 +1020,12 @@ static void coroutine_fn close_entry(void *opaque)
     }
 }
 
-void vd_node_unref(VdNode *node)
+static void coroutine_fn unref_on_new_stack(void *opaque)
+{
+    vd_node_unref(opaque);
+}
+
+void coroutine_mixed_fn vd_node_unref(VdNode *node)
 {
     if (!node) {
         return;
@@ -893,6 +1035,12 @@ void vd_node_unref(VdNode *node)
         return;
     }
     node->core->closing = true;
+    if (vd_co_stack_low()) {
+        /* closing a deep chain recurses through the children */
+        node->refcnt = 1;
+        vd_co_call_on_new_stack(unref_on_new_stack, node);
+        return;
+    }
     if (vd_in_coroutine()) {
         close_entry(node);
     } else {
@@ -906,583 +1054,4 @@ void vd_node_unref(VdNode *node)
     registry_remove(node);
     VD_TRACE(VD_LOG_BLOCK, "closed %s", node->node_name);
     node_free(node);
-}
-
-/* ---- drain and contexts ---------------------------------------------------------------------- */
-
-static void drain_waiters_inc(VdNode *n, void *opaque)
-{
-    n->core->drain_waiters += *(int *)opaque;
-}
-
-static void drain_begin_local(void *opaque)
-{
-    VdNode *node = opaque;
-    int one = 1;
-    vd_node_quiesce_begin_local(node);
-    vd_node_foreach_subtree(node, drain_waiters_inc, &one);
-}
-
-static void drain_end_local(void *opaque)
-{
-    VdNode *node = opaque;
-    int minus = -1;
-    vd_node_foreach_subtree(node, drain_waiters_inc, &minus);
-    vd_node_quiesce_end_local(node);
-}
-
-static void drain_wait_node(VdNode *n, void *opaque)
-{
-    VD_AIO_WAIT_WHILE(n->ctx, VD_RELAXED_READ(n->core->in_flight) > 0);
-}
-
-void vd_node_drain_begin(VdNode *node)
-{
-    vd_aio_run_sync(node->ctx, drain_begin_local, node);
-    vd_node_foreach_subtree(node, drain_wait_node, NULL);
-}
-
-void vd_node_drain_end(VdNode *node)
-{
-    vd_aio_run_sync(node->ctx, drain_end_local, node);
-}
-
-static void detach_one(VdNode *n, void *opaque)
-{
-    if (n->drv->detach_aio_context) {
-        n->drv->detach_aio_context(n);
-    }
-}
-
-static void detach_all(void *opaque)
-{
-    vd_node_foreach_subtree(opaque, detach_one, NULL);
-}
-
-static void set_ctx_one(VdNode *n, void *opaque)
-{
-    n->ctx = opaque;
-}
-
-static void attach_one(VdNode *n, void *opaque)
-{
-    if (n->drv->attach_aio_context) {
-        n->drv->attach_aio_context(n, n->ctx);
-    }
-}
-
-static void attach_all(void *opaque)
-{
-    vd_node_foreach_subtree(opaque, attach_one, NULL);
-}
-
-static bool subtree_has_foreign_parent(VdNode *root, VdNode *n)
-{
-    for (VdChild *p = n->parents; p; p = p->next_parent) {
-        if (n != root && p->parent && p->parent->ctx != root->ctx) {
-            return true;
-        }
-        if (n == root && p->parent) {
-            return true;
-        }
-    }
-    for (VdChild *c = n->children; c; c = c->next) {
-        if (subtree_has_foreign_parent(root, c->node)) {
-            return true;
-        }
-    }
-    return false;
-}
-
-int vd_node_set_context(VdNode *node, VdAioContext *ctx, VdError **errp)
-{
-    if (!ctx) {
-        vd_error_setg(errp, EINVAL, "%s: no context given", node->node_name);
-        return -EINVAL;
-    }
-    if (node->ctx == ctx) {
-        return 0;
-    }
-    if (subtree_has_foreign_parent(node, node)) {
-        vd_error_setg(errp, EBUSY, "%s: node '%s' is used by another node; move its parent instead",
-                      node->filename, node->node_name);
-        return -EBUSY;
-    }
-    VdAioContext *old = node->ctx;
-    vd_node_drain_begin(node);
-    vd_aio_run_sync(old, detach_all, node);
-    vd_node_foreach_subtree(node, set_ctx_one, ctx);
-    vd_aio_run_sync(ctx, attach_all, node);
-    vd_node_drain_end(node);
-    VD_TRACE(VD_LOG_BLOCK, "moved %s to another context", node->node_name);
-    return 0;
-}
-
-/* ---- info, check, create ------------------------------------------------------------------------ */
-
-typedef struct InfoSync {
-    VdNode *node;
-    int64_t actual;
-    VdCheckResult *result;
-    int fix;
-    int ret;
-    const VdDriver *drv;
-    const char *filename;
-    const VdOpts *opts;
-    VdError **errp;
-} InfoSync;
-
-int64_t coroutine_fn vd_co_get_allocated_file_size(VdNode *node)
-{
-    if (node->drv->co_get_allocated_file_size) {
-        return node->drv->co_get_allocated_file_size(node);
-    }
-    if (node->file) {
-        return vd_co_get_allocated_file_size(node->file->node);
-    }
-    return -ENOTSUP;
-}
-
-static void coroutine_fn info_entry(void *opaque)
-{
-    InfoSync *s = opaque;
-    s->actual = vd_co_get_allocated_file_size(s->node);
-}
-
-static VdJson *node_info_one(VdNode *node, VdError **errp)
-{
-    VdJson *o = vd_json_object();
-    int64_t cluster_size = 0;
-    bool dirty = false;
-    InfoSync s = { .node = node };
-
-    /* cluster-size and dirty-flag only where the driver answers (a filter
-     * answers with its child), as qemu-img does */
-    VdNode *answering = node;
-    while (!answering->drv->get_info && answering->drv->is_filter && answering->file) {
-        answering = answering->file->node;
-    }
-    bool have_info = false;
-    if (answering->drv->get_info) {
-        int ret = answering->drv->get_info(answering, &cluster_size, &dirty);
-        if (ret < 0 && ret != -ENOTSUP) {
-            vd_error_setg_errno(errp, -ret, "%s: cannot get image information", node->filename);
-            vd_json_unref(o);
-            return NULL;
-        }
-        have_info = ret == 0;
-    }
-    if (vd_in_coroutine()) {
-        info_entry(&s);
-    } else {
-        vd_co_run_sync(node->ctx, info_entry, &s);
-    }
-    if (node->backing_file[0] && node->backing_format[0]) {
-        vd_json_object_put_str(o, "backing-filename-format", node->backing_format);
-    }
-    vd_json_object_put_int(o, "virtual-size", vd_node_getlength(node));
-    vd_json_object_put_str(o, "filename", node->filename);
-    if (have_info && cluster_size > 0) {
-        vd_json_object_put_int(o, "cluster-size", cluster_size);
-    }
-    vd_json_object_put_str(o, "format", node->drv->format_name);
-    if (s.actual >= 0) {
-        vd_json_object_put_int(o, "actual-size", s.actual);
-    }
-    if (node->drv->get_specific_info) {
-        VdError *err = NULL;
-        VdJson *spec = node->drv->get_specific_info(node, &err);
-        if (err) {
-            vd_error_propagate(errp, err);
-            vd_json_unref(o);
-            return NULL;
-        }
-        if (spec) {
-            vd_json_object_put(o, "format-specific", spec);
-        }
-    }
-    if (node->backing_file[0]) {
-        char full[4096];
-        vd_get_full_backing_filename(node, node->backing_file, full, sizeof(full));
-        vd_json_object_put_str(o, "full-backing-filename", full);
-        vd_json_object_put_str(o, "backing-filename", node->backing_file);
-    }
-    if (node->drv->snapshot_list) {
-        VdSnapshotInfo *list = NULL;
-        int n = node->drv->snapshot_list(node, &list);
-        if (n > 0) {
-            VdJson *arr = vd_json_array();
-            for (int i = 0; i < n; i++) {
-                VdJson *sn = vd_json_object();
-                if (list[i].icount != UINT64_MAX) {
-                    vd_json_object_put(sn, "icount", vd_json_uint(list[i].icount));
-                }
-                vd_json_object_put_str(sn, "id", list[i].id_str);
-                vd_json_object_put_str(sn, "name", list[i].name);
-                vd_json_object_put_int(sn, "vm-state-size", (int64_t)list[i].vm_state_size);
-                vd_json_object_put_int(sn, "date-sec", list[i].date_sec);
-                vd_json_object_put_int(sn, "date-nsec", list[i].date_nsec);
-                vd_json_object_put_int(sn, "vm-clock-sec", (int64_t)(list[i].vm_clock_nsec / 1000000000ULL));
-                vd_json_object_put_int(sn, "vm-clock-nsec", (int64_t)(list[i].vm_clock_nsec % 1000000000ULL));
-                vd_json_array_append(arr, sn);
-            }
-            vd_json_object_put(o, "snapshots", arr);
-        }
-        free(list);
-    }
-    if (have_info) {
-        vd_json_object_put_bool(o, "dirty-flag", dirty);
-    }
-    return o;
-}
-
-/* QEMU prints dictionaries in the iteration order of its hash table: buckets
- * in increasing order (hash % 512), newest entry first within a bucket. */
-static unsigned qemu_dict_bucket(const char *key)
-{
-    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
-    for (unsigned i = 0; key[i]; i++) {
-        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    }
-    return (1103515243u * v + 12345u) % 512;
-}
-
-typedef struct QemuOrderEntry {
-    char *key;
-    VdJson *value;
-    unsigned bucket;
-    size_t index;
-} QemuOrderEntry;
-
-static int qemu_order_cmp(const void *a, const void *b)
-{
-    const QemuOrderEntry *x = a, *y = b;
-    if (x->bucket != y->bucket) {
-        return x->bucket < y->bucket ? -1 : 1;
-    }
-    return x->index > y->index ? -1 : 1;     /* later insertion first */
-}
-
-void vd_json_qemu_order(VdJson *v)
-{
-    if (!v) {
-        return;
-    }
-    if (vd_json_type(v) == VD_JSON_ARRAY) {
-        for (size_t i = 0; i < vd_json_array_size(v); i++) {
-            vd_json_qemu_order(vd_json_array_get(v, i));
-        }
-        return;
-    }
-    if (vd_json_type(v) != VD_JSON_OBJECT) {
-        return;
-    }
-    size_t n = vd_json_object_size(v);
-    QemuOrderEntry *e = calloc(n ? n : 1, sizeof(*e));
-    if (!e) {
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        VdJson *val;
-        const char *k = vd_json_object_entry(v, i, &val);
-        e[i].key = strdup(k);
-        e[i].value = vd_json_ref(val);
-        e[i].bucket = qemu_dict_bucket(k);
-        e[i].index = i;
-        vd_json_qemu_order(val);
-    }
-    qsort(e, n, sizeof(*e), qemu_order_cmp);
-    for (size_t i = 0; i < n; i++) {
-        vd_json_object_del(v, e[i].key);
-    }
-    for (size_t i = 0; i < n; i++) {
-        vd_json_object_put(v, e[i].key, e[i].value);
-        free(e[i].key);
-    }
-    free(e);
-}
-
-typedef struct QjBuf {
-    char *p;
-    size_t len, cap;
-} QjBuf;
-
-static void qj_put(QjBuf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = VD_MAX(b->cap * 2, b->len + n + 64);
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            abort();
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void qj_puts(QjBuf *b, const char *s)
-{
-    qj_put(b, s, strlen(s));
-}
-
-static void qj_string(QjBuf *b, const char *s)
-{
-    qj_puts(b, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        switch (c) {
-        case '"': qj_puts(b, "\\\""); break;
-        case '\\': qj_puts(b, "\\\\"); break;
-        case '\n': qj_puts(b, "\\n"); break;
-        case '\t': qj_puts(b, "\\t"); break;
-        case '\r': qj_puts(b, "\\r"); break;
-        case '\b': qj_puts(b, "\\b"); break;
-        case '\f': qj_puts(b, "\\f"); break;
-        default:
-            if (c < 0x20 || c == 0x7f) {
-                snprintf(esc, sizeof(esc), "\\u%04x", c);
-                qj_puts(b, esc);
-            } else {
-                qj_put(b, (const char *)&c, 1);
-            }
-        }
-    }
-    qj_puts(b, "\"");
-}
-
-static void qj_gen(QjBuf *b, const VdJson *v)
-{
-    char num[64];
-    switch (vd_json_type(v)) {
-    case VD_JSON_NULL:
-        qj_puts(b, "null");
-        break;
-    case VD_JSON_BOOL:
-        qj_puts(b, vd_json_get_bool(v) ? "true" : "false");
-        break;
-    case VD_JSON_INT:
-        snprintf(num, sizeof(num), "%" PRId64, vd_json_get_int(v));
-        qj_puts(b, num);
-        break;
-    case VD_JSON_UINT:
-        snprintf(num, sizeof(num), "%" PRIu64, vd_json_get_uint(v));
-        qj_puts(b, num);
-        break;
-    case VD_JSON_DOUBLE:
-        snprintf(num, sizeof(num), "%.17g", vd_json_get_double(v));
-        qj_puts(b, num);
-        break;
-    case VD_JSON_STRING:
-        qj_string(b, vd_json_get_string(v));
-        break;
-    case VD_JSON_ARRAY:
-        qj_puts(b, "[");
-        for (size_t i = 0; i < vd_json_array_size(v); i++) {
-            if (i) {
-                qj_puts(b, ", ");
-            }
-            qj_gen(b, vd_json_array_get(v, i));
-        }
-        qj_puts(b, "]");
-        break;
-    case VD_JSON_OBJECT:
-        qj_puts(b, "{");
-        for (size_t i = 0; i < vd_json_object_size(v); i++) {
-            VdJson *val;
-            const char *k = vd_json_object_entry(v, i, &val);
-            if (i) {
-                qj_puts(b, ", ");
-            }
-            qj_string(b, k);
-            qj_puts(b, ": ");
-            qj_gen(b, val);
-        }
-        qj_puts(b, "}");
-        break;
-    }
-}
-
-char *vd_json_to_qemu_string(const VdJson *v)
-{
-    QjBuf b = { 0 };
-    if (v) {
-        qj_gen(&b, v);
-    } else {
-        qj_puts(&b, "null");
-    }
-    return b.p;
-}
-
-VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp)
-{
-    if (!node || !node->drv) {
-        vd_error_setg(errp, ENOMEDIUM, "no medium");
-        return NULL;
-    }
-    if (!backing_chain) {
-        VdJson *o = node_info_one(node, errp);
-        vd_json_qemu_order(o);
-        return o;
-    }
-    VdJson *arr = vd_json_array();
-    for (VdNode *n = node; n; n = vd_node_backing(n)) {
-        VdJson *o = node_info_one(n, errp);
-        if (!o) {
-            vd_json_unref(arr);
-            return NULL;
-        }
-        vd_json_array_append(arr, o);
-    }
-    vd_json_qemu_order(arr);
-    return arr;
-}
-
-static void coroutine_fn check_entry(void *opaque)
-{
-    InfoSync *s = opaque;
-    s->ret = s->node->drv->co_check(s->node, s->result, s->fix);
-}
-
-int vd_node_check(VdNode *node, VdCheckResult *result, int fix, VdError **errp)
-{
-    memset(result, 0, sizeof(*result));
-    if (!node->drv->co_check) {
-        vd_error_setg(errp, ENOTSUP, "This image format ('%s') does not support checks",
-                      node->drv->format_name);
-        return -ENOTSUP;
-    }
-    if (fix && node->read_only) {
-        vd_error_setg(errp, EPERM, "%s: cannot repair a read-only image", node->filename);
-        return -EPERM;
-    }
-    InfoSync s = { .node = node, .result = result, .fix = fix };
-    if (vd_in_coroutine()) {
-        check_entry(&s);
-    } else {
-        vd_co_run_sync(node->ctx, check_entry, &s);
-    }
-    if (s.ret < 0 && s.ret != -ENOTSUP) {
-        vd_error_setg_errno(errp, -s.ret, "%s: check failed", node->filename);
-    } else if (s.ret == -ENOTSUP) {
-        vd_error_setg(errp, ENOTSUP, "This image format ('%s') does not support checks",
-                      node->drv->format_name);
-    }
-    return s.ret;
-}
-
-static bool create_opt_known(const VdCreateOption *list, const char *name)
-{
-    for (; list && list->name; list++) {
-        if (!strcmp(list->name, name)) {
-            return true;
-        }
-    }
-    return false;
-}
-
-static void coroutine_fn create_entry(void *opaque)
-{
-    InfoSync *s = opaque;
-    s->ret = s->drv->co_create(s->filename, s->opts, s->errp);
-}
-
-/* *pdrv = the driver that creates images of format fmt (raw if NULL); 0 or -errno. */
-static int create_driver(const char *fmt, const VdDriver **pdrv, VdError **errp)
-{
-    const VdDriver *drv = vd_driver_find(fmt ? fmt : "raw");
-    if (!drv) {
-        vd_error_setg(errp, EINVAL, "Unknown file format '%s'", fmt);
-        return -EINVAL;
-    }
-    if (!drv->co_create) {
-        vd_error_setg(errp, ENOTSUP, "Format driver '%s' does not support image creation",
-                      drv->format_name);
-        return -ENOTSUP;
-    }
-    *pdrv = drv;
-    return 0;
-}
-
-int vd_img_create(const char *filename, const char *fmt, const VdOpts *opts, VdError **errp)
-{
-    if (vd_block_init(errp) < 0) {
-        return -EIO;
-    }
-    const VdDriver *drv = NULL;
-    int ret = create_driver(fmt, &drv, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    if (!filename || !filename[0]) {
-        vd_error_setg(errp, EINVAL, "no filename given to create a '%s' image", drv->format_name);
-        return -EINVAL;
-    }
-    if (opts && drv->create_opts) {
-        const VdDriver *proto = NULL;
-        if (drv->is_format) {
-            proto = vd_driver_find_protocol(filename);
-            if (!proto) {
-                proto = vd_driver_find("file");
-            }
-        }
-        for (size_t i = 0; i < vd_json_object_size(opts); i++) {
-            VdJson *v;
-            const char *k = vd_json_object_entry(opts, i, &v);
-            if (!create_opt_known(drv->create_opts, k) &&
-                !(proto && create_opt_known(proto->create_opts, k))) {
-                vd_error_setg(errp, EINVAL, "%s: Invalid parameter '%s'", filename, k);
-                return -EINVAL;
-            }
-        }
-    }
-    InfoSync s = { .drv = drv, .filename = filename, .opts = opts, .errp = errp };
-    if (vd_in_coroutine()) {
-        create_entry(&s);
-    } else {
-        vd_co_run_sync(vd_aio_main_context(), create_entry, &s);
-    }
-    if (s.ret < 0 && errp && !*errp) {
-        vd_error_setg_errno(errp, -s.ret, "%s: could not create the image", filename);
-    }
-    return s.ret;
-}
-
-static int create_opt_cmp(const void *a, const void *b)
-{
-    const VdCreateOption *x = *(const VdCreateOption *const *)a;
-    const VdCreateOption *y = *(const VdCreateOption *const *)b;
-    return strcmp(x->name, y->name);
-}
-
-int vd_img_create_help(const char *fmt, VdError **errp)
-{
-    const VdDriver *drv = NULL;
-    int ret = create_driver(fmt, &drv, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    size_t n = 0;
-    while (drv->create_opts && drv->create_opts[n].name) {
-        n++;
-    }
-    const VdCreateOption **sorted = calloc(n + 1, sizeof(*sorted));
-    for (size_t i = 0; i < n; i++) {
-        sorted[i] = &drv->create_opts[i];
-    }
-    qsort(sorted, n, sizeof(*sorted), create_opt_cmp);
-    printf("Supported %s options:\n", drv->format_name);
-    for (size_t i = 0; i < n; i++) {
-        static const char *const type_names[] = { "str", "bool (on/off)", "num", "size" };
-        char left[128];
-        snprintf(left, sizeof(left), "%s=<%s>", sorted[i]->name, type_names[sorted[i]->type]);
-        printf("  %-22s - %s\n", left, sorted[i]->help ? sorted[i]->help : "");
-    }
-    printf("\nThe protocol level may support further options.\n"
-           "Specify the target filename to include those options.\n");
-    free(sorted);
-    return 0;
 }

@@ -351,6 +351,21 @@ bool qcow2_cache_is_dirty(Qcow2Cache *c)
     return false;
 }
 
+VdMetaTable *qcow2_cache_table_mt(Qcow2Cache *c, void *table)
+{
+    int i = cache_index_of(c, table);
+    return i < 0 ? NULL : &c->e[i].mt;
+}
+
+void qcow2_cache_depend_all(Qcow2Cache *c, VdMetaTable *t)
+{
+    for (int i = 0; i < c->n; i++) {
+        if (c->e[i].offset && !vd_mq_table_evictable(&c->e[i].mt)) {
+            vd_mq_depend(t, &c->e[i].mt);
+        }
+    }
+}
+
 void qcow2_cache_set_deferred(Qcow2Cache *c, bool deferred)
 {
     for (int i = 0; i < c->n; i++) {

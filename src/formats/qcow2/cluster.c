@@ -372,8 +372,9 @@ int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1i, uint64_t **
         }
     }
     qcow2_cache_mark_dirty(s->l2_cache, table);
-    s->l1_table[l1i] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
-    s->l1_dirty = true;
+    /* the new table before the L1 entry pointing at it */
+    qcow2_l1_set(s, l1i, (uint64_t)new_off | QCOW2_OFLAG_COPIED);
+    vd_mq_depend(&s->l1_mt, qcow2_cache_table_mt(s->l2_cache, table));
     *l2 = table;
     return 0;
 }

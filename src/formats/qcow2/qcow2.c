@@ -53,59 +53,73 @@ int coroutine_fn qcow2_flush_file_now(Qcow2State *s)
     return qcow2_flush_file(s);
 }
 
-int coroutine_fn qcow2_write_l1(Qcow2State *s)
+/* The L1 table as a table of the metadata queue: a big-endian copy of
+ * s->l1_table (l1_be), registered at its offset. (Re)built from l1_table,
+ * clean (as on disk): at open and after the table moved. */
+int coroutine_fn qcow2_l1_shadow_init(Qcow2State *s)
 {
-    size_t bytes = (size_t)s->l1_size * 8;
-    if (!bytes) {
-        s->l1_dirty = false;
-        return 0;
-    }
-    uint8_t *buf = malloc(bytes);
-    if (!buf) {
+    size_t bytes = VD_ALIGN_UP((size_t)VD_MAX(s->l1_size, 1) * 8, 512);
+    uint8_t *b = calloc(1, bytes);
+    if (!b) {
         return -ENOMEM;
     }
     for (uint32_t i = 0; i < s->l1_size; i++) {
-        qcow2_st64(buf + (size_t)i * 8, s->l1_table[i]);
+        qcow2_st64(b + (size_t)i * 8, s->l1_table[i]);
     }
-    int ret = qcow2_write_meta(s, QCOW2_OL_L1, s->l1_table_offset, buf, bytes);
-    free(buf);
-    if (ret == 0) {
-        s->l1_dirty = false;
+    if (s->l1_be) {
+        vd_mq_table_release(&s->l1_mt);   /* waits for a write of the old one */
     }
-    return ret;
+    free(s->l1_be);
+    s->l1_be = b;
+    vd_mq_table_init(s->mq, &s->l1_mt, QCOW2_MQ_L1, VD_DBG_L1_UPDATE, s->l1_table_offset,
+                     bytes, b);
+    return 0;
+}
+
+void qcow2_l1_set(Qcow2State *s, uint64_t i, uint64_t v)
+{
+    s->l1_table[i] = v;
+    qcow2_st64(s->l1_be + i * 8, v);
+    vd_mq_mark_dirty(&s->l1_mt, (size_t)i * 8, 8);
+}
+
+/* l1_dirty (entries changed in l1_table directly: snapshots, repair): copy
+ * the whole table to the queue, after every L2 table not yet stable. */
+static void l1_sync_shadow(Qcow2State *s)
+{
+    if (!s->l1_dirty) {
+        return;
+    }
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        qcow2_st64(s->l1_be + (size_t)i * 8, s->l1_table[i]);
+    }
+    vd_mq_mark_dirty(&s->l1_mt, 0, 0);
+    qcow2_cache_depend_all(s->l2_cache, &s->l1_mt);
+    s->l1_dirty = false;
 }
 
 /*
  * The write-back order (docs/qcow2.md): the metadata queue writes the dirty
- * refcount blocks and L2 tables in dependency levels (refcount blocks; one
- * flush making them and the data stable: invariants 1, 2; L2 tables; one
- * flush), then the L1 table if it changed; then, with every reference
- * removal stable, the deferred refcount drops, whose blocks are written in
- * the next round. deferred: include lazy refcount blocks (clean, close).
+ * refcount blocks, L2 tables and the L1 table in dependency levels
+ * (refcount blocks; one flush making them and the data stable: invariants
+ * 1, 2; L2 tables; one flush; the L1 entries of new L2 tables; one flush);
+ * then, with every reference removal stable, the deferred refcount drops,
+ * whose blocks are written in the next round. deferred: include lazy
+ * refcount blocks (clean, close).
  */
 static int coroutine_fn flush_metadata(Qcow2State *s, bool deferred)
 {
     int flags = deferred ? VD_MQ_COMMIT_DEFERRED : 0;
     for (int round = 0; round < 4; round++) {
+        l1_sync_shadow(s);
         int ret = vd_mq_commit(s->mq, flags);
         if (ret < 0) {
             return ret;
-        }
-        if (s->l1_dirty) {
-            /* the commit's last flush made the new L2 tables stable */
-            ret = qcow2_write_l1(s);
-            if (ret < 0) {
-                return ret;
-            }
         }
         /* a guest read or write may still be using a cluster it looked up
          * before the reference was dropped: free only when none is */
         if (!s->nb_pending_free || s->data_io_in_flight) {
             return 0;
-        }
-        ret = qcow2_flush_file(s);
-        if (ret < 0) {
-            return ret;
         }
         ret = qcow2_apply_pending_frees(s);
         if (ret < 0) {
@@ -420,6 +434,10 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
     s->header.l1_size = (uint32_t)n;
     s->header.l1_table_offset = (uint64_t)off;
     s->l1_dirty = false;
+    ret = qcow2_l1_shadow_init(s);   /* the new table, as just written */
+    if (ret < 0) {
+        return ret;
+    }
     if (old_off && old_bytes) {
         ret = qcow2_update_refcount(s, old_off, old_bytes, -1);
     }
@@ -430,7 +448,11 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
 
 static int qcow2_mq_pre_write(void *opaque, VdMetaTable *t, uint64_t offset, uint64_t bytes)
 {
-    return qcow2_cache_pre_write(opaque, t, offset, bytes);
+    Qcow2State *s = opaque;
+    if (t == &s->l1_mt) {
+        return qcow2_meta_write_check(s, QCOW2_OL_L1, offset, bytes);
+    }
+    return qcow2_cache_pre_write(s, t, offset, bytes);
 }
 
 static void qcow2_free_state(Qcow2State *s)
@@ -438,6 +460,11 @@ static void qcow2_free_state(Qcow2State *s)
     qcow2_cache_free(s->l2_cache);
     qcow2_cache_free(s->refcount_cache);
     s->l2_cache = s->refcount_cache = NULL;
+    if (s->l1_be) {
+        vd_mq_table_release_now(&s->l1_mt);
+        free(s->l1_be);
+        s->l1_be = NULL;
+    }
     vd_mq_free(s->mq);
     s->mq = NULL;
     free(s->l1_table);
@@ -775,6 +802,11 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
         ret = -ENOMEM;
         goto fail;
     }
+    if (qcow2_l1_shadow_init(s) < 0) {
+        vd_error_setg(errp, ENOMEM, "%s: cannot allocate the L1 table copy", s->name);
+        ret = -ENOMEM;
+        goto fail;
+    }
 
     ret = qcow2_read_snapshots(s, errp);
     if (ret < 0) {
@@ -946,9 +978,15 @@ static int coroutine_fn qcow2_co_pdiscard(VdNode *node, int64_t offset, int64_t 
 static int coroutine_fn qcow2_co_flush_to_os(VdNode *node)
 {
     Qcow2State *s = node->opaque;
-    vd_co_mutex_lock(&s->lock);
-    int ret = qcow2_flush_metadata(s);
-    vd_co_mutex_unlock(&s->lock);
+    /* The queue writes copies of the tables: its commit needs no lock, so
+     * writes go on allocating while it flushes (writethrough group commit).
+     * Whole-table L1 changes and deferred frees need the lock. */
+    int ret = vd_mq_commit(s->mq, 0);
+    if (ret == 0 && (s->l1_dirty || s->nb_pending_free)) {
+        vd_co_mutex_lock(&s->lock);
+        ret = qcow2_flush_metadata(s);
+        vd_co_mutex_unlock(&s->lock);
+    }
     return ret;
 }
 

@@ -181,7 +181,7 @@ typedef struct Qcow2State Qcow2State;
 typedef struct Qcow2Cache Qcow2Cache;
 
 /* Kinds of the tables qcow2 gives the metadata queue (counters). */
-enum { QCOW2_MQ_L2 = 0, QCOW2_MQ_REFBLOCK = 1 };
+enum { QCOW2_MQ_L2 = 0, QCOW2_MQ_REFBLOCK = 1, QCOW2_MQ_L1 = 2 };
 
 /* Tables are kept in disk byte order (big-endian); use qcow2_be64 etc.
  * The cache registers its tables with s->mq (created first). */
@@ -209,6 +209,10 @@ int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c);
 /* Forget the table at offset (its cluster is being freed); waits for a
  * write of it in flight. */
 void coroutine_fn qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+/* The queue table of a cached table (NULL if table is not in c). */
+VdMetaTable *qcow2_cache_table_mt(Qcow2Cache *c, void *table);
+/* t depends on every L2 table not yet stable. */
+void qcow2_cache_depend_all(Qcow2Cache *c, VdMetaTable *t);
 /* Lazy refcounts switched: refcount blocks become (not) deferred. */
 void qcow2_cache_set_deferred(Qcow2Cache *c, bool deferred);
 /* The metadata queue's pre-write hook for cached tables. */
@@ -289,7 +293,9 @@ struct Qcow2State {
     uint64_t *l1_table;          /* host order, l1_size entries (allocated l1_alloc) */
     uint32_t l1_size;
     uint64_t l1_table_offset;
-    bool l1_dirty;
+    bool l1_dirty;               /* entries changed without qcow2_l1_set: copy all */
+    uint8_t *l1_be;              /* big-endian copy: the metadata queue's L1 table */
+    VdMetaTable l1_mt;
 
     uint64_t *refcount_table;    /* host order */
     uint64_t refcount_table_size;  /* entries */
@@ -420,7 +426,11 @@ int coroutine_fn qcow2_update_header(Qcow2State *s);
 int coroutine_fn qcow2_mark_dirty(Qcow2State *s);
 /* Note metadata activity: (re)arm the idle timer that marks the image clean. */
 void qcow2_note_activity(Qcow2State *s);
-int coroutine_fn qcow2_write_l1(Qcow2State *s);
+/* Register the L1 table (l1_be rebuilt from l1_table) with the queue. */
+int coroutine_fn qcow2_l1_shadow_init(Qcow2State *s);
+/* Set L1 entry i (host order) and mark it dirty in the queue. The caller
+ * adds the dependency on the L2 table it points to. */
+void qcow2_l1_set(Qcow2State *s, uint64_t i, uint64_t v);
 /* Make the L1 table hold at least min entries (moves it). */
 int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact);
 void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...) VD_PRINTF(2, 3);

@@ -598,7 +598,9 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             }
         }
         if (ret == 0) {
-            vd_debug_event(s->file, head || tail ? VD_DBG_COW_WRITE : VD_DBG_WRITE_AIO);
+            if (head || tail) {
+                vd_debug_event(s->file, VD_DBG_COW_WRITE);
+            }
             ret = vd_co_pwritev(s->file, (int64_t)wstart, (int64_t)(head + n + tail), &wq, 0, 0);
         }
         vd_iov_destroy(&wq);

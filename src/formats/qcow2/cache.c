@@ -35,6 +35,7 @@ struct Qcow2Cache {
     Qcow2State *s;
     VdMetaQueue *q;
     uint8_t *mem;         /* n tables, contiguous: untouched pages cost nothing */
+    bool slot_failed;     /* the last cache_do_get failed finding a slot */
     uint64_t clean_lru;   /* lru_clock at the last qcow2_cache_clean */
 };
 
@@ -184,6 +185,7 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
         }
         i = cache_get_slot(s, c);
         if (i < 0) {
+            c->slot_failed = true;
             return i;
         }
         if (cache_find(c, offset) >= 0) {
@@ -224,6 +226,30 @@ int coroutine_fn qcow2_cache_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset, 
     return cache_do_get(s, c, offset, table, true);
 }
 
+int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                        void **table)
+{
+    c->slot_failed = false;
+    int ret = cache_do_get(s, c, offset, table, true);
+    if (ret >= 0 || !c->slot_failed) {
+        return ret;   /* found, or an error reading the table itself */
+    }
+    /* no slot: every victim is dirty and its write-back failed (the error
+     * is kept for the next flush); read a private copy of the table */
+    void *copy = NULL;
+    if (posix_memalign(&copy, 4096, c->table_size)) {
+        return -ENOMEM;
+    }
+    vd_debug_event(s->file, c->is_l2 ? VD_DBG_L2_LOAD : VD_DBG_REFBLOCK_LOAD);
+    ret = vd_co_pread(s->file, (int64_t)offset, (int64_t)c->table_size, copy, 0);
+    if (ret < 0) {
+        free(copy);
+        return ret;
+    }
+    *table = copy;
+    return 0;
+}
+
 int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                        void **table)
 {
@@ -243,6 +269,12 @@ static int cache_index_of(Qcow2Cache *c, const void *table)
 void qcow2_cache_put(Qcow2Cache *c, void **table)
 {
     if (!*table) {
+        return;
+    }
+    const uint8_t *p = *table;
+    if (p < c->mem || p >= c->mem + (size_t)c->n * c->table_size) {
+        free(*table);   /* a private copy from qcow2_cache_get_lookup */
+        *table = NULL;
         return;
     }
     int i = cache_index_of(c, *table);

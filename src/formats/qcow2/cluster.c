@@ -52,7 +52,20 @@ static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64
     return 0;
 }
 
+/* The L2 table of L1 entry l1i (NULL: none). lookup: for a look-up only
+ * (reads, block status): when the cache has no slot because write-backs of
+ * dirty victims failed, the table is read into a private copy instead, so
+ * that their error (kept for the next flush) never fails this request. */
+static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t **l2,
+                                         bool lookup);
+
 static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
+{
+    return get_l2_table_for(s, l1i, l2, false);
+}
+
+static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t **l2,
+                                         bool lookup)
 {
     *l2 = NULL;
     if (l1i >= s->l1_size) {
@@ -69,7 +82,8 @@ static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
         return -EIO;
     }
     void *t;
-    int ret = qcow2_cache_get(s, s->l2_cache, l2off, &t);
+    int ret = lookup ? qcow2_cache_get_lookup(s, s->l2_cache, l2off, &t)
+                     : qcow2_cache_get(s, s->l2_cache, l2off, &t);
     if (ret < 0) {
         return ret;
     }
@@ -98,7 +112,7 @@ int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t byte
         bytes = avail;
     }
     uint64_t *l2;
-    int ret = get_l2_table(s, qcow2_l1_index(offset, cb), &l2);
+    int ret = get_l2_table_for(s, qcow2_l1_index(offset, cb), &l2, true);
     if (ret < 0) {
         return ret;
     }

@@ -193,6 +193,11 @@ int coroutine_fn qcow2_cache_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset, 
 /* Same for a freshly allocated table: no read, contents zeroed. */
 int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                        void **table);
+/* For a look-up only: if no slot can be freed because write-backs of dirty
+ * victims failed (their error is kept for the next flush), a private copy
+ * read from the file (up to date: the table is not cached). Put frees it. */
+int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                        void **table);
 void qcow2_cache_put(Qcow2Cache *c, void **table);
 /* The table changed (after the data and refcounts it relies on were
  * written/updated: an L2 table takes them as its dependencies). Must be

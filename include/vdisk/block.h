@@ -119,6 +119,10 @@ typedef struct VdNodeCounters {
     uint64_t flushes;         /* flushes that reached the disk (fdatasync for file) */
 } VdNodeCounters;
 void vd_node_get_counters(VdNode *node, VdNodeCounters *out);
+/* The counters as a JSON object {"writes", "metadata-writes",
+ * "flush-requests", "flushes"} (monitor output). */
+struct VdJson;
+struct VdJson *vd_node_counters_json(VdNode *node);
 
 /* Buffer aligned for I/O on node (bl.min_mem_alignment); free with free(). */
 void *vd_node_blockalign(VdNode *node, size_t size);

@@ -604,11 +604,18 @@ static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush
         if (!any_marked_dirty(q, id)) {
             break;
         }
-        /* collect the level: marked, dirty, dependencies stable */
-        int n = 0;
+        /* collect the level: marked, dirty, dependencies stable; with
+         * them, the other dirty tables that are ready (not deferred): they
+         * cost no flush of their own and leave clean tables behind (an
+         * eviction then finds clean victims for a while) */
+        int n = 0, riders = 0;
         for (VdMetaTable *t = q->dirty_head; t; t = t->dirty_next) {
-            if (t->req_run == id && deps_stable(q, t)) {
-                n++;
+            if (deps_stable(q, t)) {
+                if (t->req_run == id) {
+                    n++;
+                } else if (!t->deferred) {
+                    riders++;
+                }
             }
         }
         if (n == 0) {
@@ -626,6 +633,7 @@ static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush
             }
             continue;
         }
+        n += riders;
         TableWrite *ws = calloc((size_t)n, sizeof(*ws));
         if (!ws) {
             return -ENOMEM;
@@ -634,7 +642,7 @@ static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush
         VdMetaTable *t = q->dirty_head;
         while (t && k < n) {
             VdMetaTable *next = t->dirty_next;
-            if (t->req_run == id && deps_stable(q, t)) {
+            if ((t->req_run == id || !t->deferred) && deps_stable(q, t)) {
                 if (table_write_prepare(q, t, &ws[k]) < 0) {
                     break;
                 }
@@ -781,7 +789,9 @@ static void coroutine_fn background_entry(void *opaque)
     if (q->paused == 0 && q->dirty_head && owner->core->quiesce_counter == 0) {
         q->stats.background++;
         run_acquire(q);
-        int ret = run_commit(q, 0);
+        /* no flush after the last level: a background write-back bounds the
+         * dirty state; durability is the next flush's business */
+        int ret = run_commit(q, VD_MQ_COMMIT_NO_FLUSH);
         if (ret < 0 && q->err == 0) {
             q->err = ret;
         }
@@ -853,6 +863,10 @@ void vd_mq_detach_aio_context(VdMetaQueue *q)
 
 void vd_mq_attach_aio_context(VdMetaQueue *q, VdAioContext *ctx)
 {
+    if (q->timer && q->ctx == ctx) {
+        return;   /* already there (attach at open after vd_mq_new) */
+    }
+    vd_timer_free(q->timer);
     q->ctx = ctx;
     q->timer = vd_timer_new(ctx, mq_timer_cb, q);
     if (!q->paused) {

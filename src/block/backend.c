@@ -10,6 +10,7 @@
 #include <string.h>
 #include "block/block-int.h"
 #include "vdisk/coroutine.h"
+#include "vdisk/json.h"
 
 typedef enum BackendOp {
     OP_READ, OP_WRITE, OP_ZEROES, OP_DISCARD, OP_FLUSH,
@@ -653,4 +654,16 @@ void vd_backend_set_stop_notifier(VdBackend *blk, void (*cb)(void *opaque, int e
 {
     blk->stop_cb = cb;
     blk->stop_opaque = opaque;
+}
+
+VdJson *vd_node_counters_json(VdNode *node)
+{
+    VdNodeCounters c;
+    vd_node_get_counters(node, &c);
+    VdJson *o = vd_json_object();
+    vd_json_object_put(o, "writes", vd_json_uint(c.writes));
+    vd_json_object_put(o, "metadata-writes", vd_json_uint(c.meta_writes));
+    vd_json_object_put(o, "flush-requests", vd_json_uint(c.flush_requests));
+    vd_json_object_put(o, "flushes", vd_json_uint(c.flushes));
+    return o;
 }

@@ -51,6 +51,12 @@ struct VdNodeCoreState {
     bool active_flush;
     VdCoQueue flush_queue;
 
+    /* Counters (vd_node_get_counters): home thread writes, relaxed reads. */
+    uint64_t writes;                /* write/zero requests that reached the driver */
+    uint64_t meta_writes;           /* metadata writes this (format) node issued */
+    uint64_t flush_requests;        /* flushes that ran here (not merged away) */
+    uint64_t flushes;               /* co_flush_to_disk calls (fdatasync for file) */
+
     int64_t total_bytes;            /* cached length (getlength), grows on growable nodes */
     bool growable;                  /* protocol node: writes past EOF extend it */
     bool corrupt;                   /* vd_node_mark_corrupt: writes fail with -EIO */

@@ -284,6 +284,10 @@ const char *vd_debug_event_name(VdDebugEvent ev);
 /* The event called name, or -1. */
 int vd_debug_event_from_name(const char *name);
 
+/* Count a metadata write node issued outside the metadata queue (the
+ * queue counts its own): shows in vd_node_get_counters().meta_writes. */
+void vd_node_count_meta_write(VdNode *node);
+
 /* Mark node corrupt (qcow2 overlap checks): further writes fail with -EIO. */
 void vd_node_mark_corrupt(VdNode *node, const char *fmt, ...) VD_PRINTF(2, 3);
 

@@ -152,6 +152,16 @@ bool vd_driver_get_info(const char *name, VdDriverInfo *info)
     return true;
 }
 
+bool vd_driver_get_info_at(int i, VdDriverInfo *info)
+{
+    const VdDriver *d = i >= 0 ? driver_at((size_t)i) : NULL;
+    if (!d) {
+        return false;
+    }
+    driver_info_fill(d, info);
+    return true;
+}
+
 void vd_protocol_get_info(const char *filename, VdDriverInfo *info)
 {
     const VdDriver *d = filename ? vd_driver_find_protocol(filename) : NULL;

@@ -530,6 +530,7 @@ VdJson *vdd_query_named_block_nodes(void)
             vd_json_object_put_str(o, "file-node", vd_node_name(f));
         }
         vd_json_object_put_str(o, "iothread", vdd_ctx_name(vd_node_get_context(n)));
+        vd_json_object_put(o, "counters", vd_node_counters_json(n));
         for (VddBlockdev *b = g_blockdevs; b; b = b->next) {
             if (vd_backend_node(b->blk) == n) {
                 vd_json_object_put(o, "stats", vdd_stats_json(b->blk));

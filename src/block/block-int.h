@@ -87,6 +87,9 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
                                      VdError **errp);
 /* Calls fn(node, opaque) for node and every node below it (parents first). */
 void vd_node_foreach_subtree(VdNode *node, void (*fn)(VdNode *, void *), void *opaque);
+/* Call drv->drain_begin (begin) or drain_end on every node of the subtree
+ * that has one. Node's home thread. */
+void vd_node_drain_hooks(VdNode *node, bool begin);
 
 /* ---- backend.c ---- */
 void vd_backend_ctx_changed(VdBackend *blk);

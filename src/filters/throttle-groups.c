@@ -533,11 +533,29 @@ void coroutine_fn vd_throttle_member_intercept(VdThrottleMember *m, int64_t byte
     }
 }
 
+/* Let the queued requests go, one after the other: the first is woken here,
+ * each one wakes the next as it leaves (schedule_next prefers the member's
+ * own queue), so no timer is armed for them. A timer m held is cancelled: it
+ * was for a request that now goes anyway, and left armed it would later let
+ * an unrelated request through without its wait. */
 void vd_throttle_member_drain_begin(VdThrottleMember *m)
 {
+    VdThrottleGroup *g = m->group;
     __atomic_add_fetch(&m->limits_disabled, 1, __ATOMIC_RELAXED);
     for (int dir = 0; dir < 2; dir++) {
-        while (member_wake_next(m, dir)) {
+        pthread_mutex_lock(&g->lock);
+        bool has_waiter = m->head[dir] != NULL;
+        if (m->armed[dir]) {
+            m->armed[dir] = false;
+            g->any_timer_armed[dir] = false;
+            vd_timer_del(m->timer[dir]);
+            if (!has_waiter) {
+                schedule_next(m, dir, false, vd_timer_clock_ns());   /* the others' turn */
+            }
+        }
+        pthread_mutex_unlock(&g->lock);
+        if (has_waiter) {
+            member_wake_next(m, dir);
         }
     }
 }

@@ -32,4 +32,11 @@ void tool_print_json(FILE *out, const VdJson *v);
  * ("    compat: 1.1"), indented by indent spaces. */
 void tool_dump_specific(FILE *out, const VdJson *data, int indent);
 
+/* --object <def>: create the object (throttle-group: what driver=throttle
+ * nodes under --image-opts refer to). Other object types are accepted and
+ * ignored, as before. Returns 0, or 1 after printing the error. */
+int tool_object_add(const char *def);
+/* tool_object_add for every --object <def> / --object=<def> in argv. */
+int tool_objects_from_argv(int argc, char **argv);
+
 #endif

@@ -984,6 +984,10 @@ int main(int argc, char **argv)
     }
     argc--;
     argv++;
+    /* --object throttle-group,...: before any image opens */
+    if (tool_objects_from_argv(argc, argv)) {
+        return 1;
+    }
     if (!strcmp(cmd, "create")) {
         return img_create(argc, argv);
     }

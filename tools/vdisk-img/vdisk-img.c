@@ -579,7 +579,7 @@ static int img_info(int argc, char **argv)
         case OPT_OUTPUT: output = optarg; break;
         case OPT_BACKING_CHAIN: chain = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case OPT_OBJECT: return img_usage_err("--object is not supported");
+        case OPT_OBJECT: break;   /* created in main (tool_objects_from_argv) */
         default: return img_bad_opt(c, argv);
         }
     }
@@ -823,7 +823,7 @@ static int img_bench(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case OPT_OBJECT: return img_usage_err("--object is not supported");
+        case OPT_OBJECT: break;   /* created in main (tool_objects_from_argv) */
         default: return img_bad_opt(c, argv);
         }
     }

@@ -15,6 +15,8 @@
 #include "vdisk/error.h"
 #include "vdisk/opts.h"
 
+VD_EXTERN_C_BEGIN
+
 /*
  * Create group id from an --object / object-add option tree (qom-type
  * already removed or equal to "throttle-group"; "id" may be in opts or given).
@@ -44,5 +46,7 @@ VdJson *vd_throttle_group_get_prop(const char *id, const char *prop, VdError **e
  * tree if its qom-type is throttle-group (opts taken). Returns 0, or -errno
  * with errp set; -ENOTSUP (errp set) for another qom-type. */
 int vd_throttle_object_add(VdOpts *opts, VdError **errp);
+
+VD_EXTERN_C_END
 
 #endif

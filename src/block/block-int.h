@@ -80,6 +80,9 @@ void vd_node_dec_in_flight(VdNode *node);
 /* Quiesce: run in the node's home thread. */
 void vd_node_quiesce_begin_local(VdNode *node);
 void vd_node_quiesce_end_local(VdNode *node);
+/* Call drv->drain_begin (begin) or drain_end on every node of the subtree
+ * that has one (drain.c). Node's home thread. */
+void vd_node_drain_hooks(VdNode *node, bool begin);
 
 /* ---- node.c ---- */
 /* Open a node (coroutine, main context). options taken (may be NULL). */
@@ -87,9 +90,6 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
                                      VdError **errp);
 /* Calls fn(node, opaque) for node and every node below it (parents first). */
 void vd_node_foreach_subtree(VdNode *node, void (*fn)(VdNode *, void *), void *opaque);
-/* Call drv->drain_begin (begin) or drain_end on every node of the subtree
- * that has one. Node's home thread. */
-void vd_node_drain_hooks(VdNode *node, bool begin);
 
 /* ---- backend.c ---- */
 void vd_backend_ctx_changed(VdBackend *blk);

@@ -296,10 +296,12 @@ static void member_arm(VdThrottleMember *m, int dir, int64_t when)
     }
     m->armed[dir] = true;
     g->any_timer_armed[dir] = true;
+    /* recorded in both cases: a kick still pending from another thread
+     * must not re-arm the timer with an older deadline */
+    m->arm_at[dir] = when;
     if (vd_aio_in_home_thread(m->ctx)) {
         vd_timer_mod(m->timer[dir], when);
     } else {
-        m->arm_at[dir] = when;
         vd_bh_schedule(m->kick[dir]);
     }
 }

@@ -83,3 +83,14 @@ def within(what, got, want, tol):
     lo, hi = want * (1 - tol), want * (1 + tol)
     log(f"{what}: measured {got:.1f}, limit {want}, allowed [{lo:.1f}, {hi:.1f}]")
     assert lo <= got <= hi, f"{what}: {got:.1f} not within {tol:.0%} of {want}"
+
+
+def short(default):
+    """Length of a run: default seconds, or THROTTLE_SECONDS (slow suite)."""
+    return int(os.environ.get("THROTTLE_SECONDS", default))
+
+
+def first_tenth(default):
+    """What a run of short(default) seconds gets over the limit: a bucket
+    holds avg/10 before it makes requests wait, so 0.1 s worth go at once."""
+    return 1 + 0.1 / short(default)

@@ -96,6 +96,9 @@ void vd_node_dec_in_flight(VdNode *node);
 /* Quiesce: run in the node's home thread. */
 void vd_node_quiesce_begin_local(VdNode *node);
 void vd_node_quiesce_end_local(VdNode *node);
+/* Call drv->drain_begin (begin) or drain_end on every node of the subtree
+ * that has one (drain.c). Node's home thread. */
+void vd_node_drain_hooks(VdNode *node, bool begin);
 
 /* ---- node.c ---- */
 /* Open a node (coroutine, main context). options taken (may be NULL). */

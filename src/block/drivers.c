@@ -13,6 +13,7 @@ extern const VdDriver vd_driver_null_co;
 extern const VdDriver vd_driver_raw;
 extern const VdDriver vd_driver_blkdebug;
 extern const VdDriver vd_driver_log_writes;
+extern const VdDriver vd_driver_throttle;
 #ifdef CONFIG_QCOW2
 extern const VdDriver vd_driver_qcow2;
 #endif
@@ -29,6 +30,7 @@ static const VdDriver *const g_drivers[] = {
     &vd_driver_raw,
     &vd_driver_blkdebug,
     &vd_driver_log_writes,
+    &vd_driver_throttle,
 #ifdef CONFIG_QCOW2
     &vd_driver_qcow2,
 #endif

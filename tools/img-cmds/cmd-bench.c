@@ -248,7 +248,7 @@ int img_cmd_bench(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case OPT_OBJECT: return img_usage_error("--object is not supported");
+        case OPT_OBJECT: break;   /* created in main (tool_objects_from_argv) */
         case OPT_COUNTERS: counters = true; break;
         default: return img_bad_option(c, argv);
         }

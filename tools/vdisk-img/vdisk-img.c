@@ -72,6 +72,10 @@ int main(int argc, char **argv)
     }
     argc--;
     argv++;
+    /* --object throttle-group,...: before any image opens */
+    if (tool_objects_from_argv(argc, argv)) {
+        return 1;
+    }
     for (const struct img_cmd *c = img_cmds_table; c->name; c++) {
         if (!strcmp(c->name, cmd)) {
             optind = 1;

@@ -507,11 +507,7 @@ static int coroutine_mixed_fn backend_sync(VdBackend *blk, BackendOp op, int64_t
         vd_iov_init_buf(&q, buf, (size_t)bytes);
         s.qiov = &q;
     }
-    if (vd_in_coroutine()) {
-        sync_entry(&s);
-    } else {
-        vd_co_run_sync(blk->root->ctx, sync_entry, &s);
-    }
+    vd_co_call(blk->root->ctx, sync_entry, &s);
     return s.ret;
 }
 

@@ -43,23 +43,7 @@ typedef struct VdBlockLimits {
     int max_iov;                  /* 0 = IOV_MAX */
 } VdBlockLimits;
 
-typedef struct VdSnapshotInfo {
-    char id_str[128];
-    char name[256];
-    uint64_t vm_state_size;
-    uint32_t date_sec;
-    uint32_t date_nsec;
-    uint64_t vm_clock_nsec;
-    uint64_t icount;          /* UINT64_MAX: not recorded */
-} VdSnapshotInfo;
-
-/* Description of a create option, for -o help and validation. */
-typedef struct VdCreateOption {
-    const char *name;
-    enum { VD_OPT_STRING, VD_OPT_BOOL, VD_OPT_NUMBER, VD_OPT_SIZE } type;
-    const char *help;
-    const char *def_value;    /* NULL: none */
-} VdCreateOption;
+/* VdSnapshotInfo and VdCreateOption are public (vdisk/block.h). */
 
 /*
  * Fault-injection events (DESIGN.md §8, docs/filters.md). A format driver
@@ -282,8 +266,6 @@ int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError *
 VdChild *vd_attach_child(VdNode *parent, VdNode *child, const char *name, VdChildRole role);
 /* Detach and drop the reference. */
 void vd_child_unref(VdNode *parent, VdChild *child);
-/* Resolve a backing name relative to the image's own filename into buf. */
-void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size);
 /* Protocol-style open: take the "filename" option the core hands down, if
  * any, and check it with drv->parse_filename (which may add options). 0 or
  * -errno with errp set. Defined in src/block/drivers.c. */

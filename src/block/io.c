@@ -1083,11 +1083,7 @@ static void coroutine_fn sync_status_entry(void *opaque)
 
 static int coroutine_mixed_fn sync_run(VdCoroutineEntry *entry, SyncRw *s)
 {
-    if (vd_in_coroutine()) {
-        entry(s);
-    } else {
-        vd_co_run_sync(s->node->ctx, entry, s);
-    }
+    vd_co_call(s->node->ctx, entry, s);
     return s->ret;
 }
 

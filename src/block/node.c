@@ -999,11 +999,7 @@ VdNode * coroutine_mixed_fn vd_node_open(const char *filename, VdOpts *options, 
         return NULL;
     }
     OpenSync s = { filename, options, flags, errp, NULL };
-    if (vd_in_coroutine()) {
-        open_entry(&s);
-    } else {
-        vd_co_run_sync(vd_aio_main_context(), open_entry, &s);
-    }
+    vd_co_call(vd_aio_main_context(), open_entry, &s);
     return s.node;
 }
 

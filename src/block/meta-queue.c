@@ -27,6 +27,8 @@ struct VdMetaQueue {
     VdMetaTable *dirty_head, *dirty_tail;
     int dirty_count;
     uint64_t dirty_bytes;
+    int trig_count;             /* dirty tables that are not deferred (triggers) */
+    uint64_t trig_bytes;
     uint64_t dirty_clock;
     VdMetaTable *unst_head;
 
@@ -96,6 +98,10 @@ static void dirty_unlink(VdMetaQueue *q, VdMetaTable *t)
     t->on_dirty = false;
     q->dirty_count--;
     q->dirty_bytes -= t->size;
+    if (!t->linked_deferred) {
+        q->trig_count--;
+        q->trig_bytes -= t->size;
+    }
 }
 
 static void unst_unlink(VdMetaQueue *q, VdMetaTable *t)
@@ -145,10 +151,28 @@ static void unst_prune(VdMetaQueue *q)
 
 static void schedule_background(VdMetaQueue *q);
 
+/* The oldest dirty table the background write-back would write (deferred
+ * ones wait for an explicit commit), or NULL. */
+static VdMetaTable *oldest_triggering(VdMetaQueue *q)
+{
+    if (q->trig_count == 0) {
+        return NULL;
+    }
+    for (VdMetaTable *t = q->dirty_head; t; t = t->dirty_next) {
+        if (!t->deferred) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
 static void arm_timer(VdMetaQueue *q)
 {
-    if (q->timer && q->opts.max_age_ns > 0 && !vd_timer_pending(q->timer) && q->dirty_head) {
-        vd_timer_mod(q->timer, q->dirty_head->dirty_since + q->opts.max_age_ns);
+    if (q->timer && q->opts.max_age_ns > 0 && !vd_timer_pending(q->timer)) {
+        VdMetaTable *t = oldest_triggering(q);
+        if (t) {
+            vd_timer_mod(q->timer, t->dirty_since + q->opts.max_age_ns);
+        }
     }
 }
 
@@ -170,9 +194,15 @@ static void dirty_link(VdMetaQueue *q, VdMetaTable *t)
     t->dirty_since = vd_clock_ns();
     q->dirty_count++;
     q->dirty_bytes += t->size;
+    t->linked_deferred = t->deferred;
+    if (t->deferred) {
+        return;   /* written by explicit commits only: no trigger */
+    }
+    q->trig_count++;
+    q->trig_bytes += t->size;
     arm_timer(q);
-    if ((q->opts.max_dirty > 0 && q->dirty_count >= q->opts.max_dirty) ||
-        q->dirty_bytes >= q->opts.max_dirty_bytes) {
+    if ((q->opts.max_dirty > 0 && q->trig_count >= q->opts.max_dirty) ||
+        q->trig_bytes >= q->opts.max_dirty_bytes) {
         schedule_background(q);
     }
 }
@@ -293,12 +323,18 @@ void vd_mq_table_move(VdMetaTable *t, uint64_t offset, size_t size, void *buf)
     bool was_dirty = t->on_dirty;
     if (was_dirty) {
         q->dirty_bytes -= t->size;
+        if (!t->linked_deferred) {
+            q->trig_bytes -= t->size;
+        }
     }
     t->offset = offset;
     t->size = size;
     t->buf = buf;
     if (was_dirty) {
         q->dirty_bytes += t->size;
+        if (!t->linked_deferred) {
+            q->trig_bytes += t->size;
+        }
     }
     vd_mq_mark_dirty(t, 0, 0);
 }
@@ -786,7 +822,8 @@ static void coroutine_fn background_entry(void *opaque)
 {
     VdMetaQueue *q = opaque;
     VdNode *owner = q->owner;
-    if (q->paused == 0 && q->dirty_head && owner->core->quiesce_counter == 0) {
+    bool quiesced = owner->core->quiesce_counter > 0;
+    if (q->paused == 0 && q->trig_count > 0 && !quiesced) {
         q->stats.background++;
         run_acquire(q);
         /* no flush after the last level: a background write-back bounds the
@@ -800,8 +837,17 @@ static void coroutine_fn background_entry(void *opaque)
     q->bg_scheduled = false;
     vd_node_dec_in_flight(owner);
     vd_co_queue_restart_all(&q->drain_waiters);
-    if (q->paused == 0) {
-        arm_timer(q);
+    VdMetaTable *oldest = oldest_triggering(q);
+    if (q->paused == 0 && q->timer && q->opts.max_age_ns > 0 && oldest) {
+        /* drained: try again a period later, not at once (the oldest table
+         * is already due: arm_timer would fire right away, in a loop) */
+        int64_t due = oldest->dirty_since + q->opts.max_age_ns;
+        if (quiesced && due <= vd_clock_ns()) {
+            due = vd_clock_ns() + q->opts.max_age_ns;
+        }
+        if (!vd_timer_pending(q->timer)) {
+            vd_timer_mod(q->timer, due);
+        }
     }
 }
 
@@ -818,10 +864,11 @@ static void schedule_background(VdMetaQueue *q)
 static void mq_timer_cb(void *opaque)
 {
     VdMetaQueue *q = opaque;
-    if (!q->dirty_head || q->paused) {
+    VdMetaTable *oldest = oldest_triggering(q);
+    if (!oldest || q->paused) {
         return;
     }
-    int64_t due = q->dirty_head->dirty_since + q->opts.max_age_ns;
+    int64_t due = oldest->dirty_since + q->opts.max_age_ns;
     if (vd_clock_ns() < due) {
         vd_timer_mod(q->timer, due);
         return;

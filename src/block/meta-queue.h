@@ -92,6 +92,7 @@ struct VdMetaTable {
     size_t dirty_lo, dirty_hi;  /* byte range changed since the last write */
     bool in_flight;         /* a write of it is in progress */
     bool on_dirty, on_unstable;
+    bool linked_deferred;   /* deferred when it joined the dirty list */
     uint64_t req_run;       /* the write-back run that must write it */
     VdMetaDep *deps;        /* dependencies of the pending change */
     int nb_deps, deps_alloc;
@@ -110,7 +111,8 @@ typedef struct VdMetaQueueOps {
     int (*pre_write)(void *opaque, VdMetaTable *t, uint64_t offset, uint64_t bytes);
 } VdMetaQueueOps;
 
-/* Tunables. Zero fields take the defaults. */
+/* Tunables. Zero fields take the defaults. Deferred tables count for none
+ * of the triggers (only explicit commits write them). */
 typedef struct VdMetaQueueOpts {
     int max_dirty;              /* commit in the background at this many dirty tables
                                  * (default 256; -1: never) */

@@ -21,6 +21,7 @@ typedef struct Qcow2CacheEntry {
     uint64_t lru;
     int hash_next;
     bool is_new;         /* allocated by us, never written yet (l2_alloc_write) */
+    bool hot;            /* in the cache's hot list */
     VdMetaTable mt;      /* registered with the queue while offset != 0 */
 } Qcow2CacheEntry;
 
@@ -35,6 +36,9 @@ struct Qcow2Cache {
     Qcow2State *s;
     VdMetaQueue *q;
     uint8_t *mem;         /* n tables, contiguous: untouched pages cost nothing */
+    int *hot;             /* entries dirtied and maybe not yet stable (refcount
+                           * cache: what a new L2 change must depend on) */
+    int nhot;
     bool slot_failed;     /* the last cache_do_get failed finding a slot */
     uint64_t clean_lru;   /* lru_clock at the last qcow2_cache_clean */
 };
@@ -61,12 +65,14 @@ Qcow2Cache *qcow2_cache_new(Qcow2State *s, int nb_tables, size_t table_size, boo
         c->nb_buckets <<= 1;
     }
     c->buckets = malloc(c->nb_buckets * sizeof(int));
+    c->hot = malloc((size_t)nb_tables * sizeof(int));
     void *mem = NULL;
     if (posix_memalign(&mem, 4096, (size_t)nb_tables * table_size)) {
         mem = NULL;
     }
     c->mem = mem;
-    if (!c->e || !c->buckets || !c->mem) {
+    if (!c->e || !c->buckets || !c->mem || !c->hot) {
+        free(c->hot);
         free(c->mem);
         free(c->e);
         free(c->buckets);
@@ -94,6 +100,7 @@ void qcow2_cache_free(Qcow2Cache *c)
     free(c->mem);
     free(c->e);
     free(c->buckets);
+    free(c->hot);
     free(c);
 }
 
@@ -310,24 +317,32 @@ static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool 
     VdMetaTable *t = &c->e[i].mt;
     vd_mq_mark_dirty(t, off, len);
     if (!c->is_l2) {
+        if (!c->e[i].hot) {
+            c->e[i].hot = true;
+            c->hot[c->nhot++] = i;
+        }
         return;
     }
     /* Invariant 1: the data an entry points to is stable before the entry;
      * invariant 2: so are the refcounts of the clusters it references
      * (unless lazy refcounts: the dirty bit covers them). Refcount blocks
-     * changed meanwhile are all taken as dependencies: they are few and
-     * are written in one level anyway. */
+     * changed and not yet stable (the hot list) are all taken as
+     * dependencies: they are few and are written in one level anyway. */
     if (need_data) {
         vd_mq_depend_data(t);
     }
     Qcow2State *s = c->s;
     Qcow2Cache *rc = s->refcount_cache;
     if (!s->lazy_refcounts && rc) {
-        for (int k = 0; k < rc->n; k++) {
-            if (rc->e[k].offset &&
-                (vd_mq_table_dirty(&rc->e[k].mt) || !vd_mq_table_evictable(&rc->e[k].mt))) {
-                vd_mq_depend(t, &rc->e[k].mt);
+        for (int h = 0; h < rc->nhot;) {
+            Qcow2CacheEntry *e = &rc->e[rc->hot[h]];
+            if (!e->offset || vd_mq_table_evictable(&e->mt)) {
+                e->hot = false;                       /* stable (or gone): drop it */
+                rc->hot[h] = rc->hot[--rc->nhot];
+                continue;
             }
+            vd_mq_depend(t, &e->mt);
+            h++;
         }
     }
 }

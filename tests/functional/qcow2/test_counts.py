@@ -67,6 +67,8 @@ def strace_syncs(args):
     """Run args under strace; return (process, fdatasync+fsync count). vdisk
     without io_uring, so that its syncs are system calls strace sees."""
     env = dict(os.environ, VDISK_NO_IO_URING="1")
+    # LeakSanitizer cannot run under ptrace (sanitizer builds)
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":detect_leaks=0").lstrip(":")
     p = subprocess.run(["strace", "-f", "-qq", "-e", "trace=fdatasync,fsync", "-o", "/dev/stderr"]
                        + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if p.returncode != 0:

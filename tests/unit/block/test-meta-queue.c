@@ -329,6 +329,18 @@ static void test_timer(void **state)
     assert_int_equal(vd_mq_dirty_count(f.q), 0);
     assert_true(vd_clock_ns() - t0 >= 20 * 1000000LL);
     assert_true(log_write_at(f.td, 6 * 65536) >= 0);
+    /* detached from its context the queue has no timer: nothing is written;
+     * attached again, the timer is back and fires */
+    vd_mq_detach_aio_context(f.q);
+    vd_mq_mark_dirty(&f.t[4], 0, 0);
+    int64_t until = vd_clock_ns() + 60 * 1000000LL;
+    while (vd_clock_ns() < until) {
+        vd_aio_poll(vd_aio_main_context(), false);
+    }
+    assert_int_equal(vd_mq_dirty_count(f.q), 1);
+    vd_mq_attach_aio_context(f.q, vd_aio_main_context());
+    poll_until_clean(&f, 5000000000LL);
+    assert_int_equal(vd_mq_dirty_count(f.q), 0);
     /* a timer write-back failure is kept for the next commit */
     f.td->fail_kind = TD_WRITE;
     f.td->fail_nth = 1;
@@ -343,6 +355,19 @@ static void test_timer(void **state)
     } while (st.write_errors < 1);
     assert_int_equal(do1(&f, 0, 0), -EIO);
     assert_int_equal(vd_mq_dirty_count(f.q), 0);
+    /* a deferred table never starts a background write-back (no timer
+     * firing in a loop for a table it may not write) */
+    VdMetaQueueStats st0;
+    vd_mq_get_stats(f.q, &st0);
+    f.t[6].deferred = true;
+    vd_mq_mark_dirty(&f.t[6], 0, 0);
+    int64_t until2 = vd_clock_ns() + 80 * 1000000LL;
+    while (vd_clock_ns() < until2) {
+        vd_aio_poll(vd_aio_main_context(), false);
+    }
+    vd_mq_get_stats(f.q, &st);
+    assert_int_equal(st.background, st0.background);
+    assert_int_equal(vd_mq_dirty_count(f.q), 1);
     fix_close(&f);
 }
 

@@ -3,7 +3,7 @@
  * server (vdiskd or qemu-storage-daemon), and the benchmark load.
  *
  *   vhu-client SOCKET TEST [options]
- *   tests: basic, verify, mq, batch, reconnect, inflight, hostile, bench
+ *   tests: basic, verify, mq, batch, reconnect, inflight, hostile, load, bench
  *   options: --size BYTES  --ro  --no-event-idx  --indirect  --nq N  --qsize N
  *            --depth N  --seconds S  --bs BYTES  --ref (the server is the
  *            reference qsd: skip vdiskd-only expectations)
@@ -696,6 +696,99 @@ static void test_hostile(void)
     hostile_order();
 }
 
+/* Write then verify 256 blocks of 4k per round on every queue until the
+ * time is up; each block carries (round, queue, block), so a lost, repeated
+ * or misplaced request shows. Used while the export moves between
+ * IOThreads. --allow-disconnect: a disconnect ends the run successfully. */
+static bool g_allow_disconnect;
+
+static int load_round(Fe *fe, int q, int round, bool write)
+{
+    int nblk = 256, posted = 0, done = 0;
+    int free_slots[256], nfree = fe->q[q].depth;
+    uint64_t base = (32ull << 20) + (uint64_t)q * nblk * 4096;
+    int blk_of_slot[256];
+
+    for (int i = 0; i < nfree; i++) {
+        free_slots[i] = i;
+    }
+    while (done < nblk) {
+        while (posted < nblk && nfree > 0) {
+            int slot = free_slots[--nfree];
+            uint32_t tag[3] = { (uint32_t)round, (uint32_t)q, (uint32_t)posted };
+            if (write) {
+                memset(fe_slot_data(fe, q, slot), round & 0xff, 4096);
+                memcpy(fe_slot_data(fe, q, slot), tag, sizeof(tag));
+            }
+            blk_of_slot[slot] = posted;
+            fe_post(fe, q, slot, write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN,
+                    (base + (uint64_t)posted * 4096) / 512, 4096);
+            posted++;
+        }
+        fe_kick(fe, q);
+        int slots[256];
+        uint32_t lens[256];
+        int n = fe_reap(fe, q, slots, lens, 256, 15000);
+        if (n < 0) {
+            return n;
+        }
+        for (int i = 0; i < n; i++) {
+            int slot = slots[i];
+            if (fe_slot_status(fe, q, slot) != 0) {
+                return -EIO;
+            }
+            if (!write) {
+                uint32_t tag[3];
+                uint8_t *d = fe_slot_data(fe, q, slot);
+                memcpy(tag, d, sizeof(tag));
+                if (tag[0] != (uint32_t)round || tag[1] != (uint32_t)q ||
+                    tag[2] != (uint32_t)blk_of_slot[slot] || d[4095] != (round & 0xff)) {
+                    printf("FAIL: round %d queue %d block %d: read tag (%u, %u, %u)\n", round,
+                           q, blk_of_slot[slot], tag[0], tag[1], tag[2]);
+                    return -EILSEQ;
+                }
+            }
+            free_slots[nfree++] = slot;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+static double now_s(void);
+
+static void test_load(void)
+{
+    Fe fe;
+    FeOpts o = default_opts();
+    fe_init(&fe);
+    fe_start(&fe, &o);
+    double t1 = now_s() + g_seconds;
+    int round = 0;
+    while (now_s() < t1) {
+        for (int q = 0; q < fe.nq; q++) {
+            for (int w = 1; w >= 0; w--) {
+                int ret = load_round(&fe, q, round, w);
+                if (ret == -EPIPE || (ret < 0 && g_allow_disconnect)) {
+                    char c;
+                    if (g_allow_disconnect && read(fe.sock, &c, 1) == 0) {
+                        printf("load: disconnected by the server after %d rounds\n", round);
+                        return;
+                    }
+                }
+                CHECK(ret == 0, "round %d queue %d %s: %s", round, q, w ? "write" : "verify",
+                      strerror(-ret));
+                if (ret < 0) {
+                    return;
+                }
+            }
+        }
+        round++;
+    }
+    printf("load: %d rounds of 256 writes + 256 verified reads per queue\n", round);
+    fe_disconnect(&fe);
+}
+
 /* ---- benchmark ---- */
 
 static double now_s(void)
@@ -768,6 +861,7 @@ int main(int argc, char **argv)
         { "nq", required_argument, NULL, 'q' }, { "qsize", required_argument, NULL, 'Q' },
         { "depth", required_argument, NULL, 'd' }, { "seconds", required_argument, NULL, 't' },
         { "bs", required_argument, NULL, 'b' }, { "ref", no_argument, NULL, 'R' },
+        { "allow-disconnect", no_argument, NULL, 'D' },
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -783,6 +877,7 @@ int main(int argc, char **argv)
         case 't': g_seconds = atof(optarg); break;
         case 'b': g_bs = atoi(optarg); break;
         case 'R': g_ref = true; break;
+        case 'D': g_allow_disconnect = true; break;
         default: return 2;
         }
     }
@@ -806,6 +901,8 @@ int main(int argc, char **argv)
         test_inflight();
     } else if (strcmp(t, "hostile") == 0) {
         test_hostile();
+    } else if (strcmp(t, "load") == 0) {
+        test_load();
     } else if (strcmp(t, "bench") == 0) {
         test_bench();
     } else {

@@ -486,10 +486,17 @@ int fe_reap(Fe *fe, int qi, int *slots, uint32_t *lens, int max, int timeout_ms)
         if (n > 0 || timeout_ms == 0) {
             return n;
         }
-        struct pollfd pfd = { q->call, POLLIN, 0 };
-        int r = poll(&pfd, 1, timeout_ms);
+        struct pollfd pfd[2] = { { q->call, POLLIN, 0 }, { fe->sock, POLLIN, 0 } };
+        int r = poll(pfd, fe->sock >= 0 ? 2 : 1, timeout_ms);
         if (r == 0) {
             return -ETIMEDOUT;
+        }
+        if (fe->sock >= 0 && (pfd[1].revents & (POLLIN | POLLHUP))) {
+            char c;
+            if (recv(fe->sock, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0 &&
+                __atomic_load_n(&q->used[1], __ATOMIC_ACQUIRE) == q->last_used) {
+                return -EPIPE;          /* the server closed the connection */
+            }
         }
         fe_call_count(fe, qi);
     }

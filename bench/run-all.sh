@@ -25,5 +25,6 @@ run block bash bench/block/run.sh "$BUILD"
 run qcow2 bash bench/qcow2/run.sh "$BUILD"
 run convert bash bench/convert/run.sh "$BUILD"
 run nbd bash bench/nbd/run.sh "$BUILD/tools/vdiskd/vdiskd"
+run vhost bash bench/vhost/run.sh "$BUILD"
 echo "results in $out"
 exit $status

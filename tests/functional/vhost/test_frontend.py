@@ -47,6 +47,19 @@ def test(vdiskd):
                 vt.client(client, sock, "verify")
             finally:
                 v.stop()
+    # logical-block-size=4096: misaligned requests fail
+    with vt.TempDir() as d:
+        sock = os.path.join(d, "vhost.sock")
+        img = os.path.join(d, "disk.raw")
+        vt.create(img, "raw")
+        v = vt.Vdiskd(vdiskd, d, [
+            "--blockdev", vt.blockdev(img, "raw"),
+            "--export", vt.vhost_export(sock, extra="logical-block-size=4096")],
+            wait_for=[sock])
+        try:
+            vt.client(client, sock, "basic")
+        finally:
+            v.stop()
     # batched completions on a null-co export
     with vt.TempDir() as d:
         sock = os.path.join(d, "vhost.sock")

@@ -162,6 +162,22 @@ static void test_basic(void)
         CHECK(!!(fe.offered & (1ull << VIRTIO_BLK_F_WRITE_ZEROES)) == !g_ro,
               "WRITE_ZEROES iff writable");
     }
+    if (c->blk_size > 512) {
+        /* logical-block-size: offset and length must be multiples of it */
+        uint8_t b[8192];
+        CHECK(c->min_io_size == c->blk_size / 512, "min_io_size %u", c->min_io_size);
+        CHECK(rw(&fe, 0, VIRTIO_BLK_T_IN, 0, b, 512) == VIRTIO_BLK_S_IOERR,
+              "512-byte read with %u-byte blocks: IOERR", c->blk_size);
+        CHECK(rw(&fe, 0, VIRTIO_BLK_T_IN, 512, b, c->blk_size) == VIRTIO_BLK_S_IOERR,
+              "misaligned read: IOERR");
+        CHECK(rw(&fe, 0, VIRTIO_BLK_T_IN, c->blk_size, b, c->blk_size) == 0, "aligned read");
+        if (!g_ro) {
+            CHECK(fill_write(&fe, 0, c->blk_size, c->blk_size, 0x3c) == 0, "aligned write");
+            CHECK(check_read(&fe, 0, c->blk_size, c->blk_size, 0x3c), "aligned read back");
+        }
+        fe_disconnect(&fe);
+        return;
+    }
     char id[21] = { 0 };
     CHECK(fe_request(&fe, 0, VIRTIO_BLK_T_GET_ID, 0, id, 20) == 0, "GET_ID");
     printf("GET_ID: '%s'\n", id);

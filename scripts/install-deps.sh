@@ -4,9 +4,11 @@
 set -eu
 pkgs=(
   gcc libc6-dev make meson ninja-build pkg-config    # toolchain and build
+  g++                                                # C++ check of the public headers
   liburing-dev zlib1g-dev libzstd-dev libnbd-dev     # libvdisk dependencies
   libcmocka-dev                                      # unit-test framework
   clang libclang-rt-14-dev                           # fuzzers (libFuzzer) and sanitizers
+  python3-clang-14                                   # scripts/check-coroutine-fn.py (libclang)
   qemu-utils qemu-system-common                      # oracles: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon
   libnbd-bin nbdkit fio                              # NBD clients and load for tests/benchmarks
   python3 strace util-linux procps                   # test helpers

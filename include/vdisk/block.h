@@ -18,6 +18,8 @@
 #include "vdisk/opts.h"
 #include "vdisk/aio.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdNode VdNode;
 typedef struct VdChild VdChild;
 typedef struct VdBackend VdBackend;
@@ -174,13 +176,6 @@ int vd_img_create_help(const char *fmt, VdError **errp);
  * backing-filename, full-backing-filename, backing-filename-format,
  * format-specific, snapshots, children. backing_chain: returns an array. */
 VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp);
-/* Reorder the keys of every object in v (recursively) into the order in
- * which QEMU's tools print a dictionary (its hash-table order), so JSON output
- * matches qemu-img's byte for byte. vd_node_info's result is already ordered. */
-void vd_json_qemu_order(VdJson *v);
-/* Serialise v on one line the way QEMU writes json: filenames
- * ({"a": 1, "b": {"c": "d"}}, keys in the order they are in). malloc'ed. */
-char *vd_json_to_qemu_string(const VdJson *v);
 
 typedef struct VdCheckResult {
     int corruptions;
@@ -276,5 +271,7 @@ int vd_backend_pwrite(VdBackend *blk, int64_t offset, int64_t bytes, const void 
 int vd_backend_pwrite_zeroes(VdBackend *blk, int64_t offset, int64_t bytes, int flags);
 int vd_backend_pdiscard(VdBackend *blk, int64_t offset, int64_t bytes);
 int vd_backend_flush(VdBackend *blk);
+
+VD_EXTERN_C_END
 
 #endif

@@ -10,6 +10,8 @@
 #include "vdisk/common.h"
 #include "vdisk/aio.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdCoroutine VdCoroutine;
 typedef void coroutine_fn VdCoroutineEntry(void *opaque);
 
@@ -118,5 +120,7 @@ void coroutine_fn vd_co_rwlock_unlock(VdCoRwLock *l);
 void coroutine_fn vd_co_rwlock_upgrade(VdCoRwLock *l);
 /* Writer becomes a reader, letting queued readers in. */
 void coroutine_fn vd_co_rwlock_downgrade(VdCoRwLock *l);
+
+VD_EXTERN_C_END
 
 #endif

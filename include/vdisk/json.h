@@ -10,6 +10,8 @@
 #include "vdisk/common.h"
 #include "vdisk/error.h"
 
+VD_EXTERN_C_BEGIN
+
 #define VD_JSON_MAX_DEPTH 64
 
 typedef enum VdJsonType {
@@ -82,5 +84,16 @@ void vd_json_stream_free(VdJsonStream *s);
 /* Serialise. pretty: qemu-img's --output=json layout (4-space indent,
  * "key": value). Returns a malloc'ed string. */
 char *vd_json_to_string(const VdJson *v, bool pretty);
+
+/* Reorder the keys of every object in v (recursively) into the order in
+ * which QEMU's tools print a dictionary (its hash-table order), so JSON output
+ * matches qemu-img's byte for byte. vd_node_info's result is already ordered.
+ * (json-qemu.c) */
+void vd_json_qemu_order(VdJson *v);
+/* Serialise v on one line the way QEMU writes json: filenames
+ * ({"a": 1, "b": {"c": "d"}}, keys in the order they are in). malloc'ed. */
+char *vd_json_to_qemu_string(const VdJson *v);
+
+VD_EXTERN_C_END
 
 #endif

@@ -471,7 +471,7 @@ static void coroutine_fn sync_entry(void *opaque)
     s->ret = backend_co_request(s->blk, s->op, s->offset, s->bytes, s->qiov, s->flags);
 }
 
-static int backend_sync(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes, void *buf,
+static int coroutine_mixed_fn backend_sync(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes, void *buf,
                         int flags)
 {
     VdIOVector q;

@@ -265,13 +265,13 @@ const VdDriver *vd_driver_probe(const uint8_t *buf, int buf_size, const char *fi
  * cache flags and read-only state. Returns NULL with allow_none and nothing to
  * open (errp untouched), or on error (errp set).
  */
-VdChild *vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
                        VdNode *parent, VdChildRole role, bool allow_none, VdError **errp);
 /* Open node->backing from the "backing" option or node->backing_file (relative
  * names resolve against the directory of node->filename) and its format
  * (node->backing_format, else probed). Sets node->backing. No-op with
  * VD_O_NO_BACKING or no backing file. */
-int vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp);
+int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp);
 /* Attach an existing node as a child (takes a reference). */
 VdChild *vd_attach_child(VdNode *parent, VdNode *child, const char *name, VdChildRole role);
 /* Detach and drop the reference. */

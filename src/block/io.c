@@ -57,21 +57,6 @@ static inline void coroutine_fn node_enter(VdNode *node)
     VD_RELAXED_ADD(c->in_flight, 1);
 }
 
-void vd_node_quiesce_begin_local(VdNode *node)
-{
-    VD_RELAXED_ADD(node->core->quiesce_counter, 1);
-}
-
-void vd_node_quiesce_end_local(VdNode *node)
-{
-    VdNodeCoreState *c = node->core;
-    assert(c->quiesce_counter > 0);
-    VD_RELAXED_ADD(c->quiesce_counter, -1);
-    if (c->quiesce_counter == 0) {
-        vd_co_queue_wake_all(&c->drain_queue);
-    }
-}
-
 /* ---- tracked requests ------------------------------------------------------------ */
 
 static inline void track_begin(VdTrackedReq *req, VdNode *node, int64_t offset, int64_t bytes)
@@ -1043,7 +1028,7 @@ static void coroutine_fn sync_status_entry(void *opaque)
                                       s->pnum, s->map, s->file, s->depth);
 }
 
-static int sync_run(VdCoroutineEntry *entry, SyncRw *s)
+static int coroutine_mixed_fn sync_run(VdCoroutineEntry *entry, SyncRw *s)
 {
     if (vd_in_coroutine()) {
         entry(s);

@@ -263,7 +263,7 @@ static inline void co_switch(VdCoThread *t, VdCoroutine *from, VdCoroutine *to,
 
 /* Runs at the bottom of every coroutine stack, forever: a pooled coroutine
  * is reused by entering it again, without setting its stack up again. */
-static void co_trampoline(VdCoroutine *co)
+static void coroutine_fn co_trampoline(VdCoroutine *co)
 {
 #ifdef VD_CO_ASAN
     {

@@ -27,6 +27,8 @@ extern const struct option img_std_longopts[];
 void img_getopt_reset(void);
 /* Report getopt's '?' or ':' result (c) for argv; returns exit status 1. */
 int img_bad_option(int c, char **argv);
+/* "<prog>: <message>" and "Try '<prog> --help' ..." on stderr; returns 1. */
+int img_usage_error(const char *fmt, ...) VD_PRINTF(1, 2);
 /* "Expecting one image file name" and friends; returns 1. */
 int img_missing_argument(const char *what);
 /* Same with a printf format taking one string argument. */
@@ -55,6 +57,17 @@ int img_parse_output(const char *arg, bool *json);
  */
 VdBackend *img_open(const char *filename, const char *fmt, bool image_opts, int flags,
                     const char *cache, bool quiet);
+/* The same from a full spec (aio, discard, ...): tools/common's one way to open. */
+struct ToolOpenSpec;
+VdBackend *img_open_spec(const struct ToolOpenSpec *spec);
+
+/* Parse the integer option value arg (any base strtoll takes) within
+ * [min, max] into *out; otherwise print "Invalid <what> specified" and
+ * return -EINVAL. */
+int img_parse_int_opt(const char *arg, long long min, long long max, const char *what, int *out);
+/* Parse the size option value arg (suffixes allowed), at most INT_MAX, into
+ * *out; otherwise print qemu-img's error naming what and return -EINVAL. */
+int img_parse_int_size(const char *arg, const char *what, int64_t *out);
 
 /* qemu's size_to_str(): "0 B", "1.5 MiB". Returns malloc'ed string. */
 char *img_size_to_str(uint64_t val);

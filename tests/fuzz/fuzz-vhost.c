@@ -102,7 +102,7 @@ static void fuzz_chain(const uint8_t *data, size_t size)
     /* address translation at region edges */
     uint64_t a;
     memcpy(&a, g_mem[0], sizeof(a));
-    uint32_t l = data[0] | (size > 1 ? data[1] << 8 : 0);
+    uint32_t l = (size > 0 ? data[0] : 0) | (size > 1 ? data[1] << 8 : 0);
     void *p = vhu_mem_gpa(&mem, a, l);
     assert(!p || in_mem(p, l));
 }

@@ -133,7 +133,9 @@ static int fe_msg_fd(Fe *fe, uint32_t request, uint32_t flags, const void *paylo
     int ret;
 
     memcpy(buf, hdr, sizeof(hdr));
-    memcpy(buf + VHU_HDR_SIZE, payload, size);
+    if (size) {
+        memcpy(buf + VHU_HDR_SIZE, payload, size);
+    }
     if ((ret = fe_write_all(fe->sock, buf, VHU_HDR_SIZE + size, fds, nfds)) < 0) {
         return ret;
     }

@@ -227,6 +227,18 @@ static uint64_t fe_uva(Fe *fe, const void *p)
     return (uint64_t)(uintptr_t)p;
 }
 
+/* The base a reconnecting front-end gives: after a clean stop what it
+ * reaped; after a server crash (reuse_inflight) the used index in memory,
+ * as QEMU does when it could not ask GET_VRING_BASE. */
+static uint16_t fe_vring_base(Fe *fe, int i, const FeOpts *o)
+{
+    FeQueue *q = &fe->q[i];
+    if (o->reuse_inflight) {
+        return __atomic_load_n(&q->used[1], __ATOMIC_ACQUIRE);
+    }
+    return q->last_used;
+}
+
 int fe_setup(Fe *fe, const FeOpts *o)
 {
     int ret;
@@ -351,7 +363,7 @@ int fe_setup(Fe *fe, const FeOpts *o)
         memcpy(ab + 24, &a.avail_user_addr, 8);
         memcpy(ab + 32, &a.log_guest_addr, 8);
         if ((ret = fe_vring_state(fe, VHU_SET_VRING_NUM, i, q->num)) < 0 ||
-            (ret = fe_vring_state(fe, VHU_SET_VRING_BASE, i, q->last_used)) < 0 ||
+            (ret = fe_vring_state(fe, VHU_SET_VRING_BASE, i, fe_vring_base(fe, i, o))) < 0 ||
             (ret = fe_send_ack(fe, VHU_SET_VRING_ADDR, ab, 40, NULL, 0, true)) < 0 ||
             (ret = fe_vring_fd(fe, VHU_SET_VRING_CALL, i, q->call)) < 0 ||
             (ret = fe_vring_fd(fe, VHU_SET_VRING_KICK, i, q->kick)) < 0 ||

@@ -1121,7 +1121,10 @@ static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *er
             snprintf(err, errlen, "SET_VRING_KICK: ring %u has no size", p->index);
             return -EINVAL;
         }
+        /* A new kick fd on a running ring restarts it: let its requests
+         * finish and publish first (the restart re-reads the used index). */
         vhu_vq_stop(vq);
+        vhu_wait_idle(c, vq);
         vq->kick_fd = m->fds[0];
         m->fds[0] = -1;
         fcntl(vq->kick_fd, F_SETFL, fcntl(vq->kick_fd, F_GETFL) | O_NONBLOCK);

@@ -57,6 +57,7 @@ typedef struct VhuReq {
     struct iovec seg[2];       /* discard/write-zeroes descriptor, GET_ID buffer */
     int nseg;
     uint32_t in_data;          /* bytes of device-writable data (IN, GET_ID) */
+    uint16_t ndescs;           /* packed ring: ring entries the buffer took */
     struct VhuReq *next_free;
 } VhuReq;
 
@@ -88,6 +89,14 @@ struct VhuVq {
     uint32_t n_batch;
     VhuReq *free_reqs;
     uint64_t bad_chains;
+    /* Packed ring (VIRTIO_F_RING_PACKED): desc is the descriptor ring,
+     * avail the driver event suppression area, used the device's. */
+    bool packed;
+    bool avail_wrap;
+    bool used_wrap;
+    uint16_t pused;            /* next used position */
+    struct { uint16_t id, ndescs; uint32_t len; } *pend;  /* unpublished completions */
+    uint32_t n_pend;
 };
 
 struct VhuConn {
@@ -312,9 +321,10 @@ static int vq_translate(VhuVq *vq)
     if (!vq->addr_set || mem->nregions == 0 || n == 0) {
         return 0;
     }
+    vq->packed = vq->conn->features & (1ull << VIRTIO_F_RING_PACKED);
     VringDesc *d = vhu_mem_uva(mem, vq->addr.desc_user_addr, 16 * n);
-    uint16_t *a = vhu_mem_uva(mem, vq->addr.avail_user_addr, 6 + 2 * n);
-    uint16_t *u = vhu_mem_uva(mem, vq->addr.used_user_addr, 6 + 8 * n);
+    uint16_t *a = vhu_mem_uva(mem, vq->addr.avail_user_addr, vq->packed ? 4 : 6 + 2 * n);
+    uint16_t *u = vhu_mem_uva(mem, vq->addr.used_user_addr, vq->packed ? 4 : 6 + 8 * n);
     if (!d || !a || !u || (uintptr_t)d % 16 || (uintptr_t)a % 2 || (uintptr_t)u % 4) {
         vd_error_report("vhost-user-blk '%s': ring %d addresses (desc 0x%llx avail 0x%llx "
                         "used 0x%llx, %u entries) are outside guest memory or misaligned",
@@ -351,9 +361,67 @@ static void vq_notify(VhuVq *vq, uint16_t old_idx)
     }
 }
 
+static void vq_call(VhuVq *vq)
+{
+    uint64_t one = 1;
+    ssize_t r = write(vq->call_fd, &one, sizeof(one));
+    (void)r;   /* EAGAIN: the counter is saturated, the front-end is notified anyway */
+}
+
+/* Packed ring: write the used descriptors of the batch, the first one's
+ * flags last (that publishes the whole batch), then maybe one call. */
+static void vq_publish_packed(VhuVq *vq)
+{
+    VringPackedDesc *ring = (VringPackedDesc *)vq->desc;
+
+    if (vq->n_pend == 0 || !ring) {
+        return;
+    }
+    uint16_t old = vq->pused, first = vq->pused, first_flags = 0;
+    for (uint32_t i = 0; i < vq->n_pend; i++) {
+        VringPackedDesc *d = &ring[vq->pused];
+        uint16_t flags = vq->used_wrap ? (VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED) : 0;
+        d->id = vq->pend[i].id;
+        d->len = vq->pend[i].len;
+        if (i == 0) {
+            first_flags = flags;
+        } else {
+            __atomic_store_n(&d->flags, flags, __ATOMIC_RELEASE);
+        }
+        vq->pused += vq->pend[i].ndescs;
+        if (vq->pused >= vq->num) {
+            vq->pused -= vq->num;
+            vq->used_wrap = !vq->used_wrap;
+        }
+    }
+    __atomic_store_n(&ring[first].flags, first_flags, __ATOMIC_RELEASE);
+    vq->n_pend = 0;
+    if (vq->call_fd < 0) {
+        return;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint16_t ev_flags = __atomic_load_n(&vq->avail[1], __ATOMIC_RELAXED);
+    bool need = ev_flags == VRING_PACKED_EVENT_ENABLE;
+    if (ev_flags == VRING_PACKED_EVENT_DESC && vq_event_idx(vq)) {
+        uint16_t off_wrap = __atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED);
+        uint16_t off = off_wrap & 0x7fff;
+        if ((bool)(off_wrap >> 15) != vq->used_wrap) {
+            off -= vq->num;
+        }
+        need = vhu_need_event(off, vq->pused, old);
+    }
+    if (need) {
+        vq_call(vq);
+    }
+}
+
 /* Publish completed used elements of vq: one idx store, at most one call. */
 static void vq_publish(VhuVq *vq)
 {
+    if (vq->packed) {
+        vq_publish_packed(vq);
+        return;
+    }
     if (vq->used_shadow == vq->used_published || !vq->used) {
         return;
     }
@@ -403,7 +471,14 @@ static void vhu_req_complete(VhuReq *r, uint32_t len)
     VhuVq *vq = r->vq;
     VhuConn *c = vq->conn;
 
-    if (vq->used) {
+    if (vq->packed) {
+        if (vq->pend && vq->n_pend < vq->num) {
+            vq->pend[vq->n_pend].id = r->head;
+            vq->pend[vq->n_pend].ndescs = r->ndescs;
+            vq->pend[vq->n_pend].len = len;
+            vq->n_pend++;
+        }
+    } else if (vq->used) {
         VringUsedElem *e = &vq_used_ring(vq)[vq->used_shadow % vq->num];
         VringUsedElem v = { r->head, len };
         memcpy(e, &v, sizeof(v));
@@ -538,12 +613,9 @@ static void coroutine_fn vhu_req_entry(void *opaque)
     vhu_req_complete(r, r->in_data + 1);
 }
 
-/* Pop head's chain, start its request. */
-static void vhu_vq_start_req(VhuVq *vq, uint16_t head)
+static VhuReq *vhu_req_alloc(VhuVq *vq, uint16_t head)
 {
     VhuConn *c = vq->conn;
-    VhuChain *ch = &c->scratch;
-    char err[160];
     VhuReq *r = vq->free_reqs;
 
     if (r) {
@@ -556,15 +628,22 @@ static void vhu_vq_start_req(VhuVq *vq, uint16_t head)
     r->head = head;
     r->in_data = 0;
     vd_iov_reset(&r->qiov);
+    r->ndescs = 1;
     vq->n_inflight++;
     __atomic_fetch_add(&c->n_inflight, 1, __ATOMIC_RELAXED);
+    return r;
+}
 
-    int ret = vhu_chain_walk(&c->mem, vq->desc, vq->num, head,
-                             c->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC), ch, err,
-                             sizeof(err));
+/* Start r on the chain walked into c->scratch (ret < 0: the walk failed,
+ * err says why: r is returned unprocessed). */
+static void vhu_req_run(VhuVq *vq, VhuReq *r, int ret, char *err, size_t errlen)
+{
+    VhuConn *c = vq->conn;
+    VhuChain *ch = &c->scratch;
+    uint16_t head = r->head;
     VirtioBlkOutHdr h;
     if (ret == 0 && (ch->out_len < sizeof(h) || ch->in_len < 1)) {
-        snprintf(err, sizeof(err), "request needs a 16-byte header and a status byte "
+        snprintf(err, errlen, "request needs a 16-byte header and a status byte "
                  "(readable %llu, writable %llu bytes)", (unsigned long long)ch->out_len,
                  (unsigned long long)ch->in_len);
         ret = -EINVAL;
@@ -589,6 +668,59 @@ static void vhu_vq_start_req(VhuVq *vq, uint16_t head)
     }
     VdCoroutine *co = vd_co_create(vhu_req_entry, r);
     vd_co_enter(co);
+}
+
+/* Split ring: pop head's chain, start its request. */
+static void vhu_vq_start_req(VhuVq *vq, uint16_t head)
+{
+    VhuConn *c = vq->conn;
+    char err[160];
+    VhuReq *r = vhu_req_alloc(vq, head);
+    int ret = vhu_chain_walk(&c->mem, vq->desc, vq->num, head,
+                             c->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC), &c->scratch,
+                             err, sizeof(err));
+    vhu_req_run(vq, r, ret, err, sizeof(err));
+}
+
+static bool vq_packed_avail(VhuVq *vq)
+{
+    VringPackedDesc *d = &((VringPackedDesc *)vq->desc)[vq->last_avail];
+    uint16_t flags = __atomic_load_n(&d->flags, __ATOMIC_ACQUIRE);
+    bool a = flags & VRING_PACKED_DESC_F_AVAIL, u = flags & VRING_PACKED_DESC_F_USED;
+    return a == vq->avail_wrap && u != vq->avail_wrap;
+}
+
+static void vhu_vq_process_packed(VhuVq *vq)
+{
+    VhuConn *c = vq->conn;
+
+    vd_aio_plug(c->ctx);
+    while (vq_runnable(vq) && vq_packed_avail(vq)) {
+        if (vq->n_inflight >= (int)vq->num) {
+            vq->throttled = true;
+            break;
+        }
+        char err[160];
+        uint16_t ndescs, id;
+        int ret = vhu_packed_walk(&c->mem, (VringPackedDesc *)vq->desc, vq->num, vq->last_avail,
+                                  c->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC),
+                                  &c->scratch, &ndescs, &id, err, sizeof(err));
+        if (ndescs == 0) {
+            vd_error_report("vhost-user-blk '%s': ring %d: %s; ring stopped", c->exp->id,
+                            vq->index, err);
+            vq->broken = true;
+            break;
+        }
+        vq->last_avail += ndescs;
+        if (vq->last_avail >= vq->num) {
+            vq->last_avail -= vq->num;
+            vq->avail_wrap = !vq->avail_wrap;
+        }
+        VhuReq *r = vhu_req_alloc(vq, id);
+        r->ndescs = ndescs;
+        vhu_req_run(vq, r, ret, err, sizeof(err));
+    }
+    vd_aio_unplug(c->ctx);
 }
 
 /* First run of a ring after its kick fd arrived: take the used index from
@@ -665,6 +797,11 @@ static void vhu_vq_process(VhuVq *vq)
     if (!vq_runnable(vq)) {
         return;
     }
+    if (vq->packed) {
+        vq->need_start = false;    /* the used position comes from SET_VRING_BASE */
+        vhu_vq_process_packed(vq);
+        return;
+    }
     if (vq->need_start) {
         vhu_vq_first_run(vq);
     }
@@ -728,8 +865,10 @@ static void vhu_vq_kick(void *opaque)
 static bool vhu_vq_poll(void *opaque)
 {
     VhuVq *vq = opaque;
-    return vq_runnable(vq) && !vq->throttled && !vq->need_start &&
-           vq_avail_idx(vq) != vq->last_avail;
+    if (!vq_runnable(vq) || vq->throttled || vq->need_start) {
+        return false;
+    }
+    return vq->packed ? vq_packed_avail(vq) : vq_avail_idx(vq) != vq->last_avail;
 }
 
 static void vhu_vq_poll_ready(void *opaque)
@@ -802,6 +941,8 @@ static void vhu_vq_reset(VhuVq *vq)
     }
     free(vq->batch);
     vq->batch = NULL;
+    free(vq->pend);
+    vq->pend = NULL;
     int index = vq->index;
     VhuConn *c = vq->conn;
     memset(vq, 0, sizeof(*vq));
@@ -857,7 +998,8 @@ static uint64_t vhu_features(VdVhuExport *e)
                  (1ull << VIRTIO_RING_F_EVENT_IDX) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) |
                  (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_BLK_SIZE) |
                  (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_TOPOLOGY) |
-                 (1ull << VIRTIO_BLK_F_CONFIG_WCE) | (1ull << VIRTIO_BLK_F_MQ);
+                 (1ull << VIRTIO_BLK_F_CONFIG_WCE) | (1ull << VIRTIO_BLK_F_MQ) |
+                 (1ull << VIRTIO_F_RING_PACKED);
     if (e->writable) {
         f |= (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
     } else {
@@ -1034,6 +1176,11 @@ static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *er
             return -EINVAL;
         }
         c->features = p->u64;
+        VD_TRACE(VD_LOG_EXPORT, "vhost-user-blk '%s': features 0x%llx (%s ring%s%s)", e->id,
+                 (unsigned long long)c->features,
+                 (c->features & (1ull << VIRTIO_F_RING_PACKED)) ? "packed" : "split",
+                 (c->features & (1ull << VIRTIO_RING_F_EVENT_IDX)) ? ", event idx" : "",
+                 (c->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC)) ? ", indirect" : "");
         if (!(c->features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES))) {
             for (unsigned i = 0; i < c->nvq; i++) {
                 c->vq[i].enabled = true;   /* rings start enabled without it */
@@ -1079,8 +1226,12 @@ static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *er
             return -EINVAL;
         }
         vq->num = p->num;
+        vq->last_avail = vq->pused = 0;
+        vq->avail_wrap = vq->used_wrap = true;     /* packed rings start at wrap 1 */
         free(vq->batch);
         vq->batch = calloc(vq->num, sizeof(uint16_t));
+        free(vq->pend);
+        vq->pend = calloc(vq->num, sizeof(*vq->pend));
         return vq_translate(vq) < 0 ? (snprintf(err, errlen, "ring addresses invalid"), -EINVAL)
                                     : 0;
     case VHU_SET_VRING_ADDR:
@@ -1101,12 +1252,27 @@ static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *er
             snprintf(err, errlen, "SET_VRING_BASE: ring %u is running", p->index);
             return -EBUSY;
         }
+        if (c->features & (1ull << VIRTIO_F_RING_PACKED)) {
+            /* bits 0-14: next descriptor position, bit 15: its wrap counter;
+             * the device's used position starts there too */
+            if ((p->num & 0x7fff) >= vq->num && vq->num) {
+                snprintf(err, errlen, "SET_VRING_BASE: ring %u position %u beyond %u entries",
+                         p->index, p->num & 0x7fff, vq->num);
+                return -EINVAL;
+            }
+            vq->last_avail = vq->pused = p->num & 0x7fff;
+            vq->avail_wrap = vq->used_wrap = (p->num >> 15) & 1;
+            return 0;
+        }
         vq->last_avail = (uint16_t)p->num;
         return 0;
     case VHU_GET_VRING_BASE: {
         vhu_vq_stop(vq);
         vhu_wait_idle(c, vq);
         uint32_t st[2] = { p->index, vq->last_avail };
+        if (vq->packed) {
+            st[1] = vq->last_avail | ((uint32_t)vq->avail_wrap << 15);
+        }
         vq->broken = false;
         ret = vhu_reply(c, m->request, st, sizeof(st), -1);
         return ret < 0 ? ret : 1;

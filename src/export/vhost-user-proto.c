@@ -330,3 +330,67 @@ int vhu_chain_walk(const VhuMem *mem, const VringDesc *desc, uint32_t num, uint1
         i = d.next;
     }
 }
+
+int vhu_packed_walk(const VhuMem *mem, const VringPackedDesc *ring, uint32_t num, uint16_t pos,
+                    bool indirect, VhuChain *c, uint16_t *ndescs, uint16_t *id, char *err,
+                    size_t errlen)
+{
+    uint32_t n = 0;
+    int ret = 0;
+
+    c->n_out = c->n_in = 0;
+    c->out_len = c->in_len = 0;
+    *ndescs = 0;
+    *id = 0;
+    if (pos >= num) {
+        return VHU_ERR("ring position %u is beyond the ring of %u", pos, num);
+    }
+    /* First find the extent of the chain in the ring. */
+    for (;;) {
+        VringPackedDesc d;
+        memcpy(&d, &ring[(pos + n) % num], sizeof(d));
+        n++;
+        *id = d.id;
+        if (!(d.flags & VRING_DESC_F_NEXT)) {
+            break;
+        }
+        if (n >= num) {
+            return VHU_ERR("packed chain at %u does not end within the ring (%u entries)",
+                           pos, num);
+        }
+    }
+    *ndescs = (uint16_t)n;
+    for (uint32_t i = 0; i < n && ret == 0; i++) {
+        VringPackedDesc d;
+        memcpy(&d, &ring[(pos + i) % num], sizeof(d));
+        if (!(d.flags & VRING_DESC_F_INDIRECT)) {
+            ret = chain_add(mem, c, d.addr, d.len, d.flags & VRING_DESC_F_WRITE, err, errlen);
+            continue;
+        }
+        if (!indirect) {
+            return VHU_ERR("indirect descriptor at %u but INDIRECT_DESC not negotiated", pos);
+        }
+        if (n != 1) {
+            return VHU_ERR("indirect descriptor at %u is part of a chain", pos);
+        }
+        if (d.len == 0 || d.len % sizeof(VringPackedDesc) != 0 ||
+            d.len / sizeof(VringPackedDesc) > VHU_MAX_QUEUE_SIZE) {
+            return VHU_ERR("indirect table length %u is not a multiple of 16 up to %d entries",
+                           d.len, VHU_MAX_QUEUE_SIZE);
+        }
+        const VringPackedDesc *t = vhu_mem_gpa(mem, d.addr, d.len);
+        if (!t || (uintptr_t)t % _Alignof(VringPackedDesc) != 0) {
+            return VHU_ERR("indirect table at 0x%llx (length %u) is outside guest memory or "
+                           "misaligned", (unsigned long long)d.addr, d.len);
+        }
+        for (uint32_t k = 0; k < d.len / sizeof(VringPackedDesc) && ret == 0; k++) {
+            VringPackedDesc e;
+            memcpy(&e, &t[k], sizeof(e));
+            if (e.flags & VRING_DESC_F_INDIRECT) {
+                return VHU_ERR("indirect table inside an indirect table (entry %u)", k);
+            }
+            ret = chain_add(mem, c, e.addr, e.len, e.flags & VRING_DESC_F_WRITE, err, errlen);
+        }
+    }
+    return ret;
+}

@@ -75,6 +75,7 @@ enum {
 #define VIRTIO_RING_F_EVENT_IDX     29
 #define VHOST_USER_F_PROTOCOL_FEATURES 30
 #define VIRTIO_F_VERSION_1          32
+#define VIRTIO_F_RING_PACKED        34
 
 #define VIRTIO_BLK_T_IN             0
 #define VIRTIO_BLK_T_OUT            1
@@ -91,6 +92,11 @@ enum {
 #define VRING_DESC_F_NEXT           1
 #define VRING_DESC_F_WRITE          2
 #define VRING_DESC_F_INDIRECT       4
+#define VRING_PACKED_DESC_F_AVAIL   (1u << 7)
+#define VRING_PACKED_DESC_F_USED    (1u << 15)
+#define VRING_PACKED_EVENT_ENABLE   0
+#define VRING_PACKED_EVENT_DISABLE  1
+#define VRING_PACKED_EVENT_DESC     2
 #define VRING_USED_F_NO_NOTIFY      1
 #define VRING_AVAIL_F_NO_INTERRUPT  1
 #define VHU_MAX_QUEUE_SIZE          32768
@@ -101,6 +107,14 @@ typedef struct VringDesc {
     uint16_t flags;
     uint16_t next;
 } VringDesc;
+
+/* Packed ring descriptor (virtio 1.1 §2.7.13). */
+typedef struct VringPackedDesc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t id;
+    uint16_t flags;
+} VringPackedDesc;
 
 typedef struct VringUsedElem {
     uint32_t id;
@@ -251,6 +265,19 @@ typedef struct VhuChain {
  */
 int vhu_chain_walk(const VhuMem *mem, const VringDesc *desc, uint32_t num, uint16_t head,
                    bool indirect, VhuChain *c, char *err, size_t errlen);
+
+/*
+ * Walk the packed-ring buffer whose first descriptor is at ring position
+ * pos (its flags already seen available; the caller read them with acquire
+ * semantics). Chained descriptors follow in ring order (wrapping); an
+ * indirect descriptor's table holds the whole chain. On return *ndescs is
+ * the number of ring entries the buffer takes (also on error, when known:
+ * 0 if the chain does not end within the ring) and *id its buffer id (from
+ * the last descriptor). Same checks as vhu_chain_walk. Returns 0 or -EINVAL.
+ */
+int vhu_packed_walk(const VhuMem *mem, const VringPackedDesc *ring, uint32_t num, uint16_t pos,
+                    bool indirect, VhuChain *c, uint16_t *ndescs, uint16_t *id, char *err,
+                    size_t errlen);
 
 /* Event-index test (virtio 1.1 §2.6.7.2): notify if new_idx passed event. */
 static inline bool vhu_need_event(uint16_t event, uint16_t new_idx, uint16_t old_idx)

@@ -1,8 +1,9 @@
 /*
  * Fuzz what a vhost-user front-end controls: the message parser
- * (vhu_msg_parse) and the split-ring descriptor walker (vhu_chain_walk)
- * over a fake guest memory of two regions. The first input byte picks the
- * target. Besides crashes, the walker's result is checked: every segment
+ * (vhu_msg_parse), the split-ring descriptor walker (vhu_chain_walk) and
+ * the packed-ring walker (vhu_packed_walk) over a fake guest memory of two
+ * regions. The first input byte picks the target (bit 1: packed, bit 0:
+ * split, else a message). Besides crashes, the walker's result is checked: every segment
  * it returns must lie inside guest memory, and the lengths must add up.
  */
 #include <assert.h>
@@ -107,13 +108,54 @@ static void fuzz_chain(const uint8_t *data, size_t size)
     assert(!p || in_mem(p, l));
 }
 
+/* The packed-ring walker over the same memory: the ring is the first
+ * num * 16 bytes of region 0. */
+static void fuzz_packed(const uint8_t *data, size_t size)
+{
+    static VhuChain c;
+    VhuMem mem = { 0 };
+    char err[256];
+
+    if (size < 4) {
+        return;
+    }
+    uint32_t num = 1u << (data[0] % 9);
+    uint16_t pos = (data[1] | (data[2] << 8)) % num;
+    bool indirect = data[3] & 1;
+    data += 4;
+    size -= 4;
+    memset(g_mem, 0, sizeof(g_mem));
+    memcpy(g_mem, data, size < sizeof(g_mem) ? size : sizeof(g_mem));
+    mem.nregions = 2;
+    mem.regions[0] = (VhuMemMap){ 0x10000, FUZZ_MEM, 0x7f0000000000ull, g_mem[0], NULL, 0 };
+    mem.regions[1] = (VhuMemMap){ 0x10000 + FUZZ_MEM, FUZZ_MEM, 0x7f0000100000ull, g_mem[1],
+                                  NULL, 0 };
+    uint16_t ndescs, id;
+    int ret = vhu_packed_walk(&mem, (const VringPackedDesc *)g_mem[0], num, pos, indirect, &c,
+                              &ndescs, &id, err, sizeof(err));
+    assert(ndescs <= num);
+    if (ret == 0) {
+        assert(ndescs >= 1);
+        for (int i = 0; i < c.n_out; i++) {
+            assert(in_mem(c.out[i].iov_base, c.out[i].iov_len));
+        }
+        for (int i = 0; i < c.n_in; i++) {
+            assert(in_mem(c.in[i].iov_base, c.in[i].iov_len));
+        }
+    } else {
+        assert(err[0] != '\0');
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) {
         return 0;
     }
-    if (data[0] & 1) {
+    if (data[0] & 2) {
+        fuzz_packed(data + 1, size - 1);
+    } else if (data[0] & 1) {
         fuzz_chain(data + 1, size - 1);
     } else {
         fuzz_message(data + 1, size - 1);

@@ -1,5 +1,5 @@
 """vdiskd's vhost-user-blk export driven by our front-end: every request type,
-EVENT_IDX on and off, indirect descriptors, multi-queue, batched
+EVENT_IDX on and off, indirect descriptors, split and packed rings, multi-queue, batched
 completions, reconnect and inflight resume; then qemu-img check and the data
 read on the host by qemu-io, and a read-only export of the same image."""
 import os
@@ -28,6 +28,13 @@ def test(vdiskd):
                 vt.client(client, sock, "mq", "--nq", "2", "--depth", "16", "--qsize", "64")
                 vt.client(client, sock, "mq", "--nq", "2", "--depth", "64", "--qsize", "128",
                           "--indirect", "--no-event-idx")
+                vt.client(client, sock, "basic", "--packed")
+                vt.client(client, sock, "basic", "--packed", "--indirect", "--no-event-idx")
+                vt.client(client, sock, "mq", "--packed", "--nq", "2", "--depth", "64",
+                          "--qsize", "64", "--indirect")
+                vt.client(client, sock, "mq", "--packed", "--nq", "2", "--depth", "21",
+                          "--qsize", "64")
+                vt.client(client, sock, "reconnect", "--packed")
                 vt.client(client, sock, "reconnect")
                 vt.client(client, sock, "inflight")
                 vt.client(client, sock, "inflight", "--indirect")

@@ -1,5 +1,6 @@
 """A real Linux guest (QEMU's vhost-user-blk-pci under TCG) against vdiskd's
-vhost-user-blk export: 1 queue on qcow2 and 2 queues on raw. The guest
+vhost-user-blk export: 1 queue on qcow2, 2 queues on raw, and 1 queue on raw with a packed
+virtqueue (packed=on). The guest
 writes at several offsets (buffered and O_DIRECT), flushes, reads back with
 O_DIRECT, discards a range; then vdiskd exits on SIGTERM and the data is
 checked on the host with qemu-img check and qemu-io.
@@ -80,18 +81,19 @@ def build_initramfs(workdir, moddir):
     return out
 
 
-def boot(workdir, vmlinuz, initrd, sock, queues, timeout=300):
+def boot(workdir, vmlinuz, initrd, sock, queues, packed, timeout=300):
     """Boot the guest; return its console output (raises on timeout/crash)."""
     cmd = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-nodefaults", "-no-user-config",
            "-display", "none", "-no-reboot", "-smp", str(queues), "-m", "512M",
            "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
            "-numa", "node,memdev=mem",
            "-chardev", f"socket,id=vhu,path={sock}",
-           "-device", f"vhost-user-blk-pci,chardev=vhu,num-queues={queues}",
+           "-device", f"vhost-user-blk-pci,chardev=vhu,num-queues={queues}"
+                      f"{',packed=on' if packed else ''}",
            "-serial", "stdio", "-kernel", vmlinuz, "-initrd", initrd,
            "-append", f"console=ttyS0 panic=-1 quiet vdtest.size={SIZE} vdtest.queues={queues}"]
     vt.log("+", " ".join(cmd))
-    logpath = os.path.join(workdir, f"guest-{queues}.log")
+    logpath = os.path.join(workdir, f"guest-{queues}-{packed}.log")
     with open(logpath, "w+") as logf:
         p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.time() + timeout
@@ -128,17 +130,21 @@ def test(vdiskd):
     vt.need("busybox", "cpio", "gzip", "qemu-img", "qemu-io")
     with vt.TempDir() as d:
         initrd = build_initramfs(d, moddir)
-        for fmt, queues in [("qcow2", 1), ("raw", 2)]:
+        for fmt, queues, packed in [("qcow2", 1, False), ("raw", 2, False), ("raw", 1, True)]:
             img = os.path.join(d, "disk." + fmt)
             sock = os.path.join(d, f"vhost-{fmt}.sock")
+            if os.path.exists(img):
+                os.unlink(img)
             vt.create(img, fmt, SIZE)
+            # the export's trace says which ring layout the guest negotiated
+            os.environ["VDISK_TRACE"] = "export"
             v = vt.Vdiskd(vdiskd, d, [
                 "--object", "iothread,id=io0",
                 "--blockdev", vt.blockdev(img, fmt, direct=(fmt == "qcow2")),
                 "--export", vt.vhost_export(sock, extra=f"num-queues={queues},iothread=io0")],
                 wait_for=[sock])
             try:
-                out = boot(d, vmlinuz, initrd, sock, queues)
+                out = boot(d, vmlinuz, initrd, sock, queues, packed)
                 stats = [n for n in v.qmp.ok("query-named-block-nodes") if "stats" in n][0]
                 vt.log("stats:", stats["stats"]["rd_operations"], "reads",
                        stats["stats"]["wr_operations"], "writes",
@@ -150,7 +156,10 @@ def test(vdiskd):
                     reqs = [ln for ln in out.splitlines() if "IRQ:" in ln and "req." in ln]
                     assert len(reqs) == queues, f"expected {queues} request queues: {reqs}"
             finally:
-                v.stop()
+                log = v.stop()
+                del os.environ["VDISK_TRACE"]
+            want = "packed ring" if packed else "split ring"
+            assert want in log, f"the guest did not use a {want}"
             if fmt == "qcow2":
                 vt.qemu_img_check(img)
             k = 1024

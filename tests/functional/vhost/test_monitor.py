@@ -1,7 +1,7 @@
 """vhost-user-blk through the monitor: block-export-add / query-block-exports /
 block-export-del (safe refused while a front-end is connected, hard
 disconnects it), x-blockdev-set-iothread back and forth under a write+verify
-load on two queues (nothing lost), SIGTERM under load (clean exit, image
+load on two queues, split then packed rings (nothing lost), SIGTERM under load (clean exit, image
 intact)."""
 import os
 import subprocess
@@ -51,17 +51,18 @@ def test(vdiskd):
             r = q.cmd("blockdev-del", **{"node-name": "disk0"})
             assert "error" in r, "blockdev-del of an exported node must fail"
 
-            load = start_load(client, sock, 6)
-            vt.wait_clients(q, 1, "v0")
-            r = q.cmd("block-export-del", id="v0")
-            assert "error" in r and "in use" in r["error"]["desc"], r
-            for it in ["io1", None, "io0", "io1", "io0", None, "io1"]:
-                time.sleep(0.3)
-                q.ok("x-blockdev-set-iothread", **{"node-name": "disk0", "iothread": it})
-                e = q.ok("query-block-exports")[0]
-                assert e["iothread"] == (it or "main-loop"), e
-            finish(load)
-            vt.wait_clients(q, 0, "v0")
+            for ring in [[], ["--packed"]]:
+                load = start_load(client, sock, 5, *ring)
+                vt.wait_clients(q, 1, "v0")
+                r = q.cmd("block-export-del", id="v0")
+                assert "error" in r and "in use" in r["error"]["desc"], r
+                for it in ["io1", None, "io0", "io1", "io0", None, "io1"]:
+                    time.sleep(0.3)
+                    q.ok("x-blockdev-set-iothread", **{"node-name": "disk0", "iothread": it})
+                    e = q.ok("query-block-exports")[0]
+                    assert e["iothread"] == (it or "main-loop"), e
+                finish(load)
+                vt.wait_clients(q, 0, "v0")
 
             # hard delete under load: the front-end is disconnected
             load = start_load(client, sock, 30, "--allow-disconnect")

@@ -5,7 +5,7 @@
  *   vhu-client SOCKET TEST [options]
  *   tests: basic, verify, mq, batch, reconnect, inflight, crash, hostile, load, bench
  *   options: --size BYTES  --ro  --no-event-idx  --indirect  --nq N  --qsize N
- *            --depth N  --seconds S  --bs BYTES  --ref (the server is the
+ *            --depth N  --seconds S  --bs BYTES  --packed  --ref (the server is the
  *            reference qsd: skip vdiskd-only expectations)
  * Exit 0 when every check passed; each failed check prints "FAIL: ...".
  */
@@ -22,7 +22,7 @@
 
 static const char *g_sock;
 static uint64_t g_size;
-static bool g_ro, g_event_idx = true, g_indirect, g_ref;
+static bool g_ro, g_event_idx = true, g_indirect, g_ref, g_packed;
 static int g_nq = 1, g_qsize = 256, g_depth = 8, g_bs = 4096;
 static double g_seconds = 5;
 static int g_failures;
@@ -41,7 +41,7 @@ static int g_failures;
 static FeOpts default_opts(void)
 {
     return (FeOpts){ .nq = g_nq, .qsize = g_qsize, .depth = g_depth, .event_idx = g_event_idx,
-                     .indirect = g_indirect };
+                     .indirect = g_indirect, .packed = g_packed };
 }
 
 static void fe_start(Fe *fe, const FeOpts *o)
@@ -222,8 +222,8 @@ static void test_basic(void)
     }
     for (int q = 0; q < fe.nq; q++) {
         int base = fe_stop_queue(&fe, q);
-        CHECK(base == fe.q[q].avail_idx, "GET_VRING_BASE of queue %d: %d, expected %u", q, base,
-              fe.q[q].avail_idx);
+        CHECK(base == fe_avail_base(&fe, q), "GET_VRING_BASE of queue %d: %d, expected %d", q,
+              base, fe_avail_base(&fe, q));
     }
     fe_disconnect(&fe);
 }
@@ -345,7 +345,7 @@ static void test_reconnect(void)
     fe_start(&fe, &o);
     CHECK(fill_write(&fe, 0, 5 << 20, 4096, 0x5a) == 0, "write before reconnect");
     int base = fe_stop_queue(&fe, 0);
-    CHECK(base == fe.q[0].avail_idx, "base %d, avail %u", base, fe.q[0].avail_idx);
+    CHECK(base == fe_avail_base(&fe, 0), "base %d, avail %d", base, fe_avail_base(&fe, 0));
     fe_disconnect(&fe);
     for (int i = 0; i < 3; i++) {
         fe_start(&fe, &o);
@@ -691,7 +691,7 @@ static void hostile_order(void)
     uint64_t f;
     CHECK(fe_get_u64(&fe, VHU_GET_FEATURES, &f) == 0, "features");
     f &= ~((1ull << VIRTIO_RING_F_INDIRECT_DESC) | (1ull << VIRTIO_RING_F_EVENT_IDX) |
-           (1ull << VHOST_USER_F_PROTOCOL_FEATURES));
+           (1ull << VHOST_USER_F_PROTOCOL_FEATURES) | (1ull << VIRTIO_F_RING_PACKED));
     CHECK(fe_set_u64(&fe, VHU_SET_FEATURES, f, false) == 0, "set features");
     fe.pfeatures = 0;
     fe.event_idx = false;
@@ -775,8 +775,57 @@ static void hostile_order(void)
     fe_disconnect(&fe);
 }
 
+/* Packed ring: bad buffers come back with len 0; a chain that never ends
+ * stops the ring; a new connection works. */
+static void hostile_packed(void)
+{
+    Fe fe;
+    FeOpts o = default_opts();
+    o.packed = true;
+    o.indirect = true;
+    fe_init(&fe);
+    fe_start(&fe, &o);
+    uint64_t hdr = fe_slot_data_gpa(&fe, 0, 3), st = hdr + 100;
+    VringDesc d[3];
+    int slot;
+    uint32_t len = 99;
+
+    d[0] = (VringDesc){ 0x10, 16, VRING_DESC_F_NEXT, 0 };
+    d[1] = (VringDesc){ st, 1, VRING_DESC_F_WRITE, 0 };
+    fe_post_packed(&fe, 0, 3, d, 2);
+    fe_kick(&fe, 0);
+    CHECK(fe_reap(&fe, 0, &slot, &len, 1, 5000) == 1 && slot == 3 && len == 0,
+          "packed: header outside memory returned with len 0 (slot %d len %u)", slot, len);
+
+    VringPackedDesc *t = (VringPackedDesc *)fe_slot_data(&fe, 0, 4);
+    t[0] = (VringPackedDesc){ hdr, 32, 0, VRING_DESC_F_INDIRECT };
+    d[0] = (VringDesc){ fe_slot_data_gpa(&fe, 0, 4), 16, VRING_DESC_F_INDIRECT, 0 };
+    fe_post_packed(&fe, 0, 4, d, 1);
+    fe_kick(&fe, 0);
+    len = 99;
+    CHECK(fe_reap(&fe, 0, &slot, &len, 1, 5000) == 1 && slot == 4 && len == 0,
+          "packed: nested indirect returned with len 0");
+    expect_alive(&fe, "bad packed buffers");
+
+    /* a chain of NEXT descriptors over the whole ring */
+    VringDesc *all = calloc(fe.q[0].num, sizeof(*all));
+    for (int i = 0; i < fe.q[0].num; i++) {
+        all[i] = (VringDesc){ hdr, 16, VRING_DESC_F_NEXT, 0 };
+    }
+    fe_post_packed(&fe, 0, 5, all, fe.q[0].num);
+    free(all);
+    fe_kick(&fe, 0);
+    CHECK(fe_reap(&fe, 0, &slot, &len, 1, 300) == -ETIMEDOUT, "endless packed chain: ring stops");
+    fe_disconnect(&fe);
+    fe_init(&fe);
+    fe_start(&fe, &o);
+    expect_alive(&fe, "a reconnect after an endless packed chain");
+    fe_disconnect(&fe);
+}
+
 static void test_hostile(void)
 {
+    hostile_packed();
     hostile_chains();
     hostile_avail_jump();
     hostile_messages();
@@ -948,7 +997,7 @@ int main(int argc, char **argv)
         { "nq", required_argument, NULL, 'q' }, { "qsize", required_argument, NULL, 'Q' },
         { "depth", required_argument, NULL, 'd' }, { "seconds", required_argument, NULL, 't' },
         { "bs", required_argument, NULL, 'b' }, { "ref", no_argument, NULL, 'R' },
-        { "allow-disconnect", no_argument, NULL, 'D' },
+        { "allow-disconnect", no_argument, NULL, 'D' }, { "packed", no_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -965,6 +1014,7 @@ int main(int argc, char **argv)
         case 'b': g_bs = atoi(optarg); break;
         case 'R': g_ref = true; break;
         case 'D': g_allow_disconnect = true; break;
+        case 'P': g_packed = true; break;
         default: return 2;
         }
     }

@@ -233,6 +233,10 @@ static uint64_t fe_uva(Fe *fe, const void *p)
 static uint16_t fe_vring_base(Fe *fe, int i, const FeOpts *o)
 {
     FeQueue *q = &fe->q[i];
+    if (o->packed) {
+        /* after a clean stop every request completed: the next position */
+        return (uint16_t)(q->last_used | (q->used_wrap << 15));
+    }
     if (o->reuse_inflight) {
         return __atomic_load_n(&q->used[1], __ATOMIC_ACQUIRE);
     }
@@ -266,6 +270,14 @@ int fe_setup(Fe *fe, const FeOpts *o)
     if (o->indirect) {
         want |= f & (1ull << VIRTIO_RING_F_INDIRECT_DESC);
     }
+    want &= ~(1ull << VIRTIO_F_RING_PACKED);
+    if (o->packed) {
+        if (!(f & (1ull << VIRTIO_F_RING_PACKED))) {
+            return -ENOTSUP;
+        }
+        want |= 1ull << VIRTIO_F_RING_PACKED;
+    }
+    fe->packed = o->packed;
     if (!(f & (1ull << VHOST_USER_F_PROTOCOL_FEATURES))) {
         return -ENOTSUP;
     }
@@ -346,10 +358,15 @@ int fe_setup(Fe *fe, const FeOpts *o)
         q->desc = (VringDesc *)area;
         q->avail = (uint16_t *)(area + 16 * q->num);
         q->used = (uint16_t *)(area + ((16 * q->num + 6 + 2 * q->num + 4095) & ~4095u));
+        if (o->packed) {
+            q->avail = (uint16_t *)(area + 16 * q->num);          /* driver event area */
+            q->used = (uint16_t *)(area + 16 * q->num + 64);      /* device event area */
+        }
         q->slots = fe->mem + FE_SLOTS_OFF + (size_t)i * o->depth * FE_SLOT_SIZE;
         if (!keep) {
             memset(area, 0, FE_RING_AREA);
             q->avail_idx = q->last_used = 0;
+            q->avail_wrap = q->used_wrap = true;
         }
         q->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         q->call = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -410,6 +427,42 @@ void fe_post_head(Fe *fe, int qi, uint16_t head)
     __atomic_store_n(&q->avail[1], q->avail_idx, __ATOMIC_RELEASE);
 }
 
+int fe_avail_base(Fe *fe, int qi)
+{
+    FeQueue *q = &fe->q[qi];
+    return fe->packed ? (int)(q->avail_idx | (q->avail_wrap << 15)) : q->avail_idx;
+}
+
+/* Packed ring: the chain d[0..n) goes to consecutive ring positions, the
+ * first one's flags written last. */
+void fe_post_packed(Fe *fe, int qi, int slot, VringDesc *d, int n)
+{
+    FeQueue *q = &fe->q[qi];
+    VringPackedDesc *ring = (VringPackedDesc *)q->desc;
+    uint16_t head_pos = q->avail_idx, head_flags = 0;
+
+    for (int i = 0; i < n; i++) {
+        uint16_t flags = d[i].flags & (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE |
+                                        VRING_DESC_F_INDIRECT);
+        flags |= q->avail_wrap ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED;
+        VringPackedDesc *p = &ring[q->avail_idx];
+        p->addr = d[i].addr;
+        p->len = d[i].len;
+        p->id = (uint16_t)slot;
+        if (i == 0) {
+            head_flags = flags;
+        } else {
+            __atomic_store_n(&p->flags, flags, __ATOMIC_RELEASE);
+        }
+        if (++q->avail_idx == q->num) {
+            q->avail_idx = 0;
+            q->avail_wrap = !q->avail_wrap;
+        }
+    }
+    q->ndescs[slot] = (uint8_t)n;
+    __atomic_store_n(&ring[head_pos].flags, head_flags, __ATOMIC_RELEASE);
+}
+
 void fe_post(Fe *fe, int qi, int slot, uint32_t type, uint64_t sector, uint32_t len)
 {
     FeQueue *q = &fe->q[qi];
@@ -428,6 +481,20 @@ void fe_post(Fe *fe, int qi, int slot, uint32_t type, uint64_t sector, uint32_t 
     }
     d[n++] = (VringDesc){ fe_gpa(fe, s + 16), 1, VRING_DESC_F_WRITE, 0 };
     uint16_t head;
+    if (fe->packed) {
+        if (fe->indirect) {
+            VringPackedDesc *t = (VringPackedDesc *)(s + 64);
+            for (int i = 0; i < n; i++) {
+                t[i] = (VringPackedDesc){ d[i].addr, d[i].len, 0,
+                                          (uint16_t)(d[i].flags & VRING_DESC_F_WRITE) };
+            }
+            VringDesc ind = { fe_gpa(fe, t), (uint32_t)(16 * n), VRING_DESC_F_INDIRECT, 0 };
+            fe_post_packed(fe, qi, slot, &ind, 1);
+        } else {
+            fe_post_packed(fe, qi, slot, d, n);
+        }
+        return;
+    }
     if (fe->indirect) {
         VringDesc *t = (VringDesc *)(s + 64);
         for (int i = 0; i < n; i++) {
@@ -452,7 +519,12 @@ void fe_kick(Fe *fe, int qi)
     uint64_t one = 1;
 
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (fe->event_idx) {
+    if (fe->packed) {
+        /* device event suppression: flags 1 = no kicks wanted */
+        if (__atomic_load_n(&q->used[1], __ATOMIC_ACQUIRE) == VRING_PACKED_EVENT_DISABLE) {
+            return;
+        }
+    } else if (fe->event_idx) {
         /* kick unless the device asked for a later index (avail_event) */
         uint16_t ev = *(uint16_t *)((uint8_t *)q->used + 4 + 8 * q->num);
         (void)ev;   /* the test kicks every batch; EVENT_IDX still governs calls */
@@ -479,6 +551,39 @@ int fe_reap(Fe *fe, int qi, int *slots, uint32_t *lens, int max, int timeout_ms)
     FeQueue *q = &fe->q[qi];
     int n = 0;
 
+    while (fe->packed) {
+        VringPackedDesc *ring = (VringPackedDesc *)q->desc;
+        while (n < max) {
+            VringPackedDesc *d = &ring[q->last_used];
+            uint16_t flags = __atomic_load_n(&d->flags, __ATOMIC_ACQUIRE);
+            bool a = flags & VRING_PACKED_DESC_F_AVAIL, u = flags & VRING_PACKED_DESC_F_USED;
+            if (a != q->used_wrap || u != q->used_wrap) {
+                break;
+            }
+            slots[n] = d->id;
+            lens[n] = d->len;
+            q->last_used += d->id < 256 ? q->ndescs[d->id] : 1;
+            if (q->last_used >= q->num) {
+                q->last_used -= q->num;
+                q->used_wrap = !q->used_wrap;
+            }
+            n++;
+        }
+        if (n > 0 || timeout_ms == 0) {
+            return n;
+        }
+        struct pollfd pfd[2] = { { q->call, POLLIN, 0 }, { fe->sock, POLLIN, 0 } };
+        if (poll(pfd, fe->sock >= 0 ? 2 : 1, timeout_ms) == 0) {
+            return -ETIMEDOUT;
+        }
+        if (fe->sock >= 0 && (pfd[1].revents & (POLLIN | POLLHUP))) {
+            char c;
+            if (recv(fe->sock, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+                return -EPIPE;
+            }
+        }
+        fe_call_count(fe, qi);
+    }
     for (;;) {
         uint16_t used_idx = __atomic_load_n(&q->used[1], __ATOMIC_ACQUIRE);
         while (q->last_used != used_idx && n < max) {

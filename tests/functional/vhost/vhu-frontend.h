@@ -30,6 +30,11 @@ typedef struct FeQueue {
                                  * data at +4096 */
     uint64_t slots_gpa;
     uint64_t kicks;
+    /* packed ring: desc is the descriptor ring, avail the driver event
+     * area, used the device event area */
+    bool avail_wrap;
+    bool used_wrap;
+    uint8_t ndescs[256];        /* ring entries each slot's buffer takes */
 } FeQueue;
 
 typedef struct Fe {
@@ -44,6 +49,7 @@ typedef struct Fe {
     FeQueue q[FE_MAX_QUEUES];
     bool indirect;              /* post requests through indirect tables */
     bool event_idx;
+    bool packed;
     int inflight_fd;
     uint8_t *inflight;
     uint64_t inflight_size;
@@ -58,6 +64,7 @@ typedef struct FeOpts {
     bool indirect;
     bool inflight;              /* GET/SET_INFLIGHT_FD */
     bool reuse_inflight;        /* keep fe->inflight_fd from a previous connection */
+    bool packed;                /* VIRTIO_F_RING_PACKED */
 } FeOpts;
 
 /* Connect to path (retrying for up to 10 s while it does not exist). */
@@ -78,6 +85,9 @@ uint64_t fe_slot_data_gpa(Fe *fe, int q, int slot);
 /* Post one virtio-blk request in slot (data: len bytes in the slot's data
  * buffer, device-writable for IN/GET_ID). Does not kick. */
 void fe_post(Fe *fe, int q, int slot, uint32_t type, uint64_t sector, uint32_t len);
+/* Packed ring: post the raw chain d[0..n) (flags NEXT/WRITE/INDIRECT) as
+ * buffer id slot (hostile tests). */
+void fe_post_packed(Fe *fe, int q, int slot, VringDesc *d, int n);
 /* Put a raw head into the avail ring (hostile tests). */
 void fe_post_head(Fe *fe, int q, uint16_t head);
 void fe_kick(Fe *fe, int q);
@@ -90,6 +100,9 @@ uint8_t fe_slot_status(Fe *fe, int q, int slot);
 int fe_request(Fe *fe, int q, uint32_t type, uint64_t sector, void *buf, uint32_t len);
 /* Read and clear the call eventfd counter of q (0 if nothing). */
 uint64_t fe_call_count(Fe *fe, int q);
+/* The ring position the next request goes to (packed: | wrap << 15): what
+ * GET_VRING_BASE should answer once everything completed. */
+int fe_avail_base(Fe *fe, int q);
 /* Stop queue q (GET_VRING_BASE); returns the base or -errno. */
 int fe_stop_queue(Fe *fe, int q);
 

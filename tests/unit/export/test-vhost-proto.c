@@ -2,7 +2,7 @@
  * Unit tests of the vhost-user-blk export's pure code
  * (src/export/vhost-user-proto.c): message validation, address translation,
  * the descriptor walker (region crossing, indirect tables, every rejection),
- * the event-index test and the inflight region size.
+ * the packed-ring walker, the event-index test and the inflight region size.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -219,6 +219,50 @@ static void test_chain_indirect(void **state)
     assert_int_equal(walk(6, true, err), -EINVAL);
 }
 
+static void test_packed(void **state)
+{
+    char err[256];
+    const uint64_t G = 0x100000;
+    VringPackedDesc ring[8];
+    VhuMem m = two_regions();
+    uint16_t ndescs, id;
+
+    memset(ring, 0, sizeof(ring));
+    /* a chain that wraps: positions 6, 7, 0; the id is the last one's */
+    ring[6] = (VringPackedDesc){ G, 16, 1, VRING_DESC_F_NEXT };
+    ring[7] = (VringPackedDesc){ G + 100, 512, 2, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE };
+    ring[0] = (VringPackedDesc){ G + 1000, 1, 9, VRING_DESC_F_WRITE };
+    assert_int_equal(vhu_packed_walk(&m, ring, 8, 6, false, &g_chain, &ndescs, &id, err, 256), 0);
+    assert_int_equal(ndescs, 3);
+    assert_int_equal(id, 9);
+    assert_int_equal(g_chain.n_out, 1);
+    assert_int_equal(g_chain.n_in, 2);
+    /* a chain that never ends */
+    for (int i = 0; i < 8; i++) {
+        ring[i] = (VringPackedDesc){ G, 16, 0, VRING_DESC_F_NEXT };
+    }
+    assert_int_equal(vhu_packed_walk(&m, ring, 8, 3, false, &g_chain, &ndescs, &id, err, 256),
+                     -EINVAL);
+    assert_int_equal(ndescs, 0);
+    /* indirect: one ring entry; nested indirect and chained indirect refused */
+    VringPackedDesc *t = (VringPackedDesc *)(g_r0 + 2048);
+    t[0] = (VringPackedDesc){ G, 16, 0, 0 };
+    t[1] = (VringPackedDesc){ G + 4096, 1, 0, VRING_DESC_F_WRITE };
+    ring[2] = (VringPackedDesc){ G + 2048, 32, 5, VRING_DESC_F_INDIRECT };
+    assert_int_equal(vhu_packed_walk(&m, ring, 8, 2, true, &g_chain, &ndescs, &id, err, 256), 0);
+    assert_int_equal(ndescs, 1);
+    assert_int_equal(id, 5);
+    assert_int_equal(g_chain.in_len, 1);
+    assert_int_equal(vhu_packed_walk(&m, ring, 8, 2, false, &g_chain, &ndescs, &id, err, 256),
+                     -EINVAL);
+    t[1].flags |= VRING_DESC_F_INDIRECT;
+    assert_int_equal(vhu_packed_walk(&m, ring, 8, 2, true, &g_chain, &ndescs, &id, err, 256),
+                     -EINVAL);
+    assert_int_equal(ndescs, 1);     /* known: the ring entry can be returned */
+    assert_int_equal(vhu_packed_walk(&m, ring, 8, 8, true, &g_chain, &ndescs, &id, err, 256),
+                     -EINVAL);
+}
+
 static void test_event_idx(void **state)
 {
     assert_true(vhu_need_event(0, 1, 0));       /* driver wants a call at 0 -> published 0 */
@@ -239,6 +283,7 @@ int main(void)
         cmocka_unit_test(test_translate),
         cmocka_unit_test(test_chain),
         cmocka_unit_test(test_chain_indirect),
+        cmocka_unit_test(test_packed),
         cmocka_unit_test(test_event_idx),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

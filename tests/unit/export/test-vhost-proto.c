@@ -22,7 +22,9 @@ static VhuMsg *msg(uint32_t request, const void *payload, uint32_t size, int nfd
     m.request = request;
     m.flags = VHU_VERSION;
     m.size = size;
-    memcpy(m.payload, payload, size);
+    if (size) {
+        memcpy(m.payload, payload, size);
+    }
     m.nfds = nfds;
     return &m;
 }

@@ -41,6 +41,11 @@ enum {
     VD_O_THREADS      = 1 << 10, /* aio=threads */
 };
 
+/* The most images a backing chain may have below its top image (QEMU sets no
+ * limit; this one only bounds what a hostile image can make us open). Chains
+ * do not use more stack as they grow deeper (docs/block.md). */
+#define VD_MAX_BACKING_CHAIN 10000
+
 /* Request flags */
 enum {
     VD_REQ_FUA              = 1 << 0,  /* write is stable on completion */
@@ -177,6 +182,46 @@ int vd_img_create_help(const char *fmt, VdError **errp);
  * format-specific, snapshots, children. backing_chain: returns an array. */
 VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp);
 
+/* An internal snapshot as a format records it (qemu-img snapshot -l). */
+typedef struct VdSnapshotInfo {
+    char id_str[128];
+    char name[256];
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;          /* UINT64_MAX: not recorded */
+} VdSnapshotInfo;
+
+/* Description of a create option, for -o help and validation. */
+typedef struct VdCreateOption {
+    const char *name;
+    enum { VD_OPT_STRING, VD_OPT_BOOL, VD_OPT_NUMBER, VD_OPT_SIZE } type;
+    const char *help;
+    const char *def_value;    /* NULL: none */
+} VdCreateOption;
+
+/*
+ * Image operations that go to the format under any filters (block/snapshot.c),
+ * for tools in the main thread: each drains the node, runs the format's
+ * callback in the node's context and waits. -ENOTSUP (errp set where there is
+ * one) when the format cannot do it.
+ */
+/* The format node under any filters above it (node itself if none). */
+VdNode *vd_node_format_node(VdNode *node);
+int vd_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp);
+int vd_node_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp);
+int vd_node_snapshot_delete(VdNode *node, const char *id, const char *name, VdError **errp);
+/* Returns the count (>= 0) with *list malloc'ed (NULL when 0), or -errno. */
+int vd_node_snapshot_list(VdNode *node, VdSnapshotInfo **list);
+int vd_node_amend(VdNode *node, const VdOpts *opts, bool force, VdError **errp);
+/* Rewrite the image's backing file name and format (qemu-img rebase -u), flushed. */
+int vd_node_change_backing_file(VdNode *node, const char *file, const char *fmt);
+/* Drop every cluster of the image (qemu-img commit's emptying), flushed. */
+int vd_node_make_empty(VdNode *node);
+/* vd_co_pwrite_zeroes from outside a coroutine. */
+int vd_node_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags);
+
 typedef struct VdCheckResult {
     int corruptions;
     int leaks;
@@ -239,6 +284,13 @@ void vd_backend_set_stop_notifier(VdBackend *blk, void (*cb)(void *opaque, int e
 bool vd_backend_is_paused(VdBackend *blk);
 /* Resume after a stop: held requests are retried. Any thread. */
 void vd_backend_resume(VdBackend *blk);
+/* Give up on the requests a stop holds: they complete with the error that
+ * stopped them, and the backend runs again (the policy stays, so a new
+ * failure stops it again). For shutdown and hard export deletion, so a
+ * paused backend never blocks them. Main thread. */
+void vd_backend_fail_held(VdBackend *blk);
+/* Requests held by a stop right now (any thread). */
+int vd_backend_n_held(VdBackend *blk);
 
 void vd_backend_get_stats(VdBackend *blk, VdBlockStats *out);
 void vd_backend_drain_begin(VdBackend *blk);

@@ -30,6 +30,8 @@ typedef struct VdTrackedReq {
     struct VdTrackedReq *prev, *next;
 } VdTrackedReq;
 
+typedef struct VdBackingLink VdBackingLink;
+
 struct VdNodeCoreState {
     /* Owned by the node's home thread; in_flight and quiesce_counter are also
      * read by a draining thread (relaxed loads). */
@@ -55,6 +57,9 @@ struct VdNodeCoreState {
     int detect_zeroes;              /* 0 off, 1 on, 2 unmap: all-zero writes become zero-writes */
     bool closing;
     unsigned index;                 /* for "#nodeN" */
+    /* While this node opens as a backing file: the images above it (node.c,
+     * refuses loops and chains deeper than VD_MAX_BACKING_CHAIN). */
+    const VdBackingLink *backing_up;
 };
 
 /*

@@ -87,11 +87,7 @@ int coroutine_mixed_fn vd_img_create(const char *filename, const char *fmt, cons
         }
     }
     CreateSync s = { .drv = drv, .filename = filename, .opts = opts, .errp = errp };
-    if (vd_in_coroutine()) {
-        create_entry(&s);
-    } else {
-        vd_co_run_sync(vd_aio_main_context(), create_entry, &s);
-    }
+    vd_co_call(vd_aio_main_context(), create_entry, &s);
     if (s.ret < 0 && errp && !*errp) {
         vd_error_setg_errno(errp, -s.ret, "%s: could not create the image", filename);
     }

@@ -43,23 +43,7 @@ typedef struct VdBlockLimits {
     int max_iov;                  /* 0 = IOV_MAX */
 } VdBlockLimits;
 
-typedef struct VdSnapshotInfo {
-    char id_str[128];
-    char name[256];
-    uint64_t vm_state_size;
-    uint32_t date_sec;
-    uint32_t date_nsec;
-    uint64_t vm_clock_nsec;
-    uint64_t icount;          /* UINT64_MAX: not recorded */
-} VdSnapshotInfo;
-
-/* Description of a create option, for -o help and validation. */
-typedef struct VdCreateOption {
-    const char *name;
-    enum { VD_OPT_STRING, VD_OPT_BOOL, VD_OPT_NUMBER, VD_OPT_SIZE } type;
-    const char *help;
-    const char *def_value;    /* NULL: none */
-} VdCreateOption;
+/* VdSnapshotInfo and VdCreateOption are public (vdisk/block.h). */
 
 /*
  * Fault-injection events (DESIGN.md §8, docs/filters.md). A format driver
@@ -254,8 +238,14 @@ const VdDriver *vd_driver_next(const VdDriver *prev);
 /* Add a driver at run time (tests' fault-injection drivers). Main thread,
  * before use. Returns 0, -EEXIST if the name is taken, -ENOSPC if full. */
 int vd_driver_register_extra(const VdDriver *drv);
-/* The format driver whose probe scores buf highest (raw if none). */
+/* The format driver whose probe scores buf highest (raw if none). probe.c */
 const VdDriver *vd_driver_probe(const uint8_t *buf, int buf_size, const char *filename);
+/* QEMU's name of a format vdisk has no driver for ("vmdk", "vdi", "vpc",
+ * "vhdx", "qcow", "luks", "qed", "parallels", "bochs", "cloop", "dmg") whose
+ * magic buf (the image's first bytes) or tail (its last bytes, may be NULL)
+ * carries; NULL if none. A format whose driver is registered is skipped. */
+const char *vd_probe_unsupported_format(const uint8_t *buf, int buf_size, const uint8_t *tail,
+                                        int tail_size);
 
 /*
  * Open child child_name of parent. Options under "<child_name>." are taken out

@@ -64,11 +64,7 @@ static VdJson * coroutine_mixed_fn node_info_one(VdNode *node, VdError **errp)
         }
         have_info = ret == 0;
     }
-    if (vd_in_coroutine()) {
-        info_entry(&s);
-    } else {
-        vd_co_run_sync(node->ctx, info_entry, &s);
-    }
+    vd_co_call(node->ctx, info_entry, &s);
     if (node->backing_file[0] && node->backing_format[0]) {
         vd_json_object_put_str(o, "backing-filename-format", node->backing_format);
     }
@@ -171,11 +167,7 @@ int coroutine_mixed_fn vd_node_check(VdNode *node, VdCheckResult *result, int fi
         return -EPERM;
     }
     InfoSync s = { .node = node, .result = result, .fix = fix };
-    if (vd_in_coroutine()) {
-        check_entry(&s);
-    } else {
-        vd_co_run_sync(node->ctx, check_entry, &s);
-    }
+    vd_co_call(node->ctx, check_entry, &s);
     if (s.ret < 0 && s.ret != -ENOTSUP) {
         vd_error_setg_errno(errp, -s.ret, "%s: check failed", node->filename);
     } else if (s.ret == -ENOTSUP) {

@@ -72,25 +72,6 @@ int vd_parse_cache_mode(const char *mode, int *flags, bool *writethrough)
     return 0;
 }
 
-/* ---- driver probing ------------------------------------------------------------------ */
-
-const VdDriver *vd_driver_probe(const uint8_t *buf, int buf_size, const char *filename)
-{
-    const VdDriver *best = NULL;
-    int best_score = 0;
-    for (const VdDriver *d = vd_driver_next(NULL); d; d = vd_driver_next(d)) {
-        if (!d->probe || !d->is_format) {
-            continue;
-        }
-        int score = d->probe(buf, buf_size, filename);
-        if (score > best_score) {
-            best_score = score;
-            best = d;
-        }
-    }
-    return best ? best : vd_driver_find("raw");
-}
-
 /* ---- registry -------------------------------------------------------------------------- */
 
 VdNode *vd_node_find(const char *node_name)
@@ -270,8 +251,12 @@ static int child_flags(int parent_flags, VdChildRole role)
     return f;
 }
 
-VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
-                       VdNode *parent, VdChildRole role, bool allow_none, VdError **errp)
+static VdNode *coroutine_fn node_open_co(const char *filename, VdOpts *options, int flags,
+                                         const VdBackingLink *backing_up, VdError **errp);
+
+static VdChild * coroutine_fn open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+                           VdNode *parent, VdChildRole role, bool allow_none,
+                           const VdBackingLink *backing_up, VdError **errp)
 {
     VdJson *ref = parent_options ? vd_opts_lookup(parent_options, child_name) : NULL;
 
@@ -312,13 +297,19 @@ VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_option
     if ((role == VD_CHILD_FILE || role == VD_CHILD_DATA) && !vd_opts_lookup(sub, "driver")) {
         flags |= VD_O_PROTOCOL;
     }
-    VdNode *n = vd_node_open_co(filename, sub, flags, errp);
+    VdNode *n = node_open_co(filename, sub, flags, backing_up, errp);
     if (!n) {
         return NULL;
     }
     VdChild *c = vd_attach_child(parent, n, child_name, role);
     vd_node_unref(n);
     return c;
+}
+
+VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+                       VdNode *parent, VdChildRole role, bool allow_none, VdError **errp)
+{
+    return open_child(filename, parent_options, child_name, parent, role, allow_none, NULL, errp);
 }
 
 static bool filename_is_absolute_or_uri(const char *name)
@@ -338,10 +329,81 @@ void vd_get_full_backing_filename(const VdNode *node, const char *backing, char 
     snprintf(buf, size, "%.*s%s", (int)(slash - base + 1), base, backing);
 }
 
+/*
+ * Backing chains. Each image whose backing file is being opened has a link
+ * on the stack of vd_open_backing, pointing up to the image above it; the
+ * backing file's open sees the chain through node->core->backing_up. An image
+ * is identified by its resolved path (URIs and json: names by their text), so
+ * a.qcow2 -> ./b.qcow2 -> /abs/a.qcow2 is a loop.
+ */
+struct VdBackingLink {
+    const struct VdBackingLink *up;     /* the image above, NULL at the top */
+    const char *name;                   /* as opened (for messages) */
+    char *id;                           /* resolved path, NULL if unknown */
+    unsigned depth;                     /* 1 for the top image */
+};
+
+/* The identity of an image name: realpath() for local files, the name itself
+ * for URIs, json: names and files that do not resolve. NULL for "". */
+static char *image_identity(const char *name)
+{
+    if (!name || !name[0]) {
+        return NULL;
+    }
+    if (!strncmp(name, "json:", 5) || vd_driver_find_protocol(name)) {
+        return strdup(name);
+    }
+    char *r = realpath(name, NULL);
+    return r ? r : strdup(name);
+}
+
+static const VdBackingLink *backing_chain_find(const VdBackingLink *l, const char *id)
+{
+    for (; id && l; l = l->up) {
+        if (l->id && !strcmp(l->id, id)) {
+            return l;
+        }
+    }
+    return NULL;
+}
+
+/* "Backing file 'X' creates an infinite loop: top -> ... -> me -> X" */
+static void backing_loop_error(const VdBackingLink *me, const char *target, VdError **errp)
+{
+    size_t n = 0, len = strlen(target) + 1;
+    for (const VdBackingLink *l = me; l; l = l->up) {
+        n++;
+        len += strlen(l->name) + 4;
+    }
+    const VdBackingLink **chain = calloc(n, sizeof(*chain));
+    char *msg = malloc(len);
+    if (!chain || !msg) {
+        abort();
+    }
+    size_t i = n;
+    for (const VdBackingLink *l = me; l; l = l->up) {
+        chain[--i] = l;
+    }
+    msg[0] = '\0';
+    size_t off = 0;
+    for (i = 0; i < n; i++) {
+        off += (size_t)snprintf(msg + off, len - off, "%s -> ", chain[i]->name);
+    }
+    snprintf(msg + off, len - off, "%s", target);
+    vd_error_setg(errp, ELOOP, "Backing file '%s' creates an infinite loop: %s", target, msg);
+    free(msg);
+    free(chain);
+}
+
 int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
 {
     if (node->backing) {
         return 0;
+    }
+    if (!node->filename[0] && node->file) {
+        /* opened from file.* options: the image is its file child's file (a
+         * relative backing name is resolved against its directory) */
+        snprintf(node->filename, sizeof(node->filename), "%s", node->file->node->filename);
     }
     VdJson *ref = parent_options ? vd_opts_lookup(parent_options, "backing") : NULL;
     if (node->open_flags & VD_O_NO_BACKING) {
@@ -372,11 +434,32 @@ int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError *
     if ((!ref || is_object) && node->backing_format[0] && !vd_opts_lookup(parent_options, "backing.driver")) {
         vd_opts_set(parent_options, "backing.driver", node->backing_format);
     }
+    VdBackingLink me = { .up = node->core->backing_up, .name = node->filename,
+                         .id = image_identity(node->filename) };
+    me.depth = me.up ? me.up->depth + 1 : 1;
     VdError *err = NULL;
-    VdChild *c = vd_open_child(filename, parent_options, "backing", node, VD_CHILD_BACKING, true, &err);
+    VdChild *c = NULL;
+    const VdBackingLink *seen = backing_chain_find(me.up, me.id);
+    char *target = filename ? image_identity(filename) : NULL;
+    if (seen) {
+        /* an image above was reached again through explicit options */
+        backing_loop_error(me.up, node->filename, &err);
+    } else if (target && (backing_chain_find(&me, target))) {
+        backing_loop_error(&me, filename, &err);
+    } else if (me.depth > VD_MAX_BACKING_CHAIN) {
+        vd_error_setg(&err, EMLINK, "%s: the backing chain is deeper than %d images",
+                      node->filename, VD_MAX_BACKING_CHAIN);
+    } else {
+        c = open_child(filename, parent_options, "backing", node, VD_CHILD_BACKING, true, &me,
+                       &err);
+        if (!c && err) {
+            vd_error_prepend(&err, "Could not open backing file: ");
+        }
+    }
+    free(target);
+    free(me.id);
     vd_json_unref(tmp);
     if (!c && err) {
-        vd_error_prepend(&err, "Could not open backing file: ");
         vd_error_propagate(errp, err);
         return -EINVAL;
     }
@@ -586,11 +669,55 @@ static const VdDriver * coroutine_fn probe_node(VdNode *file, const char *filena
             return NULL;
         }
     }
-    return vd_driver_probe(buf, n, filename);
+    const VdDriver *drv = vd_driver_probe(buf, n, filename);
+    if (strcmp(drv->format_name, "raw")) {
+        return drv;
+    }
+    /* raw only if no format we lack claims it: never serve a VMDK's own
+     * bytes as the disk */
+    uint8_t tail[512];
+    bool have_tail = len >= (int64_t)sizeof(tail) * 2;
+    if (have_tail) {
+        int ret = vd_co_pread(file, len - (int64_t)sizeof(tail), sizeof(tail), tail, 0);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: could not read image for determining its "
+                                "format", filename);
+            return NULL;
+        }
+    }
+    const char *other = vd_probe_unsupported_format(buf, n, have_tail ? tail : NULL,
+                                                    have_tail ? (int)sizeof(tail) : 0);
+    if (other) {
+        vd_error_setg(errp, ENOTSUP, "%s: image format '%s' is not supported", filename, other);
+        return NULL;
+    }
+    return drv;
+}
+
+typedef struct OpenOnNewStack {
+    const char *filename;
+    VdOpts *options;
+    int flags;
+    const VdBackingLink *backing_up;
+    VdError **errp;
+    VdNode *node;
+} OpenOnNewStack;
+
+static void coroutine_fn open_on_new_stack(void *opaque)
+{
+    OpenOnNewStack *o = opaque;
+    o->node = node_open_co(o->filename, o->options, o->flags, o->backing_up, o->errp);
 }
 
 VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int flags,
                                      VdError **errp)
+{
+    return node_open_co(filename, options, flags, NULL, errp);
+}
+
+/* backing_up: the images above when this node opens as a backing file. */
+static VdNode *coroutine_fn node_open_co(const char *filename, VdOpts *options, int flags,
+                                         const VdBackingLink *backing_up, VdError **errp)
 {
     const VdDriver *drv = NULL;
     VdNode *node = NULL, *pre_file = NULL;
@@ -601,6 +728,13 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
     int detect_zeroes = 0;
     int ret;
 
+    if (vd_co_stack_low()) {
+        /* backing chains and nested filters open recursively: go on on a
+         * fresh stack rather than run out of this one */
+        OpenOnNewStack o = { filename, options, flags, backing_up, errp, NULL };
+        vd_co_call_on_new_stack(open_on_new_stack, &o);
+        return o.node;
+    }
     if (!options) {
         options = vd_json_object();
     }
@@ -740,7 +874,9 @@ VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int 
         vd_error_setg(errp, ENOTSUP, "%s: driver '%s' cannot be opened", what, drv->format_name);
         goto fail_node;
     }
+    node->core->backing_up = backing_up;
     ret = drv->co_open(node, options, flags, errp);
+    node->core->backing_up = NULL;
     if (ret < 0) {
         if (errp && !*errp) {
             vd_error_setg_errno(errp, -ret, "Could not open '%s'", what);
@@ -863,11 +999,7 @@ VdNode * coroutine_mixed_fn vd_node_open(const char *filename, VdOpts *options, 
         return NULL;
     }
     OpenSync s = { filename, options, flags, errp, NULL };
-    if (vd_in_coroutine()) {
-        open_entry(&s);
-    } else {
-        vd_co_run_sync(vd_aio_main_context(), open_entry, &s);
-    }
+    vd_co_call(vd_aio_main_context(), open_entry, &s);
     return s.node;
 }
 
@@ -884,6 +1016,11 @@ static void coroutine_fn close_entry(void *opaque)
     }
 }
 
+static void coroutine_fn unref_on_new_stack(void *opaque)
+{
+    vd_node_unref(opaque);
+}
+
 void coroutine_mixed_fn vd_node_unref(VdNode *node)
 {
     if (!node) {
@@ -894,6 +1031,12 @@ void coroutine_mixed_fn vd_node_unref(VdNode *node)
         return;
     }
     node->core->closing = true;
+    if (vd_co_stack_low()) {
+        /* closing a deep chain recurses through the children */
+        node->refcnt = 1;
+        vd_co_call_on_new_stack(unref_on_new_stack, node);
+        return;
+    }
     if (vd_in_coroutine()) {
         close_entry(node);
     } else {

@@ -190,6 +190,13 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
     if (vd_backend_get_context(blk) == ctx) {
         return 0;
     }
+    if (vd_backend_is_paused(blk) || vd_backend_n_held(blk) > 0) {
+        /* Held requests only finish on `cont`; waiting for them to park
+         * would stall the move and, with it, the monitor. */
+        vd_error_setg(errp, EBUSY, "node '%s' is stopped by an I/O error (BLOCK_IO_ERROR); "
+                      "resume it with 'cont' before moving it", vd_node_name(vd_backend_node(blk)));
+        return -EBUSY;
+    }
     for (VdExport *e = g_vd_exports; e; e = e->next) {
         if (e->blk == blk) {
             nbd_export_quiesce(e);
@@ -202,17 +209,26 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
     bool expired = false;
     VdTimer *t = vd_timer_new(vd_aio_main_context(), export_timer_cb, &expired);
     vd_timer_mod(t, vd_clock_ns() + EXPORT_QUIESCE_GRACE_NS);
-    VD_AIO_WAIT_WHILE(NULL, !expired && !export_all_parked(blk));
+    VD_AIO_WAIT_WHILE(NULL, !expired && !export_all_parked(blk) && vd_backend_n_held(blk) == 0);
     vd_timer_free(t);
-    if (!export_all_parked(blk)) {
+    if (!export_all_parked(blk) && vd_backend_n_held(blk) == 0) {
         for (VdExport *e = g_vd_exports; e; e = e->next) {
             if (e->blk == blk) {
                 nbd_export_abort_unparked(e);
             }
         }
-        VD_AIO_WAIT_WHILE(NULL, !export_all_parked(blk));
+        VD_AIO_WAIT_WHILE(NULL, !export_all_parked(blk) && vd_backend_n_held(blk) == 0);
     }
-    int ret = vd_backend_set_context(blk, ctx, errp);
+    int ret;
+    if (vd_backend_n_held(blk) > 0) {
+        /* stopped by an I/O error while we waited: give up, resume as we were */
+        vd_error_setg(errp, EBUSY, "node '%s' was stopped by an I/O error (BLOCK_IO_ERROR) "
+                      "during the move; resume it with 'cont' and move it again",
+                      vd_node_name(vd_backend_node(blk)));
+        ret = -EBUSY;
+    } else {
+        ret = vd_backend_set_context(blk, ctx, errp);
+    }
     for (VdExport *e = g_vd_exports; e; e = e->next) {
         if (e->blk == blk) {
             nbd_export_resume(e);
@@ -225,9 +241,9 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
 void vd_export_shutdown_all(void)
 {
     vd_vhu_shutdown_all();
-    for (VdExport *e = g_vd_exports; e; e = e->next) {
-        nbd_export_disconnect(e, true);
-    }
+    /* All exports at once: clients that do not read their replies cost one
+     * grace period in total, not one per export. */
+    nbd_exports_disconnect_all(true);
     while (g_vd_exports) {
         vd_export_del(g_vd_exports->id, true, NULL);
     }

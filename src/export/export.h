@@ -61,12 +61,18 @@ void vd_export_shutdown_all(void);
 
 /* ---- NBD server ---- */
 
+/* A non-blocking listening UNIX socket on path (replaced if it exists); the
+ * path appears only once the socket is listening. Returns the fd or -errno. */
+int vd_unix_socket_listen(const char *path, int backlog, VdError **errp);
 /* Listen on a UNIX socket path (replaced if it exists) or a TCP host/port. */
 int vd_nbd_server_listen_unix(const char *path, VdError **errp);
 int vd_nbd_server_listen_inet(const char *host, const char *port, VdError **errp);
 /* 0 = unlimited. Further connections are closed right after accept. */
 void vd_nbd_server_set_max_connections(int max);
 bool vd_nbd_server_running(void);
+/* on=false: listeners keep listening (clients wait in the backlog) but no
+ * connection is accepted until on=true. Default on. */
+void vd_nbd_server_set_accepting(bool on);
 /* Stop accepting connections (existing ones stay). */
 void vd_nbd_server_close_listeners(void);
 /* Close listeners and disconnect every client. */
@@ -84,6 +90,8 @@ void nbd_export_resume(VdExport *exp);
 /* Cut connections that did not park (e.g. a client not reading replies). */
 void nbd_export_abort_unparked(VdExport *exp);
 void nbd_export_disconnect(VdExport *exp, bool graceful);
+/* The same for every export at once (one grace period for all). */
+void nbd_exports_disconnect_all(bool graceful);
 void nbd_server_lock(void);
 void nbd_server_unlock(void);
 extern VdExport *g_vd_exports;

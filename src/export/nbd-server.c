@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -101,6 +102,10 @@ static NbdConn *g_conns;
 static int g_n_conns;
 static NbdListener *g_listeners;
 static int g_max_conns;
+/* false while the daemon is still setting up: listeners exist (clients queue
+ * in the backlog) but nothing is accepted, so no client sees a partial set
+ * of exports. */
+static bool g_accepting = true;
 static int64_t g_handshake_timeout_ns = 10LL * 1000 * 1000 * 1000;
 
 void nbd_server_lock(void) { pthread_mutex_lock(&g_nbd_lock); }
@@ -1415,12 +1420,66 @@ static void nbd_wakeup_timer_cb(void *opaque)
     *(bool *)opaque = true;
 }
 
-void nbd_export_disconnect(VdExport *exp, bool graceful)
+/* Connections left: of export only, or (only == NULL) every connection,
+ * those still in their handshake included. */
+static bool nbd_conns_left(VdExport *only)
+{
+    return only ? __atomic_load_n(&only->n_conns, __ATOMIC_ACQUIRE) > 0
+                : vd_nbd_server_n_clients() > 0;
+}
+
+/* Is a request of these connections held by a stopped backend (werror=stop)?
+ * Such a request only finishes on `cont`, so waiting for it could be
+ * forever. Main thread (the export list). */
+static bool nbd_held_requests(VdExport *only)
+{
+    for (VdExport *e = g_vd_exports; e; e = e->next) {
+        if ((!only || e == only) && __atomic_load_n(&e->n_conns, __ATOMIC_ACQUIRE) > 0 &&
+            vd_backend_n_held(e->blk) > 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Wait until the connections are gone or *expired (NULL: no deadline). A
+ * request held by a stopped backend is completed with its error (the client
+ * gets the error reply if its socket still works) instead of being waited
+ * for: shutdown, hard deletion and server stop never hang on a paused node.
+ */
+static void nbd_wait_conns_gone(VdExport *only, const bool *expired)
+{
+    for (;;) {
+        VD_AIO_WAIT_WHILE(NULL, !(expired && *expired) && nbd_conns_left(only) &&
+                                !nbd_held_requests(only));
+        if (!nbd_conns_left(only) || (expired && *expired)) {
+            return;
+        }
+        for (VdExport *e = g_vd_exports; e; e = e->next) {
+            if ((!only || e == only) && vd_backend_n_held(e->blk) > 0) {
+                VD_TRACE(VD_LOG_NBD, "nbd: export '%s': failing requests held by a stop",
+                         e->name);
+                vd_backend_fail_held(e->blk);
+            }
+        }
+    }
+}
+
+/* Disconnect the clients of export only, or of every export. graceful: stop
+ * reading requests and let in-flight ones reply, cutting connections whose
+ * clients do not take their replies after one grace period for them all. */
+static void nbd_disconnect(VdExport *only, bool graceful)
 {
     nbd_server_lock();
-    exp->deleting = true;
-    for (NbdConn *c = exp->conns; c; c = c->next_in_export) {
-        nbd_conn_schedule(c, graceful ? nbd_conn_close_bh : nbd_conn_abort_bh);
+    for (VdExport *e = g_vd_exports; e; e = e->next) {
+        if (only && e != only) {
+            continue;
+        }
+        e->deleting = true;
+        for (NbdConn *c = e->conns; c; c = c->next_in_export) {
+            nbd_conn_schedule(c, graceful ? nbd_conn_close_bh : nbd_conn_abort_bh);
+        }
     }
     nbd_server_unlock();
     if (graceful) {
@@ -1429,16 +1488,30 @@ void nbd_export_disconnect(VdExport *exp, bool graceful)
         bool expired = false;
         VdTimer *t = vd_timer_new(vd_aio_main_context(), nbd_wakeup_timer_cb, &expired);
         vd_timer_mod(t, vd_clock_ns() + NBD_GRACEFUL_CLOSE_NS);
-        VD_AIO_WAIT_WHILE(NULL, !expired &&
-                          __atomic_load_n(&exp->n_conns, __ATOMIC_ACQUIRE) > 0);
+        nbd_wait_conns_gone(only, &expired);
         vd_timer_free(t);
         nbd_server_lock();
-        for (NbdConn *c = exp->conns; c; c = c->next_in_export) {
-            nbd_conn_schedule(c, nbd_conn_abort_bh);
+        for (VdExport *e = g_vd_exports; e; e = e->next) {
+            if (only && e != only) {
+                continue;
+            }
+            for (NbdConn *c = e->conns; c; c = c->next_in_export) {
+                nbd_conn_schedule(c, nbd_conn_abort_bh);
+            }
         }
         nbd_server_unlock();
     }
-    VD_AIO_WAIT_WHILE(NULL, __atomic_load_n(&exp->n_conns, __ATOMIC_ACQUIRE) > 0);
+    nbd_wait_conns_gone(only, NULL);
+}
+
+void nbd_export_disconnect(VdExport *exp, bool graceful)
+{
+    nbd_disconnect(exp, graceful);
+}
+
+void nbd_exports_disconnect_all(bool graceful)
+{
+    nbd_disconnect(NULL, graceful);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1450,7 +1523,17 @@ static void nbd_listener_accept(void *opaque);
 static void nbd_listener_retry(void *opaque)
 {
     NbdListener *l = opaque;
-    vd_aio_set_fd_handler(vd_aio_main_context(), l->fd, nbd_listener_accept, NULL, NULL, NULL, l);
+    vd_aio_set_fd_handler(vd_aio_main_context(), l->fd, g_accepting ? nbd_listener_accept : NULL,
+                          NULL, NULL, NULL, l);
+}
+
+void vd_nbd_server_set_accepting(bool on)
+{
+    g_accepting = on;
+    for (NbdListener *l = g_listeners; l; l = l->next) {
+        vd_timer_del(l->retry);
+        nbd_listener_retry(l);
+    }
 }
 
 static void nbd_listener_accept(void *opaque)
@@ -1486,29 +1569,65 @@ static void nbd_listener_add(int fd, const char *unix_path)
     l->unix_path = unix_path ? strdup(unix_path) : NULL;
     l->next = g_listeners;
     g_listeners = l;
-    vd_aio_set_fd_handler(vd_aio_main_context(), fd, nbd_listener_accept, NULL, NULL, NULL, l);
+    nbd_listener_retry(l);
 }
 
-int vd_nbd_server_listen_unix(const char *path, VdError **errp)
+int vd_unix_socket_listen(const char *path, int backlog, VdError **errp)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    char tmp[sizeof(sa.sun_path)];
 
     if (strlen(path) >= sizeof(sa.sun_path)) {
         vd_error_setg(errp, ENAMETOOLONG, "UNIX socket path '%s' is too long", path);
         return -ENAMETOOLONG;
     }
-    strcpy(sa.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         vd_error_setg_errno(errp, errno, "Failed to create socket");
         return -errno;
     }
-    unlink(path);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 128) < 0) {
+    /* bind() creates the file before listen() makes it connectable: bind a
+     * temporary name and rename it into place once listening, so a client
+     * that sees the path can connect. Paths too long for the temporary name
+     * are bound directly. */
+    int n = snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
+    bool use_tmp = n > 0 && (size_t)n < sizeof(tmp);
+    strcpy(sa.sun_path, use_tmp ? tmp : path);
+    unlink(sa.sun_path);
+    if (!use_tmp) {
+        unlink(path);
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, backlog) < 0 ||
+        (use_tmp && rename(tmp, path) < 0)) {
         int err = errno;
         vd_error_setg_errno(errp, err, "Failed to bind socket to %s", path);
+        if (use_tmp) {
+            unlink(tmp);
+        }
         close(fd);
         return -err;
+    }
+    return fd;
+}
+
+int vd_nbd_server_listen_unix(const char *path, VdError **errp)
+{
+    /* Binding again would replace the live socket and leave its listener
+     * unreachable: refuse, as qemu-storage-daemon refuses a second start. */
+    struct stat st_new;
+    bool exists = stat(path, &st_new) == 0;
+    for (NbdListener *l = g_listeners; l; l = l->next) {
+        struct stat st_old;
+        if (l->unix_path && (strcmp(l->unix_path, path) == 0 ||
+                             (exists && stat(l->unix_path, &st_old) == 0 &&
+                              st_old.st_dev == st_new.st_dev && st_old.st_ino == st_new.st_ino))) {
+            vd_error_setg(errp, EEXIST, "NBD server already running on '%s'", path);
+            return -EEXIST;
+        }
+    }
+    int fd = vd_unix_socket_listen(path, 128, errp);
+    if (fd < 0) {
+        return fd;
     }
     nbd_listener_add(fd, path);
     return 0;
@@ -1583,5 +1702,5 @@ void vd_nbd_server_stop(void)
         }
     }
     nbd_server_unlock();
-    VD_AIO_WAIT_WHILE(NULL, vd_nbd_server_n_clients() > 0);
+    nbd_wait_conns_gone(NULL, NULL);
 }

@@ -1629,7 +1629,16 @@ int vd_vhu_export_del(const char *id, bool hard, VdError **errp)
     VhuConn *c = __atomic_load_n(&e->conn, __ATOMIC_ACQUIRE);
     if (c) {
         vd_aio_run_sync(c->ctx, vhu_conn_shutdown_fn, c);
-        VD_AIO_WAIT_WHILE(NULL, __atomic_load_n(&e->conn, __ATOMIC_ACQUIRE) != NULL);
+        /* Requests held by a stopped node (werror=stop) would never finish:
+         * fail them rather than wait for a `cont` (decision 11). */
+        for (;;) {
+            VD_AIO_WAIT_WHILE(NULL, __atomic_load_n(&e->conn, __ATOMIC_ACQUIRE) != NULL &&
+                                    vd_backend_n_held(e->blk) == 0);
+            if (!__atomic_load_n(&e->conn, __ATOMIC_ACQUIRE)) {
+                break;
+            }
+            vd_backend_fail_held(e->blk);
+        }
     }
     for (VdVhuExport **pp = &g_vhu_exports; *pp; pp = &(*pp)->next) {
         if (*pp == e) {

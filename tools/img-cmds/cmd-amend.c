@@ -103,7 +103,7 @@ int img_cmd_amend(int argc, char **argv)
     if (!blk) {
         goto out;
     }
-    VdNode *node = img_node_format(vd_backend_node(blk));
+    VdNode *node = vd_node_format_node(vd_backend_node(blk));
     if (node->drv->co_amend) {
         const char *bad = img_unknown_create_opt(node->drv, opts, NULL);
         if (bad) {
@@ -119,7 +119,7 @@ int img_cmd_amend(int argc, char **argv)
     }
     ImgProgress prog;
     img_progress_init(&prog, progress, 1.0);
-    if (img_node_amend(node, opts, force, &err) < 0) {
+    if (vd_node_amend(node, opts, force, &err) < 0) {
         if (err && err->code == ENOTSUP && !node->drv->co_amend) {
             img_error_err(err, NULL);
         } else {

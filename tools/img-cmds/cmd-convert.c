@@ -584,7 +584,7 @@ int img_cmd_convert(int argc, char **argv)
     s.target_has_backing = vd_opts_lookup(copts, "backing_file") != NULL;
     if (s.target_has_backing) {
         for (int i = 0; i < s.nsrc; i++) {
-            s.src[i].base = vd_node_backing(img_node_format(s.src[i].node));
+            s.src[i].base = vd_node_backing(vd_node_format_node(s.src[i].node));
         }
     }
     VdJson *prealloc = vd_opts_lookup(copts, "preallocation");
@@ -612,7 +612,7 @@ int img_cmd_convert(int argc, char **argv)
     if (!s.dst) {
         goto out_sources;
     }
-    VdNode *dnode = img_node_format(vd_backend_node(s.dst));
+    VdNode *dnode = vd_node_format_node(vd_backend_node(s.dst));
     /* vdisk keeps no persistent dirty bitmaps: --bitmaps has nothing to
      * copy, but like qemu-img it needs a target that could hold them. */
     if (bitmaps && strcmp(dnode->drv->format_name, "qcow2") != 0) {

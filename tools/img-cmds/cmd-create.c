@@ -116,6 +116,42 @@ static char *img_backing_path(const char *image, const char *backing)
     return out;
 }
 
+/* The resolved path of a file that may not exist yet (its directory's
+ * realpath plus its name); NULL for URIs, json: names and unresolvable paths. */
+static char *img_resolve_path(const char *path)
+{
+    if (strstr(path, "://") || !strncmp(path, "json:", 5)) {
+        return NULL;
+    }
+    char *r = realpath(path, NULL);
+    if (r) {
+        return r;
+    }
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, (size_t)(slash - path + (slash == path))) : strdup(".");
+    char *rdir = dir ? realpath(dir, NULL) : NULL;
+    char *out = NULL;
+    if (rdir && asprintf(&out, "%s/%s", strcmp(rdir, "/") ? rdir : "", slash ? slash + 1 : path) < 0) {
+        out = NULL;
+    }
+    free(dir);
+    free(rdir);
+    return out;
+}
+
+/* True if backing (as the new image will resolve it) is the image itself. */
+static bool img_backing_is_self(const char *image, const char *backing)
+{
+    char *bpath = img_backing_path(image, backing);
+    char *a = img_resolve_path(image);
+    char *b = bpath ? img_resolve_path(bpath) : NULL;
+    bool same = !strcmp(image, backing) || (a && b && !strcmp(a, b));
+    free(a);
+    free(b);
+    free(bpath);
+    return same;
+}
+
 static bool img_has_help_option(const char *optstr)
 {
     char *copy = strdup(optstr), *save = NULL;
@@ -251,6 +287,11 @@ int img_cmd_create(int argc, char **argv)
         goto out;
     }
     const char *bfile = img_opt_str(opts, "backing_file");
+    if (bfile && img_backing_is_self(filename, bfile)) {
+        img_error("%s: Error: Trying to create an image with the same filename as the backing "
+                  "file", filename);
+        goto out;
+    }
     if (bfile && !no_open_backing) {
         const char *bfmt = img_opt_str(opts, "backing_fmt");
         char *path = img_backing_path(filename, bfile);

@@ -31,7 +31,7 @@ static void coroutine_fn map_status_entry(void *opaque)
     int depth = 0, ret;
 
     for (;;) {
-        node = img_node_format(node);
+        node = vd_node_format_node(node);
         file = NULL;
         ret = vd_co_block_status(node, true, s->offset, bytes, &pnum, &map, &file);
         if (ret < 0) {

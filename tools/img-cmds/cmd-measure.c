@@ -135,7 +135,7 @@ int img_cmd_measure(int argc, char **argv)
         VdJson *compat = vd_opts_lookup(opts, "compat");
         const char *cv = compat ? vd_json_get_string(compat) : NULL;
         has_bitmaps = in && !strcmp(drv->format_name, "qcow2") &&
-                      !strcmp(vd_node_format_name(img_node_format(in)), "qcow2") &&
+                      !strcmp(vd_node_format_name(vd_node_format_node(in)), "qcow2") &&
                       !(cv && (!strcmp(cv, "0.10") || !strcmp(cv, "v2")));
     } else if (drv->is_format || !strcmp(drv->format_name, "file")) {
         /* raw-like formats: the file is exactly the virtual size */

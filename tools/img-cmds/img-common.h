@@ -1,7 +1,7 @@
 /*
  * Helpers shared by the img-cmds commands: error printing in qemu-img's
  * style, opening images the way qemu-img does, option parsing glue,
- * progress output, and the wrappers around driver callbacks (img-node.c).
+ * progress output.
  */
 #ifndef VDISK_IMG_COMMON_H
 #define VDISK_IMG_COMMON_H
@@ -81,19 +81,5 @@ typedef struct ImgProgress {
 void img_progress_init(ImgProgress *p, bool enabled, double min_skip);
 void img_progress_update(ImgProgress *p, double percent);
 void img_progress_end(ImgProgress *p);
-
-/* ---- driver callbacks run in the node's context (img-node.c) ---- */
-int img_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp);
-int img_node_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp);
-int img_node_snapshot_delete(VdNode *node, const char *id, const char *name, VdError **errp);
-/* Returns count (>= 0) with *list malloc'ed (may be NULL when 0), or -errno. */
-int img_node_snapshot_list(VdNode *node, VdSnapshotInfo **list);
-int img_node_amend(VdNode *node, const VdOpts *opts, bool force, VdError **errp);
-int img_node_change_backing_file(VdNode *node, const char *file, const char *fmt);
-int img_node_make_empty(VdNode *node);
-/* vd_co_pwrite_zeroes from the main thread. */
-int img_node_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags);
-/* The format node under any filters (the node a format callback applies to). */
-VdNode *img_node_format(VdNode *node);
 
 #endif

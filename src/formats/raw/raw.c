@@ -149,7 +149,8 @@ static int coroutine_fn raw_co_pwritev(VdNode *node, int64_t offset, int64_t byt
         }
         vd_iov_to_buf(qiov, qiov_offset, buf, RAW_PROBE_CHECK_BYTES);
         const VdDriver *d = vd_driver_probe(buf, RAW_PROBE_CHECK_BYTES, NULL);
-        if (d != node->drv) {
+        if (d != node->drv ||
+            vd_probe_unsupported_format(buf, RAW_PROBE_CHECK_BYTES, NULL, 0)) {
             free(buf);
             return -EPERM;
         }

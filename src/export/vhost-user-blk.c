@@ -1113,26 +1113,26 @@ static int vhu_set_inflight(VhuConn *c, const VhuParsed *p, int fd, char *err, s
     return 0;
 }
 
-static int coroutine_fn vhu_get_inflight(VhuConn *c, const VhuParsed *p)
+/* A zeroed memfd (ftruncate zero-fills) for the front-end to keep. */
+static int coroutine_fn vhu_get_inflight(VhuConn *c, const VhuParsed *p, char *err,
+                                         size_t errlen)
 {
     uint64_t size = vhu_inflight_queue_bytes(p->inflight.queue_size) * p->inflight.num_queues;
     uint8_t out[24] = { 0 };
-    int fd = memfd_create("vdisk-vhost-inflight", MFD_CLOEXEC);
-    void *base = MAP_FAILED;
 
-    if (fd >= 0 && ftruncate(fd, (off_t)size) == 0) {
-        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p->inflight.num_queues > c->nvq) {
+        snprintf(err, errlen, "GET_INFLIGHT_FD: %u queues, the device has %u",
+                 p->inflight.num_queues, c->nvq);
+        return -EINVAL;
     }
-    if (base == MAP_FAILED) {
-        int err = errno;
+    int fd = memfd_create("vdisk-vhost-inflight", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
+        snprintf(err, errlen, "GET_INFLIGHT_FD: %s", strerror(errno));
         if (fd >= 0) {
             close(fd);
         }
-        vd_error_report("vhost-user-blk '%s': GET_INFLIGHT_FD: %s", c->exp->id, strerror(err));
-        return -err;
+        return -EIO;
     }
-    memset(base, 0, size);
-    munmap(base, size);
     memcpy(out, &size, 8);
     memcpy(out + 16, &p->inflight.num_queues, 2);
     memcpy(out + 18, &p->inflight.queue_size, 2);
@@ -1345,7 +1345,7 @@ static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *er
         c->wce = p->config_data[0] != 0;
         return 0;
     case VHU_GET_INFLIGHT_FD:
-        ret = vhu_get_inflight(c, p);
+        ret = vhu_get_inflight(c, p, err, errlen);
         return ret < 0 ? ret : 1;
     case VHU_SET_INFLIGHT_FD:
         return vhu_set_inflight(c, p, m->fds[0], err, errlen);

@@ -622,6 +622,15 @@ static void hostile_messages(void)
     st[1] = 1000;
     CHECK(msg_ack(&fe, VHU_SET_VRING_NUM, st, 8, NULL, 0) == 1, "ring size not a power of two");
     CHECK(msg_ack(&fe, VHU_SET_VRING_NUM, st, 4, NULL, 0) == 1, "short payload: nack");
+    if (!g_ref) {
+        /* an inflight region for 1000 queues of 32768 entries: refused, not allocated */
+        uint8_t inf[24] = { 0 };
+        uint16_t nq = 1000, qs = 32768;
+        memcpy(inf + 16, &nq, 2);
+        memcpy(inf + 18, &qs, 2);
+        CHECK(msg_ack(&fe, VHU_GET_INFLIGHT_FD, inf, 24, NULL, 0) == 1,
+              "inflight region for more queues than the device has: nack");
+    }
     fe_disconnect(&fe);
 
     /* region larger than its fd */

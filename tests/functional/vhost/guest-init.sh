@@ -8,11 +8,12 @@ mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "insmod $m failed"; done
-size=0; queues=1
+size=0; queues=1; crash=0
 for a in $(cat /proc/cmdline); do
   case $a in
     vdtest.size=*) size=${a#vdtest.size=} ;;
     vdtest.queues=*) queues=${a#vdtest.queues=} ;;
+    vdtest.crash=*) crash=${a#vdtest.crash=} ;;
   esac
 done
 fail() { dmesg -n 1; echo "VDTEST-RESULT: FAIL $*"; poweroff -f; }
@@ -21,6 +22,23 @@ while [ ! -b /dev/vda ]; do
   i=$((i+1)); [ $i -gt 300 ] && fail "no /dev/vda"
   sleep 0.1
 done
+# vdtest.crash=2: the disk is a slow null-co (reads return zeros after
+# 300 ms): only O_DIRECT reads for 6 s, so one is always in flight when
+# the host kills the server.
+if [ "$crash" = 2 ]; then
+  dd if=/dev/zero of=/z bs=4096 count=1 2>/dev/null
+  echo "VDTEST-LOOP"
+  end=$(( $(date +%s) + 6 )); n=0
+  while [ "$(date +%s)" -lt $end ]; do
+    dd if=/dev/vda of=/r bs=4096 count=1 skip=$n iflag=direct 2>/dev/null || fail "read $n"
+    cmp -s /r /z || fail "read $n: not zeroes"
+    n=$((n+1))
+  done
+  dmesg -n 1
+  echo "VDTEST-ROUNDS $n"
+  echo "VDTEST-RESULT: PASS"
+  poweroff -f
+fi
 got=$(blockdev --getsize64 /dev/vda)
 [ "$got" = "$size" ] || fail "size $got, expected $size"
 # The device offers CONFIG_WCE; make the guest send flushes.
@@ -69,6 +87,24 @@ if [ -e /sys/block/vda/queue/discard_max_bytes ] && \
   check /p5 5120 4
 else
   fail "the device offers no discard"
+fi
+# vdtest.crash=1: O_DIRECT write+verify rounds for 10 s; the host kills the
+# server (SIGKILL) when it sees VDTEST-LOOP and starts it again: QEMU
+# reconnects and the server resumes the requests in flight.
+if [ "$crash" = 1 ]; then
+  pattern /pa 301 64      # 0xc1
+  pattern /pb 322 64      # 0xd2
+  echo "VDTEST-LOOP"
+  end=$(( $(date +%s) + 10 )); n=0
+  while [ "$(date +%s)" -lt $end ]; do
+    f=/pa; [ $((n % 2)) = 1 ] && f=/pb
+    off=$((8192 + (n % 16) * 64))
+    dd if=$f of=/dev/vda bs=1024 seek=$off oflag=direct conv=notrunc 2>/dev/null || fail "write round $n"
+    dd if=/dev/vda of=/r bs=1024 skip=$off count=64 iflag=direct 2>/dev/null || fail "read round $n"
+    cmp -s /r $f || fail "round $n: data differs"
+    n=$((n+1))
+  done
+  echo "VDTEST-ROUNDS $n"
 fi
 # every queue takes requests: read from each CPU
 if [ "$queues" -gt 1 ]; then

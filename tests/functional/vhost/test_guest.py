@@ -1,6 +1,9 @@
 """A real Linux guest (QEMU's vhost-user-blk-pci under TCG) against vdiskd's
 vhost-user-blk export: 1 queue on qcow2, 2 queues on raw, and 1 queue on raw with a packed
-virtqueue (packed=on). The guest
+virtqueue (packed=on); then twice the server is killed (SIGKILL) under guest
+I/O and restarted, and QEMU (reconnect=1) carries on with its inflight
+region: write+verify rounds on a raw file, and reads in flight on a slow
+null-co that must be resubmitted. In the first boots the guest
 writes at several offsets (buffered and O_DIRECT), flushes, reads back with
 O_DIRECT, discards a range; then vdiskd exits on SIGTERM and the data is
 checked on the host with qemu-img check and qemu-io.
@@ -9,6 +12,7 @@ virtio modules is not installed (scripts/install-deps.sh installs them)."""
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,28 +85,36 @@ def build_initramfs(workdir, moddir):
     return out
 
 
-def boot(workdir, vmlinuz, initrd, sock, queues, packed, timeout=300):
+def boot(workdir, vmlinuz, initrd, sock, queues, packed, timeout=300, on_loop=None, crash=1):
     """Boot the guest; return its console output (raises on timeout/crash)."""
     cmd = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-nodefaults", "-no-user-config",
            "-display", "none", "-no-reboot", "-smp", str(queues), "-m", "512M",
            "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
            "-numa", "node,memdev=mem",
-           "-chardev", f"socket,id=vhu,path={sock}",
+           "-chardev", f"socket,id=vhu,path={sock}" + (",reconnect=1" if on_loop else ""),
            "-device", f"vhost-user-blk-pci,chardev=vhu,num-queues={queues}"
                       f"{',packed=on' if packed else ''}",
            "-serial", "stdio", "-kernel", vmlinuz, "-initrd", initrd,
-           "-append", f"console=ttyS0 panic=-1 quiet vdtest.size={SIZE} vdtest.queues={queues}"]
+           "-append", f"console=ttyS0 panic=-1 quiet vdtest.size={SIZE} vdtest.queues={queues}"
+                      f" vdtest.crash={crash if on_loop else 0}"]
     vt.log("+", " ".join(cmd))
-    logpath = os.path.join(workdir, f"guest-{queues}-{packed}.log")
+    logpath = os.path.join(workdir, f"guest-{queues}-{packed}-{crash}.log")
     with open(logpath, "w+") as logf:
         p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.time() + timeout
+        crash_expected = on_loop is not None
         while p.poll() is None:
             logf.seek(0)
             out = logf.read()
+            if on_loop and "VDTEST-LOOP" in out:
+                on_loop()
+                on_loop = None
             # a server crash leaves the guest hanging: QEMU logs it
-            if "Unexpected end-of-file" in out or "Failed to read msg header" in out:
-                break
+            elif "Unexpected end-of-file" in out or "Failed to read msg header" in out:
+                if not crash_expected:
+                    break
+            if "VDTEST-RESULT" in out:
+                crash_expected = False
             if time.time() > deadline:
                 break
             time.sleep(0.2)
@@ -167,6 +179,53 @@ def test(vdiskd):
                       (4092 * k, 4 * k, 0x9e), (5120 * k, 4 * k, 0x9e),
                       (2049 * 512, 512, 0x6b), (2048 * 512, 512, 0)]
             vt.verify_on_host(img, fmt, layout)
+        # The server dies (SIGKILL) under guest I/O and comes back: QEMU
+        # (chardev reconnect=1) reconnects with its inflight region and the
+        # new vdiskd resubmits what was in flight; the guest never notices.
+        # crash=1: write+verify rounds on a raw file (data survives);
+        # crash=2: reads from a null-co that takes 300 ms each, so a read is
+        # in flight at the kill and must be resubmitted.
+        for crash in [1, 2]:
+            sock = os.path.join(d, f"vhost-crash{crash}.sock")
+            if crash == 1:
+                img = os.path.join(d, "crash.raw")
+                vt.create(img, "raw", SIZE)
+                node = vt.blockdev(img, "raw")
+            else:
+                node = (f"driver=null-co,node-name=disk0,size={SIZE},read-zeroes=on,"
+                        "latency-ns=300000000")
+            args = ["--object", "iothread,id=io0", "--blockdev", node,
+                    "--export", vt.vhost_export(sock, extra="iothread=io0")]
+            os.environ["VDISK_TRACE"] = "export"
+            servers = [vt.Vdiskd(vdiskd, d, args, wait_for=[sock])]
+
+            def restart():
+                if crash == 2:
+                    time.sleep(0.5)    # the guest's reads take 300 ms each at the server
+                servers[0].proc.send_signal(signal.SIGKILL)
+                servers[0].proc.wait()
+                for f in [sock, servers[0].qmp_path]:
+                    os.unlink(f)
+                servers.append(vt.Vdiskd(vdiskd, d, args, wait_for=[sock]))
+                vt.log("vdiskd killed and restarted")
+
+            try:
+                out = boot(d, vmlinuz, initrd, sock, 1, False, on_loop=restart, crash=crash)
+                vt.log([ln for ln in out.splitlines() if "VDTEST-ROUNDS" in ln])
+                assert len(servers) == 2, "the server was not restarted"
+                st = [n for n in servers[1].qmp.ok("query-named-block-nodes")
+                      if "stats" in n][0]["stats"]
+                vt.log("restarted server:", st["rd_operations"], "reads", st["wr_operations"],
+                       "writes")
+                assert st["rd_operations"] > 0, "the guest did not use the new server"
+            finally:
+                log = servers[-1].stop()
+                servers[0].kill()
+                del os.environ["VDISK_TRACE"]
+            resumed = [ln for ln in log.splitlines() if "resubmits" in ln]
+            vt.log("resubmitted after the restart:", resumed or "nothing was in flight")
+            if crash == 2:
+                assert resumed, "no in-flight request was resubmitted after the restart"
 
 
 if __name__ == "__main__":

@@ -202,11 +202,45 @@ typedef struct VdCreateOption {
 } VdCreateOption;
 
 /*
+ * What a driver can do, for tools that choose options and paths by it
+ * (vdisk-img create/convert/measure/amend); the driver tables themselves
+ * stay private to the block layer.
+ */
+typedef struct VdDriverInfo {
+    const char *name;                    /* "qcow2", "file", ... */
+    bool is_format;                      /* sits on a file child */
+    bool is_filter;
+    bool can_create;
+    bool supports_backing;
+    bool can_compress;                   /* writes compressed clusters */
+    bool can_amend;
+    bool can_snapshot;
+    const VdCreateOption *create_opts;   /* {NULL}-terminated, may be NULL */
+} VdDriverInfo;
+
+/* Fill *info for the driver called name; false if there is none. */
+bool vd_driver_get_info(const char *name, VdDriverInfo *info);
+/* The protocol driver an image called filename is created on: its URI
+ * scheme's driver, else "file". */
+void vd_protocol_get_info(const char *filename, VdDriverInfo *info);
+/* The driver of node itself. */
+void vd_node_get_driver_info(VdNode *node, VdDriverInfo *info);
+/* The format's cluster size (0: none) and dirty flag, asked of the node's
+ * driver (a raw node asks its file). -ENOTSUP if the driver has no such info. */
+int vd_node_get_format_info(VdNode *node, int64_t *cluster_size, bool *is_dirty);
+/* qemu-img measure: sizes of a new image of format fmt created with opts and
+ * holding in's data (in may be NULL). -ENOTSUP if fmt cannot say. */
+int vd_driver_measure(const char *fmt, const VdOpts *opts, VdNode *in, uint64_t *required,
+                      uint64_t *fully_allocated, VdError **errp);
+
+/*
  * Image operations that go to the format under any filters (block/snapshot.c),
  * for tools in the main thread: each drains the node, runs the format's
  * callback in the node's context and waits. -ENOTSUP (errp set where there is
  * one) when the format cannot do it.
  */
+/* Resolve a backing name relative to the image's own filename into buf. */
+void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size);
 /* The format node under any filters above it (node itself if none). */
 VdNode *vd_node_format_node(VdNode *node);
 int vd_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp);

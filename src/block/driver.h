@@ -266,8 +266,6 @@ int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError *
 VdChild *vd_attach_child(VdNode *parent, VdNode *child, const char *name, VdChildRole role);
 /* Detach and drop the reference. */
 void vd_child_unref(VdNode *parent, VdChild *child);
-/* Resolve a backing name relative to the image's own filename into buf. */
-void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size);
 /* Protocol-style open: take the "filename" option the core hands down, if
  * any, and check it with drv->parse_filename (which may add options). 0 or
  * -errno with errp set. Defined in src/block/drivers.c. */

@@ -12,7 +12,7 @@
 #include "export/nbd-proto.h"
 #include "export/vhost-user-blk.h"
 
-VdExport *g_vd_exports;
+static VdExport *g_vd_exports;   /* main thread; others use vd_export_next */
 
 VdExport *vd_export_find(const char *id)
 {
@@ -40,6 +40,11 @@ VdExport *vd_export_find_by_name(const char *name, size_t len)
         n++;
     }
     return len == 0 && n == 1 ? only : NULL;
+}
+
+VdExport *vd_export_next_any(VdExport *prev)
+{
+    return prev ? prev->next : g_vd_exports;
 }
 
 VdExport *vd_export_next(VdExport *prev)

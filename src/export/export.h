@@ -20,7 +20,7 @@ struct VdExport {
     uint32_t min_block;      /* advertised minimum block size (power of two) */
     uint32_t max_block;      /* advertised maximum block size */
     int64_t size;            /* at export time */
-    /* Connection state, guarded by the server lock (nbd-server.c). */
+    /* Connection state, guarded by the server lock (nbd-*.c). */
     bool quiescing;          /* atomic: connections park instead of reading requests */
     bool deleting;
     int n_conns;
@@ -44,9 +44,11 @@ int vd_export_del(const char *id, bool hard, VdError **errp);
 VdExport *vd_export_find(const char *id);
 /* Lookup by NBD name; "" selects the export named "" or, failing that, the
  * only export if there is exactly one. Any thread with the server lock held
- * by the caller (nbd-server.c) or the main thread. */
+ * by the caller (nbd-*.c) or the main thread. */
 VdExport *vd_export_find_by_name(const char *name, size_t len);
 VdExport *vd_export_next(VdExport *prev);
+/* The same including exports being deleted (the export layer's own walks). */
+VdExport *vd_export_next_any(VdExport *prev);
 int vd_export_n_clients(VdExport *exp);
 
 /* Move blk (its node subtree) and the connections of every export serving it
@@ -83,7 +85,7 @@ void vd_nbd_server_add_client(int fd);
 void vd_nbd_server_set_handshake_timeout(int64_t ns);
 int vd_nbd_server_n_clients(void);
 
-/* Internal (export.c <-> nbd-server.c). */
+/* Internal (export.c <-> nbd-*.c). */
 void nbd_export_quiesce(VdExport *exp);
 bool nbd_export_all_parked(VdExport *exp);
 void nbd_export_resume(VdExport *exp);
@@ -94,6 +96,5 @@ void nbd_export_disconnect(VdExport *exp, bool graceful);
 void nbd_exports_disconnect_all(bool graceful);
 void nbd_server_lock(void);
 void nbd_server_unlock(void);
-extern VdExport *g_vd_exports;
 
 #endif

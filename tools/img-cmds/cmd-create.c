@@ -42,16 +42,6 @@ static const ImgPrintOpt img_print_raw[] = {
     { "extent_size_hint", NULL, true }, { NULL, NULL, false },
 };
 
-static bool img_opt_known(const VdDriver *drv, const char *key)
-{
-    for (const VdCreateOption *o = drv ? drv->create_opts : NULL; o && o->name; o++) {
-        if (!strcmp(o->name, key)) {
-            return true;
-        }
-    }
-    return false;
-}
-
 static const char *img_opt_str(const VdOpts *opts, const char *key)
 {
     VdJson *v = vd_opts_lookup(opts, key);
@@ -177,7 +167,8 @@ int img_cmd_create(int argc, char **argv)
     bool quiet = false, no_open_backing = false;
     VdOpts *opts = NULL;
     VdError *err = NULL;
-    const VdDriver *drv, *proto;
+    VdDriverInfo drv;
+    bool have_drv;
     int c, ret = 1;
 
     opterr = 0;
@@ -208,9 +199,9 @@ int img_cmd_create(int argc, char **argv)
             return img_bad_option(c, argv);
         }
     }
-    drv = vd_driver_find(fmt);
+    have_drv = vd_driver_get_info(fmt, &drv);
     if (optstr && img_has_help_option(optstr)) {
-        if (!drv) {
+        if (!have_drv) {
             img_error("Unknown file format '%s'", fmt);
             free(optstr);
             return 1;
@@ -228,7 +219,7 @@ int img_cmd_create(int argc, char **argv)
         return img_usage_error("Expecting image file name");
     }
     filename = argv[optind++];
-    if (!drv) {
+    if (!have_drv) {
         img_error("%s: Unknown file format '%s'", filename, fmt);
         free(optstr);
         return 1;
@@ -265,21 +256,14 @@ int img_cmd_create(int argc, char **argv)
     if (base_fmt) {
         vd_opts_set(opts, "backing_fmt", base_fmt);
     }
-    proto = drv->is_format ? vd_driver_find_protocol(filename) : NULL;
-    if (drv->is_format && !proto) {
-        proto = vd_driver_find("file");
-    }
-    for (size_t i = 0; i < vd_json_object_size(opts); i++) {
-        VdJson *v;
-        const char *k = vd_json_object_entry(opts, i, &v);
-        if (!img_opt_known(drv, k) && !img_opt_known(proto, k)) {
-            if (!strcmp(k, "backing_file") || !strcmp(k, "backing_fmt")) {
-                img_error("%s: Backing file not supported for file format '%s'", filename, fmt);
-            } else {
-                img_error("%s: Invalid parameter '%s'", filename, k);
-            }
-            goto out;
+    const char *k = img_unknown_create_opt(&drv, opts, filename);
+    if (k) {
+        if (!strcmp(k, "backing_file") || !strcmp(k, "backing_fmt")) {
+            img_error("%s: Backing file not supported for file format '%s'", filename, fmt);
+        } else {
+            img_error("%s: Invalid parameter '%s'", filename, k);
         }
+        goto out;
     }
     const char *size_str = img_opt_str(opts, "size");
     if (size_str && tool_parse_size(size_str) < 0) {

@@ -94,20 +94,18 @@ static bool img_create_opt_known(const VdCreateOption *o, const char *key)
     return false;
 }
 
-const char *img_unknown_create_opt(const VdDriver *drv, const VdOpts *opts, const char *filename)
+const char *img_unknown_create_opt(const VdDriverInfo *drv, const VdOpts *opts,
+                                   const char *filename)
 {
-    const VdDriver *proto = NULL;
+    VdDriverInfo proto = { 0 };
     if (drv->is_format) {
-        proto = filename ? vd_driver_find_protocol(filename) : NULL;
-        if (!proto) {
-            proto = vd_driver_find("file");
-        }
+        vd_protocol_get_info(filename, &proto);
     }
     for (size_t i = 0; i < vd_json_object_size(opts); i++) {
         VdJson *v;
         const char *key = vd_json_object_entry(opts, i, &v);
         if (!img_create_opt_known(drv->create_opts, key) &&
-            !(proto && img_create_opt_known(proto->create_opts, key))) {
+            !img_create_opt_known(proto.create_opts, key)) {
             return key;
         }
     }

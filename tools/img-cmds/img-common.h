@@ -10,7 +10,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include "vdisk/block.h"
-#include "block/driver.h"
+#include "vdisk/coroutine.h"
 
 #define IMG_PROG "vdisk-img"
 
@@ -40,7 +40,8 @@ int img_size_error(const char *what);
 /* The first key of opts that is neither one of drv's create options nor,
  * for a format, one of its protocol's (filename's URI scheme, else file;
  * filename may be NULL), or NULL if all are known. */
-const char *img_unknown_create_opt(const VdDriver *drv, const VdOpts *opts, const char *filename);
+const char *img_unknown_create_opt(const VdDriverInfo *drv, const VdOpts *opts,
+                                   const char *filename);
 
 /* Append one -o argument to the comma-joined option string *options (NULL
  * when none yet); *options becomes NULL if memory runs out. */

@@ -410,6 +410,7 @@ static void mon_client_read(void *opaque)
     }
     vd_json_stream_feed(c->js, buf, n);
     if (!c->nqueue) {
+        mon_reap_dead();    /* an error reply may have found the client gone */
         return;
     }
     mon_set_busy(true);

@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "block/driver.h"
 #include "export/export.h"
 #include "daemon.h"
 
@@ -151,7 +150,8 @@ static int run_default(VdError **errp)
 {
     const char *dir = "vdisk-data";
     char img[PATH_MAX + 64], sock[PATH_MAX + 64], cwd[PATH_MAX], buf[64];
-    bool have_qcow2 = vd_driver_find("qcow2") != NULL;
+    VdDriverInfo qcow2_info;
+    bool have_qcow2 = vd_driver_get_info("qcow2", &qcow2_info);
     const char *fmt = have_qcow2 ? "qcow2" : "raw";
     const char *port = getenv("VDISKD_NBD_PORT");
     const char *sock_env = getenv("VDISKD_NBD_SOCKET");

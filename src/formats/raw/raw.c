@@ -233,11 +233,7 @@ static int64_t coroutine_fn raw_co_getlength(VdNode *node)
 /* What the file says (QEMU's raw answers with its file's information). */
 static int raw_get_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
 {
-    VdNode *file = node->file->node;
-    if (!file->drv->get_info) {
-        return -ENOTSUP;
-    }
-    return file->drv->get_info(file, cluster_size, is_dirty);
+    return vd_node_get_format_info(node->file->node, cluster_size, is_dirty);
 }
 
 static int coroutine_fn raw_co_create(const char *filename, const VdOpts *opts, VdError **errp)

@@ -9,7 +9,6 @@
 
 #include "vdisk/coroutine.h"
 #include "export/export.h"
-#include "export/vhost-user-blk.h"
 #include "daemon.h"
 
 typedef struct VddIOThread {

@@ -20,6 +20,16 @@ def uri(sock, export=""):
     return f"nbd+unix:///{export}?socket={sock}"
 
 
+def pid_alive(pid):
+    """False once pid is gone or a zombie (a daemon is not our child: its
+    reaper may take a while)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 class Server:
     """A running NBD server process; stop() kills it and waits."""
 
@@ -33,9 +43,7 @@ class Server:
             return
         # not our child (daemonised): wait until it is gone
         for _ in range(2000):
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if not pid_alive(self.pid):
                 break
             time.sleep(0.005)
         try:

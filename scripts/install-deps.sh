@@ -4,7 +4,8 @@
 set -eu
 pkgs=(
   gcc libc6-dev make meson ninja-build pkg-config    # toolchain and build
-  liburing-dev zlib1g-dev libzstd-dev libnbd-dev     # libvdisk dependencies
+  liburing-dev zlib1g-dev libzstd-dev                # libvdisk dependencies
+  libnbd-dev                                         # NBD client protocol (src/protocols/nbd), required
   libcmocka-dev                                      # unit-test framework
   clang libclang-rt-14-dev                           # fuzzers (libFuzzer) and sanitizers
   qemu-utils qemu-system-common                      # oracles: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon

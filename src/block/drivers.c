@@ -22,6 +22,9 @@ extern const VdDriver vd_driver_qed;
 #ifdef CONFIG_NBD_CLIENT
 extern const VdDriver vd_driver_nbd;
 #endif
+#ifdef CONFIG_RBD
+extern const VdDriver vd_driver_rbd;
+#endif
 
 static const VdDriver *const g_drivers[] = {
     &vd_driver_file,
@@ -37,6 +40,9 @@ static const VdDriver *const g_drivers[] = {
 #endif
 #ifdef CONFIG_NBD_CLIENT
     &vd_driver_nbd,
+#endif
+#ifdef CONFIG_RBD
+    &vd_driver_rbd,
 #endif
 };
 

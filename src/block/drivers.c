@@ -105,6 +105,12 @@ const VdDriver *vd_driver_find_protocol(const char *filename)
     return NULL;
 }
 
+bool vd_filename_is_network(const char *filename)
+{
+    const VdDriver *d = vd_driver_find_protocol(filename);
+    return d && strcmp(d->format_name, "file") && strcmp(d->format_name, "null-co");
+}
+
 const VdDriver *vd_driver_next(const VdDriver *prev)
 {
     size_t i = 0;

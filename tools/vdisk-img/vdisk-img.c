@@ -212,7 +212,8 @@ static char *img_backing_path(const char *image, const char *backing)
     const char *slash = strrchr(image, '/');
     char *out;
 
-    if (backing[0] == '/' || !slash || strstr(backing, "://") || !strncmp(backing, "json:", 5)) {
+    if (backing[0] == '/' || !slash || strstr(backing, "://") || !strncmp(backing, "json:", 5) ||
+        vd_filename_is_network(backing)) {
         return strdup(backing);
     }
     if (asprintf(&out, "%.*s/%s", (int)(slash - image), image, backing) < 0) {

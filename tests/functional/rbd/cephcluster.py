@@ -91,6 +91,7 @@ memstore device bytes = {self.memstore_bytes}
 memstore page set = true
 memstore page size = 4096
 [client]
+rbd skip partial discard = false
 rados osd op timeout = 60
 rados mon op timeout = 60
 [mon.a]

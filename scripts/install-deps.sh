@@ -11,6 +11,11 @@ pkgs=(
   qemu-utils qemu-system-common                      # oracles: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon
   libnbd-bin nbdkit fio                              # NBD clients and load for tests/benchmarks
   python3 strace util-linux procps                   # test helpers
+  librbd-dev                                         # Ceph RBD protocol (src/protocols/rbd), optional at build time
+  # a throwaway single-node Ceph for the RBD tests and bench/rbd (tests/functional/rbd/
+  # cephcluster.py), and QEMU's rbd driver as the reference. ~90 packages, ~55 MB;
+  # about 1-2 minutes to install here.
+  ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime qemu-block-extra
 )
 missing=()
 for p in "${pkgs[@]}"; do

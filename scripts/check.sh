@@ -14,6 +14,7 @@ run_meson() {
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do setup+=("$1"); shift; done
   [ $# -gt 0 ] && shift
   targs=("$@")
+  echo "check: $dir: configure and build"
   if [ ! -f "$dir/build.ninja" ]; then
     meson setup "$dir" "${setup[@]}" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; fail=$((fail+1)); return; }
   fi
@@ -21,7 +22,9 @@ run_meson() {
     tail -60 "$dir.build.log"; fail=$((fail+1)); return
   fi
   local log=$dir/check.log
-  meson test -C "$dir" --print-errorlogs "${targs[@]}" 2>&1 | tee "$log" | grep -vE '^ *[0-9]+/[0-9]+ .* OK ' || true
+  echo "check: $dir: meson test ${targs[*]}"
+  # Every test's line is shown as it finishes, so a long run shows progress.
+  meson test -C "$dir" --print-errorlogs "${targs[@]}" 2>&1 | tee "$log" || true
   local ok f t up
   # meson's summary lines: "Ok:   12", "Unexpected Pass:    0", ...
   count() { awk -F: -v k="$1" '$1 == k { gsub(/[^0-9]/, "", $2); print $2 }' "$log"; }

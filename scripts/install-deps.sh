@@ -4,10 +4,12 @@
 set -eu
 pkgs=(
   gcc libc6-dev make meson ninja-build pkg-config    # toolchain and build
+  g++                                                # C++ check of the public headers
   liburing-dev zlib1g-dev libzstd-dev                # libvdisk dependencies
   libnbd-dev                                         # NBD client protocol (src/protocols/nbd), required
   libcmocka-dev                                      # unit-test framework
   clang libclang-rt-14-dev                           # fuzzers (libFuzzer) and sanitizers
+  python3-clang-14                                   # scripts/check-coroutine-fn.py (libclang)
   qemu-utils qemu-system-common                      # oracles: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon
   libnbd-bin nbdkit fio                              # NBD clients and load for tests/benchmarks
   python3 strace util-linux procps                   # test helpers

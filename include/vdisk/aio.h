@@ -14,6 +14,8 @@
 #include "vdisk/common.h"
 #include "vdisk/error.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdAioContext VdAioContext;
 typedef struct VdBH VdBH;
 typedef struct VdTimer VdTimer;
@@ -188,5 +190,7 @@ void vd_aio_wait_kick(void);
     } while (0)
 void vd_aio_wait_begin_(void);
 void vd_aio_wait_end_(void);
+
+VD_EXTERN_C_END
 
 #endif

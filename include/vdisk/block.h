@@ -18,6 +18,8 @@
 #include "vdisk/opts.h"
 #include "vdisk/aio.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdNode VdNode;
 typedef struct VdChild VdChild;
 typedef struct VdBackend VdBackend;
@@ -38,6 +40,11 @@ enum {
     VD_O_IO_URING     = 1 << 9,  /* aio=io_uring (default for file) */
     VD_O_THREADS      = 1 << 10, /* aio=threads */
 };
+
+/* The most images a backing chain may have below its top image (QEMU sets no
+ * limit; this one only bounds what a hostile image can make us open). Chains
+ * do not use more stack as they grow deeper (docs/block.md). */
+#define VD_MAX_BACKING_CHAIN 10000
 
 /* Request flags */
 enum {
@@ -177,13 +184,80 @@ int vd_img_create_help(const char *fmt, VdError **errp);
  * backing-filename, full-backing-filename, backing-filename-format,
  * format-specific, snapshots, children. backing_chain: returns an array. */
 VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp);
-/* Reorder the keys of every object in v (recursively) into the order in
- * which QEMU's tools print a dictionary (its hash-table order), so JSON output
- * matches qemu-img's byte for byte. vd_node_info's result is already ordered. */
-void vd_json_qemu_order(VdJson *v);
-/* Serialise v on one line the way QEMU writes json: filenames
- * ({"a": 1, "b": {"c": "d"}}, keys in the order they are in). malloc'ed. */
-char *vd_json_to_qemu_string(const VdJson *v);
+
+/* An internal snapshot as a format records it (qemu-img snapshot -l). */
+typedef struct VdSnapshotInfo {
+    char id_str[128];
+    char name[256];
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;          /* UINT64_MAX: not recorded */
+} VdSnapshotInfo;
+
+/* Description of a create option, for -o help and validation. */
+typedef struct VdCreateOption {
+    const char *name;
+    enum { VD_OPT_STRING, VD_OPT_BOOL, VD_OPT_NUMBER, VD_OPT_SIZE } type;
+    const char *help;
+    const char *def_value;    /* NULL: none */
+} VdCreateOption;
+
+/*
+ * What a driver can do, for tools that choose options and paths by it
+ * (vdisk-img create/convert/measure/amend); the driver tables themselves
+ * stay private to the block layer.
+ */
+typedef struct VdDriverInfo {
+    const char *name;                    /* "qcow2", "file", ... */
+    bool is_format;                      /* sits on a file child */
+    bool is_filter;
+    bool can_create;
+    bool supports_backing;
+    bool can_compress;                   /* writes compressed clusters */
+    bool can_amend;
+    bool can_snapshot;
+    const VdCreateOption *create_opts;   /* {NULL}-terminated, may be NULL */
+} VdDriverInfo;
+
+/* Fill *info for the driver called name; false if there is none. */
+bool vd_driver_get_info(const char *name, VdDriverInfo *info);
+/* The protocol driver an image called filename is created on: its URI
+ * scheme's driver, else "file". */
+void vd_protocol_get_info(const char *filename, VdDriverInfo *info);
+/* The driver of node itself. */
+void vd_node_get_driver_info(VdNode *node, VdDriverInfo *info);
+/* The format's cluster size (0: none) and dirty flag, asked of the node's
+ * driver (a raw node asks its file). -ENOTSUP if the driver has no such info. */
+int vd_node_get_format_info(VdNode *node, int64_t *cluster_size, bool *is_dirty);
+/* qemu-img measure: sizes of a new image of format fmt created with opts and
+ * holding in's data (in may be NULL). -ENOTSUP if fmt cannot say. */
+int vd_driver_measure(const char *fmt, const VdOpts *opts, VdNode *in, uint64_t *required,
+                      uint64_t *fully_allocated, VdError **errp);
+
+/*
+ * Image operations that go to the format under any filters (block/snapshot.c),
+ * for tools in the main thread: each drains the node, runs the format's
+ * callback in the node's context and waits. -ENOTSUP (errp set where there is
+ * one) when the format cannot do it.
+ */
+/* Resolve a backing name relative to the image's own filename into buf. */
+void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size);
+/* The format node under any filters above it (node itself if none). */
+VdNode *vd_node_format_node(VdNode *node);
+int vd_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp);
+int vd_node_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp);
+int vd_node_snapshot_delete(VdNode *node, const char *id, const char *name, VdError **errp);
+/* Returns the count (>= 0) with *list malloc'ed (NULL when 0), or -errno. */
+int vd_node_snapshot_list(VdNode *node, VdSnapshotInfo **list);
+int vd_node_amend(VdNode *node, const VdOpts *opts, bool force, VdError **errp);
+/* Rewrite the image's backing file name and format (qemu-img rebase -u), flushed. */
+int vd_node_change_backing_file(VdNode *node, const char *file, const char *fmt);
+/* Drop every cluster of the image (qemu-img commit's emptying), flushed. */
+int vd_node_make_empty(VdNode *node);
+/* vd_co_pwrite_zeroes from outside a coroutine. */
+int vd_node_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags);
 
 typedef struct VdCheckResult {
     int corruptions;
@@ -247,6 +321,13 @@ void vd_backend_set_stop_notifier(VdBackend *blk, void (*cb)(void *opaque, int e
 bool vd_backend_is_paused(VdBackend *blk);
 /* Resume after a stop: held requests are retried. Any thread. */
 void vd_backend_resume(VdBackend *blk);
+/* Give up on the requests a stop holds: they complete with the error that
+ * stopped them, and the backend runs again (the policy stays, so a new
+ * failure stops it again). For shutdown and hard export deletion, so a
+ * paused backend never blocks them. Main thread. */
+void vd_backend_fail_held(VdBackend *blk);
+/* Requests held by a stop right now (any thread). */
+int vd_backend_n_held(VdBackend *blk);
 
 void vd_backend_get_stats(VdBackend *blk, VdBlockStats *out);
 void vd_backend_drain_begin(VdBackend *blk);
@@ -279,5 +360,7 @@ int vd_backend_pwrite(VdBackend *blk, int64_t offset, int64_t bytes, const void 
 int vd_backend_pwrite_zeroes(VdBackend *blk, int64_t offset, int64_t bytes, int flags);
 int vd_backend_pdiscard(VdBackend *blk, int64_t offset, int64_t bytes);
 int vd_backend_flush(VdBackend *blk);
+
+VD_EXTERN_C_END
 
 #endif

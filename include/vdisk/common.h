@@ -9,15 +9,35 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "vdisk/version.h"
+
+/* Public headers wrap their declarations in these, for C++ users. */
+#ifdef __cplusplus
+#define VD_EXTERN_C_BEGIN extern "C" {
+#define VD_EXTERN_C_END }
+#else
+#define VD_EXTERN_C_BEGIN
+#define VD_EXTERN_C_END
+#endif
 
 /*
  * Marks a function that may yield: it must be called from coroutine context
- * only (assert vd_in_coroutine() at its top in debug builds).
+ * only. scripts/check-coroutine-fn.py checks every call in the tree (run by
+ * the unit suite): only coroutine_fn and coroutine_mixed_fn functions may
+ * call a coroutine_fn, directly or through a pointer declared coroutine_fn.
  */
+/* Marks a function that must not be called from coroutine context (it runs
+ * a nested event loop). */
+/* Marks a function that tests vd_in_coroutine() and yields only when true. */
+#ifdef VD_COROUTINE_ANALYSIS
+#define coroutine_fn __attribute__((annotate("coroutine_fn")))
+#define no_coroutine_fn __attribute__((annotate("no_coroutine_fn")))
+#define coroutine_mixed_fn __attribute__((annotate("coroutine_mixed_fn")))
+#else
 #define coroutine_fn
-
-/* Marks a function that must not be called from coroutine context. */
 #define no_coroutine_fn
+#define coroutine_mixed_fn
+#endif
 
 #define VD_LIKELY(x)   __builtin_expect(!!(x), 1)
 #define VD_UNLIKELY(x) __builtin_expect(!!(x), 0)

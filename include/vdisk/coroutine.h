@@ -10,6 +10,8 @@
 #include "vdisk/common.h"
 #include "vdisk/aio.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdCoroutine VdCoroutine;
 typedef void coroutine_fn VdCoroutineEntry(void *opaque);
 
@@ -33,6 +35,20 @@ void coroutine_fn vd_co_yield(void);
 VdCoroutine *vd_co_self(void);          /* NULL outside coroutines */
 bool vd_in_coroutine(void);
 VdAioContext *vd_co_get_context(const VdCoroutine *co);
+
+/* ---- recursion that the data decides (backing chains, nested filters) ------- */
+
+/* True if the running coroutine has used more than half of its stack; false
+ * outside coroutines. Costs a few instructions. */
+bool vd_co_stack_low(void);
+
+/*
+ * Run entry(opaque) to completion in a new coroutine (a fresh stack) in the
+ * current context while the calling coroutine waits (it yields if entry
+ * yields). For code whose recursion depth the data decides: call it when
+ * vd_co_stack_low() so the depth is bounded by memory, not by one stack.
+ */
+void coroutine_fn vd_co_call_on_new_stack(VdCoroutineEntry *entry, void *opaque);
 
 /* ---- waking coroutines across contexts -------------------------------------- */
 
@@ -58,7 +74,14 @@ void coroutine_fn vd_co_yield_to_loop(void);
  * loop until it finishes. For tools and synchronous APIs; not from a
  * coroutine. If the caller is ctx's thread it polls ctx, else it waits with
  * VD_AIO_WAIT_WHILE. */
-void vd_co_run_sync(VdAioContext *ctx, VdCoroutineEntry *entry, void *opaque);
+void no_coroutine_fn vd_co_run_sync(VdAioContext *ctx, VdCoroutineEntry *entry, void *opaque);
+
+/* The one way synchronous APIs run coroutine code: entry(opaque) runs to
+ * completion, directly when the caller already is a coroutine (in the
+ * caller's context), else through vd_co_run_sync in ctx. A synchronous
+ * wrapper is then a struct for the arguments and result, an entry that
+ * unpacks it, and one vd_co_call. */
+void coroutine_mixed_fn vd_co_call(VdAioContext *ctx, VdCoroutineEntry *entry, void *opaque);
 
 /* ---- CoQueue: a FIFO of waiting coroutines ---------------------------------
  * Not thread-safe by itself: protect it with the lock passed to wait
@@ -118,5 +141,7 @@ void coroutine_fn vd_co_rwlock_unlock(VdCoRwLock *l);
 void coroutine_fn vd_co_rwlock_upgrade(VdCoRwLock *l);
 /* Writer becomes a reader, letting queued readers in. */
 void coroutine_fn vd_co_rwlock_downgrade(VdCoRwLock *l);
+
+VD_EXTERN_C_END
 
 #endif

@@ -9,6 +9,8 @@
 
 #include "vdisk/common.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdError {
     int code;   /* positive errno value (EINVAL, EIO, ...) */
     char *msg;  /* full message: says what and where (file, offset, field) */
@@ -41,5 +43,7 @@ void vd_error_report(const char *fmt, ...) VD_PRINTF(1, 2);
 void vd_warn_report(const char *fmt, ...) VD_PRINTF(1, 2);
 void vd_error_set_progname(const char *progname);
 const char *vd_error_get_progname(void);
+
+VD_EXTERN_C_END
 
 #endif

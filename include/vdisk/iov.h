@@ -8,6 +8,8 @@
 #include <sys/uio.h>
 #include "vdisk/common.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef struct VdIOVector {
     struct iovec *iov;
     int niov;
@@ -43,5 +45,7 @@ ssize_t vd_iov_compare(const VdIOVector *a, const VdIOVector *b);
 bool vd_iov_is_zero(const VdIOVector *q, size_t offset, size_t bytes);
 /* True if the flat buffer is all zero (fast path for aligned buffers). */
 bool vd_buffer_is_zero(const void *buf, size_t len);
+
+VD_EXTERN_C_END
 
 #endif

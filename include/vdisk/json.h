@@ -10,6 +10,8 @@
 #include "vdisk/common.h"
 #include "vdisk/error.h"
 
+VD_EXTERN_C_BEGIN
+
 #define VD_JSON_MAX_DEPTH 64
 
 typedef enum VdJsonType {
@@ -65,8 +67,19 @@ void vd_json_object_put_int(VdJson *o, const char *key, int64_t v);
 void vd_json_object_put_bool(VdJson *o, const char *key, bool v);
 
 /* Parse exactly one JSON value (surrounding white space allowed). Errors say
- * where: "JSON parse error at offset 12: expected ':'". */
+ * where: "JSON parse error at offset 12: expected ':'". "\u0000" is refused
+ * (as QEMU: strings are C strings). Every scalar it returns is typed. */
 VdJson *vd_json_parse(const char *text, size_t len, VdError **errp);
+
+/*
+ * Typed values: a scalar read from JSON text has the type the user wrote, and
+ * option getters (opts.h) do not convert it ("size":"12" is not a size, as in
+ * QMP). Values built in code and key=value text are untyped: their strings
+ * convert to numbers and booleans. vd_json_set_untyped clears the mark in v
+ * and below (QEMU reads json: filenames as leniently as key=value).
+ */
+bool vd_json_is_typed(const VdJson *v);
+void vd_json_set_untyped(VdJson *v);
 
 /*
  * Streaming parser for the monitor: feed bytes, get complete top-level values.
@@ -82,5 +95,16 @@ void vd_json_stream_free(VdJsonStream *s);
 /* Serialise. pretty: qemu-img's --output=json layout (4-space indent,
  * "key": value). Returns a malloc'ed string. */
 char *vd_json_to_string(const VdJson *v, bool pretty);
+
+/* Reorder the keys of every object in v (recursively) into the order in
+ * which QEMU's tools print a dictionary (its hash-table order), so JSON output
+ * matches qemu-img's byte for byte. vd_node_info's result is already ordered.
+ * (json-qemu.c) */
+void vd_json_qemu_order(VdJson *v);
+/* Serialise v on one line the way QEMU writes json: filenames
+ * ({"a": 1, "b": {"c": "d"}}, keys in the order they are in). malloc'ed. */
+char *vd_json_to_qemu_string(const VdJson *v);
+
+VD_EXTERN_C_END
 
 #endif

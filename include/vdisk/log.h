@@ -8,6 +8,8 @@
 
 #include "vdisk/common.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef enum VdLogCategory {
     VD_LOG_AIO       = 1u << 0,
     VD_LOG_COROUTINE = 1u << 1,
@@ -36,5 +38,7 @@ void vd_log_write(VdLogCategory cat, const char *fmt, ...) VD_PRINTF(2, 3);
             vd_log_write((cat), __VA_ARGS__);               \
         }                                                   \
     } while (0)
+
+VD_EXTERN_C_END
 
 #endif

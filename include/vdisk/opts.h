@@ -16,6 +16,8 @@
 #include "vdisk/error.h"
 #include "vdisk/json.h"
 
+VD_EXTERN_C_BEGIN
+
 typedef VdJson VdOpts;
 
 /*
@@ -63,5 +65,7 @@ int vd_parse_bool(const char *str, bool *out);
 
 /* Flatten a tree back into "a.b=c,..." form (commas in values doubled). */
 char *vd_opts_to_string(const VdOpts *opts);
+
+VD_EXTERN_C_END
 
 #endif

@@ -40,6 +40,7 @@ struct VdBackend {
     bool dying;                     /* last reference gone: held requests fail */
     int pending_resumes;            /* atomic: resume BHs not yet run */
     int held;                       /* atomic: requests a stop holds, until they re-enter */
+    unsigned release_gen;           /* atomic: bumped to fail the requests held so far */
     VdCoQueue paused_queue;         /* home thread */
 
     int in_flight;                  /* home thread writes, relaxed reads elsewhere */
@@ -141,6 +142,25 @@ void vd_backend_resume(VdBackend *blk)
     __atomic_store_n(&blk->paused, 0, __ATOMIC_RELEASE);
     __atomic_fetch_add(&blk->pending_resumes, 1, __ATOMIC_ACQUIRE);
     vd_bh_schedule_oneshot(blk->root->ctx, resume_bh, blk);
+}
+
+/* Home thread: complete the requests held so far with their error. */
+static void fail_held_bh(void *opaque)
+{
+    VdBackend *blk = opaque;
+    __atomic_add_fetch(&blk->release_gen, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&blk->paused, 0, __ATOMIC_RELEASE);
+    vd_co_queue_wake_all(&blk->paused_queue);
+}
+
+void vd_backend_fail_held(VdBackend *blk)
+{
+    vd_aio_run_sync(blk->root->ctx, fail_held_bh, blk);
+}
+
+int vd_backend_n_held(VdBackend *blk)
+{
+    return __atomic_load_n(&blk->held, __ATOMIC_ACQUIRE);
 }
 
 bool vd_backend_is_paused(VdBackend *blk)
@@ -291,7 +311,9 @@ static int coroutine_fn backend_do(VdBackend *blk, BackendOp op, int64_t offset,
             blk->stop_cb(blk->stop_opaque, -ret, op != OP_READ);
         }
         __atomic_fetch_add(&blk->held, 1, __ATOMIC_RELAXED);
+        unsigned gen = __atomic_load_n(&blk->release_gen, __ATOMIC_ACQUIRE);
         backend_leave(blk);
+        vd_aio_wait_kick();     /* a waiter in the main loop may give up on us */
         while (__atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE)) {
             vd_co_queue_wait(&blk->paused_queue, NULL);
         }
@@ -300,8 +322,9 @@ static int coroutine_fn backend_do(VdBackend *blk, BackendOp op, int64_t offset,
         if (__atomic_sub_fetch(&blk->held, 1, __ATOMIC_RELEASE) == 0 && blk->dying) {
             vd_aio_wait_kick();     /* vd_backend_unref waits for us to be in flight */
         }
-        if (blk->dying) {
-            break;          /* the backend goes away: complete with the error */
+        if (blk->dying || __atomic_load_n(&blk->release_gen, __ATOMIC_ACQUIRE) != gen) {
+            break;          /* the backend goes away, or its owner gave up on the
+                             * held requests: complete with the error */
         }
     }
     account(blk, op, bytes, ret, (uint64_t)(vd_clock_ns() - start));
@@ -471,7 +494,7 @@ static void coroutine_fn sync_entry(void *opaque)
     s->ret = backend_co_request(s->blk, s->op, s->offset, s->bytes, s->qiov, s->flags);
 }
 
-static int backend_sync(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes, void *buf,
+static int coroutine_mixed_fn backend_sync(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes, void *buf,
                         int flags)
 {
     VdIOVector q;
@@ -483,11 +506,7 @@ static int backend_sync(VdBackend *blk, BackendOp op, int64_t offset, int64_t by
         vd_iov_init_buf(&q, buf, (size_t)bytes);
         s.qiov = &q;
     }
-    if (vd_in_coroutine()) {
-        sync_entry(&s);
-    } else {
-        vd_co_run_sync(blk->root->ctx, sync_entry, &s);
-    }
+    vd_co_call(blk->root->ctx, sync_entry, &s);
     return s.ret;
 }
 

@@ -30,6 +30,8 @@ typedef struct VdTrackedReq {
     struct VdTrackedReq *prev, *next;
 } VdTrackedReq;
 
+typedef struct VdBackingLink VdBackingLink;
+
 struct VdNodeCoreState {
     /* Owned by the node's home thread; in_flight and quiesce_counter are also
      * read by a draining thread (relaxed loads). */
@@ -55,6 +57,9 @@ struct VdNodeCoreState {
     int detect_zeroes;              /* 0 off, 1 on, 2 unmap: all-zero writes become zero-writes */
     bool closing;
     unsigned index;                 /* for "#nodeN" */
+    /* While this node opens as a backing file: the images above it (node.c,
+     * refuses loops and chains deeper than VD_MAX_BACKING_CHAIN). */
+    const VdBackingLink *backing_up;
 };
 
 /*
@@ -70,6 +75,11 @@ static inline void vd_co_queue_wake_all(VdCoQueue *q)
 
 /* ---- io.c ---- */
 void vd_node_core_init(VdNode *node);
+/* node.c, for open.c: a new node of drv (refcnt 1, main context), its
+ * freeing, and adding an opened node to the named-node registry. */
+VdNode *vd_node_alloc(const VdDriver *drv, int flags);
+void vd_node_free(VdNode *node);
+void vd_node_registry_add(VdNode *node);
 /* Refresh core->total_bytes from the driver (coroutine, node's context). */
 int coroutine_fn vd_node_refresh_total(VdNode *node);
 /* Internal flush: counted in flight but never waits for a drain to end. */

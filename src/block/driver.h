@@ -43,23 +43,7 @@ typedef struct VdBlockLimits {
     int max_iov;                  /* 0 = IOV_MAX */
 } VdBlockLimits;
 
-typedef struct VdSnapshotInfo {
-    char id_str[128];
-    char name[256];
-    uint64_t vm_state_size;
-    uint32_t date_sec;
-    uint32_t date_nsec;
-    uint64_t vm_clock_nsec;
-    uint64_t icount;          /* UINT64_MAX: not recorded */
-} VdSnapshotInfo;
-
-/* Description of a create option, for -o help and validation. */
-typedef struct VdCreateOption {
-    const char *name;
-    enum { VD_OPT_STRING, VD_OPT_BOOL, VD_OPT_NUMBER, VD_OPT_SIZE } type;
-    const char *help;
-    const char *def_value;    /* NULL: none */
-} VdCreateOption;
+/* VdSnapshotInfo and VdCreateOption are public (vdisk/block.h). */
 
 /*
  * Fault-injection events (DESIGN.md §8, docs/filters.md). A format driver
@@ -254,8 +238,14 @@ const VdDriver *vd_driver_next(const VdDriver *prev);
 /* Add a driver at run time (tests' fault-injection drivers). Main thread,
  * before use. Returns 0, -EEXIST if the name is taken, -ENOSPC if full. */
 int vd_driver_register_extra(const VdDriver *drv);
-/* The format driver whose probe scores buf highest (raw if none). */
+/* The format driver whose probe scores buf highest (raw if none). probe.c */
 const VdDriver *vd_driver_probe(const uint8_t *buf, int buf_size, const char *filename);
+/* QEMU's name of a format vdisk has no driver for ("vmdk", "vdi", "vpc",
+ * "vhdx", "qcow", "luks", "qed", "parallels", "bochs", "cloop", "dmg") whose
+ * magic buf (the image's first bytes) or tail (its last bytes, may be NULL)
+ * carries; NULL if none. A format whose driver is registered is skipped. */
+const char *vd_probe_unsupported_format(const uint8_t *buf, int buf_size, const uint8_t *tail,
+                                        int tail_size);
 
 /*
  * Open child child_name of parent. Options under "<child_name>." are taken out
@@ -265,19 +255,17 @@ const VdDriver *vd_driver_probe(const uint8_t *buf, int buf_size, const char *fi
  * cache flags and read-only state. Returns NULL with allow_none and nothing to
  * open (errp untouched), or on error (errp set).
  */
-VdChild *vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
+VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
                        VdNode *parent, VdChildRole role, bool allow_none, VdError **errp);
 /* Open node->backing from the "backing" option or node->backing_file (relative
  * names resolve against the directory of node->filename) and its format
  * (node->backing_format, else probed). Sets node->backing. No-op with
  * VD_O_NO_BACKING or no backing file. */
-int vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp);
+int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp);
 /* Attach an existing node as a child (takes a reference). */
 VdChild *vd_attach_child(VdNode *parent, VdNode *child, const char *name, VdChildRole role);
 /* Detach and drop the reference. */
 void vd_child_unref(VdNode *parent, VdChild *child);
-/* Resolve a backing name relative to the image's own filename into buf. */
-void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size);
 /* Protocol-style open: take the "filename" option the core hands down, if
  * any, and check it with drv->parse_filename (which may add options). 0 or
  * -errno with errp set. Defined in src/block/drivers.c. */

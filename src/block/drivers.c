@@ -136,3 +136,61 @@ int vd_driver_take_filename(const VdDriver *drv, VdOpts *options, VdError **errp
     free(fn);
     return ret;
 }
+
+/* ---- what a driver can do, for the tools ---- */
+
+static void driver_info_fill(const VdDriver *d, VdDriverInfo *info)
+{
+    *info = (VdDriverInfo) {
+        .name = d->format_name,
+        .is_format = d->is_format,
+        .is_filter = d->is_filter,
+        .can_create = d->co_create != NULL,
+        .supports_backing = d->supports_backing,
+        .can_compress = d->co_pwritev_compressed != NULL,
+        .can_amend = d->co_amend != NULL,
+        .can_snapshot = d->co_snapshot_create != NULL,
+        .create_opts = d->create_opts,
+    };
+}
+
+bool vd_driver_get_info(const char *name, VdDriverInfo *info)
+{
+    const VdDriver *d = name ? vd_driver_find(name) : NULL;
+    if (!d) {
+        return false;
+    }
+    driver_info_fill(d, info);
+    return true;
+}
+
+void vd_protocol_get_info(const char *filename, VdDriverInfo *info)
+{
+    const VdDriver *d = filename ? vd_driver_find_protocol(filename) : NULL;
+    driver_info_fill(d ? d : vd_driver_find("file"), info);
+}
+
+void vd_node_get_driver_info(VdNode *node, VdDriverInfo *info)
+{
+    driver_info_fill(node->drv, info);
+}
+
+int vd_node_get_format_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
+{
+    *cluster_size = 0;
+    *is_dirty = false;
+    if (!node->drv->get_info) {
+        return -ENOTSUP;
+    }
+    return node->drv->get_info(node, cluster_size, is_dirty);
+}
+
+int vd_driver_measure(const char *fmt, const VdOpts *opts, VdNode *in, uint64_t *required,
+                      uint64_t *fully_allocated, VdError **errp)
+{
+    const VdDriver *d = vd_driver_find(fmt);
+    if (!d || !d->measure) {
+        return -ENOTSUP;
+    }
+    return d->measure(opts, in, required, fully_allocated, errp);
+}

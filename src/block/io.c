@@ -57,21 +57,6 @@ static inline void coroutine_fn node_enter(VdNode *node)
     VD_RELAXED_ADD(c->in_flight, 1);
 }
 
-void vd_node_quiesce_begin_local(VdNode *node)
-{
-    VD_RELAXED_ADD(node->core->quiesce_counter, 1);
-}
-
-void vd_node_quiesce_end_local(VdNode *node)
-{
-    VdNodeCoreState *c = node->core;
-    assert(c->quiesce_counter > 0);
-    VD_RELAXED_ADD(c->quiesce_counter, -1);
-    if (c->quiesce_counter == 0) {
-        vd_co_queue_wake_all(&c->drain_queue);
-    }
-}
-
 /* ---- tracked requests ------------------------------------------------------------ */
 
 static inline void track_begin(VdTrackedReq *req, VdNode *node, int64_t offset, int64_t bytes)
@@ -524,9 +509,42 @@ static int coroutine_fn node_bounce_pwritev(VdTrackedReq *req, VdNode *node, int
 
 /* ---- public request functions ----------------------------------------------------- */
 
+/* A request that recurses through a deep backing chain (or deeply nested
+ * filters) goes on on a fresh coroutine stack when this one is half used. */
+typedef struct RwOnNewStack {
+    VdNode *node;
+    int64_t offset, bytes;
+    VdIOVector *qiov;
+    size_t qiov_offset;
+    int flags;
+    bool is_write;
+    int ret;
+} RwOnNewStack;
+
+static void coroutine_fn rw_on_new_stack(void *opaque)
+{
+    RwOnNewStack *r = opaque;
+    r->ret = r->is_write ? vd_co_pwritev(r->node, r->offset, r->bytes, r->qiov, r->qiov_offset,
+                                         r->flags)
+                         : vd_co_preadv(r->node, r->offset, r->bytes, r->qiov, r->qiov_offset,
+                                        r->flags);
+}
+
+static int coroutine_fn rw_call_on_new_stack(VdNode *node, int64_t offset, int64_t bytes,
+                                             VdIOVector *qiov, size_t qiov_offset, int flags,
+                                             bool is_write)
+{
+    RwOnNewStack r = { node, offset, bytes, qiov, qiov_offset, flags, is_write, 0 };
+    vd_co_call_on_new_stack(rw_on_new_stack, &r);
+    return r.ret;
+}
+
 int coroutine_fn vd_co_preadv(VdNode *node, int64_t offset, int64_t bytes, VdIOVector *qiov,
                               size_t qiov_offset, int flags)
 {
+    if (VD_UNLIKELY(vd_co_stack_low())) {
+        return rw_call_on_new_stack(node, offset, bytes, qiov, qiov_offset, flags, false);
+    }
     int ret = check_rw(node, offset, bytes, qiov, qiov_offset, false);
     if (VD_UNLIKELY(ret < 0) || bytes == 0) {
         return ret;
@@ -544,6 +562,9 @@ int coroutine_fn vd_co_preadv(VdNode *node, int64_t offset, int64_t bytes, VdIOV
 int coroutine_fn vd_co_pwritev(VdNode *node, int64_t offset, int64_t bytes, VdIOVector *qiov,
                                size_t qiov_offset, int flags)
 {
+    if (VD_UNLIKELY(vd_co_stack_low())) {
+        return rw_call_on_new_stack(node, offset, bytes, qiov, qiov_offset, flags, true);
+    }
     int ret = check_rw(node, offset, bytes, qiov, qiov_offset, true);
     if (VD_UNLIKELY(ret < 0) || bytes == 0) {
         return ret;
@@ -1043,13 +1064,9 @@ static void coroutine_fn sync_status_entry(void *opaque)
                                       s->pnum, s->map, s->file, s->depth);
 }
 
-static int sync_run(VdCoroutineEntry *entry, SyncRw *s)
+static int coroutine_mixed_fn sync_run(VdCoroutineEntry *entry, SyncRw *s)
 {
-    if (vd_in_coroutine()) {
-        entry(s);
-    } else {
-        vd_co_run_sync(s->node->ctx, entry, s);
-    }
+    vd_co_call(s->node->ctx, entry, s);
     return s->ret;
 }
 

@@ -3,6 +3,7 @@
  * yield, and the stack switch with its ASan/TSan fiber annotations. Wake-ups
  * across contexts are in schedule.c, the locks in lock.c (docs/coroutine.md).
  */
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -263,7 +264,7 @@ static inline void co_switch(VdCoThread *t, VdCoroutine *from, VdCoroutine *to,
 
 /* Runs at the bottom of every coroutine stack, forever: a pooled coroutine
  * is reused by entering it again, without setting its stack up again. */
-static void co_trampoline(VdCoroutine *co)
+static void coroutine_fn co_trampoline(VdCoroutine *co)
 {
 #ifdef VD_CO_ASAN
     {
@@ -522,4 +523,58 @@ bool vd_in_coroutine(void)
 VdAioContext *vd_co_get_context(const VdCoroutine *co)
 {
     return atomic_load_explicit(&((VdCoroutine *)co)->ctx, memory_order_acquire);
+}
+
+/* ---- fresh stacks for deep recursion ---------------------------------------- */
+
+bool vd_co_stack_low(void)
+{
+    VdCoThread *t = vd_co_thread();
+    VdCoroutine *co = t->current;
+
+    if (co == &t->leader) {
+        return false;
+    }
+    /* the frame address is on the real stack even when ASan moves locals to
+     * its fake stack */
+    uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
+    uintptr_t lo = (uintptr_t)co->stack_lo, hi = (uintptr_t)co->stack_hi;
+    return sp < lo + (hi - lo) / 2;
+}
+
+typedef struct CoNewStack {
+    VdCoroutineEntry *entry;
+    void *opaque;
+    VdCoroutine *waiter;
+    atomic_bool done;
+    atomic_bool waiting;    /* the waiter yielded and needs a wake-up */
+} CoNewStack;
+
+static void coroutine_fn co_new_stack_entry(void *opaque)
+{
+    CoNewStack *s = opaque;
+
+    s->entry(s->opaque);
+    atomic_store(&s->done, true);
+    /* waiting is set before the waiter yields, in the waiter's thread, and
+     * entry can only finish after that once it has yielded */
+    if (atomic_load(&s->waiting)) {
+        vd_aio_co_wake(s->waiter);
+    }
+}
+
+void coroutine_fn vd_co_call_on_new_stack(VdCoroutineEntry *entry, void *opaque)
+{
+    CoNewStack s = { .entry = entry, .opaque = opaque, .waiter = vd_co_self() };
+    VdCoroutine *co;
+
+    assert(s.waiter);
+    co = vd_co_create(co_new_stack_entry, &s);
+    vd_co_enter(co);
+    if (!atomic_load(&s.done)) {
+        atomic_store(&s.waiting, true);
+        while (!atomic_load(&s.done)) {
+            vd_co_yield();
+        }
+    }
 }

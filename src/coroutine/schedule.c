@@ -218,7 +218,16 @@ static void coroutine_fn co_run_sync_entry(void *opaque)
     }
 }
 
-void vd_co_run_sync(VdAioContext *ctx, VdCoroutineEntry *entry, void *opaque)
+void coroutine_mixed_fn vd_co_call(VdAioContext *ctx, VdCoroutineEntry *entry, void *opaque)
+{
+    if (vd_in_coroutine()) {
+        entry(opaque);
+    } else {
+        vd_co_run_sync(ctx, entry, opaque);
+    }
+}
+
+void no_coroutine_fn vd_co_run_sync(VdAioContext *ctx, VdCoroutineEntry *entry, void *opaque)
 {
     VdAioContext *cur = vd_aio_current();
     CoRunSync s = { .entry = entry, .opaque = opaque };

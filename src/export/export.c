@@ -11,7 +11,7 @@
 #include "export/export.h"
 #include "export/nbd-proto.h"
 
-VdExport *g_vd_exports;
+static VdExport *g_vd_exports;   /* main thread; others use vd_export_next */
 
 VdExport *vd_export_find(const char *id)
 {
@@ -39,6 +39,11 @@ VdExport *vd_export_find_by_name(const char *name, size_t len)
         n++;
     }
     return len == 0 && n == 1 ? only : NULL;
+}
+
+VdExport *vd_export_next_any(VdExport *prev)
+{
+    return prev ? prev->next : g_vd_exports;
 }
 
 VdExport *vd_export_next(VdExport *prev)
@@ -183,6 +188,13 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
     if (vd_backend_get_context(blk) == ctx) {
         return 0;
     }
+    if (vd_backend_is_paused(blk) || vd_backend_n_held(blk) > 0) {
+        /* Held requests only finish on `cont`; waiting for them to park
+         * would stall the move and, with it, the monitor. */
+        vd_error_setg(errp, EBUSY, "node '%s' is stopped by an I/O error (BLOCK_IO_ERROR); "
+                      "resume it with 'cont' before moving it", vd_node_name(vd_backend_node(blk)));
+        return -EBUSY;
+    }
     for (VdExport *e = g_vd_exports; e; e = e->next) {
         if (e->blk == blk) {
             nbd_export_quiesce(e);
@@ -194,17 +206,26 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
     bool expired = false;
     VdTimer *t = vd_timer_new(vd_aio_main_context(), export_timer_cb, &expired);
     vd_timer_mod(t, vd_clock_ns() + EXPORT_QUIESCE_GRACE_NS);
-    VD_AIO_WAIT_WHILE(NULL, !expired && !export_all_parked(blk));
+    VD_AIO_WAIT_WHILE(NULL, !expired && !export_all_parked(blk) && vd_backend_n_held(blk) == 0);
     vd_timer_free(t);
-    if (!export_all_parked(blk)) {
+    if (!export_all_parked(blk) && vd_backend_n_held(blk) == 0) {
         for (VdExport *e = g_vd_exports; e; e = e->next) {
             if (e->blk == blk) {
                 nbd_export_abort_unparked(e);
             }
         }
-        VD_AIO_WAIT_WHILE(NULL, !export_all_parked(blk));
+        VD_AIO_WAIT_WHILE(NULL, !export_all_parked(blk) && vd_backend_n_held(blk) == 0);
     }
-    int ret = vd_backend_set_context(blk, ctx, errp);
+    int ret;
+    if (vd_backend_n_held(blk) > 0) {
+        /* stopped by an I/O error while we waited: give up, resume as we were */
+        vd_error_setg(errp, EBUSY, "node '%s' was stopped by an I/O error (BLOCK_IO_ERROR) "
+                      "during the move; resume it with 'cont' and move it again",
+                      vd_node_name(vd_backend_node(blk)));
+        ret = -EBUSY;
+    } else {
+        ret = vd_backend_set_context(blk, ctx, errp);
+    }
     for (VdExport *e = g_vd_exports; e; e = e->next) {
         if (e->blk == blk) {
             nbd_export_resume(e);
@@ -215,9 +236,9 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
 
 void vd_export_shutdown_all(void)
 {
-    for (VdExport *e = g_vd_exports; e; e = e->next) {
-        nbd_export_disconnect(e, true);
-    }
+    /* All exports at once: clients that do not read their replies cost one
+     * grace period in total, not one per export. */
+    nbd_exports_disconnect_all(true);
     while (g_vd_exports) {
         vd_export_del(g_vd_exports->id, true, NULL);
     }

@@ -20,7 +20,7 @@ struct VdExport {
     uint32_t min_block;      /* advertised minimum block size (power of two) */
     uint32_t max_block;      /* advertised maximum block size */
     int64_t size;            /* at export time */
-    /* Connection state, guarded by the server lock (nbd-server.c). */
+    /* Connection state, guarded by the server lock (nbd-*.c). */
     bool quiescing;          /* atomic: connections park instead of reading requests */
     bool deleting;
     int n_conns;
@@ -44,9 +44,11 @@ int vd_export_del(const char *id, bool hard, VdError **errp);
 VdExport *vd_export_find(const char *id);
 /* Lookup by NBD name; "" selects the export named "" or, failing that, the
  * only export if there is exactly one. Any thread with the server lock held
- * by the caller (nbd-server.c) or the main thread. */
+ * by the caller (nbd-*.c) or the main thread. */
 VdExport *vd_export_find_by_name(const char *name, size_t len);
 VdExport *vd_export_next(VdExport *prev);
+/* The same including exports being deleted (the export layer's own walks). */
+VdExport *vd_export_next_any(VdExport *prev);
 int vd_export_n_clients(VdExport *exp);
 
 /* Move blk (its node subtree) and the connections of every export serving it
@@ -61,12 +63,18 @@ void vd_export_shutdown_all(void);
 
 /* ---- NBD server ---- */
 
+/* A non-blocking listening UNIX socket on path (replaced if it exists); the
+ * path appears only once the socket is listening. Returns the fd or -errno. */
+int vd_unix_socket_listen(const char *path, int backlog, VdError **errp);
 /* Listen on a UNIX socket path (replaced if it exists) or a TCP host/port. */
 int vd_nbd_server_listen_unix(const char *path, VdError **errp);
 int vd_nbd_server_listen_inet(const char *host, const char *port, VdError **errp);
 /* 0 = unlimited. Further connections are closed right after accept. */
 void vd_nbd_server_set_max_connections(int max);
 bool vd_nbd_server_running(void);
+/* on=false: listeners keep listening (clients wait in the backlog) but no
+ * connection is accepted until on=true. Default on. */
+void vd_nbd_server_set_accepting(bool on);
 /* Stop accepting connections (existing ones stay). */
 void vd_nbd_server_close_listeners(void);
 /* Close listeners and disconnect every client. */
@@ -77,15 +85,16 @@ void vd_nbd_server_add_client(int fd);
 void vd_nbd_server_set_handshake_timeout(int64_t ns);
 int vd_nbd_server_n_clients(void);
 
-/* Internal (export.c <-> nbd-server.c). */
+/* Internal (export.c <-> nbd-*.c). */
 void nbd_export_quiesce(VdExport *exp);
 bool nbd_export_all_parked(VdExport *exp);
 void nbd_export_resume(VdExport *exp);
 /* Cut connections that did not park (e.g. a client not reading replies). */
 void nbd_export_abort_unparked(VdExport *exp);
 void nbd_export_disconnect(VdExport *exp, bool graceful);
+/* The same for every export at once (one grace period for all). */
+void nbd_exports_disconnect_all(bool graceful);
 void nbd_server_lock(void);
 void nbd_server_unlock(void);
-extern VdExport *g_vd_exports;
 
 #endif

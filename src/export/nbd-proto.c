@@ -1,7 +1,7 @@
 /*
  * NBD wire protocol: decoding, validation and encoding of handshake and
  * transmission messages (doc/proto.md of NetworkBlockDevice/nbd). Pure code:
- * the server (nbd-server.c) does the I/O, tests and the fuzzer call it too.
+ * the server (nbd-transmission.c, nbd-handshake.c) does the I/O, tests and the fuzzer call it too.
  */
 #include <errno.h>
 #include <string.h>

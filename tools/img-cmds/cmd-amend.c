@@ -14,9 +14,9 @@ static const char *const amend_qcow2_opts[] = {
     "data_file", "data_file_raw", "encrypt", NULL,
 };
 
-static const char *amend_create_only(const VdNode *node, const VdOpts *opts)
+static const char *amend_create_only(VdNode *node, const VdOpts *opts)
 {
-    if (strcmp(node->drv->format_name, "qcow2") != 0) {
+    if (strcmp(vd_node_format_name(node), "qcow2") != 0) {
         return NULL;
     }
     for (size_t i = 0; i < vd_json_object_size(opts); i++) {
@@ -103,9 +103,11 @@ int img_cmd_amend(int argc, char **argv)
     if (!blk) {
         goto out;
     }
-    VdNode *node = img_node_format(vd_backend_node(blk));
-    if (node->drv->co_amend) {
-        const char *bad = img_unknown_create_opt(node->drv, opts, NULL);
+    VdNode *node = vd_node_format_node(vd_backend_node(blk));
+    VdDriverInfo drv;
+    vd_node_get_driver_info(node, &drv);
+    if (drv.can_amend) {
+        const char *bad = img_unknown_create_opt(&drv, opts, NULL);
         if (bad) {
             img_error("Invalid parameter '%s'", bad);
             goto out;
@@ -119,12 +121,8 @@ int img_cmd_amend(int argc, char **argv)
     }
     ImgProgress prog;
     img_progress_init(&prog, progress, 1.0);
-    if (img_node_amend(node, opts, force, &err) < 0) {
-        if (err && err->code == ENOTSUP && !node->drv->co_amend) {
-            img_error_err(err, NULL);
-        } else {
-            img_error_err(err, NULL);
-        }
+    if (vd_node_amend(node, opts, force, &err) < 0) {
+        img_error_err(err, NULL);
         goto out;
     }
     img_progress_end(&prog);

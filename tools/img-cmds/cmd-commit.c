@@ -32,14 +32,14 @@ static bool commit_same_file(const char *a, const char *b)
  * 1 = top's backing. Prints the error and returns -1 if not found. */
 static int commit_find_base(VdNode *top, const char *filename, const char *base_name)
 {
-    VdNode *n = img_node_format(top);
+    VdNode *n = vd_node_format_node(top);
     int depth = 0;
     if (!vd_node_backing(n)) {
         img_error("Image does not have a backing file");
         return -1;
     }
     while ((n = vd_node_backing(n)) != NULL) {
-        n = img_node_format(n);
+        n = vd_node_format_node(n);
         depth++;
         if (!base_name) {
             return depth;
@@ -147,10 +147,10 @@ int img_cmd_commit(int argc, char **argv)
         img_error_err(err, prefix);
         return 1;
     }
-    VdNode *top = img_node_format(vd_backend_node(blk));
+    VdNode *top = vd_node_format_node(vd_backend_node(blk));
     VdNode *base = top;
     for (int i = 0; i < depth; i++) {
-        base = img_node_format(vd_node_backing(base));
+        base = vd_node_format_node(vd_node_backing(base));
     }
     uint8_t *buf = NULL;
     int64_t size = vd_node_getlength(top);
@@ -178,7 +178,7 @@ int img_cmd_commit(int argc, char **argv)
             goto out;
         }
         if (d != 0 && (st & VD_BLOCK_ZERO) && !(st & VD_BLOCK_DATA)) {
-            int r = img_node_pwrite_zeroes(base, off, pnum, 0);
+            int r = vd_node_pwrite_zeroes(base, off, pnum, 0);
             if (r < 0) {
                 img_error("Block job failed: %s", strerror(-r));
                 goto out;
@@ -218,7 +218,7 @@ int img_cmd_commit(int argc, char **argv)
         goto out;
     }
     if (!drop) {
-        r = img_node_make_empty(top);
+        r = vd_node_make_empty(top);
         if (r < 0 && r != -ENOTSUP) {
             img_error("Could not empty %s: %s", filename, strerror(-r));
             goto out;

@@ -563,13 +563,13 @@ int img_cmd_convert(int argc, char **argv)
         img_error_err(err, "Invalid options: ");
         goto out_sources;
     }
-    const VdDriver *out_drv = vd_driver_find(out_fmt);
-    if (!out_drv || !out_drv->co_create) {
+    VdDriverInfo out_drv;
+    if (!vd_driver_get_info(out_fmt, &out_drv) || !out_drv.can_create) {
         img_error("Unknown file format '%s'", out_fmt);
         vd_json_unref(copts);
         goto out_sources;
     }
-    const char *bad = img_unknown_create_opt(out_drv, copts, out_filename);
+    const char *bad = img_unknown_create_opt(&out_drv, copts, out_filename);
     if (bad) {
         img_error("Invalid parameter '%s'", bad);
         vd_json_unref(copts);
@@ -584,7 +584,7 @@ int img_cmd_convert(int argc, char **argv)
     s.target_has_backing = vd_opts_lookup(copts, "backing_file") != NULL;
     if (s.target_has_backing) {
         for (int i = 0; i < s.nsrc; i++) {
-            s.src[i].base = vd_node_backing(img_node_format(s.src[i].node));
+            s.src[i].base = vd_node_backing(vd_node_format_node(s.src[i].node));
         }
     }
     VdJson *prealloc = vd_opts_lookup(copts, "preallocation");
@@ -612,11 +612,13 @@ int img_cmd_convert(int argc, char **argv)
     if (!s.dst) {
         goto out_sources;
     }
-    VdNode *dnode = img_node_format(vd_backend_node(s.dst));
+    VdNode *dnode = vd_node_format_node(vd_backend_node(s.dst));
+    VdDriverInfo ddrv;
+    vd_node_get_driver_info(dnode, &ddrv);
     /* vdisk keeps no persistent dirty bitmaps: --bitmaps has nothing to
      * copy, but like qemu-img it needs a target that could hold them. */
-    if (bitmaps && strcmp(dnode->drv->format_name, "qcow2") != 0) {
-        img_error("Format driver '%s' does not support bitmaps", dnode->drv->format_name);
+    if (bitmaps && strcmp(ddrv.name, "qcow2") != 0) {
+        img_error("Format driver '%s' does not support bitmaps", ddrv.name);
         goto out;
     }
     if (skip_create) {
@@ -629,7 +631,7 @@ int img_cmd_convert(int argc, char **argv)
         s.has_zero_init = target_is_zero;
         s.target_has_backing = vd_node_backing(dnode) != NULL;
     } else {
-        s.has_zero_init = !(preallocated && dnode->drv->supports_backing);
+        s.has_zero_init = !(preallocated && ddrv.supports_backing);
     }
     if (s.min_sparse == 0) {
         s.has_zero_init = false;
@@ -638,8 +640,7 @@ int img_cmd_convert(int argc, char **argv)
     if (s.compressed) {
         int64_t cs = 0;
         bool dirty;
-        if (!dnode->drv->co_pwritev_compressed || !dnode->drv->get_info ||
-            dnode->drv->get_info(dnode, &cs, &dirty) < 0 || cs <= 0) {
+        if (!ddrv.can_compress || vd_node_get_format_info(dnode, &cs, &dirty) < 0 || cs <= 0) {
             img_error("Compression not supported for this file format");
             goto out;
         }

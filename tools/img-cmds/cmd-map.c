@@ -31,7 +31,7 @@ static void coroutine_fn map_status_entry(void *opaque)
     int depth = 0, ret;
 
     for (;;) {
-        node = img_node_format(node);
+        node = vd_node_format_node(node);
         file = NULL;
         ret = vd_co_block_status(node, true, s->offset, bytes, &pnum, &map, &file);
         if (ret < 0) {
@@ -49,7 +49,9 @@ static void coroutine_fn map_status_entry(void *opaque)
         VdNode *backing = vd_node_backing(node);
         if (!backing) {
             /* Unallocated in the last layer: reads as zeros. */
-            if (node->drv->supports_backing) {
+            VdDriverInfo drv;
+            vd_node_get_driver_info(node, &drv);
+            if (drv.supports_backing) {
                 ret |= VD_BLOCK_ZERO;
             } else {
                 ret = 0;
@@ -200,7 +202,8 @@ int img_cmd_map(int argc, char **argv)
         vd_backend_unref(blk);
         return 1;
     }
-    if (max_length != -1 && start_offset + max_length < length) {
+    /* both are at most INT64_MAX: compare without forming the sum */
+    if (max_length != -1 && max_length < length && start_offset < length - max_length) {
         length = start_offset + max_length;
     }
     if (json) {

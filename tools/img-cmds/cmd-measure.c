@@ -89,8 +89,8 @@ int img_cmd_measure(int argc, char **argv)
         img_error_err(err, NULL);
         goto out;
     }
-    const VdDriver *drv = vd_driver_find(out_fmt);
-    if (!drv || !drv->co_create) {
+    VdDriverInfo drv;
+    if (!vd_driver_get_info(out_fmt, &drv) || !drv.can_create) {
         img_error("Unknown file format '%s'", out_fmt);
         goto out;
     }
@@ -112,7 +112,7 @@ int img_cmd_measure(int argc, char **argv)
         img_error_err(err, NULL);
         goto out;
     }
-    const char *bad = img_unknown_create_opt(drv, opts, NULL);
+    const char *bad = img_unknown_create_opt(&drv, opts, NULL);
     if (bad) {
         img_error("Invalid parameter '%s'", bad);
         img_error("Invalid options for file format '%s'", out_fmt);
@@ -125,19 +125,20 @@ int img_cmd_measure(int argc, char **argv)
     }
     uint64_t required, fully;
     bool has_bitmaps = false;
-    if (drv->measure) {
-        if (drv->measure(opts, in, &required, &fully, &err) < 0) {
-            img_error_err(err, NULL);
-            goto out;
-        }
+    int mret = vd_driver_measure(out_fmt, opts, in, &required, &fully, &err);
+    if (mret < 0 && mret != -ENOTSUP) {
+        img_error_err(err, NULL);
+        goto out;
+    }
+    if (mret == 0) {
         /* A qcow2 v3 target carries the source's persistent bitmaps (none
          * here: vdisk has no dirty bitmaps), reported as qemu-img does. */
         VdJson *compat = vd_opts_lookup(opts, "compat");
         const char *cv = compat ? vd_json_get_string(compat) : NULL;
-        has_bitmaps = in && !strcmp(drv->format_name, "qcow2") &&
-                      !strcmp(vd_node_format_name(img_node_format(in)), "qcow2") &&
+        has_bitmaps = in && !strcmp(drv.name, "qcow2") &&
+                      !strcmp(vd_node_format_name(vd_node_format_node(in)), "qcow2") &&
                       !(cv && (!strcmp(cv, "0.10") || !strcmp(cv, "v2")));
-    } else if (drv->is_format || !strcmp(drv->format_name, "file")) {
+    } else if (drv.is_format || !strcmp(drv.name, "file")) {
         /* raw-like formats: the file is exactly the virtual size */
         uint64_t size;
         VdJson *sz = vd_opts_lookup(opts, "size");

@@ -84,7 +84,7 @@ int img_cmd_rebase(int argc, char **argv)
     if (!blk) {
         return 1;
     }
-    VdNode *top = img_node_format(vd_backend_node(blk));
+    VdNode *top = vd_node_format_node(vd_backend_node(blk));
     VdBackend *new_blk = NULL;
     uint8_t *buf_old = NULL, *buf_new = NULL;
     VdError *err = NULL;
@@ -175,7 +175,7 @@ int img_cmd_rebase(int argc, char **argv)
     }
 
     /* Now the header. */
-    int r = img_node_change_backing_file(top, out_base, out_base ? out_basefmt : NULL);
+    int r = vd_node_change_backing_file(top, out_base, out_base ? out_basefmt : NULL);
     if (r == -ENOSPC) {
         img_error("Could not change the backing file to '%s': No space left in the file header",
                   out_base ? out_base : "");

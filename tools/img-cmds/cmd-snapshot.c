@@ -37,7 +37,7 @@ static void snapshot_dump(const VdSnapshotInfo *sn)
 static int snapshot_list(VdNode *node)
 {
     VdSnapshotInfo *list = NULL;
-    int n = img_node_snapshot_list(node, &list);
+    int n = vd_node_snapshot_list(node, &list);
     if (n <= 0) {
         free(list);
         return 0;
@@ -122,7 +122,7 @@ int img_cmd_snapshot(int argc, char **argv)
         sn.date_sec = ts.tv_sec;
         sn.date_nsec = ts.tv_nsec / 1000 * 1000;
         sn.icount = 0;
-        ret = img_node_snapshot_create(node, &sn, &err);
+        ret = vd_node_snapshot_create(node, &sn, &err);
         if (ret == -ENOTSUP) {
             /* qemu-img's wording for a format without snapshots */
             vd_error_free_and_clear(&err);
@@ -134,7 +134,7 @@ int img_cmd_snapshot(int argc, char **argv)
         break;
     }
     case SNAPSHOT_APPLY:
-        ret = img_node_snapshot_goto(node, name, &err);
+        ret = vd_node_snapshot_goto(node, name, &err);
         if (ret < 0) {
             if (ret == -ENOTSUP) {
                 vd_error_free_and_clear(&err);
@@ -153,10 +153,10 @@ int img_cmd_snapshot(int argc, char **argv)
         break;
     case SNAPSHOT_DELETE:
         /* By ID first, then by name, as qemu-img does. */
-        ret = img_node_snapshot_delete(node, name, NULL, &err);
+        ret = vd_node_snapshot_delete(node, name, NULL, &err);
         if (ret == -ENOENT) {
             vd_error_free_and_clear(&err);
-            ret = img_node_snapshot_delete(node, NULL, name, &err);
+            ret = vd_node_snapshot_delete(node, NULL, name, &err);
         }
         if (ret < 0) {
             if (ret == -ENOENT || ret == -ENOTSUP) {

@@ -1,11 +1,13 @@
 /*
- * qemu-img's commands other than create/info/bench, as functions that
- * vdisk-img's main dispatches to: img_cmd_<name>(argc, argv) with argv[0]
+ * qemu-img's commands, as functions that vdisk-img's main dispatches to: img_cmd_<name>(argc, argv) with argv[0]
  * the command name; each returns the process exit status (qemu-img's).
  */
 #ifndef VDISK_IMG_CMDS_H
 #define VDISK_IMG_CMDS_H
 
+int img_cmd_create(int argc, char **argv);
+int img_cmd_info(int argc, char **argv);
+int img_cmd_bench(int argc, char **argv);
 int img_cmd_check(int argc, char **argv);
 int img_cmd_map(int argc, char **argv);
 int img_cmd_compare(int argc, char **argv);

@@ -3,28 +3,26 @@
  * opening with format/--image-opts/cache/-U handling, size strings, progress.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "img-common.h"
+#include "tool-common.h"
 
 void img_error(const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
-    fprintf(stderr, "%s: ", IMG_PROG);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    tool_verror(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void img_error_err(VdError *err, const char *prefix)
 {
-    img_error("%s%s", prefix ? prefix : "", err && err->msg ? err->msg : "unknown error");
-    vd_error_free(err);
+    tool_error_err(err, prefix);
 }
 
 const struct option img_std_longopts[] = {
@@ -51,13 +49,27 @@ int img_bad_option(int c, char **argv)
     return img_missing_argument_fmt("unrecognized option '%s'", arg);
 }
 
-int img_missing_argument_fmt(const char *fmt, const char *arg)
+int img_usage_error(const char *fmt, ...)
 {
+    va_list ap;
     fflush(stdout);
     fprintf(stderr, "%s: ", IMG_PROG);
-    fprintf(stderr, fmt, arg);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
     fprintf(stderr, "\nTry '%s --help' for more information\n", IMG_PROG);
     return 1;
+}
+
+int img_missing_argument_fmt(const char *fmt, const char *arg)
+{
+    /* fmt is one of our own literal formats with one %s */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    char msg[4200];
+    snprintf(msg, sizeof(msg), fmt, arg);
+#pragma GCC diagnostic pop
+    return img_usage_error("%s", msg);
 }
 
 int img_missing_argument(const char *what)
@@ -82,20 +94,18 @@ static bool img_create_opt_known(const VdCreateOption *o, const char *key)
     return false;
 }
 
-const char *img_unknown_create_opt(const VdDriver *drv, const VdOpts *opts, const char *filename)
+const char *img_unknown_create_opt(const VdDriverInfo *drv, const VdOpts *opts,
+                                   const char *filename)
 {
-    const VdDriver *proto = NULL;
+    VdDriverInfo proto = { 0 };
     if (drv->is_format) {
-        proto = filename ? vd_driver_find_protocol(filename) : NULL;
-        if (!proto) {
-            proto = vd_driver_find("file");
-        }
+        vd_protocol_get_info(filename, &proto);
     }
     for (size_t i = 0; i < vd_json_object_size(opts); i++) {
         VdJson *v;
         const char *key = vd_json_object_entry(opts, i, &v);
         if (!img_create_opt_known(drv->create_opts, key) &&
-            !(proto && img_create_opt_known(proto->create_opts, key))) {
+            !img_create_opt_known(proto.create_opts, key)) {
             return key;
         }
     }
@@ -129,54 +139,75 @@ int img_parse_output(const char *arg, bool *json)
     return 0;
 }
 
-VdBackend *img_open(const char *filename, const char *fmt, bool image_opts, int flags,
-                    const char *cache, bool quiet)
+VdBackend *img_open_spec(const ToolOpenSpec *spec)
 {
     VdError *err = NULL;
-    VdOpts *opts = NULL;
-    bool writethrough = false;
-    const char *name = filename;
+    ToolOpenPlan plan;
 
     if (vd_block_init(&err) < 0) {
         img_error_err(err, NULL);
         return NULL;
     }
-    if (cache) {
-        int cflags = 0;
-        if (vd_parse_cache_mode(cache, &cflags, &writethrough) < 0) {
-            img_error("Invalid cache option: %s", cache);
-            return NULL;
-        }
-        flags |= cflags;
-    }
-    if (image_opts) {
-        if (fmt) {
-            img_error("--image-opts and --format are mutually exclusive");
-            return NULL;
-        }
-        opts = vd_opts_parse(filename, NULL, &err);
-        if (!opts) {
-            img_error_err(err, NULL);
-            return NULL;
-        }
-        filename = NULL;
-    } else if (fmt) {
-        opts = vd_json_object();
-        vd_json_object_put_str(opts, "driver", fmt);
-    }
-    VdBackend *blk = vd_backend_open(filename, opts, flags, &err);
-    if (!blk) {
-        char prefix[4200];
-        snprintf(prefix, sizeof(prefix), "Could not open '%s': ", name);
-        img_error_err(err, prefix);
+    if (tool_open_prepare(spec, &plan, &err) < 0) {
+        img_error_err(err, NULL);
         return NULL;
     }
-    if (writethrough) {
-        vd_backend_set_write_cache(blk, false);
+    VdBackend *blk = tool_open_plan(&plan, &err);
+    if (!blk) {
+        char prefix[4200];
+        snprintf(prefix, sizeof(prefix), "Could not open '%s': ", spec->name);
+        img_error_err(err, prefix);
     }
-    (void)quiet;
     return blk;
 }
+
+VdBackend *img_open(const char *filename, const char *fmt, bool image_opts, int flags,
+                    const char *cache, bool quiet)
+{
+    ToolOpenSpec spec = {
+        .name = filename, .format = fmt, .image_opts = image_opts, .cache = cache,
+        .flags = flags,
+    };
+    (void)quiet;
+    return img_open_spec(&spec);
+}
+
+/* Parse the integer option value @arg (any base strtoll takes) within [@min, @max]
+ * into *out; otherwise print "Invalid <what> specified" and return -EINVAL. */
+int img_parse_int_opt(const char *arg, long long min, long long max, const char *what,
+                             int *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(arg, &end, 0);
+    if (errno || end == arg || *end || v < min || v > max) {
+        img_error("Invalid %s specified", what);
+        return -EINVAL;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* Parse the size option value @arg (suffixes allowed), at most INT_MAX, into *out;
+ * otherwise print qemu-img's error naming @what and return -EINVAL. */
+int img_parse_int_size(const char *arg, const char *what, int64_t *out)
+{
+    int64_t sz = tool_parse_size(arg);
+
+    if (sz < 0) {
+        img_size_error(what);
+        return -EINVAL;
+    }
+    if (sz > INT_MAX) {
+        img_error("Invalid %s specified. Must be between 0 and %d.", what, INT_MAX);
+        return -EINVAL;
+    }
+    *out = sz;
+    return 0;
+}
+
 
 char *img_size_to_str(uint64_t val)
 {

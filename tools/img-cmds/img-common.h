@@ -1,7 +1,7 @@
 /*
  * Helpers shared by the img-cmds commands: error printing in qemu-img's
  * style, opening images the way qemu-img does, option parsing glue,
- * progress output, and the wrappers around driver callbacks (img-node.c).
+ * progress output.
  */
 #ifndef VDISK_IMG_COMMON_H
 #define VDISK_IMG_COMMON_H
@@ -10,7 +10,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include "vdisk/block.h"
-#include "block/driver.h"
+#include "vdisk/coroutine.h"
 
 #define IMG_PROG "vdisk-img"
 
@@ -27,6 +27,8 @@ extern const struct option img_std_longopts[];
 void img_getopt_reset(void);
 /* Report getopt's '?' or ':' result (c) for argv; returns exit status 1. */
 int img_bad_option(int c, char **argv);
+/* "<prog>: <message>" and "Try '<prog> --help' ..." on stderr; returns 1. */
+int img_usage_error(const char *fmt, ...) VD_PRINTF(1, 2);
 /* "Expecting one image file name" and friends; returns 1. */
 int img_missing_argument(const char *what);
 /* Same with a printf format taking one string argument. */
@@ -38,7 +40,8 @@ int img_size_error(const char *what);
 /* The first key of opts that is neither one of drv's create options nor,
  * for a format, one of its protocol's (filename's URI scheme, else file;
  * filename may be NULL), or NULL if all are known. */
-const char *img_unknown_create_opt(const VdDriver *drv, const VdOpts *opts, const char *filename);
+const char *img_unknown_create_opt(const VdDriverInfo *drv, const VdOpts *opts,
+                                   const char *filename);
 
 /* Append one -o argument to the comma-joined option string *options (NULL
  * when none yet); *options becomes NULL if memory runs out. */
@@ -55,6 +58,17 @@ int img_parse_output(const char *arg, bool *json);
  */
 VdBackend *img_open(const char *filename, const char *fmt, bool image_opts, int flags,
                     const char *cache, bool quiet);
+/* The same from a full spec (aio, discard, ...): tools/common's one way to open. */
+struct ToolOpenSpec;
+VdBackend *img_open_spec(const struct ToolOpenSpec *spec);
+
+/* Parse the integer option value arg (any base strtoll takes) within
+ * [min, max] into *out; otherwise print "Invalid <what> specified" and
+ * return -EINVAL. */
+int img_parse_int_opt(const char *arg, long long min, long long max, const char *what, int *out);
+/* Parse the size option value arg (suffixes allowed), at most INT_MAX, into
+ * *out; otherwise print qemu-img's error naming what and return -EINVAL. */
+int img_parse_int_size(const char *arg, const char *what, int64_t *out);
 
 /* qemu's size_to_str(): "0 B", "1.5 MiB". Returns malloc'ed string. */
 char *img_size_to_str(uint64_t val);
@@ -68,19 +82,5 @@ typedef struct ImgProgress {
 void img_progress_init(ImgProgress *p, bool enabled, double min_skip);
 void img_progress_update(ImgProgress *p, double percent);
 void img_progress_end(ImgProgress *p);
-
-/* ---- driver callbacks run in the node's context (img-node.c) ---- */
-int img_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp);
-int img_node_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp);
-int img_node_snapshot_delete(VdNode *node, const char *id, const char *name, VdError **errp);
-/* Returns count (>= 0) with *list malloc'ed (may be NULL when 0), or -errno. */
-int img_node_snapshot_list(VdNode *node, VdSnapshotInfo **list);
-int img_node_amend(VdNode *node, const VdOpts *opts, bool force, VdError **errp);
-int img_node_change_backing_file(VdNode *node, const char *file, const char *fmt);
-int img_node_make_empty(VdNode *node);
-/* vd_co_pwrite_zeroes from the main thread. */
-int img_node_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags);
-/* The format node under any filters (the node a format callback applies to). */
-VdNode *img_node_format(VdNode *node);
 
 #endif

@@ -1,11 +1,13 @@
 /*
- * The command table vdisk-img's main looks up commands it does not handle
- * itself in.
+ * The command table vdisk-img's main looks commands up in.
  */
 #include <stddef.h>
 #include "img-cmds.h"
 
 const struct img_cmd img_cmds_table[] = {
+    { "create", img_cmd_create },
+    { "info", img_cmd_info },
+    { "bench", img_cmd_bench },
     { "check", img_cmd_check },
     { "map", img_cmd_map },
     { "compare", img_cmd_compare },

@@ -368,6 +368,17 @@ int vdd_export_add(VdOpts *opts, VdError **errp)
                       id, node_name);
         goto out;
     }
+    if (!vd_nbd_server_running()) {
+        /* as qemu-storage-daemon: an NBD export needs --nbd-server first */
+        vd_error_setg(errp, EINVAL, "export '%s': NBD server not running (start one with "
+                      "--nbd-server or nbd-server-start first)", id);
+        goto out;
+    }
+    if (min_block == 0) {
+        vd_error_setg(errp, EINVAL, "export '%s': min-block-size must be a power of two "
+                      "from 1 to 65536, not 0", id);
+        goto out;
+    }
     if (min_block > 65536) {
         vd_error_setg(errp, EINVAL, "export '%s': min-block-size %llu is too large", id,
                       (unsigned long long)min_block);
@@ -569,6 +580,12 @@ void vdd_shutdown(void)
         *pp = NULL;
         /* Close in the main context: the node's IOThread is stopped next. */
         vd_backend_set_context(b->blk, vd_aio_main_context(), NULL);
+        /* Nothing is in flight now. A failing flush must report, not stop
+         * (with werror=stop it would wait for a `cont` nobody can send). */
+        vd_backend_set_error_action(b->blk, VD_ERROR_ACTION_REPORT, VD_ERROR_ACTION_REPORT);
+        if (vd_backend_is_paused(b->blk)) {
+            vd_backend_fail_held(b->blk);   /* unpause; nothing is held any more */
+        }
         int ret = vd_backend_flush(b->blk);
         if (ret < 0) {
             vd_error_report("flush of node '%s' failed: %s", b->node_name, strerror(-ret));

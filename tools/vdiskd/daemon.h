@@ -27,6 +27,8 @@ VdJson *vdd_query_block_exports(void);
 /* Monitor (monitor.c) */
 int vdd_chardev_add(VdOpts *opts, VdError **errp);
 int vdd_monitor_add(VdOpts *opts, VdError **errp);
+/* Start accepting monitor clients (after the command line is processed). */
+void vdd_monitor_start(void);
 void vdd_monitor_close_all(void);
 /* Send {"event": name, "data": data (taken), "timestamp": ...} to every
  * negotiated monitor client. */

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "export/export.h"
 #include "daemon.h"
 
 #define MON_MAX_VALUE (1024 * 1024)
@@ -29,6 +29,7 @@ typedef struct VddChardev {
 
 typedef struct VddMonitor {
     int fd;
+    VdTimer *retry;           /* re-arms accept after EMFILE and the like */
     char *path;
     bool pretty;
     struct VddMonitor *next;
@@ -52,6 +53,7 @@ static VddChardev *g_chardevs;
 static VddMonitor *g_monitors;
 static MonClient *g_clients;
 static bool g_mon_busy;
+static bool g_mon_started;    /* accept only once the command line is processed */
 
 static void mon_client_read(void *opaque);
 static void mon_client_write(void *opaque);
@@ -64,13 +66,23 @@ static void mon_client_update(MonClient *c)
                           (c->out_len && !c->dead) ? mon_client_write : NULL, NULL, NULL, c);
 }
 
+/* Accepting goes on while a command runs (a new client gets its greeting;
+ * its input is read once the command is done), so the monitor never looks
+ * dead; it starts only when the command line is processed. */
+static void mon_listen_update(VddMonitor *m)
+{
+    vd_aio_set_fd_handler(vd_aio_main_context(), m->fd, g_mon_started ? mon_accept : NULL, NULL,
+                          NULL, NULL, m);
+}
+
+static void mon_retry_accept(void *opaque)
+{
+    mon_listen_update(opaque);
+}
+
 static void mon_set_busy(bool busy)
 {
     g_mon_busy = busy;
-    for (VddMonitor *m = g_monitors; m; m = m->next) {
-        vd_aio_set_fd_handler(vd_aio_main_context(), m->fd, busy ? NULL : mon_accept, NULL,
-                              NULL, NULL, m);
-    }
     for (MonClient *c = g_clients; c; c = c->next) {
         mon_client_update(c);
     }
@@ -94,6 +106,23 @@ static void mon_client_free(MonClient *c)
     vd_json_unref(c->pending_event);
     free(c->out);
     free(c);
+}
+
+/* Free the clients whose socket failed (a send error, EOF, or replies not
+ * read). Never while a command runs: its client is still in use. */
+static void mon_reap_dead(void)
+{
+    if (g_mon_busy) {
+        return;
+    }
+    for (MonClient **pp = &g_clients; *pp;) {
+        MonClient *c = *pp;
+        if (c->dead) {
+            mon_client_free(c);     /* unlinks c: *pp is now its successor */
+        } else {
+            pp = &c->next;
+        }
+    }
 }
 
 static void mon_flush(MonClient *c)
@@ -147,10 +176,29 @@ static VdJson *mon_error(const char *cls, const char *desc)
     return o;
 }
 
-static VdJson *mon_arg(VdJson *args, const char *key, VdJsonType type)
+/*
+ * A string argument: 0 with *out set (NULL if absent and optional), or -1
+ * with err set when it is missing or not a string (QMP's wording).
+ */
+static int mon_str_arg(VdJson *args, const char *key, bool required, const char **out,
+                       VdError **err)
 {
     VdJson *v = args ? vd_json_object_get(args, key) : NULL;
-    return v && vd_json_type(v) == type ? v : NULL;
+
+    *out = NULL;
+    if (!v) {
+        if (required) {
+            vd_error_setg(err, EINVAL, "Parameter '%s' is missing", key);
+            return -1;
+        }
+        return 0;
+    }
+    if (vd_json_type(v) != VD_JSON_STRING) {
+        vd_error_setg(err, EINVAL, "Invalid parameter type for '%s', expected: string", key);
+        return -1;
+    }
+    *out = vd_json_get_string(v);
+    return 0;
 }
 
 static VdJson *mon_copy_args(VdJson *args)
@@ -197,31 +245,28 @@ static VdJson *mon_dispatch(MonClient *c, const char *cmd, VdJson *args, VdError
     } else if (strcmp(cmd, "blockdev-add") == 0) {
         ret = vdd_blockdev_add(mon_copy_args(args), err);
     } else if (strcmp(cmd, "blockdev-del") == 0) {
-        VdJson *n = mon_arg(args, "node-name", VD_JSON_STRING);
-        if (!n) {
-            vd_error_setg(err, EINVAL, "Parameter 'node-name' is missing");
+        const char *n;
+        if (mon_str_arg(args, "node-name", true, &n, err) < 0) {
             return NULL;
         }
-        ret = vdd_blockdev_del(vd_json_get_string(n), err);
+        ret = vdd_blockdev_del(n, err);
     } else if (strcmp(cmd, "block-export-add") == 0) {
         ret = vdd_export_add(mon_copy_args(args), err);
     } else if (strcmp(cmd, "block-export-del") == 0) {
-        VdJson *id = mon_arg(args, "id", VD_JSON_STRING);
-        VdJson *mode = mon_arg(args, "mode", VD_JSON_STRING);
-        if (!id) {
-            vd_error_setg(err, EINVAL, "Parameter 'id' is missing");
+        const char *id, *mode;
+        if (mon_str_arg(args, "id", true, &id, err) < 0 ||
+            mon_str_arg(args, "mode", false, &mode, err) < 0) {
             return NULL;
         }
-        bool hard = mode && strcmp(vd_json_get_string(mode), "hard") == 0;
-        if (mode && !hard && strcmp(vd_json_get_string(mode), "safe") != 0) {
-            vd_error_setg(err, EINVAL, "Parameter 'mode' does not accept value '%s'",
-                          vd_json_get_string(mode));
+        bool hard = mode && strcmp(mode, "hard") == 0;
+        if (mode && !hard && strcmp(mode, "safe") != 0) {
+            vd_error_setg(err, EINVAL, "Parameter 'mode' does not accept value '%s'", mode);
             return NULL;
         }
-        ret = vdd_export_del(vd_json_get_string(id), hard, err);
+        ret = vdd_export_del(id, hard, err);
         if (ret == 0) {
             VdJson *d = vd_json_object();
-            vd_json_object_put_str(d, "id", vd_json_get_string(id));
+            vd_json_object_put_str(d, "id", id);
             /* after the reply, as QEMU does */
             c->pending_event = d;
         }
@@ -230,25 +275,26 @@ static VdJson *mon_dispatch(MonClient *c, const char *cmd, VdJson *args, VdError
     } else if (strcmp(cmd, "nbd-server-stop") == 0) {
         ret = vdd_nbd_server_stop(err);
     } else if (strcmp(cmd, "x-blockdev-set-iothread") == 0) {
-        VdJson *n = mon_arg(args, "node-name", VD_JSON_STRING);
+        const char *n;
         VdJson *t = args ? vd_json_object_get(args, "iothread") : NULL;
-        if (!n || !t || (vd_json_type(t) != VD_JSON_STRING && vd_json_type(t) != VD_JSON_NULL)) {
-            vd_error_setg(err, EINVAL, "Parameters 'node-name' and 'iothread' (string or null) "
-                          "are required");
+        if (mon_str_arg(args, "node-name", true, &n, err) < 0) {
             return NULL;
         }
-        ret = vdd_set_iothread(vd_json_get_string(n),
-                               vd_json_type(t) == VD_JSON_NULL ? NULL : vd_json_get_string(t),
+        if (!t || (vd_json_type(t) != VD_JSON_STRING && vd_json_type(t) != VD_JSON_NULL)) {
+            vd_error_setg(err, EINVAL, "Parameter 'iothread' (a string or null) is %s",
+                          t ? "of the wrong type" : "missing");
+            return NULL;
+        }
+        ret = vdd_set_iothread(n, vd_json_type(t) == VD_JSON_NULL ? NULL : vd_json_get_string(t),
                                err);
     } else if (strcmp(cmd, "object-add") == 0) {
         ret = vdd_object_add(mon_copy_args(args), err);
     } else if (strcmp(cmd, "object-del") == 0) {
-        VdJson *id = mon_arg(args, "id", VD_JSON_STRING);
-        if (!id) {
-            vd_error_setg(err, EINVAL, "Parameter 'id' is missing");
+        const char *id;
+        if (mon_str_arg(args, "id", true, &id, err) < 0) {
             return NULL;
         }
-        ret = vdd_object_del(vd_json_get_string(id), err);
+        ret = vdd_object_del(id, err);
     } else if (strcmp(cmd, "cont") == 0) {
         vdd_cont();
     } else if (strcmp(cmd, "quit") == 0) {
@@ -364,6 +410,7 @@ static void mon_client_read(void *opaque)
     }
     vd_json_stream_feed(c->js, buf, n);
     if (!c->nqueue) {
+        mon_reap_dead();    /* an error reply may have found the client gone */
         return;
     }
     mon_set_busy(true);
@@ -373,18 +420,14 @@ static void mon_client_read(void *opaque)
     }
     c->nqueue = 0;
     mon_set_busy(false);
-    if (c->dead) {
-        mon_client_free(c);
-    }
+    mon_reap_dead();
 }
 
 static void mon_client_write(void *opaque)
 {
     MonClient *c = opaque;
     mon_flush(c);
-    if (c->dead && !g_mon_busy) {
-        mon_client_free(c);
-    }
+    mon_reap_dead();
 }
 
 static void mon_accept(void *opaque)
@@ -392,6 +435,13 @@ static void mon_accept(void *opaque)
     VddMonitor *m = opaque;
     int fd = accept4(m->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            /* Out of descriptors: the listener stays readable, so pause
+             * accepting for a moment instead of spinning (as the NBD
+             * listener does). */
+            vd_aio_set_fd_handler(vd_aio_main_context(), m->fd, NULL, NULL, NULL, NULL, NULL);
+            vd_timer_mod(m->retry, vd_clock_ns() + 100 * 1000 * 1000);
+        }
         return;
     }
     MonClient *c = calloc(1, sizeof(*c));
@@ -415,6 +465,7 @@ static void mon_accept(void *opaque)
     vd_json_object_put(g, "QMP", q);
     mon_send(c, g);
     mon_client_update(c);
+    mon_reap_dead();    /* a client gone before its greeting */
 }
 
 void vdd_monitor_event(const char *name, VdJson *data)
@@ -434,6 +485,7 @@ void vdd_monitor_event(const char *name, VdJson *data)
         mon_send(c, ev);
     }
     vd_json_unref(data);
+    mon_reap_dead();
 }
 
 int vdd_chardev_add(VdOpts *opts, VdError **errp)
@@ -522,36 +574,34 @@ int vdd_monitor_add(VdOpts *opts, VdError **errp)
         vd_error_setg(errp, EBUSY, "monitor: chardev '%s' is already in use", chardev);
         goto out;
     }
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    if (strlen(d->path) >= sizeof(sa.sun_path)) {
-        vd_error_setg(errp, ENAMETOOLONG, "chardev '%s': path '%s' is too long", d->id, d->path);
-        goto out;
-    }
-    strcpy(sa.sun_path, d->path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    unlink(d->path);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 16) < 0) {
-        vd_error_setg_errno(errp, errno, "chardev '%s': cannot listen on '%s'", d->id, d->path);
-        if (fd >= 0) {
-            close(fd);
-        }
+    int fd = vd_unix_socket_listen(d->path, 16, errp);
+    if (fd < 0) {
+        vd_error_prepend(errp, "chardev '%s': ", d->id);
         goto out;
     }
     d->used = true;
     VddMonitor *m = calloc(1, sizeof(*m));
     m->fd = fd;
+    m->retry = vd_timer_new(vd_aio_main_context(), mon_retry_accept, m);
     m->path = strdup(d->path);
     m->pretty = pretty;
     m->next = g_monitors;
     g_monitors = m;
-    vd_aio_set_fd_handler(vd_aio_main_context(), fd, g_mon_busy ? NULL : mon_accept, NULL,
-                          NULL, NULL, m);
+    mon_listen_update(m);
     ret = 0;
 out:
     free(chardev);
     free(mode);
     vd_json_unref(opts);
     return ret;
+}
+
+void vdd_monitor_start(void)
+{
+    g_mon_started = true;
+    for (VddMonitor *m = g_monitors; m; m = m->next) {
+        mon_listen_update(m);
+    }
 }
 
 void vdd_monitor_close_all(void)
@@ -565,6 +615,7 @@ void vdd_monitor_close_all(void)
         VddMonitor *m = g_monitors;
         g_monitors = m->next;
         vd_aio_set_fd_handler(vd_aio_main_context(), m->fd, NULL, NULL, NULL, NULL, NULL);
+        vd_timer_free(m->retry);
         close(m->fd);
         unlink(m->path);
         free(m->path);

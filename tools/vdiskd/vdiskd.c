@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "block/driver.h"
 #include "export/export.h"
 #include "daemon.h"
 
@@ -54,7 +53,8 @@ static void usage(void)
            "  --pidfile <path>       write process ID to a file after startup\n"
            "\n"
            "Without options: create ./vdisk-data/disk.qcow2 (16 GiB, thin) and serve it as\n"
-           "export 'disk' on ./vdisk-data/nbd.sock and 127.0.0.1:10809.\n"
+           "export 'disk' on ./vdisk-data/nbd.sock and 127.0.0.1:10809 (VDISKD_NBD_SOCKET\n"
+           "and VDISKD_NBD_PORT in the environment replace them).\n"
            "See docs/vdiskd.md.\n");
 }
 
@@ -63,42 +63,103 @@ enum {
     OPT_DAEMONIZE, OPT_PIDFILE,
 };
 
-static int run_option(int opt, const char *arg, VdError **errp)
+static const char *option_name(int opt)
 {
-    VdOpts *opts;
+    switch (opt) {
+    case OPT_BLOCKDEV: return "--blockdev";
+    case OPT_CHARDEV: return "--chardev";
+    case OPT_EXPORT: return "--export";
+    case OPT_MONITOR: return "--monitor";
+    case OPT_NBD_SERVER: return "--nbd-server";
+    case OPT_OBJECT: return "--object";
+    default: return "option";
+    }
+}
 
+/* Run one object-creating option; opts is taken. */
+static int run_parsed_option(int opt, VdOpts *opts, VdError **errp)
+{
     switch (opt) {
     case OPT_BLOCKDEV:
-        opts = vd_opts_parse(arg, "driver", errp);
-        return opts ? vdd_blockdev_add(opts, errp) : -EINVAL;
+        return vdd_blockdev_add(opts, errp);
     case OPT_CHARDEV:
-        opts = vd_opts_parse(arg, "backend", errp);
-        return opts ? vdd_chardev_add(opts, errp) : -EINVAL;
+        return vdd_chardev_add(opts, errp);
     case OPT_EXPORT:
-        opts = vd_opts_parse(arg, "type", errp);
-        return opts ? vdd_export_add(opts, errp) : -EINVAL;
+        return vdd_export_add(opts, errp);
     case OPT_MONITOR:
-        opts = vd_opts_parse(arg, "chardev", errp);
-        return opts ? vdd_monitor_add(opts, errp) : -EINVAL;
+        return vdd_monitor_add(opts, errp);
     case OPT_NBD_SERVER:
-        opts = vd_opts_parse(arg, NULL, errp);
-        return opts ? vdd_nbd_server_start(opts, errp) : -EINVAL;
+        return vdd_nbd_server_start(opts, errp);
     case OPT_OBJECT:
-        opts = vd_opts_parse(arg, "qom-type", errp);
-        return opts ? vdd_object_add(opts, errp) : -EINVAL;
+        return vdd_object_add(opts, errp);
     default:
+        vd_json_unref(opts);
         return 0;
     }
 }
 
-/* Zero-argument mode: one thin image, one IOThread, UNIX + TCP listeners. */
+/*
+ * Parse and run the index-th (1-based) occurrence of option opt. An error
+ * says which argument failed: "--blockdev #2 (node-name 'disk1'): ...".
+ */
+static int run_option(int opt, int index, const char *arg, VdError **errp)
+{
+    static const char *const first_keys[] = {
+        [OPT_BLOCKDEV - OPT_BLOCKDEV] = "driver", [OPT_CHARDEV - OPT_BLOCKDEV] = "backend",
+        [OPT_EXPORT - OPT_BLOCKDEV] = "type", [OPT_MONITOR - OPT_BLOCKDEV] = "chardev",
+        [OPT_NBD_SERVER - OPT_BLOCKDEV] = NULL, [OPT_OBJECT - OPT_BLOCKDEV] = "qom-type",
+    };
+    const char *key = opt == OPT_BLOCKDEV ? "node-name" : "id";
+    char *label = NULL;
+    VdError *err = NULL;
+    int ret;
+
+    VdOpts *opts = vd_opts_parse(arg, first_keys[opt - OPT_BLOCKDEV], &err);
+    if (!opts) {
+        ret = -EINVAL;
+    } else {
+        VdJson *v = vd_opts_lookup(opts, key);
+        const char *s = v ? vd_json_get_string(v) : NULL;
+        if (s && s[0] && opt != OPT_NBD_SERVER && opt != OPT_MONITOR) {
+            label = strdup(s);
+        }
+        ret = run_parsed_option(opt, opts, &err);
+    }
+    if (ret < 0) {
+        if (!err) {
+            vd_error_setg(&err, -ret, "%s", strerror(-ret));
+        }
+        if (label) {
+            vd_error_prepend(&err, "%s #%d (%s '%s'): ", option_name(opt), index, key, label);
+        } else {
+            vd_error_prepend(&err, "%s #%d: ", option_name(opt), index);
+        }
+        vd_error_propagate(errp, err);
+    }
+    free(label);
+    return ret;
+}
+
+/*
+ * Zero-argument mode: one thin image, one IOThread, UNIX + TCP listeners.
+ * VDISKD_NBD_PORT and VDISKD_NBD_SOCKET replace the defaults (10809,
+ * ./vdisk-data/nbd.sock). The listeners are set up before the image is
+ * created, so a taken port fails fast and leaves nothing behind.
+ */
 static int run_default(VdError **errp)
 {
     const char *dir = "vdisk-data";
     char img[PATH_MAX + 64], sock[PATH_MAX + 64], cwd[PATH_MAX], buf[64];
-    bool have_qcow2 = vd_driver_find("qcow2") != NULL;
+    VdDriverInfo qcow2_info;
+    bool have_qcow2 = vd_driver_get_info("qcow2", &qcow2_info);
     const char *fmt = have_qcow2 ? "qcow2" : "raw";
+    const char *port = getenv("VDISKD_NBD_PORT");
+    const char *sock_env = getenv("VDISKD_NBD_SOCKET");
+    bool created = false;
 
+    if (!port || !port[0]) {
+        port = "10809";
+    }
     if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
         vd_error_setg_errno(errp, errno, "cannot create directory '%s'", dir);
         return -errno;
@@ -108,30 +169,18 @@ static int run_default(VdError **errp)
         return -errno;
     }
     snprintf(img, sizeof(img), "%s/%s/disk.%s", cwd, dir, fmt);
-    snprintf(sock, sizeof(sock), "%s/%s/nbd.sock", cwd, dir);
-    if (!have_qcow2) {
-        printf("vdiskd: the qcow2 driver is not in this build; using a sparse raw image\n");
-    }
-    if (access(img, F_OK) != 0) {
-        VdOpts *o = vd_json_object();
-        vd_opts_set(o, "size", "16G");
-        int ret = vd_img_create(img, fmt, o, errp);
-        vd_json_unref(o);
-        if (ret < 0) {
-            return ret;
-        }
-        printf("vdiskd: created %s (16 GiB, %s, thin)\n", img, fmt);
-    }
-    snprintf(buf, sizeof(buf), "iothread,id=iothread0");
-    if (run_option(OPT_OBJECT, buf, errp) < 0) {
-        return -EINVAL;
+    if (sock_env && sock_env[0]) {
+        snprintf(sock, sizeof(sock), "%s", sock_env);
+    } else {
+        snprintf(sock, sizeof(sock), "%s/%s/nbd.sock", cwd, dir);
     }
     VdOpts *o = vd_json_object();
-    vd_opts_set(o, "driver", fmt);
-    vd_opts_set(o, "node-name", "disk0");
-    vd_opts_set(o, "file.driver", "file");
-    vd_opts_set(o, "file.filename", img);
-    if (vdd_blockdev_add(o, errp) < 0) {
+    vd_opts_set(o, "addr.type", "inet");
+    vd_opts_set(o, "addr.host", "127.0.0.1");
+    vd_opts_set(o, "addr.port", port);
+    if (vdd_nbd_server_start(o, errp) < 0) {
+        vd_error_prepend(errp, "default mode (set VDISKD_NBD_PORT, or run.sh --port, to use "
+                         "another port): ");
         return -EINVAL;
     }
     o = vd_json_object();
@@ -140,11 +189,29 @@ static int run_default(VdError **errp)
     if (vdd_nbd_server_start(o, errp) < 0) {
         return -EINVAL;
     }
+    if (!have_qcow2) {
+        printf("vdiskd: the qcow2 driver is not in this build; using a sparse raw image\n");
+    }
+    if (access(img, F_OK) != 0) {
+        o = vd_json_object();
+        vd_opts_set(o, "size", "16G");
+        int ret = vd_img_create(img, fmt, o, errp);
+        vd_json_unref(o);
+        if (ret < 0) {
+            return ret;
+        }
+        created = true;
+    }
+    snprintf(buf, sizeof(buf), "iothread,id=iothread0");
+    if (run_option(OPT_OBJECT, 1, buf, errp) < 0) {
+        return -EINVAL;
+    }
     o = vd_json_object();
-    vd_opts_set(o, "addr.type", "inet");
-    vd_opts_set(o, "addr.host", "127.0.0.1");
-    vd_opts_set(o, "addr.port", "10809");
-    if (vdd_nbd_server_start(o, errp) < 0) {
+    vd_opts_set(o, "driver", fmt);
+    vd_opts_set(o, "node-name", "disk0");
+    vd_opts_set(o, "file.driver", "file");
+    vd_opts_set(o, "file.filename", img);
+    if (vdd_blockdev_add(o, errp) < 0) {
         return -EINVAL;
     }
     o = vd_json_object();
@@ -157,10 +224,13 @@ static int run_default(VdError **errp)
     if (vdd_export_add(o, errp) < 0) {
         return -EINVAL;
     }
+    if (created) {
+        printf("vdiskd: created %s (16 GiB, %s, thin)\n", img, fmt);
+    }
     printf("vdiskd: serving %s as NBD export 'disk' (writable, IOThread iothread0)\n"
            "  qemu-img info nbd+unix:///disk?socket=%s\n"
-           "  nbdinfo nbd://127.0.0.1:10809/disk\n"
-           "Stop with Ctrl-C or SIGTERM.\n", img, sock);
+           "  nbdinfo nbd://127.0.0.1:%s/disk\n"
+           "Stop with Ctrl-C or SIGTERM.\n", img, sock, port);
     fflush(stdout);
     return 0;
 }
@@ -211,6 +281,9 @@ int main(int argc, char **argv)
     int c;
 
     vd_error_set_progname("vdiskd");
+    /* getopt names the program by argv[0]: say "vdiskd:" as qemu tools do,
+     * not the path it was started by. */
+    argv[0] = (char *)"vdiskd";
     /* First pass: options that act before any object exists. */
     while ((c = getopt_long(argc, argv, "-hV", longopts, NULL)) != -1) {
         switch (c) {
@@ -281,12 +354,18 @@ int main(int argc, char **argv)
                               NULL, NULL);
     }
 
+    /* No client is served until the whole command line is processed (an
+     * option may poll the main loop, e.g. to move a node to an IOThread):
+     * listeners queue connections in their backlog meanwhile, as
+     * qemu-storage-daemon's do, so nobody sees half of the exports. */
+    vd_nbd_server_set_accepting(false);
     int nobjects = 0;
+    int count[OPT_OBJECT - OPT_BLOCKDEV + 1] = { 0 };
     optind = 1;
     while ((c = getopt_long(argc, argv, "-hV", longopts, NULL)) != -1) {
         if (c >= OPT_BLOCKDEV && c <= OPT_OBJECT) {
             nobjects++;
-            if (run_option(c, optarg, &err) < 0) {
+            if (run_option(c, ++count[c - OPT_BLOCKDEV], optarg, &err) < 0) {
                 goto fail;
             }
         }
@@ -297,6 +376,8 @@ int main(int argc, char **argv)
     if (g_pidfile && write_pidfile(g_pidfile, &err) < 0) {
         goto fail;
     }
+    vd_nbd_server_set_accepting(true);
+    vdd_monitor_start();
     if (daemonize) {
         char ok = 1;
         int fd = open("/dev/null", O_RDWR);

@@ -19,7 +19,7 @@ static int qcow2_probe(const uint8_t *buf, int buf_size, const char *filename)
     return 0;
 }
 
-void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+void coroutine_mixed_fn qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;

@@ -149,7 +149,8 @@ static int coroutine_fn raw_co_pwritev(VdNode *node, int64_t offset, int64_t byt
         }
         vd_iov_to_buf(qiov, qiov_offset, buf, RAW_PROBE_CHECK_BYTES);
         const VdDriver *d = vd_driver_probe(buf, RAW_PROBE_CHECK_BYTES, NULL);
-        if (d != node->drv) {
+        if (d != node->drv ||
+            vd_probe_unsupported_format(buf, RAW_PROBE_CHECK_BYTES, NULL, 0)) {
             free(buf);
             return -EPERM;
         }
@@ -232,11 +233,7 @@ static int64_t coroutine_fn raw_co_getlength(VdNode *node)
 /* What the file says (QEMU's raw answers with its file's information). */
 static int raw_get_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
 {
-    VdNode *file = node->file->node;
-    if (!file->drv->get_info) {
-        return -ENOTSUP;
-    }
-    return file->drv->get_info(file, cluster_size, is_dirty);
+    return vd_node_get_format_info(node->file->node, cluster_size, is_dirty);
 }
 
 static int coroutine_fn raw_co_create(const char *filename, const VdOpts *opts, VdError **errp)

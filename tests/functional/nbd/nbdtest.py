@@ -103,7 +103,7 @@ class QMP:
 class Vdiskd:
     """vdiskd with the given arguments plus a monitor on <dir>/qmp.sock."""
 
-    def __init__(self, binary, workdir, args, wait_for=None, monitor=True):
+    def __init__(self, binary, workdir, args, wait_for=None, monitor=True, preexec_fn=None):
         self.workdir = workdir
         self.qmp_path = os.path.join(workdir, "qmp.sock")
         full = [binary]
@@ -114,7 +114,7 @@ class Vdiskd:
         log("+", " ".join(full))
         self.logf = open(os.path.join(workdir, "vdiskd.log"), "w+")
         self.proc = subprocess.Popen(full, stdout=self.logf, stderr=subprocess.STDOUT,
-                                     cwd=workdir)
+                                     cwd=workdir, preexec_fn=preexec_fn)
         waits = ([self.qmp_path] if monitor else []) + (wait_for or [])
         deadline = time.time() + 30
         while time.time() < deadline:

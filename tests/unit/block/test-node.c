@@ -254,6 +254,70 @@ static void test_probe_raw_guard(void **state)
     free(path);
 }
 
+/* Formats without a driver are named by their magic; a registered driver of
+ * that name (QED once it lands) takes precedence over the table. */
+static int vdi_stand_in_probe(const uint8_t *buf, int buf_size, const char *filename)
+{
+    return buf_size >= 68 && !memcmp(buf + 64, "\x7f\x10\xda\xbe", 4) ? 100 : 0;
+}
+
+static const VdDriver vdi_stand_in = {
+    .format_name = "vdi",
+    .is_format = true,
+    .probe = vdi_stand_in_probe,
+};
+
+static void test_probe_unsupported(void **state)
+{
+    static uint8_t buf[2048];
+    static const struct { const char *name; size_t off; const char *magic; size_t len; } cases[] = {
+        { "vmdk", 0, "KDMV", 4 },
+        { "vmdk", 0, "COWD", 4 },
+        { "vmdk", 0, "# Disk DescriptorFile\n# x\n  \nversion=1\n", 39 },
+        { "vdi", 64, "\x7f\x10\xda\xbe", 4 },
+        { "vpc", 0, "conectix", 8 },
+        { "vhdx", 0, "vhdxfile", 8 },
+        { "qcow", 0, "QFI\xfb\0\0\0\1", 8 },
+        { "luks", 0, "LUKS\xba\xbe\0\1", 8 },
+        { "qed", 0, "QED\0", 4 },
+        { "parallels", 0, "WithoutFreeSpace\2\0\0\0", 20 },
+    };
+
+    for (size_t i = 0; i < VD_ARRAY_SIZE(cases); i++) {
+        memset(buf, 0, sizeof(buf));
+        memcpy(buf + cases[i].off, cases[i].magic, cases[i].len);
+        const char *got = vd_probe_unsupported_format(buf, sizeof(buf), NULL, 0);
+        if (vd_driver_find(cases[i].name)) {
+            assert_null(got);       /* its driver is built in */
+        } else {
+            assert_non_null(got);
+            assert_string_equal(got, cases[i].name);
+        }
+        assert_string_equal(vd_driver_probe(buf, sizeof(buf), NULL)->format_name,
+                            vd_driver_find(cases[i].name) ? cases[i].name : "raw");
+    }
+    /* near misses stay raw */
+    memset(buf, 0, sizeof(buf));
+    memcpy(buf, "QFI\xfb\0\0\0\4", 8);            /* qcow version 4: nobody's */
+    assert_null(vd_probe_unsupported_format(buf, sizeof(buf), NULL, 0));
+    memcpy(buf, "\nversion=1\n", 11);                /* blank line first: not vmdk */
+    assert_null(vd_probe_unsupported_format(buf, sizeof(buf), NULL, 0));
+    memcpy(buf, "LUKS\xba\xbe\0\2", 8);            /* LUKS2: QEMU says raw too */
+    assert_null(vd_probe_unsupported_format(buf, sizeof(buf), NULL, 0));
+    memset(buf, 0, sizeof(buf));
+    assert_null(vd_probe_unsupported_format(buf, sizeof(buf), buf, 512));
+    memcpy(buf + 1024, "koly", 4);
+    assert_string_equal(vd_probe_unsupported_format(buf, 16, buf + 1024, 512), "dmg");
+
+    /* once a "vdi" driver is registered, probing picks it, the table keeps quiet */
+    memset(buf, 0, sizeof(buf));
+    memcpy(buf + 64, "\x7f\x10\xda\xbe", 4);
+    assert_string_equal(vd_probe_unsupported_format(buf, sizeof(buf), NULL, 0), "vdi");
+    assert_int_equal(vd_driver_register_extra(&vdi_stand_in), 0);
+    assert_null(vd_probe_unsupported_format(buf, sizeof(buf), NULL, 0));
+    assert_ptr_equal(vd_driver_probe(buf, sizeof(buf), NULL), &vdi_stand_in);
+}
+
 static void test_info_and_create(void **state)
 {
     char *path = make_temp_file("", 0);
@@ -473,6 +537,7 @@ int main(void)
         BT_TEST("/block/null-co/options", test_null_co),
         BT_TEST("/block/raw/window", test_raw_window),
         BT_TEST("/block/node/probe/raw-guard", test_probe_raw_guard),
+        BT_TEST("/block/node/probe/unsupported-formats", test_probe_unsupported),
         BT_TEST("/block/node/info-create", test_info_and_create),
         BT_TEST("/block/node/backing-chain", test_backing_chain),
         BT_TEST("/block/node/info/qemu-order", test_qemu_order),

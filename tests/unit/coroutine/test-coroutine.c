@@ -605,6 +605,65 @@ static void test_callback_from_bh(void **state)
     assert_false(cb_in_coroutine);
 }
 
+/* ---- recursion deeper than one stack ------------------------------------------ */
+
+/* Each level keeps 512 bytes live on its frame; 20,000 levels need ~10 MiB,
+ * ten times a coroutine stack: vd_co_call_on_new_stack must carry it. */
+#define DEEP_LEVELS 20000
+
+typedef struct DeepCall {
+    int level;
+    uint64_t sum;
+    int new_stacks;
+} DeepCall;
+
+static void coroutine_fn deep_entry(void *opaque);
+
+static uint64_t coroutine_fn deep_recurse(DeepCall *c, int level)
+{
+    volatile uint8_t pad[512];
+
+    pad[0] = (uint8_t)level;
+    pad[511] = (uint8_t)(level >> 8);
+    if (level % 1000 == 0) {
+        vd_co_yield_to_loop();          /* suspended on a nested stack */
+    }
+    uint64_t below = 0;
+    if (level < DEEP_LEVELS) {
+        if (vd_co_stack_low()) {
+            DeepCall sub = { .level = level + 1 };
+            vd_co_call_on_new_stack(deep_entry, &sub);
+            below = sub.sum;
+            c->new_stacks += 1 + sub.new_stacks;
+        } else {
+            below = deep_recurse(c, level + 1);
+        }
+    }
+    return below + pad[0] + ((uint64_t)pad[511] << 8);
+}
+
+static void coroutine_fn deep_entry(void *opaque)
+{
+    DeepCall *c = opaque;
+
+    c->sum = deep_recurse(c, c->level);
+}
+
+static void test_deep_recursion(void **state)
+{
+    DeepCall c = { .level = 1 };
+    uint64_t want = 0;
+
+    assert_false(vd_co_stack_low());    /* outside coroutines */
+    vd_co_run_sync(main_ctx, deep_entry, &c);
+    for (int i = 1; i <= DEEP_LEVELS; i++) {
+        want += (uint8_t)i + ((uint64_t)(uint8_t)(i >> 8) << 8);
+    }
+    assert_true(c.sum == want);
+    /* ~10 MiB of frames on 1 MiB stacks used at most half each */
+    assert_true(c.new_stacks >= 10);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -615,6 +674,7 @@ int main(void)
         CO_TEST("/coroutine/stack/pool-overflow-global", test_pool_overflow),
         CO_TEST("/coroutine/stack/guard-page-mapped", test_guard_page_mapped),
         CO_TEST("/coroutine/stack/guard-page-overflow", test_guard_page_overflow),
+        CO_TEST("/coroutine/stack/deep-recursion-new-stacks", test_deep_recursion),
         CO_TEST("/coroutine/wake/deferred-in-coroutine", test_wake_deferred),
         CO_TEST("/coroutine/wake/chain-flat-stack", test_wake_chain),
         CO_TEST("/coroutine/wake/schedule-from-bh", test_schedule_from_bh),

@@ -132,65 +132,12 @@ void tool_size_to_str_img(uint64_t value, char *buf, size_t size)
     snprintf(buf, size, "%0.3g %s", v, units[i]);
 }
 
-/* QEMU's QDict has 512 buckets indexed by this hash of the key; iteration
- * walks the buckets in order, newest entry first within a bucket. */
-static unsigned tool_qdict_bucket(const char *key)
+/* A copy of v with every object's keys in QEMU's QDict iteration order. */
+static VdJson *tool_json_qemu_order(const VdJson *v)
 {
-    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
-    for (unsigned i = 0; key[i]; i++) {
-        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    }
-    return (1103515243u * v + 12345u) % 512;
-}
-
-typedef struct ToolKeyOrder {
-    const char *key;
-    VdJson *value;
-    unsigned bucket;
-    size_t index;
-} ToolKeyOrder;
-
-static int tool_key_cmp(const void *a, const void *b)
-{
-    const ToolKeyOrder *x = a, *y = b;
-    if (x->bucket != y->bucket) {
-        return x->bucket < y->bucket ? -1 : 1;
-    }
-    return x->index > y->index ? -1 : (x->index < y->index);
-}
-
-VdJson *tool_json_qemu_order(const VdJson *v)
-{
-    if (!v) {
-        return NULL;
-    }
-    if (vd_json_type(v) == VD_JSON_ARRAY) {
-        VdJson *a = vd_json_array();
-        for (size_t i = 0; i < vd_json_array_size(v); i++) {
-            vd_json_array_append(a, tool_json_qemu_order(vd_json_array_get(v, i)));
-        }
-        return a;
-    }
-    if (vd_json_type(v) != VD_JSON_OBJECT) {
-        return vd_json_deep_copy(v);
-    }
-    size_t n = vd_json_object_size(v);
-    ToolKeyOrder *keys = calloc(n ? n : 1, sizeof(*keys));
-    VdJson *o = vd_json_object();
-    if (!keys) {
-        abort();
-    }
-    for (size_t i = 0; i < n; i++) {
-        keys[i].key = vd_json_object_entry(v, i, &keys[i].value);
-        keys[i].bucket = tool_qdict_bucket(keys[i].key);
-        keys[i].index = i;
-    }
-    qsort(keys, n, sizeof(*keys), tool_key_cmp);
-    for (size_t i = 0; i < n; i++) {
-        vd_json_object_put(o, keys[i].key, tool_json_qemu_order(keys[i].value));
-    }
-    free(keys);
-    return o;
+    VdJson *copy = v ? vd_json_deep_copy(v) : NULL;
+    vd_json_qemu_order(copy);
+    return copy;
 }
 
 void tool_print_json(FILE *out, const VdJson *v)

@@ -1,11 +1,13 @@
 /*
- * Wrappers that run a format driver's snapshot/amend/backing/make-empty
- * callbacks in a coroutine in the node's AioContext (vd_co_run_sync), for
- * tool code that runs in the main thread outside coroutines.
+ * Image operations that go to the format under any filters, as QEMU's
+ * block/snapshot.c: internal snapshots, amend, backing file change and
+ * make-empty. Each drains the node and runs the format's callback in a
+ * coroutine in the node's context; the tools call them from the main thread.
  */
 #include <errno.h>
 #include <stdlib.h>
-#include "img-common.h"
+#include "block/block-int.h"
+#include "vdisk/coroutine.h"
 
 typedef struct NodeCall {
     VdNode *node;
@@ -17,7 +19,7 @@ typedef struct NodeCall {
     int ret;
 } NodeCall;
 
-VdNode *img_node_format(VdNode *node)
+VdNode *vd_node_format_node(VdNode *node)
 {
     while (node && node->drv->is_filter && node->file) {
         node = node->file->node;
@@ -82,9 +84,9 @@ static int node_unsupported(VdNode *node, const char *what, VdError **errp)
     return -ENOTSUP;
 }
 
-int img_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp)
+int vd_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp)
 {
-    node = img_node_format(node);
+    node = vd_node_format_node(node);
     if (!node->drv->co_snapshot_create) {
         return node_unsupported(node, "internal snapshots", errp);
     }
@@ -93,9 +95,9 @@ int img_node_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp)
     return c.ret;
 }
 
-int img_node_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp)
+int vd_node_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp)
 {
-    node = img_node_format(node);
+    node = vd_node_format_node(node);
     if (!node->drv->co_snapshot_goto) {
         return node_unsupported(node, "internal snapshots", errp);
     }
@@ -104,9 +106,9 @@ int img_node_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp)
     return c.ret;
 }
 
-int img_node_snapshot_delete(VdNode *node, const char *id, const char *name, VdError **errp)
+int vd_node_snapshot_delete(VdNode *node, const char *id, const char *name, VdError **errp)
 {
-    node = img_node_format(node);
+    node = vd_node_format_node(node);
     if (!node->drv->co_snapshot_delete) {
         return node_unsupported(node, "internal snapshots", errp);
     }
@@ -115,9 +117,9 @@ int img_node_snapshot_delete(VdNode *node, const char *id, const char *name, VdE
     return c.ret;
 }
 
-int img_node_snapshot_list(VdNode *node, VdSnapshotInfo **list)
+int vd_node_snapshot_list(VdNode *node, VdSnapshotInfo **list)
 {
-    node = img_node_format(node);
+    node = vd_node_format_node(node);
     *list = NULL;
     if (!node->drv->snapshot_list) {
         return -ENOTSUP;
@@ -125,9 +127,9 @@ int img_node_snapshot_list(VdNode *node, VdSnapshotInfo **list)
     return node->drv->snapshot_list(node, list);
 }
 
-int img_node_amend(VdNode *node, const VdOpts *opts, bool force, VdError **errp)
+int vd_node_amend(VdNode *node, const VdOpts *opts, bool force, VdError **errp)
 {
-    node = img_node_format(node);
+    node = vd_node_format_node(node);
     if (!node->drv->co_amend) {
         vd_error_setg(errp, ENOTSUP, "Format driver '%s' does not support option amendment",
                       node->drv->format_name);
@@ -138,9 +140,9 @@ int img_node_amend(VdNode *node, const VdOpts *opts, bool force, VdError **errp)
     return c.ret;
 }
 
-int img_node_change_backing_file(VdNode *node, const char *file, const char *fmt)
+int vd_node_change_backing_file(VdNode *node, const char *file, const char *fmt)
 {
-    node = img_node_format(node);
+    node = vd_node_format_node(node);
     if (!node->drv->co_change_backing_file) {
         return -ENOTSUP;
     }
@@ -149,9 +151,9 @@ int img_node_change_backing_file(VdNode *node, const char *file, const char *fmt
     return c.ret;
 }
 
-int img_node_make_empty(VdNode *node)
+int vd_node_make_empty(VdNode *node)
 {
-    node = img_node_format(node);
+    node = vd_node_format_node(node);
     if (!node->drv->co_make_empty) {
         return -ENOTSUP;
     }
@@ -172,7 +174,7 @@ static void coroutine_fn pwrite_zeroes_entry(void *opaque)
     z->ret = vd_co_pwrite_zeroes(z->node, z->offset, z->bytes, z->flags);
 }
 
-int img_node_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags)
+int vd_node_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags)
 {
     NodeZero z = { node, offset, bytes, flags, -EINPROGRESS };
     vd_co_run_sync(vd_node_get_context(node), pwrite_zeroes_entry, &z);

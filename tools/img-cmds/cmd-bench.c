@@ -1,0 +1,327 @@
+/*
+ * vdisk-img bench: qemu-img bench's options and output; requests are sent
+ * from callbacks at the given depth, with flushes every --flush-interval.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "vdisk/coroutine.h"
+#include "img-cmds.h"
+#include "img-common.h"
+#include "tool-common.h"
+
+typedef struct BenchSlot {
+    struct BenchState *b;
+    VdIOVector qiov;
+    bool busy;
+} BenchSlot;
+
+typedef struct BenchState {
+    VdBackend *blk;
+    int64_t image_size;
+    int64_t offset;
+    int64_t step;
+    int bufsize;
+    int nrreq;            /* total requests to send */
+    int n;                /* requests sent */
+    int done;             /* requests completed */
+    int in_flight;        /* data requests in flight */
+    int depth;
+    bool write;
+    int flush_interval;
+    bool drain_on_flush;
+    bool flushing;        /* a draining flush is in flight: nothing else is sent */
+    int last_flush_at;    /* request count at the last flush sent, -1: none */
+    int flushes_in_flight;
+    int ret;
+    BenchSlot *slots;
+    int *free_slots;      /* stack of free slot indexes */
+    int nfree;
+} BenchState;
+
+static void bench_submit(BenchState *b);
+static void bench_submit_batch(BenchState *b);
+
+static void bench_flush_cb(void *opaque, int ret)
+{
+    BenchState *b = opaque;
+
+    b->flushes_in_flight--;
+    if (ret < 0) {
+        img_error("Failed flush request: %s", strerror(-ret));
+        b->ret = ret;
+        return;
+    }
+    b->flushing = false;
+    bench_submit(b);
+}
+
+static void bench_cb(void *opaque, int ret)
+{
+    BenchSlot *slot = opaque;
+    BenchState *b = slot->b;
+
+    b->in_flight--;
+    b->done++;
+    slot->busy = false;
+    b->free_slots[b->nfree++] = (int)(slot - b->slots);
+    if (ret < 0) {
+        img_error("Failed request: %s", strerror(-ret));
+        b->ret = ret;
+        return;
+    }
+    bench_submit(b);
+}
+
+/* Send requests until depth are in flight, all are sent or a flush must
+ * go out first. Runs from the main loop's callbacks: no allocation. */
+static void bench_submit(BenchState *b)
+{
+    VdAioContext *ctx = vd_backend_get_context(b->blk);
+
+    /* Batch the ring submissions of everything sent in this round. */
+    vd_aio_plug(ctx);
+    bench_submit_batch(b);
+    vd_aio_unplug(ctx);
+}
+
+static void bench_submit_batch(BenchState *b)
+{
+    while (b->ret == 0 && !b->flushing && b->n < b->nrreq && b->in_flight < b->depth) {
+        if (b->flush_interval && b->n > 0 && b->n % b->flush_interval == 0 &&
+            b->last_flush_at != b->n) {
+            /* Flush point reached: once per multiple of the interval. */
+            if (b->drain_on_flush) {
+                if (b->in_flight > 0 || b->flushes_in_flight > 0) {
+                    return;        /* resumed by the last completion */
+                }
+                b->last_flush_at = b->n;
+                b->flushing = true;
+                b->flushes_in_flight++;
+                vd_backend_aio_flush(b->blk, bench_flush_cb, b);
+                return;
+            }
+            b->last_flush_at = b->n;
+            b->flushes_in_flight++;
+            vd_backend_aio_flush(b->blk, bench_flush_cb, b);
+        }
+        if (b->offset > b->image_size - b->bufsize) {      /* offset + bufsize, unwrapped */
+            /* As qemu's block backend: a request past the end is an I/O error. */
+            img_error("Failed request: %s", strerror(EIO));
+            b->ret = -EIO;
+            return;
+        }
+        int idx = b->free_slots[--b->nfree];
+        BenchSlot *slot = &b->slots[idx];
+        slot->busy = true;
+        b->in_flight++;
+        b->n++;
+        if (b->write) {
+            vd_backend_aio_pwritev(b->blk, b->offset, &slot->qiov, 0, bench_cb, slot);
+        } else {
+            vd_backend_aio_preadv(b->blk, b->offset, &slot->qiov, 0, bench_cb, slot);
+        }
+        /* both below 2^63: the sum cannot wrap in unsigned arithmetic */
+        uint64_t next = (uint64_t)b->offset + (uint64_t)b->step;
+        b->offset = b->image_size > 0 ? (int64_t)(next % (uint64_t)b->image_size)
+                                      : (int64_t)VD_MIN(next, (uint64_t)INT64_MAX);
+    }
+}
+
+int img_cmd_bench(int argc, char **argv)
+{
+    enum { OPT_FLUSH_INTERVAL = 256, OPT_NO_DRAIN, OPT_PATTERN, OPT_IMAGE_OPTS, OPT_OBJECT };
+    static const struct option long_opts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL },
+        { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+        { "pattern", required_argument, NULL, OPT_PATTERN },
+        { "no-drain", no_argument, NULL, OPT_NO_DRAIN },
+        { "force-share", no_argument, NULL, 'U' },
+        { "object", required_argument, NULL, OPT_OBJECT },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *fmt = NULL, *cache = "writeback", *aio = NULL, *filename;
+    bool image_opts = false, force_share = false, write = false, drain = true;
+    int count = 75000, depth = 64, bufsize = 4096, pattern = 0, flush_interval = 0;
+    int64_t offset = 0, step = 0;
+    int c, flags = 0, ret = 1;
+    BenchState b = { 0 };
+    char *buf = NULL;
+    struct timespec t1, t2;
+
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", long_opts, NULL)) != -1) {
+        int64_t sz;
+        switch (c) {
+        case 'h':
+            printf("usage: " IMG_PROG " bench [-c count] [-d depth] [-f fmt] [--flush-interval=flushes] "
+                   "[--no-drain] [-n] [-i aio] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] "
+                   "[-S step_size] [-t cache] [-w] [-U] [--image-opts] filename\n");
+            return 0;
+        case 'c':
+            if (img_parse_int_opt(optarg, 0, INT_MAX, "request count", &count) < 0) {
+                return 1;
+            }
+            break;
+        case 'd':
+            if (img_parse_int_opt(optarg, 1, INT_MAX, "queue depth", &depth) < 0) {
+                return 1;
+            }
+            break;
+        case 'f': fmt = optarg; break;
+        case 'n': aio = "io_uring"; break;
+        case 'i': aio = optarg; break;
+        case 'o':
+            sz = tool_parse_size(optarg);
+            if (sz < 0) {
+                img_size_error("offset");
+                return 1;
+            }
+            offset = sz;
+            break;
+        case 'q': break;   /* qemu-img bench prints its lines with -q too */
+        case 's':
+            if (img_parse_int_size(optarg, "buffer size", &sz) < 0) {
+                return 1;
+            }
+            bufsize = (int)sz;
+            break;
+        case 'S':
+            if (img_parse_int_size(optarg, "step_size", &sz) < 0) {
+                return 1;
+            }
+            step = sz;
+            break;
+        case 't': cache = optarg; break;
+        case 'w': write = true; break;
+        case 'U': force_share = true; break;
+        case OPT_FLUSH_INTERVAL:
+            if (img_parse_int_opt(optarg, 0, INT_MAX, "flush interval", &flush_interval) < 0) {
+                return 1;
+            }
+            break;
+        case OPT_NO_DRAIN: drain = false; break;
+        case OPT_PATTERN:
+            if (img_parse_int_opt(optarg, 0, 0xff, "pattern byte", &pattern) < 0) {
+                return 1;
+            }
+            break;
+        case OPT_IMAGE_OPTS: image_opts = true; break;
+        case OPT_OBJECT: return img_usage_error("--object is not supported");
+        default: return img_bad_option(c, argv);
+        }
+    }
+    if (optind != argc - 1) {
+        return img_usage_error("Expecting one image file name");
+    }
+    filename = argv[optind];
+    if (!write && flush_interval) {
+        img_error("--flush-interval is only available in write tests");
+        return 1;
+    }
+    if (flush_interval && flush_interval < depth) {
+        img_error("Flush interval can't be smaller than depth");
+        return 1;
+    }
+    if (!drain && !flush_interval) {
+        img_error("--no-drain requires --flush-interval");
+        return 1;
+    }
+    {
+        int f;
+        bool wt;
+        if (vd_parse_cache_mode(cache, &f, &wt) < 0) {
+            img_error("Invalid cache mode");
+            return 1;
+        }
+    }
+    if (aio && strcmp(aio, "threads") && strcmp(aio, "native") && strcmp(aio, "io_uring")) {
+        img_error("Invalid aio option: %s", aio);
+        return 1;
+    }
+    flags = (write ? VD_O_RDWR : 0) | (force_share ? VD_O_FORCE_SHARE : 0);
+    ToolOpenSpec spec = {
+        .name = filename, .format = fmt, .image_opts = image_opts, .cache = cache,
+        .aio = aio, .flags = flags,
+    };
+    b.blk = img_open_spec(&spec);
+    if (!b.blk) {
+        return 1;
+    }
+    b.image_size = vd_backend_getlength(b.blk);
+    if (b.image_size < 0) {
+        img_error("Could not get the image size: %s", strerror((int)-b.image_size));
+        goto out;
+    }
+    b.offset = offset;
+    b.step = step ? step : bufsize;
+    b.bufsize = bufsize;
+    b.nrreq = count;
+    b.depth = depth;
+    b.write = write;
+    b.flush_interval = flush_interval;
+    b.drain_on_flush = drain;
+    b.last_flush_at = -1;
+
+    printf("Sending %d %s requests, %d bytes each, %d in parallel "
+           "(starting at offset %" PRId64 ", step size %" PRId64 ")\n",
+           b.nrreq, write ? "write" : "read", b.bufsize, b.depth, b.offset, b.step);
+    if (flush_interval) {
+        printf("Sending flush every %d requests\n", flush_interval);
+    }
+    fflush(stdout);
+
+    size_t total = (size_t)depth * (size_t)bufsize;
+    if (posix_memalign((void **)&buf, 4096, total ? total : 4096)) {
+        img_error("Could not allocate %zu bytes of buffers", total);
+        goto out;
+    }
+    memset(buf, pattern, total ? total : 4096);
+    b.slots = calloc(depth, sizeof(*b.slots));
+    b.free_slots = calloc(depth, sizeof(int));
+    if (!b.slots || !b.free_slots) {
+        img_error("Out of memory");
+        goto out;
+    }
+    for (int i = 0; i < depth; i++) {
+        b.slots[i].b = &b;
+        vd_iov_init_buf(&b.slots[i].qiov, buf + (size_t)i * bufsize, (size_t)bufsize);
+        b.free_slots[depth - 1 - i] = i;
+    }
+    b.nfree = depth;
+
+    VdAioContext *ctx = vd_backend_get_context(b.blk);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    bench_submit(&b);
+    while ((b.done < b.nrreq || b.flushes_in_flight > 0) && b.ret == 0) {
+        vd_aio_poll(ctx, true);
+    }
+    /* After a failure, let the requests still in flight finish. */
+    while (b.in_flight > 0 || b.flushes_in_flight > 0) {
+        vd_aio_poll(ctx, true);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    if (b.ret == 0) {
+        printf("Run completed in %3.3f seconds.\n",
+               (double)(t2.tv_sec - t1.tv_sec) + (double)(t2.tv_nsec - t1.tv_nsec) / 1e9);
+        ret = 0;
+    }
+out:
+    if (b.slots) {
+        for (int i = 0; i < depth; i++) {
+            vd_iov_destroy(&b.slots[i].qiov);
+        }
+    }
+    free(b.slots);
+    free(b.free_slots);
+    vd_backend_unref(b.blk);
+    free(buf);
+    return ret;
+}

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "protocols/nbd/nbd.h"
 #include "vdisk/log.h"
@@ -195,11 +196,13 @@ static void nbd_arm_retry(NbdState *s, int64_t delay_ns)
     vd_timer_mod(s->retry_timer, s->retry_at);
 }
 
+/* Scheduled, never entered from here: a failed open frees s as soon as
+ * co_open returns, and we may be inside nbd_conn_update. */
 static void nbd_wake_opener(NbdState *s)
 {
     if (s->open_waiting) {
         s->open_waiting = false;
-        vd_aio_co_wake(s->open_co);
+        vd_aio_co_schedule(s->ctx, s->open_co);
     }
 }
 
@@ -344,17 +347,26 @@ static void nbd_conn_update(NbdState *s)
 }
 
 /*
- * The socket is readable: one notify per event. Never notify libnbd without
- * data to read: in the READY state that moves it to REPLY.START, where it
- * would queue (not send) the commands issued next until a reply arrives.
+ * The socket is readable. libnbd reads one reply per notify. At depth the
+ * next replies are usually queued already, so read on while the socket
+ * holds data (FIONREAD), letting the woken requests send their successors
+ * in between, instead of going back to epoll for every reply. Never notify
+ * libnbd without data to read: in the READY state that moves it to
+ * REPLY.START, where commands issued next are queued, not sent, until a
+ * reply arrives (with none in flight: a deadlock).
  */
 static void nbd_fd_read(void *opaque)
 {
     NbdState *s = opaque;
-    if (s->h) {
+    for (int i = 0; i < 64 && s->h; i++) {
         nbd_aio_notify_read(s->h);
+        nbd_conn_update(s);
+        int avail = 0;
+        if (!s->h || s->attempting || !nbd_aio_is_ready(s->h) ||
+            ioctl(s->fd, FIONREAD, &avail) < 0 || avail <= 0) {
+            break;
+        }
     }
-    nbd_conn_update(s);
 }
 
 static void nbd_fd_write(void *opaque)

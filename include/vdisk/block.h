@@ -114,6 +114,19 @@ VdAioContext *vd_node_get_context(const VdNode *node);
 /* Virtual size in bytes or -errno. Any thread that owns the node's context or main. */
 int64_t vd_node_getlength(VdNode *node);
 
+/* Per-node I/O counters (monotonic since open; any thread, relaxed). */
+typedef struct VdNodeCounters {
+    uint64_t writes;          /* write/zero requests that reached the node's driver */
+    uint64_t meta_writes;     /* metadata writes a format node issued to its children */
+    uint64_t flush_requests;  /* flushes that ran on the node (merged ones excluded) */
+    uint64_t flushes;         /* flushes that reached the disk (fdatasync for file) */
+} VdNodeCounters;
+void vd_node_get_counters(VdNode *node, VdNodeCounters *out);
+/* The counters as a JSON object {"writes", "metadata-writes",
+ * "flush-requests", "flushes"} (monitor output). */
+struct VdJson;
+struct VdJson *vd_node_counters_json(VdNode *node);
+
 /* Buffer aligned for I/O on node (bl.min_mem_alignment); free with free(). */
 void *vd_node_blockalign(VdNode *node, size_t size);
 
@@ -223,6 +236,8 @@ typedef struct VdDriverInfo {
 
 /* Fill *info for the driver called name; false if there is none. */
 bool vd_driver_get_info(const char *name, VdDriverInfo *info);
+/* The i-th registered driver (from 0, in table order); false past the end. */
+bool vd_driver_get_info_at(int i, VdDriverInfo *info);
 /* The protocol driver an image called filename is created on: its URI
  * scheme's driver, else "file". */
 void vd_protocol_get_info(const char *filename, VdDriverInfo *info);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include "block/block-int.h"
 #include "vdisk/coroutine.h"
+#include "vdisk/json.h"
 
 typedef enum BackendOp {
     OP_READ, OP_WRITE, OP_ZEROES, OP_DISCARD, OP_FLUSH,
@@ -101,12 +102,15 @@ static void backend_quiesce_begin(void *opaque)
     VdBackend *blk = opaque;
     blk->quiesce_counter++;
     blk->drain_waiters++;
+    /* requests the root's subtree holds (throttle) must go before we wait */
+    vd_node_drain_hooks(blk->root, true);
 }
 
 static void backend_quiesce_end(void *opaque)
 {
     VdBackend *blk = opaque;
     assert(blk->quiesce_counter > 0);
+    vd_node_drain_hooks(blk->root, false);
     blk->drain_waiters--;
     if (--blk->quiesce_counter == 0) {
         vd_co_queue_wake_all(&blk->drain_queue);
@@ -653,4 +657,16 @@ void vd_backend_set_stop_notifier(VdBackend *blk, void (*cb)(void *opaque, int e
 {
     blk->stop_cb = cb;
     blk->stop_opaque = opaque;
+}
+
+VdJson *vd_node_counters_json(VdNode *node)
+{
+    VdNodeCounters c;
+    vd_node_get_counters(node, &c);
+    VdJson *o = vd_json_object();
+    vd_json_object_put(o, "writes", vd_json_uint(c.writes));
+    vd_json_object_put(o, "metadata-writes", vd_json_uint(c.meta_writes));
+    vd_json_object_put(o, "flush-requests", vd_json_uint(c.flush_requests));
+    vd_json_object_put(o, "flushes", vd_json_uint(c.flushes));
+    return o;
 }

@@ -51,6 +51,12 @@ struct VdNodeCoreState {
     bool active_flush;
     VdCoQueue flush_queue;
 
+    /* Counters (vd_node_get_counters): home thread writes, relaxed reads. */
+    uint64_t writes;                /* write/zero requests that reached the driver */
+    uint64_t meta_writes;           /* metadata writes this (format) node issued */
+    uint64_t flush_requests;        /* flushes that ran here (not merged away) */
+    uint64_t flushes;               /* co_flush_to_disk calls (fdatasync for file) */
+
     int64_t total_bytes;            /* cached length (getlength), grows on growable nodes */
     bool growable;                  /* protocol node: writes past EOF extend it */
     bool corrupt;                   /* vd_node_mark_corrupt: writes fail with -EIO */
@@ -90,6 +96,9 @@ void vd_node_dec_in_flight(VdNode *node);
 /* Quiesce: run in the node's home thread. */
 void vd_node_quiesce_begin_local(VdNode *node);
 void vd_node_quiesce_end_local(VdNode *node);
+/* Call drv->drain_begin (begin) or drain_end on every node of the subtree
+ * that has one (drain.c). Node's home thread. */
+void vd_node_drain_hooks(VdNode *node, bool begin);
 
 /* ---- node.c ---- */
 /* Open a node (coroutine, main context). options taken (may be NULL). */

@@ -187,6 +187,13 @@ typedef struct VdDriver {
     void (*detach_aio_context)(VdNode *node);
     void (*attach_aio_context)(VdNode *node, VdAioContext *new_ctx);
 
+    /* A drain covering the node (node or backend drain, close, context move)
+     * begins / ends; node's thread, not in a coroutine. A driver that holds
+     * requests waiting (throttle) must let them go at drain_begin, or the
+     * drain would wait for them forever. Calls nest. */
+    void (*drain_begin)(VdNode *node);
+    void (*drain_end)(VdNode *node);
+
     /* Fault injection (blkdebug): handle a vd_debug_event raised on this
      * node. NULL for every driver but blkdebug. Node's context. */
     void (*debug_event)(VdNode *node, VdDebugEvent ev);
@@ -283,6 +290,10 @@ void vd_debug_event(VdNode *node, VdDebugEvent ev);
 const char *vd_debug_event_name(VdDebugEvent ev);
 /* The event called name, or -1. */
 int vd_debug_event_from_name(const char *name);
+
+/* Count a metadata write node issued outside the metadata queue (the
+ * queue counts its own): shows in vd_node_get_counters().meta_writes. */
+void vd_node_count_meta_write(VdNode *node);
 
 /* Mark node corrupt (qcow2 overlap checks): further writes fail with -EIO. */
 void vd_node_mark_corrupt(VdNode *node, const char *fmt, ...) VD_PRINTF(2, 3);

@@ -302,6 +302,7 @@ static inline void node_write_done(VdNode *node, int64_t end)
 {
     VdNodeCoreState *c = node->core;
     c->write_gen++;
+    VD_RELAXED_ADD(c->writes, 1);
     if (c->growable && end > c->total_bytes) {
         c->total_bytes = end;
     }
@@ -730,6 +731,7 @@ static int coroutine_fn node_do_flush(VdNode *node)
     }
     c->active_flush = true;
     uint64_t flush_gen = c->write_gen;   /* covers everything completed until now */
+    VD_RELAXED_ADD(c->flush_requests, 1);
 
     if (drv->co_flush_to_os) {
         ret = drv->co_flush_to_os(node);
@@ -747,6 +749,7 @@ static int coroutine_fn node_do_flush(VdNode *node)
     }
     if (ret == 0 && !(node->open_flags & VD_O_NO_FLUSH) && c->flushed_gen != flush_gen &&
         drv->co_flush_to_disk) {
+        VD_RELAXED_ADD(c->flushes, 1);
         ret = drv->co_flush_to_disk(node);
     }
     if (ret == 0) {
@@ -774,6 +777,20 @@ int coroutine_fn vd_node_co_flush_internal(VdNode *node)
     int ret = node_do_flush(node);
     vd_node_dec_in_flight(node);
     return ret;
+}
+
+void vd_node_get_counters(VdNode *node, VdNodeCounters *out)
+{
+    VdNodeCoreState *c = node->core;
+    out->writes = VD_RELAXED_READ(c->writes);
+    out->meta_writes = VD_RELAXED_READ(c->meta_writes);
+    out->flush_requests = VD_RELAXED_READ(c->flush_requests);
+    out->flushes = VD_RELAXED_READ(c->flushes);
+}
+
+void vd_node_count_meta_write(VdNode *node)
+{
+    VD_RELAXED_ADD(node->core->meta_writes, 1);
 }
 
 /* ---- block status ------------------------------------------------------------------ */

@@ -133,9 +133,42 @@ static void bench_submit_batch(BenchState *b)
     }
 }
 
+/* --counters (vdisk's own): close the image and print each node's
+ * write/flush counters, close included (vd_node_get_counters). */
+static void bench_print_counters(VdBackend *blk)
+{
+    VdNode *nodes[16] = { NULL };
+    VdNodeCounters c[16];
+    char names[16][128];
+    int n = 0;
+    for (VdNode *x = vd_backend_node(blk); x && n < 16; x = vd_node_file(x)) {
+        vd_node_ref(x);
+        snprintf(names[n], sizeof(names[n]), "%s (%s)", vd_node_name(x),
+                 vd_node_format_name(x) ? vd_node_format_name(x) : "?");
+        nodes[n++] = x;
+    }
+    /* the flush close starts with, so that the root's counters include it */
+    vd_flush(nodes[0]);
+    vd_backend_unref(blk);
+    vd_node_get_counters(nodes[0], &c[0]);
+    vd_node_unref(nodes[0]);   /* closes the root (the file's counters include it) */
+    for (int i = 1; i < n; i++) {
+        vd_node_get_counters(nodes[i], &c[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        printf("Counters %s: writes %" PRIu64 ", metadata writes %" PRIu64
+               ", flush requests %" PRIu64 ", flushes %" PRIu64 "\n", names[i], c[i].writes,
+               c[i].meta_writes, c[i].flush_requests, c[i].flushes);
+    }
+    for (int i = 1; i < n; i++) {
+        vd_node_unref(nodes[i]);
+    }
+}
+
 int img_cmd_bench(int argc, char **argv)
 {
-    enum { OPT_FLUSH_INTERVAL = 256, OPT_NO_DRAIN, OPT_PATTERN, OPT_IMAGE_OPTS, OPT_OBJECT };
+    enum { OPT_FLUSH_INTERVAL = 256, OPT_NO_DRAIN, OPT_PATTERN, OPT_IMAGE_OPTS, OPT_OBJECT,
+           OPT_COUNTERS };
     static const struct option long_opts[] = {
         { "help", no_argument, NULL, 'h' },
         { "flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL },
@@ -144,10 +177,11 @@ int img_cmd_bench(int argc, char **argv)
         { "no-drain", no_argument, NULL, OPT_NO_DRAIN },
         { "force-share", no_argument, NULL, 'U' },
         { "object", required_argument, NULL, OPT_OBJECT },
+        { "counters", no_argument, NULL, OPT_COUNTERS },
         { NULL, 0, NULL, 0 },
     };
     const char *fmt = NULL, *cache = "writeback", *aio = NULL, *filename;
-    bool image_opts = false, force_share = false, write = false, drain = true;
+    bool image_opts = false, force_share = false, write = false, drain = true, counters = false;
     int count = 75000, depth = 64, bufsize = 4096, pattern = 0, flush_interval = 0;
     int64_t offset = 0, step = 0;
     int c, flags = 0, ret = 1;
@@ -163,7 +197,7 @@ int img_cmd_bench(int argc, char **argv)
         case 'h':
             printf("usage: " IMG_PROG " bench [-c count] [-d depth] [-f fmt] [--flush-interval=flushes] "
                    "[--no-drain] [-n] [-i aio] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] "
-                   "[-S step_size] [-t cache] [-w] [-U] [--image-opts] filename\n");
+                   "[-S step_size] [-t cache] [-w] [-U] [--image-opts] [--counters] filename\n");
             return 0;
         case 'c':
             if (img_parse_int_opt(optarg, 0, INT_MAX, "request count", &count) < 0) {
@@ -214,7 +248,8 @@ int img_cmd_bench(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case OPT_OBJECT: return img_usage_error("--object is not supported");
+        case OPT_OBJECT: break;   /* created in main (tool_objects_from_argv) */
+        case OPT_COUNTERS: counters = true; break;
         default: return img_bad_option(c, argv);
         }
     }
@@ -321,7 +356,11 @@ out:
     }
     free(b.slots);
     free(b.free_slots);
-    vd_backend_unref(b.blk);
+    if (counters && b.blk) {
+        bench_print_counters(b.blk);   /* closes the backend */
+    } else {
+        vd_backend_unref(b.blk);
+    }
     free(buf);
     return ret;
 }

@@ -1,10 +1,13 @@
 /*
  * Table caches for qcow2: L2 tables and refcount blocks, kept in disk byte
- * order, found through a hash, evicted least-recently-used. Dirty tables are
- * written only by qcow2_cache_write, which keeps the dependency "refcount
- * blocks and data stable before any L2 table" (docs/qcow2.md, invariants 1-2).
+ * order, found through a hash, evicted least-recently-used (clean victims
+ * first). Every cached table is a table of the metadata write-back queue
+ * (src/block/meta-queue.h): marking it dirty records its dependencies
+ * ("data and refcount blocks stable before the L2 table", docs/qcow2.md
+ * invariants 1-2) and the queue writes it back in dependency levels.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,10 +17,12 @@
 typedef struct Qcow2CacheEntry {
     uint64_t offset;     /* 0: unused */
     void *table;
-    bool dirty;
     int ref;
     uint64_t lru;
     int hash_next;
+    bool is_new;         /* allocated by us, never written yet (l2_alloc_write) */
+    bool hot;            /* in the cache's hot list */
+    VdMetaTable mt;      /* registered with the queue while offset != 0 */
 } Qcow2CacheEntry;
 
 struct Qcow2Cache {
@@ -28,8 +33,13 @@ struct Qcow2Cache {
     size_t table_size;
     uint64_t lru_clock;
     bool is_l2;
-    int dirty_count;
+    Qcow2State *s;
+    VdMetaQueue *q;
     uint8_t *mem;         /* n tables, contiguous: untouched pages cost nothing */
+    int *hot;             /* entries dirtied and maybe not yet stable (refcount
+                           * cache: what a new L2 change must depend on) */
+    int nhot;
+    bool slot_failed;     /* the last cache_do_get failed finding a slot */
     uint64_t clean_lru;   /* lru_clock at the last qcow2_cache_clean */
 };
 
@@ -39,7 +49,7 @@ static unsigned cache_hash(const Qcow2Cache *c, uint64_t offset)
     return (unsigned)(h >> 32) & (c->nb_buckets - 1);
 }
 
-Qcow2Cache *qcow2_cache_new(int nb_tables, size_t table_size, bool is_l2)
+Qcow2Cache *qcow2_cache_new(Qcow2State *s, int nb_tables, size_t table_size, bool is_l2)
 {
     Qcow2Cache *c = calloc(1, sizeof(*c));
     if (!c) {
@@ -55,12 +65,14 @@ Qcow2Cache *qcow2_cache_new(int nb_tables, size_t table_size, bool is_l2)
         c->nb_buckets <<= 1;
     }
     c->buckets = malloc(c->nb_buckets * sizeof(int));
+    c->hot = malloc((size_t)nb_tables * sizeof(int));
     void *mem = NULL;
     if (posix_memalign(&mem, 4096, (size_t)nb_tables * table_size)) {
         mem = NULL;
     }
     c->mem = mem;
-    if (!c->e || !c->buckets || !c->mem) {
+    if (!c->e || !c->buckets || !c->mem || !c->hot) {
+        free(c->hot);
         free(c->mem);
         free(c->e);
         free(c->buckets);
@@ -72,6 +84,8 @@ Qcow2Cache *qcow2_cache_new(int nb_tables, size_t table_size, bool is_l2)
     }
     c->table_size = table_size;
     c->is_l2 = is_l2;
+    c->s = s;
+    c->q = s->mq;
     return c;
 }
 
@@ -80,9 +94,13 @@ void qcow2_cache_free(Qcow2Cache *c)
     if (!c) {
         return;
     }
+    for (int i = 0; i < c->n; i++) {
+        vd_mq_table_release_now(&c->e[i].mt);   /* nothing in flight: the queue is drained */
+    }
     free(c->mem);
     free(c->e);
     free(c->buckets);
+    free(c->hot);
     free(c);
 }
 
@@ -107,67 +125,51 @@ static void cache_unlink(Qcow2Cache *c, int i)
         p = &c->e[*p].hash_next;
     }
     c->e[i].offset = 0;
+    vd_mq_table_release_now(&c->e[i].mt);
 }
 
-static int coroutine_fn cache_write_entry(Qcow2State *s, Qcow2Cache *c, int i)
-{
-    Qcow2CacheEntry *e = &c->e[i];
-    if (!e->dirty) {
-        return 0;
-    }
-    if (c->is_l2) {
-        /* An L2 table may reach the disk only after the refcounts of the
-         * clusters it points to and the data in them are stable. */
-        int ret = qcow2_cache_write(s, s->refcount_cache);
-        if (ret < 0) {
-            return ret;
-        }
-        ret = qcow2_flush_file(s);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    int ret = qcow2_write_meta(s, c->is_l2 ? QCOW2_OL_L2 : QCOW2_OL_REFBLOCK, e->offset,
-                               e->table, c->table_size);
-    if (ret < 0) {
-        return ret;
-    }
-    e->dirty = false;
-    c->dirty_count--;
-    return 0;
-}
-
-/* Find a slot for offset: a free one or the least recently used unreferenced
- * one (written back first if dirty). Returns the index or -errno. */
+/* Find a slot for offset: a free one, else the least recently used
+ * unreferenced clean one, else a dirty one written back first (only its
+ * dependency chain; an error is kept by the queue for the next flush and
+ * another victim is tried). Returns the index or -errno. */
 static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
 {
+    int err = 0;
+    uint64_t failed_lru = 0;   /* dirty victims at or below this lru failed this call */
     for (;;) {
-        int victim = -1;
+        int clean = -1, dirty = -1;
         for (int i = 0; i < c->n; i++) {
-            if (c->e[i].offset == 0) {
+            Qcow2CacheEntry *e = &c->e[i];
+            if (e->offset == 0) {
                 return i;
             }
-            if (c->e[i].ref == 0 && (victim < 0 || c->e[i].lru < c->e[victim].lru)) {
-                victim = i;
-            }
-        }
-        if (victim < 0) {
-            return -ENOSPC;   /* every table is in use: cache too small (bug) */
-        }
-        if (c->e[victim].dirty) {
-            /* writing may yield (and flush other caches): look again afterwards */
-            c->e[victim].ref++;
-            int ret = cache_write_entry(s, c, victim);
-            c->e[victim].ref--;
-            if (ret < 0) {
-                return ret;
-            }
-            if (c->e[victim].dirty || c->e[victim].ref) {
+            if (e->ref || vd_mq_table_busy(&e->mt)) {
                 continue;
             }
+            if (!vd_mq_table_dirty(&e->mt)) {
+                if (clean < 0 || e->lru < c->e[clean].lru) {
+                    clean = i;
+                }
+            } else if (e->lru > failed_lru && (dirty < 0 || e->lru < c->e[dirty].lru)) {
+                dirty = i;
+            }
         }
-        cache_unlink(c, victim);
-        return victim;
+        if (clean >= 0) {
+            cache_unlink(c, clean);
+            return clean;
+        }
+        if (dirty < 0) {
+            return err ? err : -ENOSPC;   /* every table in use: cache too small (bug) */
+        }
+        /* writing may yield: look again afterwards */
+        Qcow2CacheEntry *e = &c->e[dirty];
+        e->ref++;
+        int ret = vd_mq_writeback_table(&e->mt);
+        e->ref--;
+        if (ret < 0) {
+            err = ret;
+            failed_lru = e->lru;
+        }
     }
 }
 
@@ -190,6 +192,7 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
         }
         i = cache_get_slot(s, c);
         if (i < 0) {
+            c->slot_failed = true;
             return i;
         }
         if (cache_find(c, offset) >= 0) {
@@ -199,13 +202,18 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
         e->table = c->mem + (size_t)i * c->table_size;
         /* claim the slot before yielding */
         e->offset = offset;
-        e->dirty = false;
+        e->is_new = !read;
+        vd_mq_table_init(c->q, &e->mt, c->is_l2 ? QCOW2_MQ_L2 : QCOW2_MQ_REFBLOCK,
+                         c->is_l2 ? VD_DBG_L2_UPDATE : VD_DBG_REFBLOCK_UPDATE, offset,
+                         c->table_size, e->table);
+        e->mt.deferred = !c->is_l2 && s->lazy_refcounts;
         e->ref = 1;
         e->lru = ++c->lru_clock;
         unsigned h = cache_hash(c, offset);
         e->hash_next = c->buckets[h];
         c->buckets[h] = i;
         if (read) {
+            vd_debug_event(s->file, c->is_l2 ? VD_DBG_L2_LOAD : VD_DBG_REFBLOCK_LOAD);
             int ret = vd_co_pread(s->file, (int64_t)offset, (int64_t)c->table_size, e->table, 0);
             if (ret < 0) {
                 e->ref = 0;
@@ -223,6 +231,30 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
 int coroutine_fn qcow2_cache_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset, void **table)
 {
     return cache_do_get(s, c, offset, table, true);
+}
+
+int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                        void **table)
+{
+    c->slot_failed = false;
+    int ret = cache_do_get(s, c, offset, table, true);
+    if (ret >= 0 || !c->slot_failed) {
+        return ret;   /* found, or an error reading the table itself */
+    }
+    /* no slot: every victim is dirty and its write-back failed (the error
+     * is kept for the next flush); read a private copy of the table */
+    void *copy = NULL;
+    if (posix_memalign(&copy, 4096, c->table_size)) {
+        return -ENOMEM;
+    }
+    vd_debug_event(s->file, c->is_l2 ? VD_DBG_L2_LOAD : VD_DBG_REFBLOCK_LOAD);
+    ret = vd_co_pread(s->file, (int64_t)offset, (int64_t)c->table_size, copy, 0);
+    if (ret < 0) {
+        free(copy);
+        return ret;
+    }
+    *table = copy;
+    return 0;
 }
 
 int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
@@ -246,6 +278,12 @@ void qcow2_cache_put(Qcow2Cache *c, void **table)
     if (!*table) {
         return;
     }
+    const uint8_t *p = *table;
+    if (p < c->mem || p >= c->mem + (size_t)c->n * c->table_size) {
+        free(*table);   /* a private copy from qcow2_cache_get_lookup */
+        *table = NULL;
+        return;
+    }
     int i = cache_index_of(c, *table);
     if (i >= 0 && c->e[i].ref > 0) {
         c->e[i].ref--;
@@ -253,38 +291,98 @@ void qcow2_cache_put(Qcow2Cache *c, void **table)
     *table = NULL;
 }
 
+static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool need_data);
+
 void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table)
 {
+    qcow2_cache_mark_dirty_range(c, table, 0, 0);
+}
+
+void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, bool need_data)
+{
+    mark_dirty(c, table, 0, 0, need_data);
+}
+
+void qcow2_cache_mark_dirty_range(Qcow2Cache *c, void *table, size_t off, size_t len)
+{
+    mark_dirty(c, table, off, len, true);
+}
+
+static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool need_data)
+{
     int i = cache_index_of(c, table);
-    if (i >= 0 && !c->e[i].dirty) {
-        c->e[i].dirty = true;
-        c->dirty_count++;
+    if (i < 0) {
+        return;
+    }
+    VdMetaTable *t = &c->e[i].mt;
+    vd_mq_mark_dirty(t, off, len);
+    if (!c->is_l2) {
+        if (!c->e[i].hot) {
+            c->e[i].hot = true;
+            c->hot[c->nhot++] = i;
+        }
+        return;
+    }
+    /* Invariant 1: the data an entry points to is stable before the entry;
+     * invariant 2: so are the refcounts of the clusters it references
+     * (unless lazy refcounts: the dirty bit covers them). Refcount blocks
+     * changed and not yet stable (the hot list) are all taken as
+     * dependencies: they are few and are written in one level anyway. */
+    if (need_data) {
+        vd_mq_depend_data(t);
+    }
+    Qcow2State *s = c->s;
+    Qcow2Cache *rc = s->refcount_cache;
+    if (!s->lazy_refcounts && rc) {
+        for (int h = 0; h < rc->nhot;) {
+            Qcow2CacheEntry *e = &rc->e[rc->hot[h]];
+            if (!e->offset || vd_mq_table_evictable(&e->mt)) {
+                e->hot = false;                       /* stable (or gone): drop it */
+                rc->hot[h] = rc->hot[--rc->nhot];
+                continue;
+            }
+            vd_mq_depend(t, &e->mt);
+            h++;
+        }
     }
 }
 
 int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c)
 {
-    int result = 0;
-    for (int i = 0; i < c->n; i++) {
-        if (c->e[i].offset && c->e[i].dirty) {
-            c->e[i].ref++;
-            int ret = cache_write_entry(s, c, i);
-            c->e[i].ref--;
-            if (ret < 0 && result == 0) {
-                result = ret;
-            }
+    if (c->is_l2) {
+        /* every dirty table in dependency order, deferred refcount blocks
+         * included: callers need them on disk before their next step */
+        return vd_mq_commit(s->mq, VD_MQ_COMMIT_DEFERRED);
+    }
+    /* refcount blocks depend on nothing: write them (one level) and flush */
+    int ret = 0;
+    for (int i = 0; i < c->n && ret == 0; i++) {
+        Qcow2CacheEntry *e = &c->e[i];
+        if (e->offset && (vd_mq_table_dirty(&e->mt) || vd_mq_table_busy(&e->mt))) {
+            e->ref++;
+            ret = vd_mq_writeback_table(&e->mt);
+            e->ref--;
         }
     }
-    return result;
+    /* reported here (with any error a background write-back kept) */
+    int kept = vd_mq_take_error(s->mq);
+    if (ret == 0) {
+        ret = kept;
+    }
+    return ret < 0 ? ret : qcow2_flush_file(s);
 }
 
-void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
+void coroutine_fn qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
 {
     int i = cache_find(c, offset);
     if (i >= 0 && c->e[i].ref == 0) {
-        if (c->e[i].dirty) {
-            c->dirty_count--;
-            c->e[i].dirty = false;
+        /* a write of it in flight must end before the cluster is reused */
+        while (vd_mq_table_busy(&c->e[i].mt)) {
+            vd_mq_table_release(&c->e[i].mt);
+            i = cache_find(c, offset);
+            if (i < 0 || c->e[i].ref) {
+                return;
+            }
         }
         cache_unlink(c, i);
     }
@@ -292,13 +390,41 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
 
 bool qcow2_cache_is_dirty(Qcow2Cache *c)
 {
-    return c->dirty_count > 0;
+    for (int i = 0; i < c->n; i++) {
+        if (c->e[i].offset && vd_mq_table_dirty(&c->e[i].mt)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+VdMetaTable *qcow2_cache_table_mt(Qcow2Cache *c, void *table)
+{
+    int i = cache_index_of(c, table);
+    return i < 0 ? NULL : &c->e[i].mt;
+}
+
+void qcow2_cache_depend_all(Qcow2Cache *c, VdMetaTable *t)
+{
+    for (int i = 0; i < c->n; i++) {
+        if (c->e[i].offset && !vd_mq_table_evictable(&c->e[i].mt)) {
+            vd_mq_depend(t, &c->e[i].mt);
+        }
+    }
+}
+
+void qcow2_cache_set_deferred(Qcow2Cache *c, bool deferred)
+{
+    for (int i = 0; i < c->n; i++) {
+        c->e[i].mt.deferred = deferred;
+    }
 }
 
 void qcow2_cache_empty(Qcow2Cache *c)
 {
     for (int i = 0; i < c->n; i++) {
-        if (c->e[i].offset && !c->e[i].dirty && c->e[i].ref == 0) {
+        if (c->e[i].offset && c->e[i].ref == 0 && !vd_mq_table_dirty(&c->e[i].mt) &&
+            !vd_mq_table_busy(&c->e[i].mt)) {
             cache_unlink(c, i);
         }
     }
@@ -310,7 +436,8 @@ int qcow2_cache_clean(Qcow2Cache *c)
     int freed = 0;
     for (int i = 0; i < c->n; i++) {
         Qcow2CacheEntry *e = &c->e[i];
-        if (e->offset && !e->dirty && e->ref == 0 && e->lru <= c->clean_lru) {
+        if (e->offset && e->ref == 0 && e->lru <= c->clean_lru &&
+            !vd_mq_table_dirty(&e->mt) && !vd_mq_table_busy(&e->mt)) {
             cache_unlink(c, i);
             if (page > 0 && c->table_size % (size_t)page == 0) {
                 /* give the memory back; the next use refaults zero pages */
@@ -321,4 +448,19 @@ int qcow2_cache_clean(Qcow2Cache *c)
     }
     c->clean_lru = c->lru_clock;
     return freed;
+}
+
+/* The queue's pre-write hook: overlap checks, and the event of the write
+ * (l2_alloc_write / refblock_alloc_write for a table's first write). */
+int qcow2_cache_pre_write(Qcow2State *s, VdMetaTable *t, uint64_t offset, uint64_t bytes)
+{
+    Qcow2CacheEntry *e = (Qcow2CacheEntry *)((char *)t - offsetof(Qcow2CacheEntry, mt));
+    bool l2 = t->kind == QCOW2_MQ_L2;
+    if (e->is_new) {
+        t->event = l2 ? VD_DBG_L2_ALLOC_WRITE : VD_DBG_REFBLOCK_ALLOC_WRITE;
+        e->is_new = false;
+    } else {
+        t->event = l2 ? VD_DBG_L2_UPDATE : VD_DBG_REFBLOCK_UPDATE;
+    }
+    return qcow2_meta_write_check(s, l2 ? QCOW2_OL_L2 : QCOW2_OL_REFBLOCK, offset, bytes);
 }

@@ -52,7 +52,20 @@ static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64
     return 0;
 }
 
+/* The L2 table of L1 entry l1i (NULL: none). lookup: for a look-up only
+ * (reads, block status): when the cache has no slot because write-backs of
+ * dirty victims failed, the table is read into a private copy instead, so
+ * that their error (kept for the next flush) never fails this request. */
+static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t **l2,
+                                         bool lookup);
+
 static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
+{
+    return get_l2_table_for(s, l1i, l2, false);
+}
+
+static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t **l2,
+                                         bool lookup)
 {
     *l2 = NULL;
     if (l1i >= s->l1_size) {
@@ -69,7 +82,8 @@ static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
         return -EIO;
     }
     void *t;
-    int ret = qcow2_cache_get(s, s->l2_cache, l2off, &t);
+    int ret = lookup ? qcow2_cache_get_lookup(s, s->l2_cache, l2off, &t)
+                     : qcow2_cache_get(s, s->l2_cache, l2off, &t);
     if (ret < 0) {
         return ret;
     }
@@ -98,7 +112,7 @@ int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t byte
         bytes = avail;
     }
     uint64_t *l2;
-    int ret = get_l2_table(s, qcow2_l1_index(offset, cb), &l2);
+    int ret = get_l2_table_for(s, qcow2_l1_index(offset, cb), &l2, true);
     if (ret < 0) {
         return ret;
     }
@@ -372,8 +386,9 @@ int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1i, uint64_t **
         }
     }
     qcow2_cache_mark_dirty(s->l2_cache, table);
-    s->l1_table[l1i] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
-    s->l1_dirty = true;
+    /* the new table before the L1 entry pointing at it */
+    qcow2_l1_set(s, l1i, (uint64_t)new_off | QCOW2_OFLAG_COPIED);
+    vd_mq_depend(&s->l1_mt, qcow2_cache_table_mt(s->l2_cache, table));
     *l2 = table;
     return 0;
 }
@@ -406,6 +421,7 @@ static int coroutine_fn cow_read(Qcow2State *s, uint64_t entry, uint64_t guest_c
 {
     VdIOVector q;
     int ret = 0;
+    vd_debug_event(s->file, VD_DBG_COW_READ);
     vd_iov_init_buf(&q, buf, len);
     switch (qcow2_l2_entry_type(entry, s->version)) {
     case QCOW2_CLUSTER_UNALLOCATED:
@@ -521,7 +537,6 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             if (ret < 0) {
                 return ret;
             }
-            s->data_unflushed = true;
             offset += n;
             bytes -= n;
             qoff += n;
@@ -597,6 +612,9 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             }
         }
         if (ret == 0) {
+            if (head || tail) {
+                vd_debug_event(s->file, VD_DBG_COW_WRITE);
+            }
             ret = vd_co_pwritev(s->file, (int64_t)wstart, (int64_t)(head + n + tail), &wq, 0, 0);
         }
         vd_iov_destroy(&wq);
@@ -605,17 +623,24 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
 
         vd_co_mutex_lock(&s->lock);
         if (ret == 0) {
-            s->data_unflushed = true;
             ret = qcow2_get_l2_for_write(s, l1i, &l2);
             if (ret == 0) {
+                /* Invariant 1's exception: clusters that were zeros and are
+                 * fresh (never written, read as zeros) show zeros - their old
+                 * contents - if the entry lands before the data: then the
+                 * entry need not wait for a flush of the data. */
+                bool need_data = !fresh || reuse;
                 for (uint64_t i = 0; i < k; i++) {
                     uint64_t old = l2_get(l2, l2i + i);
+                    if (!cow_source_is_zero(s, old)) {
+                        need_data = true;
+                    }
                     l2_set(l2, l2i + i, ((uint64_t)host + i * cs) | QCOW2_OFLAG_COPIED);
                     if (!reuse) {
                         free_entry_storage(s, old);
                     }
                 }
-                qcow2_cache_mark_dirty(s->l2_cache, l2);
+                qcow2_cache_mark_dirty_l2(s->l2_cache, l2, need_data);
                 qcow2_cache_put(s->l2_cache, (void **)&l2);
                 qcow2_note_activity(s);
             }
@@ -848,7 +873,6 @@ again:;
     ret = vd_co_pwrite(s->file, host, (int64_t)csize, out, 0);
     vd_co_mutex_lock(&s->lock);
     if (ret == 0) {
-        s->data_unflushed = true;
         uint64_t *l2;
         ret = qcow2_get_l2_for_write(s, qcow2_l1_index(offset, s->cluster_bits), &l2);
         if (ret == 0) {

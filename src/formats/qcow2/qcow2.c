@@ -44,81 +44,82 @@ void coroutine_mixed_fn qcow2_signal_corruption(Qcow2State *s, const char *fmt, 
 
 int coroutine_fn qcow2_flush_file(Qcow2State *s)
 {
-    if (!s->data_unflushed) {
-        return 0;
-    }
-    int ret = vd_co_flush(s->file);
-    if (ret == 0) {
-        s->data_unflushed = false;
-    }
-    return ret;
+    /* the file's flush generations skip the sync when nothing was written */
+    return vd_co_flush(s->file);
 }
 
 int coroutine_fn qcow2_flush_file_now(Qcow2State *s)
 {
-    s->data_unflushed = true;
     return qcow2_flush_file(s);
 }
 
-int coroutine_fn qcow2_write_l1(Qcow2State *s)
+/* The L1 table as a table of the metadata queue: a big-endian copy of
+ * s->l1_table (l1_be), registered at its offset. (Re)built from l1_table,
+ * clean (as on disk): at open and after the table moved. */
+int coroutine_fn qcow2_l1_shadow_init(Qcow2State *s)
 {
-    size_t bytes = (size_t)s->l1_size * 8;
-    if (!bytes) {
-        s->l1_dirty = false;
-        return 0;
-    }
-    uint8_t *buf = malloc(bytes);
-    if (!buf) {
+    size_t bytes = VD_ALIGN_UP((size_t)VD_MAX(s->l1_size, 1) * 8, 512);
+    uint8_t *b = calloc(1, bytes);
+    if (!b) {
         return -ENOMEM;
     }
     for (uint32_t i = 0; i < s->l1_size; i++) {
-        qcow2_st64(buf + (size_t)i * 8, s->l1_table[i]);
+        qcow2_st64(b + (size_t)i * 8, s->l1_table[i]);
     }
-    int ret = qcow2_write_meta(s, QCOW2_OL_L1, s->l1_table_offset, buf, bytes);
-    free(buf);
-    if (ret == 0) {
-        s->l1_dirty = false;
+    if (s->l1_be) {
+        vd_mq_table_release(&s->l1_mt);   /* waits for a write of the old one */
     }
-    return ret;
+    free(s->l1_be);
+    s->l1_be = b;
+    vd_mq_table_init(s->mq, &s->l1_mt, QCOW2_MQ_L1, VD_DBG_L1_UPDATE, s->l1_table_offset,
+                     bytes, b);
+    return 0;
+}
+
+void qcow2_l1_set(Qcow2State *s, uint64_t i, uint64_t v)
+{
+    s->l1_table[i] = v;
+    qcow2_st64(s->l1_be + i * 8, v);
+    vd_mq_mark_dirty(&s->l1_mt, (size_t)i * 8, 8);
+}
+
+/* l1_dirty (entries changed in l1_table directly: snapshots, repair): copy
+ * the whole table to the queue, after every L2 table not yet stable. */
+static void l1_sync_shadow(Qcow2State *s)
+{
+    if (!s->l1_dirty) {
+        return;
+    }
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        qcow2_st64(s->l1_be + (size_t)i * 8, s->l1_table[i]);
+    }
+    vd_mq_mark_dirty(&s->l1_mt, 0, 0);
+    qcow2_cache_depend_all(s->l2_cache, &s->l1_mt);
+    s->l1_dirty = false;
 }
 
 /*
- * The write-back order (docs/qcow2.md): refcount blocks; flush (data and
- * refcounts stable: invariants 1, 2); L2 tables; flush; L1 table; then, with
- * every reference removal stable, the deferred refcount drops, whose blocks
- * are written in the next round.
+ * The write-back order (docs/qcow2.md): the metadata queue writes the dirty
+ * refcount blocks, L2 tables and the L1 table in dependency levels
+ * (refcount blocks; one flush making them and the data stable: invariants
+ * 1, 2; L2 tables; one flush; the L1 entries of new L2 tables; one flush);
+ * then, with every reference removal stable, the deferred refcount drops,
+ * whose blocks are written in the next round. deferred: include lazy
+ * refcount blocks (clean, close).
  */
-int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
+static int coroutine_fn flush_metadata(Qcow2State *s, bool deferred)
 {
+    int flags = deferred ? VD_MQ_COMMIT_DEFERRED : 0;
     for (int round = 0; round < 4; round++) {
-        int ret = qcow2_cache_write(s, s->refcount_cache);
+        l1_sync_shadow(s);
+        int ret = vd_mq_commit(s->mq, flags);
         if (ret < 0) {
             return ret;
-        }
-        if (qcow2_cache_is_dirty(s->l2_cache)) {
-            ret = qcow2_cache_write(s, s->l2_cache);   /* flushes before the first table */
-            if (ret < 0) {
-                return ret;
-            }
-        }
-        if (s->l1_dirty) {
-            ret = qcow2_flush_file(s);
-            if (ret < 0) {
-                return ret;
-            }
-            ret = qcow2_write_l1(s);
-            if (ret < 0) {
-                return ret;
-            }
         }
         /* a guest read or write may still be using a cluster it looked up
          * before the reference was dropped: free only when none is */
         if (!s->nb_pending_free || s->data_io_in_flight) {
             return 0;
-        }
-        ret = qcow2_flush_file(s);
-        if (ret < 0) {
-            return ret;
         }
         ret = qcow2_apply_pending_frees(s);
         if (ret < 0) {
@@ -126,6 +127,20 @@ int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
         }
     }
     return 0;
+}
+
+int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
+{
+    return flush_metadata(s, false);
+}
+
+int coroutine_fn qcow2_flush_metadata_all(Qcow2State *s)
+{
+    int ret = flush_metadata(s, true);
+    if (ret == 0) {
+        ret = qcow2_flush_file(s);
+    }
+    return ret;
 }
 
 int coroutine_fn qcow2_update_header(Qcow2State *s)
@@ -300,6 +315,9 @@ static void qcow2_cache_clean_timer_cb(void *opaque)
 static void qcow2_detach_aio_context(VdNode *node)
 {
     Qcow2State *s = node->opaque;
+    if (s->mq) {
+        vd_mq_detach_aio_context(s->mq);
+    }
     if (s->cache_clean_timer) {
         vd_timer_free(s->cache_clean_timer);
         s->cache_clean_timer = NULL;
@@ -313,6 +331,9 @@ static void qcow2_detach_aio_context(VdNode *node)
 static void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx)
 {
     Qcow2State *s = node->opaque;
+    if (s->mq) {
+        vd_mq_attach_aio_context(s->mq, ctx);
+    }
     if (s->cache_clean_interval && s->l2_cache && !s->cache_clean_timer) {
         s->cache_clean_timer = vd_timer_new(ctx, qcow2_cache_clean_timer_cb, s);
         vd_timer_mod(s->cache_clean_timer,
@@ -327,10 +348,7 @@ static void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx)
 /* Invariant 3: cleared only after everything before it is stable. */
 static int coroutine_fn qcow2_mark_clean(Qcow2State *s)
 {
-    int ret = qcow2_flush_metadata(s);
-    if (ret == 0) {
-        ret = qcow2_flush_file(s);
-    }
+    int ret = qcow2_flush_metadata_all(s);
     if (ret == 0 && (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = write_incompat(s, s->header.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
         if (ret == 0) {
@@ -387,7 +405,8 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
         ret = qcow2_flush_file(s);
     }
     if (ret == 0) {
-        ret = qcow2_write_meta(s, QCOW2_OL_L1, (uint64_t)off, buf, n * 8);
+        ret = qcow2_write_meta_ev(s, QCOW2_OL_L1, VD_DBG_L1_GROW_WRITE_TABLE, (uint64_t)off, buf,
+                                  n * 8);
     }
     if (ret == 0) {
         ret = qcow2_flush_file(s);
@@ -396,7 +415,7 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
         uint8_t h[12];
         qcow2_st32(h, (uint32_t)n);
         qcow2_st64(h + 4, (uint64_t)off);
-        ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 36, h, 12);
+        ret = qcow2_write_meta_ev(s, QCOW2_OL_HEADER, VD_DBG_L1_GROW_ACTIVATE_TABLE, 36, h, 12);
     }
     if (ret == 0) {
         ret = qcow2_flush_file(s);
@@ -415,6 +434,10 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
     s->header.l1_size = (uint32_t)n;
     s->header.l1_table_offset = (uint64_t)off;
     s->l1_dirty = false;
+    ret = qcow2_l1_shadow_init(s);   /* the new table, as just written */
+    if (ret < 0) {
+        return ret;
+    }
     if (old_off && old_bytes) {
         ret = qcow2_update_refcount(s, old_off, old_bytes, -1);
     }
@@ -423,11 +446,27 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
 
 /* ---- open / close ------------------------------------------------------------ */
 
+static int qcow2_mq_pre_write(void *opaque, VdMetaTable *t, uint64_t offset, uint64_t bytes)
+{
+    Qcow2State *s = opaque;
+    if (t == &s->l1_mt) {
+        return qcow2_meta_write_check(s, QCOW2_OL_L1, offset, bytes);
+    }
+    return qcow2_cache_pre_write(s, t, offset, bytes);
+}
+
 static void qcow2_free_state(Qcow2State *s)
 {
     qcow2_cache_free(s->l2_cache);
     qcow2_cache_free(s->refcount_cache);
     s->l2_cache = s->refcount_cache = NULL;
+    if (s->l1_be) {
+        vd_mq_table_release_now(&s->l1_mt);
+        free(s->l1_be);
+        s->l1_be = NULL;
+    }
+    vd_mq_free(s->mq);
+    s->mq = NULL;
     free(s->l1_table);
     free(s->refcount_table);
     free(s->pending_free);
@@ -471,6 +510,25 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
         vd_opts_take_size(options, "cache-size", 0, &cache_bytes, errp) < 0) {
         return -EINVAL;
     }
+    /* vdisk's own: metadata write-back triggers besides a guest flush
+     * (docs/qcow2.md): age of the oldest dirty table (ms, 0: never) and the
+     * number of dirty tables */
+    uint64_t wb_age_ms = 1000, wb_tables = VD_MQ_DEFAULT_MAX_DIRTY;
+    if (vd_opts_take_uint(options, "metadata-writeback-interval", wb_age_ms, &wb_age_ms,
+                          errp) < 0 ||
+        vd_opts_take_uint(options, "metadata-writeback-tables", wb_tables, &wb_tables,
+                          errp) < 0) {
+        return -EINVAL;
+    }
+    if (wb_age_ms > 3600 * 1000 || wb_tables > 1000000) {
+        vd_error_setg(errp, EINVAL, "%s: metadata-writeback-interval (ms) must be at most "
+                      "3600000 and metadata-writeback-tables at most 1000000", s->name);
+        return -EINVAL;
+    }
+    VdMetaQueueOpts mq_opts = {
+        .max_age_ns = wb_age_ms ? (int64_t)wb_age_ms * 1000000LL : -1,
+        .max_dirty = wb_tables ? (int)wb_tables : -1,
+    };
     if (vd_opts_lookup(options, "lazy-refcounts")) {
         lazy_opt_set = true;
         if (vd_opts_take_bool(options, "lazy-refcounts", false, &lazy_opt, errp) < 0) {
@@ -733,10 +791,19 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
     }
     uint64_t rc_tables = rc_cache_bytes ? rc_cache_bytes / cs : VD_MAX(l2_tables / 4, 4);
     rc_tables = VD_MIN(VD_MAX(rc_tables, 4), 16384);
-    s->l2_cache = qcow2_cache_new((int)l2_tables, cs, true);
-    s->refcount_cache = qcow2_cache_new((int)rc_tables, cs, false);
-    if (!s->l2_cache || !s->refcount_cache) {
+    static const VdMetaQueueOps mq_ops = { .pre_write = qcow2_mq_pre_write };
+    s->mq = vd_mq_new(node, s->file, &mq_ops, s, &mq_opts);
+    if (s->mq) {
+        s->l2_cache = qcow2_cache_new(s, (int)l2_tables, cs, true);
+        s->refcount_cache = qcow2_cache_new(s, (int)rc_tables, cs, false);
+    }
+    if (!s->mq || !s->l2_cache || !s->refcount_cache) {
         vd_error_setg(errp, ENOMEM, "%s: cannot allocate the table caches", s->name);
+        ret = -ENOMEM;
+        goto fail;
+    }
+    if (qcow2_l1_shadow_init(s) < 0) {
+        vd_error_setg(errp, ENOMEM, "%s: cannot allocate the L1 table copy", s->name);
         ret = -ENOMEM;
         goto fail;
     }
@@ -817,14 +884,15 @@ static void coroutine_fn qcow2_co_close(VdNode *node)
     /* a running clean-up holds the lock until it is done with s */
     vd_co_mutex_lock(&s->lock);
     vd_co_mutex_unlock(&s->lock);
+    /* no background write-back from now on; wait for one running */
+    vd_mq_pause(s->mq);
+    vd_mq_drain(s->mq);
     if (!node->read_only && !s->corrupt) {
         vd_co_mutex_lock(&s->lock);
         if (s->dirty_bit_set || (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
             qcow2_mark_clean(s);
         } else {
-            if (qcow2_flush_metadata(s) == 0) {
-                qcow2_flush_file(s);
-            }
+            qcow2_flush_metadata_all(s);
         }
         /* give back the preallocated tail nothing was written to */
         if (s->prealloc_end) {
@@ -910,9 +978,15 @@ static int coroutine_fn qcow2_co_pdiscard(VdNode *node, int64_t offset, int64_t 
 static int coroutine_fn qcow2_co_flush_to_os(VdNode *node)
 {
     Qcow2State *s = node->opaque;
-    vd_co_mutex_lock(&s->lock);
-    int ret = qcow2_flush_metadata(s);
-    vd_co_mutex_unlock(&s->lock);
+    /* The queue writes copies of the tables: its commit needs no lock, so
+     * writes go on allocating while it flushes (writethrough group commit).
+     * Whole-table L1 changes and deferred frees need the lock. */
+    int ret = vd_mq_commit(s->mq, 0);
+    if (ret == 0 && (s->l1_dirty || s->nb_pending_free)) {
+        vd_co_mutex_lock(&s->lock);
+        ret = qcow2_flush_metadata(s);
+        vd_co_mutex_unlock(&s->lock);
+    }
     return ret;
 }
 
@@ -1267,6 +1341,7 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
     if (ret == 0) {
         s->version = version;
         s->lazy_refcounts = lazy;
+        qcow2_cache_set_deferred(s->refcount_cache, lazy);
         if (!lazy) {
             ret = qcow2_mark_clean(s);
         }

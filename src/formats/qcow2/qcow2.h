@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include "block/driver.h"
+#include "block/meta-queue.h"
 
 #define QCOW2_MAGIC 0x514649fbu   /* "QFI\xfb" */
 
@@ -179,8 +180,12 @@ static inline void qcow2_st64(uint8_t *p, uint64_t v)
 typedef struct Qcow2State Qcow2State;
 typedef struct Qcow2Cache Qcow2Cache;
 
-/* Tables are kept in disk byte order (big-endian); use qcow2_be64 etc. */
-Qcow2Cache *qcow2_cache_new(int nb_tables, size_t table_size, bool is_l2);
+/* Kinds of the tables qcow2 gives the metadata queue (counters). */
+enum { QCOW2_MQ_L2 = 0, QCOW2_MQ_REFBLOCK = 1, QCOW2_MQ_L1 = 2 };
+
+/* Tables are kept in disk byte order (big-endian); use qcow2_be64 etc.
+ * The cache registers its tables with s->mq (created first). */
+Qcow2Cache *qcow2_cache_new(Qcow2State *s, int nb_tables, size_t table_size, bool is_l2);
 void qcow2_cache_free(Qcow2Cache *c);
 /* Get the table at host offset (read from the file if not cached). Under
  * s->lock; may yield. The table stays in the cache until put. */
@@ -188,12 +193,35 @@ int coroutine_fn qcow2_cache_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset, 
 /* Same for a freshly allocated table: no read, contents zeroed. */
 int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                        void **table);
+/* For a look-up only: if no slot can be freed because write-backs of dirty
+ * victims failed (their error is kept for the next flush), a private copy
+ * read from the file (up to date: the table is not cached). Put frees it. */
+int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                        void **table);
 void qcow2_cache_put(Qcow2Cache *c, void **table);
+/* The table changed (after the data and refcounts it relies on were
+ * written/updated: an L2 table takes them as its dependencies). Must be
+ * called without yielding after the change. */
 void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table);
-/* Write every dirty table (dependencies: see qcow2_flush_metadata). */
+void qcow2_cache_mark_dirty_range(Qcow2Cache *c, void *table, size_t off, size_t len);
+/* An L2 table changed by an allocating write; need_data false: the new
+ * entries may land before their data (fresh clusters replacing zeros). */
+void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, bool need_data);
+/* L2 cache: write every dirty table of both caches (in dependency levels,
+ * through the queue, deferred refcount blocks included) and flush.
+ * Refcount cache: write its dirty blocks only (no dependencies) and flush. */
 int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c);
-/* Forget the table at offset (its cluster is being freed). */
-void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+/* Forget the table at offset (its cluster is being freed); waits for a
+ * write of it in flight. */
+void coroutine_fn qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+/* The queue table of a cached table (NULL if table is not in c). */
+VdMetaTable *qcow2_cache_table_mt(Qcow2Cache *c, void *table);
+/* t depends on every L2 table not yet stable. */
+void qcow2_cache_depend_all(Qcow2Cache *c, VdMetaTable *t);
+/* Lazy refcounts switched: refcount blocks become (not) deferred. */
+void qcow2_cache_set_deferred(Qcow2Cache *c, bool deferred);
+/* The metadata queue's pre-write hook for cached tables. */
+int qcow2_cache_pre_write(Qcow2State *s, VdMetaTable *t, uint64_t offset, uint64_t bytes);
 bool qcow2_cache_is_dirty(Qcow2Cache *c);
 /* Drop every clean table (after snapshot goto / check repair). */
 void qcow2_cache_empty(Qcow2Cache *c);
@@ -270,13 +298,16 @@ struct Qcow2State {
     uint64_t *l1_table;          /* host order, l1_size entries (allocated l1_alloc) */
     uint32_t l1_size;
     uint64_t l1_table_offset;
-    bool l1_dirty;
+    bool l1_dirty;               /* entries changed without qcow2_l1_set: copy all */
+    uint8_t *l1_be;              /* big-endian copy: the metadata queue's L1 table */
+    VdMetaTable l1_mt;
 
     uint64_t *refcount_table;    /* host order */
     uint64_t refcount_table_size;  /* entries */
     uint64_t refcount_table_offset;
     uint64_t refcount_table_used;  /* one past the highest non-zero entry (overlap checks) */
 
+    VdMetaQueue *mq;             /* metadata write-back queue (src/block/meta-queue.h) */
     Qcow2Cache *l2_cache;
     Qcow2Cache *refcount_cache;
 
@@ -292,7 +323,6 @@ struct Qcow2State {
     int data_io_in_flight;       /* guest reads/in-place writes of mapped clusters whose
                                   * mapping was looked up and the lock dropped: their
                                   * clusters must not be freed and reused meanwhile */
-    bool data_unflushed;         /* data or metadata written since the last file flush */
     uint64_t zero_frontier;      /* every file byte at or past it was never written by us
                                   * and reads as zeros (file size at open, then the end of
                                   * the highest write issued) */
@@ -370,26 +400,42 @@ int qcow2_check_overlap(Qcow2State *s, int ignore, uint64_t offset, uint64_t siz
 int qcow2_parse_overlap_check(const char *value);
 /* QEMU's default cache-clean-interval (seconds) */
 #define QCOW2_DEFAULT_CACHE_CLEAN_INTERVAL 600
-/* Write metadata through the overlap check; on overlap marks corrupt, -EIO. */
+/* Write metadata through the overlap check; on overlap marks corrupt, -EIO.
+ * Raises the blkdebug event of kind first (l1_update, reftable_update,
+ * refblock_update, l2_update, header_update, snapshot_table_update). */
 int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
                                   uint64_t size);
+/* Same with an explicit event (l1_grow_write_table, reftable_grow, ...). */
+int coroutine_fn qcow2_write_meta_ev(Qcow2State *s, int kind, VdDebugEvent ev, uint64_t offset,
+                                     const void *buf, uint64_t size);
+/* The checks of qcow2_write_meta without the write (corrupt image, overlap:
+ * signals corruption). 0 or -EIO. */
+int qcow2_meta_write_check(Qcow2State *s, int kind, uint64_t offset, uint64_t size);
 
 /* ---- qcow2.c ------------------------------------------------------------------- */
 
 /* Write all dirty metadata in dependency order (refcounts, flush, L2, flush, L1,
  * then deferred frees). Under s->lock. */
 int coroutine_fn qcow2_flush_metadata(Qcow2State *s);
-/* Flush the file if anything was written to it since the last flush. */
+/* Flush the file if anything was written to it since its last flush (the
+ * block core's flush generations decide; no flag of ours). */
 int coroutine_fn qcow2_flush_file(Qcow2State *s);
-/* Flush the file even if no data write is pending (after a metadata write that
- * must be stable before the next step). */
+/* Same (kept for the callers that flush after a metadata write that must be
+ * stable before the next step). */
 int coroutine_fn qcow2_flush_file_now(Qcow2State *s);
+/* Write back everything, deferred (lazy) refcount blocks included, and the
+ * L1 table, then flush: clean/close/snapshot paths. Under s->lock. */
+int coroutine_fn qcow2_flush_metadata_all(Qcow2State *s);
 /* Rewrite the header cluster (fixed header, extensions, backing name). */
 int coroutine_fn qcow2_update_header(Qcow2State *s);
 int coroutine_fn qcow2_mark_dirty(Qcow2State *s);
 /* Note metadata activity: (re)arm the idle timer that marks the image clean. */
 void qcow2_note_activity(Qcow2State *s);
-int coroutine_fn qcow2_write_l1(Qcow2State *s);
+/* Register the L1 table (l1_be rebuilt from l1_table) with the queue. */
+int coroutine_fn qcow2_l1_shadow_init(Qcow2State *s);
+/* Set L1 entry i (host order) and mark it dirty in the queue. The caller
+ * adds the dependency on the L2 table it points to. */
+void qcow2_l1_set(Qcow2State *s, uint64_t i, uint64_t v);
 /* Make the L1 table hold at least min entries (moves it). */
 int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact);
 void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...) VD_PRINTF(2, 3);

@@ -267,7 +267,8 @@ static int coroutine_fn refcount_grow_table(Qcow2State *s, uint64_t min_entries)
             for (uint64_t c = lo; c < hi; c++) {
                 qcow2_refcount_set(buf, c & mask, s->refcount_order, 1);
             }
-            ret = qcow2_write_meta(s, QCOW2_OL_REFBLOCK, boff, buf, cs);
+            ret = qcow2_write_meta_ev(s, QCOW2_OL_REFBLOCK, VD_DBG_REFBLOCK_ALLOC_WRITE_BLOCKS,
+                                      boff, buf, cs);
             if (ret < 0) {
                 goto out;
             }
@@ -287,6 +288,7 @@ static int coroutine_fn refcount_grow_table(Qcow2State *s, uint64_t min_entries)
     if (ret < 0) {
         goto out;
     }
+    vd_debug_event(s->file, VD_DBG_REFTABLE_GROW);
     ret = refcount_write_stable(s, QCOW2_OL_REFTABLE, table_off, buf, new_entries * 8);
     if (ret < 0) {
         goto out;
@@ -294,6 +296,7 @@ static int coroutine_fn refcount_grow_table(Qcow2State *s, uint64_t min_entries)
     uint8_t hdr[12];
     qcow2_st64(hdr, table_off);
     qcow2_st32(hdr + 8, (uint32_t)tclusters);
+    vd_debug_event(s->file, VD_DBG_REFBLOCK_ALLOC_SWITCH_TABLE);
     ret = refcount_write_stable(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr));
     if (ret < 0) {
         goto out;
@@ -338,6 +341,7 @@ static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int d
         if (s->refcount_table[idx] & QCOW2_REFT_OFFSET_MASK) {
             return 0;
         }
+        vd_debug_event(s->file, VD_DBG_REFBLOCK_ALLOC);
         int64_t b = refcount_find_free(s, s->free_cluster_index);
         if (b < 0) {
             return (int)b;
@@ -386,6 +390,7 @@ static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int d
         }
         uint8_t ent[8];
         qcow2_st64(ent, boff);
+        vd_debug_event(s->file, VD_DBG_REFBLOCK_ALLOC_HOOKUP);
         ret = qcow2_write_meta(s, QCOW2_OL_REFTABLE, s->refcount_table_offset + idx * 8, ent, 8);
         if (ret < 0) {
             return ret;
@@ -403,6 +408,7 @@ int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
     if (n == 0) {
         return -EINVAL;
     }
+    vd_debug_event(s->file, VD_DBG_CLUSTER_ALLOC);
     for (;;) {
         uint64_t start = VD_MAX(s->free_cluster_index, 1), run = 0, c = start;
         int64_t first_free = -1;
@@ -565,8 +571,7 @@ static const char *overlap_name(int kind)
     }
 }
 
-int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
-                                  uint64_t size)
+int qcow2_meta_write_check(Qcow2State *s, int kind, uint64_t offset, uint64_t size)
 {
     if (s->corrupt) {
         return -EIO;
@@ -579,12 +584,38 @@ int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, cons
         return -EIO;
     }
     qcow2_note_write(s, offset, size);
-    int ret = vd_co_pwrite(s->file, (int64_t)offset, (int64_t)size, buf, 0);
+    return 0;
+}
+
+static VdDebugEvent meta_event(int kind)
+{
+    switch (kind) {
+    case QCOW2_OL_HEADER: return VD_DBG_HEADER_UPDATE;
+    case QCOW2_OL_L1: return VD_DBG_L1_UPDATE;
+    case QCOW2_OL_REFTABLE: return VD_DBG_REFTABLE_UPDATE;
+    case QCOW2_OL_REFBLOCK: return VD_DBG_REFBLOCK_UPDATE;
+    case QCOW2_OL_SNAPTABLE: return VD_DBG_SNAPSHOT_TABLE_UPDATE;
+    case QCOW2_OL_SNAPL1: return VD_DBG_L1_UPDATE;
+    default: return VD_DBG_L2_UPDATE;
+    }
+}
+
+int coroutine_fn qcow2_write_meta_ev(Qcow2State *s, int kind, VdDebugEvent ev, uint64_t offset,
+                                     const void *buf, uint64_t size)
+{
+    int ret = qcow2_meta_write_check(s, kind, offset, size);
     if (ret < 0) {
         return ret;
     }
-    s->data_unflushed = true;
-    return 0;
+    vd_debug_event(s->file, ev);
+    vd_node_count_meta_write(s->node);
+    return vd_co_pwrite(s->file, (int64_t)offset, (int64_t)size, buf, 0);
+}
+
+int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
+                                  uint64_t size)
+{
+    return qcow2_write_meta_ev(s, kind, meta_event(kind), offset, buf, size);
 }
 
 #define QCOW2_PREALLOC_FROM (32 * VD_MiB)

@@ -116,6 +116,10 @@ def test(vdiskd):
         assert n["drv"] == "raw" and n["iothread"] == "io0", n
         assert n["stats"]["wr_bytes"] >= 1 << 20 and n["stats"]["rd_bytes"] >= 1 << 20, n
         assert sum(n["stats"]["latency_histogram_us_log2"]) >= 2, n
+        # per-node counters (docs/block.md): the 1M write reached the driver
+        c = n["counters"]
+        assert c["writes"] >= 1 and c["metadata-writes"] == 0, n
+        assert set(c) == {"writes", "metadata-writes", "flush-requests", "flushes"}, n
         ex = q.ok("query-block-exports")
         assert ex[0]["id"] == "exp0" and ex[0]["node-name"] == "disk0", ex
 

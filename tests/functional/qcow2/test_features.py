@@ -362,7 +362,20 @@ def lazy_refcounts_crash_repair():
     vio(img, 'write -P 0x21 0 1M', 'flush', 'write -P 0x22 2M 3M', 'abort')
     info = qinfo(img)
     assert info['dirty-flag'] is True, info
-    p = run(['qemu-img', 'check', img], ok=(0, 3))   # leaks allowed, no corruption
+    # Refcount blocks are written at clean/close/idle only (QEMU's lazy
+    # refcounts), so a crashed image may hold references whose refcount is
+    # still 0, exactly as QEMU leaves one: check reports those and nothing
+    # else, and QEMU's repair fixes them.
+    p = run(['qemu-img', 'check', img], ok=(0, 2, 3))
+    for line in p.stdout.splitlines():
+        if line.startswith('ERROR'):
+            assert ('refcount=0 reference=1' in line or
+                    ('OFLAG_COPIED data cluster' in line and line.endswith('refcount=0'))), line
+    cp = path('lazy-copy.qcow2')
+    shutil.copyfile(img, cp)
+    run(['qemu-img', 'check', '-r', 'all', cp], ok=(0, 3))
+    check_clean(cp)
+    run(['qemu-io', '-c', 'read -P 0x21 0 1M', cp])
     # invariant 4: a read-write open repairs the image before use
     vio(img, 'read -P 0x21 0 1M')
     assert qinfo(img)['dirty-flag'] is False
@@ -379,6 +392,34 @@ def lazy_refcounts_crash_repair():
     vio(img2, 'write -P 0x31 0 1M', 'flush', 'write -P 0x32 2M 3M', 'discard 0 64k', 'abort')
     run(['qemu-img', 'check', img2], ok=(0, 3))
     assert qinfo(img2)['dirty-flag'] is False
+
+
+@test
+def eviction_error_not_reported_to_reads():
+    """A dirty L2 table whose write-back fails while evicting keeps its error
+    for the next flush; a read that needed the cache slot still succeeds."""
+    if not VDISK_IO:
+        return
+    img = path('evict.qcow2')
+    run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', img, '64M'])
+    # five L2 tables on disk
+    run(['qemu-io', '-f', 'qcow2', '-t', 'unsafe'] +
+        sum([['-c', 'write -P %d %dM 4k' % (i + 1, 2 * i)] for i in range(5)], []) + [img])
+    opts = ('driver=qcow2,l2-cache-size=16k,metadata-writeback-interval=0,'
+            'file.driver=blkdebug,file.image.driver=file,file.image.filename=%s,'
+            'file.inject-error.0.event=l2_update,file.inject-error.0.iotype=write' % img)
+    # dirty the four cached L2 tables (allocating writes), then read through
+    # the fifth table: every victim is dirty and cannot be written
+    cmds = ['write -P 0x11 8k 4k', 'write -P 0x12 2060k 4k', 'write -P 0x13 4104k 4k',
+            'write -P 0x14 6152k 4k', 'read -P 5 8M 4k', 'read -P 0x12 2060k 4k']
+    args = [VDISK_IO, '-t', 'writeback', '--image-opts', opts]
+    for c in cmds:
+        args += ['-c', c]
+    r = run(args)
+    assert 'failed' not in r.stdout + r.stderr, r.stdout + r.stderr
+    r = run(args + ['-c', 'flush'], ok=(1,))   # the kept error belongs to the flush
+    assert 'flush failed' in (r.stdout + r.stderr).lower() or r.returncode == 1
+    run(['qemu-img', 'check', img], ok=(0, 3))
 
 
 def set_refcount(img, cluster, value):

@@ -3,14 +3,15 @@
  * (test_crash_qcow2.py, test_fault_qcow2.py). Writes patterns to fresh
  * regions of a qcow2 image, flushing every few writes, either
  *
- *   crash-workload log IMAGE LOG EXPECT CACHE
+ *   crash-workload log IMAGE LOG EXPECT CACHE [QCOW2_OPTS]
  *     through a log-writes node: saves the log, and writes to EXPECT one line
  *     per guest flush: "<log entries covered> <off>:<len>:<pattern> ...";
- *   crash-workload fail IMAGE RULES CACHE
+ *   crash-workload fail IMAGE RULES CACHE [QCOW2_OPTS]
  *     through a blkdebug node with RULES (its options, dotted), carrying on
  *     after errors as a guest would; prints "durable <off> <len> <pattern>"
  *     for each write that succeeded before a flush that succeeded, and
  *     "failed <n>" (requests that returned an error).
+ * QCOW2_OPTS: runtime options of the qcow2 node ("l2-cache-size=16k,...").
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -35,10 +36,12 @@ static const Write g_writes[] = {
 };
 #define FLUSH_EVERY 3
 
+static const char *g_qcow2_opts;   /* optional runtime options of the qcow2 node */
+
 static int usage(void)
 {
-    fprintf(stderr, "usage: crash-workload log IMAGE LOG EXPECT CACHE\n"
-                    "       crash-workload fail IMAGE RULES CACHE\n");
+    fprintf(stderr, "usage: crash-workload log IMAGE LOG EXPECT CACHE [QCOW2_OPTS]\n"
+                    "       crash-workload fail IMAGE RULES CACHE [QCOW2_OPTS]\n");
     return 1;
 }
 
@@ -56,8 +59,15 @@ static VdBackend *open_image(VdOpts *file, const char *image_key, const char *im
     vd_json_object_put_str(proto, "driver", "file");
     vd_json_object_put_str(proto, "filename", image);
     vd_json_object_put(file, image_key, proto);
-    VdOpts *top = vd_json_object();
-    vd_json_object_put_str(top, "driver", "qcow2");
+    char topstr[1024];
+    snprintf(topstr, sizeof(topstr), "driver=qcow2%s%s", g_qcow2_opts ? "," : "",
+             g_qcow2_opts ? g_qcow2_opts : "");
+    VdOpts *top = vd_opts_parse(topstr, NULL, &err);
+    if (!top) {
+        vd_error_report_err("crash-workload", err);
+        vd_error_free(err);
+        return NULL;
+    }
     vd_json_object_put(top, "file", file);
     VdBackend *blk = vd_backend_open(NULL, top, flags | VD_O_RDWR, &err);
     if (!blk) {
@@ -178,10 +188,12 @@ int main(int argc, char **argv)
         vd_error_report_err("crash-workload", err);
         return 1;
     }
-    if (!strcmp(argv[1], "log") && argc == 6) {
+    if (!strcmp(argv[1], "log") && (argc == 6 || argc == 7)) {
+        g_qcow2_opts = argc == 7 ? argv[6] : NULL;
         return run_log(argv[2], argv[3], argv[4], argv[5]);
     }
-    if (!strcmp(argv[1], "fail") && argc == 5) {
+    if (!strcmp(argv[1], "fail") && (argc == 5 || argc == 6)) {
+        g_qcow2_opts = argc == 6 ? argv[5] : NULL;
         return run_fail(argv[2], argv[3], argv[4]);
     }
     return usage();

@@ -161,6 +161,26 @@ def test_qemu_nbd(d):
              q])
     F.check(io_ok(r), f"qcow2 written over NBD reads back in qemu-io: {r!r}")
 
+    # QED over NBD: reads, and writes to allocated clusters (a QED image
+    # allocates at its end, which an NBD export cannot grow: as in QEMU)
+    e = os.path.join(d, "served.qed")
+    run(["qemu-img", "create", "-q", "-f", "qed", e, str(SIZE)], check=True)
+    run(["qemu-io", "-f", "qed", "-c", "write -P 0x24 2M 512k", e], check=True)
+    srv = qemu_nbd(d, e, fmt="raw", name="esrv")
+    try:
+        u = uri(srv.sock, "disk")
+        r = run([VDISK_IMG, "info", u])
+        F.check("file format: qed" in r.out, f"QED probed over NBD: {r!r}")
+        r = run([VDISK_IO, "-f", "qed", "-c", "read -P 0x24 2M 512k", "-c", "read -P 0 0 1M",
+                 "-c", "write -P 0x25 2M 64k", "-c", "read -P 0x25 2M 64k", u])
+        F.check(io_ok(r), f"QED over NBD: {r!r}")
+    finally:
+        srv.stop()
+    r = run(["qemu-img", "check", "-f", "qed", e])
+    F.check(r.rc == 0 and "No errors" in r.out, f"qemu-img check of QED written over NBD: {r!r}")
+    r = run(["qemu-io", "-f", "qed", "-c", "read -P 0x25 2M 64k", "-c", "read -P 0x24 2112k 448k", e])
+    F.check(io_ok(r), f"QED written over NBD reads back in qemu-io: {r!r}")
+
 
 def test_nbdkit(d):
     srv = nbdkit(d, ["memory", str(SIZE)])

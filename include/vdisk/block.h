@@ -97,6 +97,9 @@ int vd_parse_cache_mode(const char *mode, int *flags, bool *writethrough);
  * Main thread, not from a coroutine. Returns a node with one reference.
  */
 VdNode *vd_node_open(const char *filename, VdOpts *options, int flags, VdError **errp);
+/* True if filename names a network protocol location ("nbd://...",
+ * "rbd:pool/img"): such names are never resolved relative to a directory. */
+bool vd_filename_is_network(const char *filename);
 void vd_node_ref(VdNode *node);
 /* Drop a reference; the last one drains, flushes, closes (co_close) and frees. */
 void vd_node_unref(VdNode *node);

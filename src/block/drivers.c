@@ -23,6 +23,9 @@ extern const VdDriver vd_driver_qed;
 #ifdef CONFIG_NBD_CLIENT
 extern const VdDriver vd_driver_nbd;
 #endif
+#ifdef CONFIG_RBD
+extern const VdDriver vd_driver_rbd;
+#endif
 
 static const VdDriver *const g_drivers[] = {
     &vd_driver_file,
@@ -39,6 +42,9 @@ static const VdDriver *const g_drivers[] = {
 #endif
 #ifdef CONFIG_NBD_CLIENT
     &vd_driver_nbd,
+#endif
+#ifdef CONFIG_RBD
+    &vd_driver_rbd,
 #endif
 };
 
@@ -99,6 +105,12 @@ const VdDriver *vd_driver_find_protocol(const char *filename)
         }
     }
     return NULL;
+}
+
+bool vd_filename_is_network(const char *filename)
+{
+    const VdDriver *d = vd_driver_find_protocol(filename);
+    return d && strcmp(d->format_name, "file") && strcmp(d->format_name, "null-co");
 }
 
 const VdDriver *vd_driver_next(const VdDriver *prev)

@@ -97,7 +97,8 @@ static char *img_backing_path(const char *image, const char *backing)
     const char *slash = strrchr(image, '/');
     char *out;
 
-    if (backing[0] == '/' || !slash || strstr(backing, "://") || !strncmp(backing, "json:", 5)) {
+    if (backing[0] == '/' || !slash || strstr(backing, "://") || !strncmp(backing, "json:", 5) ||
+        vd_filename_is_network(backing)) {
         return strdup(backing);
     }
     if (asprintf(&out, "%.*s/%s", (int)(slash - image), image, backing) < 0) {
@@ -110,7 +111,7 @@ static char *img_backing_path(const char *image, const char *backing)
  * realpath plus its name); NULL for URIs, json: names and unresolvable paths. */
 static char *img_resolve_path(const char *path)
 {
-    if (strstr(path, "://") || !strncmp(path, "json:", 5)) {
+    if (strstr(path, "://") || !strncmp(path, "json:", 5) || vd_filename_is_network(path)) {
         return NULL;
     }
     char *r = realpath(path, NULL);

@@ -7,6 +7,7 @@
 #define VDISK_EXPORT_EXPORT_H
 
 #include "vdisk/block.h"
+#include "export/export-listen.h"
 #include "export/vhost-user-blk.h"   /* the vhost-user-blk export type (vd_vhu_*) */
 
 typedef struct VdExport VdExport;
@@ -64,9 +65,6 @@ void vd_export_shutdown_all(void);
 
 /* ---- NBD server ---- */
 
-/* A non-blocking listening UNIX socket on path (replaced if it exists); the
- * path appears only once the socket is listening. Returns the fd or -errno. */
-int vd_unix_socket_listen(const char *path, int backlog, VdError **errp);
 /* Listen on a UNIX socket path (replaced if it exists) or a TCP host/port. */
 int vd_nbd_server_listen_unix(const char *path, VdError **errp);
 int vd_nbd_server_listen_inet(const char *host, const char *port, VdError **errp);

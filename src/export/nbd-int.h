@@ -28,6 +28,7 @@
 #include "vdisk/coroutine.h"
 #include "vdisk/log.h"
 #include "export/export.h"
+#include "export/export-listen.h"
 #include "export/nbd-proto.h"
 
 #define NBD_RBUF_SIZE       (64 * 1024)
@@ -88,9 +89,7 @@ struct NbdConn {
 };
 
 struct NbdListener {
-    int fd;
-    VdTimer *retry;               /* re-arms accept after EMFILE and the like */
-    char *unix_path;
+    VdListener *listener;         /* accepting paused while !g_nbd_server.accepting */
     struct NbdListener *next;
 };
 

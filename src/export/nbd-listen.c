@@ -15,96 +15,39 @@ NbdServer g_nbd_server = {
  * Listeners (main context)
  */
 
-static void nbd_listener_accept(void *opaque);
-
-static void nbd_listener_retry(void *opaque)
+static void nbd_listener_accept(void *opaque, int fd)
 {
-    NbdListener *l = opaque;
-    vd_aio_set_fd_handler(vd_aio_main_context(), l->fd, g_nbd_server.accepting ? nbd_listener_accept : NULL,
-                          NULL, NULL, NULL, l);
+    (void)opaque;
+    if (g_nbd_server.max_conns > 0 && vd_nbd_server_n_clients() >= g_nbd_server.max_conns) {
+        VD_TRACE(VD_LOG_NBD, "nbd: connection limit %d reached", g_nbd_server.max_conns);
+        close(fd);
+        return;
+    }
+    vd_nbd_server_add_client(fd);
 }
 
 void vd_nbd_server_set_accepting(bool on)
 {
     g_nbd_server.accepting = on;
     for (NbdListener *l = g_nbd_server.listeners; l; l = l->next) {
-        vd_timer_del(l->retry);
-        nbd_listener_retry(l);
-    }
-}
-
-static void nbd_listener_accept(void *opaque)
-{
-    NbdListener *l = opaque;
-
-    for (;;) {
-        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                /* Out of descriptors: the listener stays readable, so pause
-                 * accepting for a moment instead of spinning. */
-                vd_aio_set_fd_handler(vd_aio_main_context(), l->fd, NULL, NULL, NULL, NULL,
-                                      NULL);
-                vd_timer_mod(l->retry, vd_clock_ns() + 100 * 1000 * 1000);
-            }
-            return;
+        if (on) {
+            vd_listener_resume(l->listener);
+        } else {
+            vd_listener_pause(l->listener);
         }
-        if (g_nbd_server.max_conns > 0 && vd_nbd_server_n_clients() >= g_nbd_server.max_conns) {
-            VD_TRACE(VD_LOG_NBD, "nbd: connection limit %d reached", g_nbd_server.max_conns);
-            close(fd);
-            continue;
-        }
-        vd_nbd_server_add_client(fd);
     }
 }
 
 static void nbd_listener_add(int fd, const char *unix_path)
 {
     NbdListener *l = calloc(1, sizeof(*l));
-    l->fd = fd;
-    l->retry = vd_timer_new(vd_aio_main_context(), nbd_listener_retry, l);
-    l->unix_path = unix_path ? strdup(unix_path) : NULL;
+    if (!l) {
+        abort();
+    }
+    l->listener = vd_listener_new(fd, unix_path, !g_nbd_server.accepting, nbd_listener_accept,
+                                  NULL);
     l->next = g_nbd_server.listeners;
     g_nbd_server.listeners = l;
-    nbd_listener_retry(l);
-}
-
-int vd_unix_socket_listen(const char *path, int backlog, VdError **errp)
-{
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    char tmp[sizeof(sa.sun_path)];
-
-    if (strlen(path) >= sizeof(sa.sun_path)) {
-        vd_error_setg(errp, ENAMETOOLONG, "UNIX socket path '%s' is too long", path);
-        return -ENAMETOOLONG;
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        vd_error_setg_errno(errp, errno, "Failed to create socket");
-        return -errno;
-    }
-    /* bind() creates the file before listen() makes it connectable: bind a
-     * temporary name and rename it into place once listening, so a client
-     * that sees the path can connect. Paths too long for the temporary name
-     * are bound directly. */
-    int n = snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
-    bool use_tmp = n > 0 && (size_t)n < sizeof(tmp);
-    strcpy(sa.sun_path, use_tmp ? tmp : path);
-    unlink(sa.sun_path);
-    if (!use_tmp) {
-        unlink(path);
-    }
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, backlog) < 0 ||
-        (use_tmp && rename(tmp, path) < 0)) {
-        int err = errno;
-        vd_error_setg_errno(errp, err, "Failed to bind socket to %s", path);
-        if (use_tmp) {
-            unlink(tmp);
-        }
-        close(fd);
-        return -err;
-    }
-    return fd;
 }
 
 int vd_nbd_server_listen_unix(const char *path, VdError **errp)
@@ -114,9 +57,10 @@ int vd_nbd_server_listen_unix(const char *path, VdError **errp)
     struct stat st_new;
     bool exists = stat(path, &st_new) == 0;
     for (NbdListener *l = g_nbd_server.listeners; l; l = l->next) {
+        const char *old = vd_listener_unix_path(l->listener);
         struct stat st_old;
-        if (l->unix_path && (strcmp(l->unix_path, path) == 0 ||
-                             (exists && stat(l->unix_path, &st_old) == 0 &&
+        if (old && (strcmp(old, path) == 0 ||
+                             (exists && stat(old, &st_old) == 0 &&
                               st_old.st_dev == st_new.st_dev && st_old.st_ino == st_new.st_ino))) {
             vd_error_setg(errp, EEXIST, "NBD server already running on '%s'", path);
             return -EEXIST;
@@ -176,13 +120,7 @@ void vd_nbd_server_close_listeners(void)
     while (g_nbd_server.listeners) {
         NbdListener *l = g_nbd_server.listeners;
         g_nbd_server.listeners = l->next;
-        vd_aio_set_fd_handler(vd_aio_main_context(), l->fd, NULL, NULL, NULL, NULL, NULL);
-        vd_timer_free(l->retry);
-        close(l->fd);
-        if (l->unix_path) {
-            unlink(l->unix_path);
-            free(l->unix_path);
-        }
+        vd_listener_free(l->listener);
         free(l);
     }
 }

@@ -135,7 +135,7 @@ struct VdVhuExport {
     unsigned num_queues;
     unsigned lbs;
     int64_t size;
-    VdUnixListener *listener;
+    VdListener *listener;
     VhuConn *conn;             /* atomic pointer; owned by the conn's context */
     bool quiescing;
     bool deleting;
@@ -1476,14 +1476,14 @@ static void vhu_accept(void *opaque, int fd)
     c->flush_bh = vd_bh_new(c->ctx, vhu_conn_flush_bh, c);
     c->ctl_co = vd_co_create(vhu_conn_loop, c);
     __atomic_store_n(&e->conn, c, __ATOMIC_RELEASE);
-    vd_unix_listener_pause(e->listener);    /* one front-end at a time */
+    vd_listener_pause(e->listener);    /* one front-end at a time */
     vd_aio_co_schedule(c->ctx, c->ctl_co);
 }
 
 static void vhu_listener_arm(VdVhuExport *e)
 {
     if (e->listener && !e->conn && !e->quiescing && !e->deleting) {
-        vd_unix_listener_resume(e->listener);
+        vd_listener_resume(e->listener);
     }
 }
 
@@ -1624,7 +1624,7 @@ int vd_vhu_export_del(const char *id, bool hard, VdError **errp)
         return -EBUSY;
     }
     e->deleting = true;
-    vd_unix_listener_free(e->listener);
+    vd_listener_free(e->listener);
     e->listener = NULL;
     VhuConn *c = __atomic_load_n(&e->conn, __ATOMIC_ACQUIRE);
     if (c) {
@@ -1679,7 +1679,7 @@ void vd_vhu_quiesce(VdBackend *blk)
         }
         e->quiescing = true;
         if (e->listener) {
-            vd_unix_listener_pause(e->listener);
+            vd_listener_pause(e->listener);
         }
         VhuConn *c = __atomic_load_n(&e->conn, __ATOMIC_ACQUIRE);
         if (c) {

@@ -28,8 +28,7 @@ typedef struct VddChardev {
 } VddChardev;
 
 typedef struct VddMonitor {
-    int fd;
-    VdTimer *retry;           /* re-arms accept after EMFILE and the like */
+    VdListener *listener;     /* paused until the command line is processed */
     char *path;
     bool pretty;
     struct VddMonitor *next;
@@ -57,27 +56,13 @@ static bool g_mon_started;    /* accept only once the command line is processed 
 
 static void mon_client_read(void *opaque);
 static void mon_client_write(void *opaque);
-static void mon_accept(void *opaque);
+static void mon_accept(void *opaque, int fd);
 
 static void mon_client_update(MonClient *c)
 {
     vd_aio_set_fd_handler(vd_aio_main_context(), c->fd,
                           (g_mon_busy || c->dead) ? NULL : mon_client_read,
                           (c->out_len && !c->dead) ? mon_client_write : NULL, NULL, NULL, c);
-}
-
-/* Accepting goes on while a command runs (a new client gets its greeting;
- * its input is read once the command is done), so the monitor never looks
- * dead; it starts only when the command line is processed. */
-static void mon_listen_update(VddMonitor *m)
-{
-    vd_aio_set_fd_handler(vd_aio_main_context(), m->fd, g_mon_started ? mon_accept : NULL, NULL,
-                          NULL, NULL, m);
-}
-
-static void mon_retry_accept(void *opaque)
-{
-    mon_listen_update(opaque);
 }
 
 static void mon_set_busy(bool busy)
@@ -433,20 +418,13 @@ static void mon_client_write(void *opaque)
     mon_reap_dead();
 }
 
-static void mon_accept(void *opaque)
+/* Accepting goes on while a command runs (a new client gets its greeting;
+ * its input is read once the command is done), so the monitor never looks
+ * dead; it starts only when the command line is processed. The shared
+ * listener backs off at EMFILE. */
+static void mon_accept(void *opaque, int fd)
 {
     VddMonitor *m = opaque;
-    int fd = accept4(m->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-            /* Out of descriptors: the listener stays readable, so pause
-             * accepting for a moment instead of spinning (as the NBD
-             * listener does). */
-            vd_aio_set_fd_handler(vd_aio_main_context(), m->fd, NULL, NULL, NULL, NULL, NULL);
-            vd_timer_mod(m->retry, vd_clock_ns() + 100 * 1000 * 1000);
-        }
-        return;
-    }
     MonClient *c = calloc(1, sizeof(*c));
     c->fd = fd;
     c->mon = m;
@@ -584,13 +562,11 @@ int vdd_monitor_add(VdOpts *opts, VdError **errp)
     }
     d->used = true;
     VddMonitor *m = calloc(1, sizeof(*m));
-    m->fd = fd;
-    m->retry = vd_timer_new(vd_aio_main_context(), mon_retry_accept, m);
     m->path = strdup(d->path);
     m->pretty = pretty;
+    m->listener = vd_listener_new(fd, d->path, !g_mon_started, mon_accept, m);
     m->next = g_monitors;
     g_monitors = m;
-    mon_listen_update(m);
     ret = 0;
 out:
     free(chardev);
@@ -603,7 +579,7 @@ void vdd_monitor_start(void)
 {
     g_mon_started = true;
     for (VddMonitor *m = g_monitors; m; m = m->next) {
-        mon_listen_update(m);
+        vd_listener_resume(m->listener);
     }
 }
 
@@ -617,10 +593,7 @@ void vdd_monitor_close_all(void)
     while (g_monitors) {
         VddMonitor *m = g_monitors;
         g_monitors = m->next;
-        vd_aio_set_fd_handler(vd_aio_main_context(), m->fd, NULL, NULL, NULL, NULL, NULL);
-        vd_timer_free(m->retry);
-        close(m->fd);
-        unlink(m->path);
+        vd_listener_free(m->listener);
         free(m->path);
         free(m);
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark (runtime, block, qcow2, nbd) against QEMU's tools in one
+# Run every benchmark (runtime, block, qcow2, nbd, throttle) against QEMU's tools in one
 # go and keep each one's output under bench/results/<date>/ (not committed).
 #
 #   bash bench/run-all.sh [BUILD_DIR]        (default: build, optimised)
@@ -25,5 +25,6 @@ run block bash bench/block/run.sh "$BUILD"
 run qcow2 bash bench/qcow2/run.sh "$BUILD"
 run convert bash bench/convert/run.sh "$BUILD"
 run nbd bash bench/nbd/run.sh "$BUILD/tools/vdiskd/vdiskd"
+run throttle bash bench/throttle/run.sh "$BUILD/tools/vdiskd/vdiskd"
 echo "results in $out"
 exit $status

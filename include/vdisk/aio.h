@@ -89,6 +89,15 @@ void vd_bh_schedule_oneshot(VdAioContext *ctx, VdBHFunc *cb, void *opaque);
 /* ---- timers (CLOCK_MONOTONIC nanoseconds) --------------------------------- */
 
 int64_t vd_clock_ns(void);
+/* The clock timers run on: vd_clock_ns unless a test injected another one
+ * with vd_timer_set_clock. Timer deadlines, vd_co_sleep_ns and the
+ * throttle use it. Any thread. */
+int64_t vd_timer_clock_ns(void);
+/* Tests: make every context's timers (and vd_co_sleep_ns) use fn(opaque) as
+ * "now" (a virtual clock the test advances; it then polls non-blocking);
+ * NULL restores CLOCK_MONOTONIC. Set it before arming timers. */
+typedef int64_t VdClockFunc(void *opaque);
+void vd_timer_set_clock(VdClockFunc *fn, void *opaque);
 VdTimer *vd_timer_new(VdAioContext *ctx, VdBHFunc *cb, void *opaque);
 /* (Re)arm to fire at absolute time expire_ns. Home thread. */
 void vd_timer_mod(VdTimer *t, int64_t expire_ns);

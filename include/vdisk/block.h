@@ -233,6 +233,8 @@ typedef struct VdDriverInfo {
 
 /* Fill *info for the driver called name; false if there is none. */
 bool vd_driver_get_info(const char *name, VdDriverInfo *info);
+/* The i-th registered driver (from 0, in table order); false past the end. */
+bool vd_driver_get_info_at(int i, VdDriverInfo *info);
 /* The protocol driver an image called filename is created on: its URI
  * scheme's driver, else "file". */
 void vd_protocol_get_info(const char *filename, VdDriverInfo *info);

@@ -67,8 +67,19 @@ void vd_json_object_put_int(VdJson *o, const char *key, int64_t v);
 void vd_json_object_put_bool(VdJson *o, const char *key, bool v);
 
 /* Parse exactly one JSON value (surrounding white space allowed). Errors say
- * where: "JSON parse error at offset 12: expected ':'". */
+ * where: "JSON parse error at offset 12: expected ':'". "\u0000" is refused
+ * (as QEMU: strings are C strings). Every scalar it returns is typed. */
 VdJson *vd_json_parse(const char *text, size_t len, VdError **errp);
+
+/*
+ * Typed values: a scalar read from JSON text has the type the user wrote, and
+ * option getters (opts.h) do not convert it ("size":"12" is not a size, as in
+ * QMP). Values built in code and key=value text are untyped: their strings
+ * convert to numbers and booleans. vd_json_set_untyped clears the mark in v
+ * and below (QEMU reads json: filenames as leniently as key=value).
+ */
+bool vd_json_is_typed(const VdJson *v);
+void vd_json_set_untyped(VdJson *v);
 
 /*
  * Streaming parser for the monitor: feed bytes, get complete top-level values.

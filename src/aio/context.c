@@ -322,7 +322,7 @@ static inline bool aio_ready_without_syscall(VdAioContext *ctx, int64_t *now)
         return true;
     }
     if (ctx->n_timers) {
-        *now = vd_clock_ns();
+        *now = vd_timer_clock_ns();
         return aio_timers_deadline(ctx, *now) == 0;
     }
     return false;
@@ -502,7 +502,7 @@ bool vd_aio_poll(VdAioContext *ctx, bool blocking)
                 if (!aio_ready_without_syscall(ctx, &now)) {
                     int64_t timeout = -1;
                     if (ctx->n_timers) {
-                        timeout = aio_timers_deadline(ctx, vd_clock_ns());
+                        timeout = aio_timers_deadline(ctx, vd_timer_clock_ns());
                     }
                     n = aio_epoll(ctx, ev, timeout);
                     ctx->rounds_without_epoll = 0;
@@ -526,7 +526,7 @@ bool vd_aio_poll(VdAioContext *ctx, bool blocking)
             progress |= aio_uring_reap(ctx);
         }
         if (ctx->n_timers) {
-            progress |= aio_timers_run(ctx, vd_clock_ns());
+            progress |= aio_timers_run(ctx, vd_timer_clock_ns());
         }
         /* A blocking call returns after progress or a notification; a
          * wake-up that only served the loop itself (stale eventfd, EINTR,

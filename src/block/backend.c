@@ -102,12 +102,15 @@ static void backend_quiesce_begin(void *opaque)
     VdBackend *blk = opaque;
     blk->quiesce_counter++;
     blk->drain_waiters++;
+    /* requests the root's subtree holds (throttle) must go before we wait */
+    vd_node_drain_hooks(blk->root, true);
 }
 
 static void backend_quiesce_end(void *opaque)
 {
     VdBackend *blk = opaque;
     assert(blk->quiesce_counter > 0);
+    vd_node_drain_hooks(blk->root, false);
     blk->drain_waiters--;
     if (--blk->quiesce_counter == 0) {
         vd_co_queue_wake_all(&blk->drain_queue);

@@ -81,6 +81,11 @@ static inline void vd_co_queue_wake_all(VdCoQueue *q)
 
 /* ---- io.c ---- */
 void vd_node_core_init(VdNode *node);
+/* node.c, for open.c: a new node of drv (refcnt 1, main context), its
+ * freeing, and adding an opened node to the named-node registry. */
+VdNode *vd_node_alloc(const VdDriver *drv, int flags);
+void vd_node_free(VdNode *node);
+void vd_node_registry_add(VdNode *node);
 /* Refresh core->total_bytes from the driver (coroutine, node's context). */
 int coroutine_fn vd_node_refresh_total(VdNode *node);
 /* Internal flush: counted in flight but never waits for a drain to end. */
@@ -91,6 +96,9 @@ void vd_node_dec_in_flight(VdNode *node);
 /* Quiesce: run in the node's home thread. */
 void vd_node_quiesce_begin_local(VdNode *node);
 void vd_node_quiesce_end_local(VdNode *node);
+/* Call drv->drain_begin (begin) or drain_end on every node of the subtree
+ * that has one (drain.c). Node's home thread. */
+void vd_node_drain_hooks(VdNode *node, bool begin);
 
 /* ---- node.c ---- */
 /* Open a node (coroutine, main context). options taken (may be NULL). */

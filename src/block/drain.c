@@ -34,18 +34,35 @@ static void drain_waiters_inc(VdNode *n, void *opaque)
     n->core->drain_waiters += *(int *)opaque;
 }
 
+static void drain_hook_one(VdNode *n, void *opaque)
+{
+    bool begin = *(bool *)opaque;
+    if (begin && n->drv->drain_begin) {
+        n->drv->drain_begin(n);
+    } else if (!begin && n->drv->drain_end) {
+        n->drv->drain_end(n);
+    }
+}
+
+void vd_node_drain_hooks(VdNode *node, bool begin)
+{
+    vd_node_foreach_subtree(node, drain_hook_one, &begin);
+}
+
 static void drain_begin_local(void *opaque)
 {
     VdNode *node = opaque;
     int one = 1;
     vd_node_quiesce_begin_local(node);
     vd_node_foreach_subtree(node, drain_waiters_inc, &one);
+    vd_node_drain_hooks(node, true);
 }
 
 static void drain_end_local(void *opaque)
 {
     VdNode *node = opaque;
     int minus = -1;
+    vd_node_drain_hooks(node, false);
     vd_node_foreach_subtree(node, drain_waiters_inc, &minus);
     vd_node_quiesce_end_local(node);
 }

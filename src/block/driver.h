@@ -187,6 +187,13 @@ typedef struct VdDriver {
     void (*detach_aio_context)(VdNode *node);
     void (*attach_aio_context)(VdNode *node, VdAioContext *new_ctx);
 
+    /* A drain covering the node (node or backend drain, close, context move)
+     * begins / ends; node's thread, not in a coroutine. A driver that holds
+     * requests waiting (throttle) must let them go at drain_begin, or the
+     * drain would wait for them forever. Calls nest. */
+    void (*drain_begin)(VdNode *node);
+    void (*drain_end)(VdNode *node);
+
     /* Fault injection (blkdebug): handle a vd_debug_event raised on this
      * node. NULL for every driver but blkdebug. Node's context. */
     void (*debug_event)(VdNode *node, VdDebugEvent ev);

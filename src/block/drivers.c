@@ -13,6 +13,7 @@ extern const VdDriver vd_driver_null_co;
 extern const VdDriver vd_driver_raw;
 extern const VdDriver vd_driver_blkdebug;
 extern const VdDriver vd_driver_log_writes;
+extern const VdDriver vd_driver_throttle;
 #ifdef CONFIG_QCOW2
 extern const VdDriver vd_driver_qcow2;
 #endif
@@ -29,6 +30,7 @@ static const VdDriver *const g_drivers[] = {
     &vd_driver_raw,
     &vd_driver_blkdebug,
     &vd_driver_log_writes,
+    &vd_driver_throttle,
 #ifdef CONFIG_QCOW2
     &vd_driver_qcow2,
 #endif
@@ -145,6 +147,16 @@ static void driver_info_fill(const VdDriver *d, VdDriverInfo *info)
 bool vd_driver_get_info(const char *name, VdDriverInfo *info)
 {
     const VdDriver *d = name ? vd_driver_find(name) : NULL;
+    if (!d) {
+        return false;
+    }
+    driver_info_fill(d, info);
+    return true;
+}
+
+bool vd_driver_get_info_at(int i, VdDriverInfo *info)
+{
+    const VdDriver *d = i >= 0 ? driver_at((size_t)i) : NULL;
     if (!d) {
         return false;
     }

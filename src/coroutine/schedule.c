@@ -175,7 +175,7 @@ void coroutine_fn vd_co_sleep_ns(int64_t ns)
     VdCoroutine *self = vd_co_self();
     VdAioContext *ctx = vd_aio_current();
     VdTimer *timer;
-    int64_t now = vd_clock_ns();
+    int64_t now = vd_timer_clock_ns();
 
     assert(self);
     if (ns < 0) {

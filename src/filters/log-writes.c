@@ -24,6 +24,106 @@ typedef struct LogWritesState {
     uint64_t flush_start;     /* n_entries when the flush in progress began */
 } LogWritesState;
 
+/*
+ * The side file is written directly (not through a node) but must not
+ * destroy a file someone uses: take the image lock bytes QEMU and vdisk's
+ * file protocol use (byte 100+i "I use permission i", 200+i "I do not share
+ * it"; docs/file-protocol.md) as a writer that lets others read, and refuse if
+ * another open file holds a conflicting byte. Permissions: 1 write, 3 resize.
+ */
+#define LW_LOCK_PERM_BASE 100
+#define LW_LOCK_SHARED_BASE 200
+
+static int lw_lock_byte(int fd, int cmd, short type, int64_t byte, short *holder)
+{
+    struct flock fl = { .l_whence = SEEK_SET, .l_start = byte, .l_len = 1, .l_type = type };
+    int ret;
+    do {
+        ret = fcntl(fd, cmd, &fl);
+    } while (ret == -1 && errno == EINTR);
+    if (holder) {
+        *holder = fl.l_type;
+    }
+    return ret == -1 ? -errno : 0;
+}
+
+/* Returns 0 (locked, or locking unsupported here), or -errno with errp set. */
+static int lw_lock_side_file(int fd, const char *path, VdError **errp)
+{
+    static const int mine[] = { LW_LOCK_PERM_BASE + 1, LW_LOCK_PERM_BASE + 3,
+                                LW_LOCK_SHARED_BASE + 1, LW_LOCK_SHARED_BASE + 3 };
+    /* a user of write/resize, or someone not sharing them, conflicts with us */
+    static const struct { int byte; const char *what; } conflicts[] = {
+        { LW_LOCK_PERM_BASE + 1, "write" }, { LW_LOCK_PERM_BASE + 3, "resize" },
+        { LW_LOCK_SHARED_BASE + 1, "write" }, { LW_LOCK_SHARED_BASE + 3, "resize" },
+    };
+    for (size_t i = 0; i < VD_ARRAY_SIZE(mine); i++) {
+        int ret = lw_lock_byte(fd, F_OFD_SETLK, F_RDLCK, mine[i], NULL);
+        if (ret == -EINVAL || ret == -ENOTSUP || ret == -ENOLCK) {
+            return 0;        /* no OFD locks on this file system: as cache.direct, best effort */
+        }
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: cannot lock the write log", path);
+            return ret;
+        }
+    }
+    for (size_t i = 0; i < VD_ARRAY_SIZE(conflicts); i++) {
+        short holder = F_UNLCK;
+        int ret = lw_lock_byte(fd, F_OFD_GETLK, F_WRLCK, conflicts[i].byte, &holder);
+        if (ret == 0 && holder != F_UNLCK) {
+            ret = -EAGAIN;
+        }
+        if (ret < 0) {
+            vd_error_setg(errp, -ret, "%s: cannot use it as the write log: Failed to get "
+                          "\"%s\" lock\nIs another process using the image [%s]?", path,
+                          conflicts[i].what, path);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* Open (or create) the side file: locked, and only an empty file or an old
+ * write log is overwritten, never an image that happens to be named. */
+static int lw_open_side_file(const char *path, VdError **errp)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int err = errno;
+        vd_error_setg_errno(errp, err, "%s: cannot create the write log", path);
+        return -err;
+    }
+    int ret = lw_lock_side_file(fd, path, errp);
+    if (ret == 0) {
+        char magic[8];
+        ssize_t n;
+        do {
+            n = pread(fd, magic, sizeof(magic), 0);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            ret = -errno;
+            vd_error_setg_errno(errp, -ret, "%s: cannot read the old write log", path);
+        } else if (n > 0 && !vd_write_log_is_header(magic, (size_t)n)) {
+            ret = -EEXIST;
+            vd_error_setg(errp, EEXIST, "%s: exists and is not a write log; refusing to "
+                          "overwrite it", path);
+        } else if (ftruncate(fd, 0) < 0) {
+            ret = -errno;
+            vd_error_setg_errno(errp, -ret, "%s: cannot truncate the old write log", path);
+        } else {
+            ret = vd_write_log_write_header(fd);
+            if (ret < 0) {
+                vd_error_setg_errno(errp, -ret, "%s: cannot create the write log", path);
+            }
+        }
+    }
+    if (ret < 0) {
+        close(fd);      /* releases the lock bytes */
+        return ret;
+    }
+    return fd;
+}
+
 static int coroutine_fn log_writes_co_open(VdNode *node, VdOpts *options, int flags,
                                            VdError **errp)
 {
@@ -46,18 +146,12 @@ static int coroutine_fn log_writes_co_open(VdNode *node, VdOpts *options, int fl
         return -EINVAL;
     }
     if (path) {
-        s->log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        int ret = s->log_fd < 0 ? -errno : vd_write_log_write_header(s->log_fd);
-        if (ret < 0) {
-            vd_error_setg_errno(errp, -ret, "%s: cannot create the write log", path);
-            if (s->log_fd >= 0) {
-                close(s->log_fd);
-                s->log_fd = -1;
-            }
-            free(path);
-            return ret;
-        }
+        int fd = lw_open_side_file(path, errp);
         free(path);
+        if (fd < 0) {
+            return fd;
+        }
+        s->log_fd = fd;
     } else {
         s->log = vd_write_log_new();
     }

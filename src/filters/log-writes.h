@@ -53,6 +53,8 @@ int vd_write_log_save(const VdWriteLog *log, const char *path, VdError **errp);
 /* Append the side file's header / one record to fd (log-writes.c). 0 or -errno. */
 int vd_write_log_write_header(int fd);
 int vd_write_log_write_record(int fd, const VdWriteLogEntry *e);
+/* Do the first len bytes of a file look like a side file's header? */
+bool vd_write_log_is_header(const void *buf, size_t len);
 /* Load a side file. Returns the log or NULL with errp naming file and field. */
 VdWriteLog *vd_write_log_load(const char *path, VdError **errp);
 

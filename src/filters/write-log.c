@@ -151,6 +151,12 @@ static int write_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
+bool vd_write_log_is_header(const void *buf, size_t len)
+{
+    /* a log cut short inside its header is still ours to overwrite */
+    return !memcmp(buf, WLOG_MAGIC, VD_MIN(len, (size_t)WLOG_MAGIC_LEN));
+}
+
 int vd_write_log_write_header(int fd)
 {
     return write_all(fd, WLOG_MAGIC, WLOG_MAGIC_LEN);

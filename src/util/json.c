@@ -17,6 +17,7 @@
 
 struct VdJson {
     int refcnt;
+    bool typed;            /* read from JSON text: no conversion in option getters */
     VdJsonType type;
     union {
         bool b;
@@ -173,11 +174,20 @@ void vd_json_unref(VdJson *v)
     free(v);
 }
 
+static VdJson *json_deep_copy_value(const VdJson *v);
+
 VdJson *vd_json_deep_copy(const VdJson *v)
 {
     if (!v) {
         return NULL;
     }
+    VdJson *c = json_deep_copy_value(v);
+    c->typed = v->typed;
+    return c;
+}
+
+static VdJson *json_deep_copy_value(const VdJson *v)
+{
     switch (v->type) {
     case VD_JSON_NULL:
         return vd_json_null();
@@ -207,6 +217,39 @@ VdJson *vd_json_deep_copy(const VdJson *v)
     }
     }
     return NULL;
+}
+
+/* Marks every scalar of v as typed (or not); depth is bounded by the parser's
+ * VD_JSON_MAX_DEPTH or by the caller's tree. */
+static void json_mark_typed(VdJson *v, bool typed)
+{
+    switch (v->type) {
+    case VD_JSON_ARRAY:
+        for (size_t i = 0; i < v->u.arr.n; i++) {
+            json_mark_typed(v->u.arr.items[i], typed);
+        }
+        break;
+    case VD_JSON_OBJECT:
+        for (size_t i = 0; i < v->u.obj.n; i++) {
+            json_mark_typed(v->u.obj.vals[i], typed);
+        }
+        break;
+    default:
+        v->typed = typed;
+        break;
+    }
+}
+
+bool vd_json_is_typed(const VdJson *v)
+{
+    return v && v->typed;
+}
+
+void vd_json_set_untyped(VdJson *v)
+{
+    if (v) {
+        json_mark_typed(v, false);
+    }
 }
 
 VdJsonType vd_json_type(const VdJson *v)
@@ -698,6 +741,12 @@ static bool json_parse_string_into(JsonParser *ps, StrBuf *b)
                 return false;
             }
             ps->pos += 4;
+            if (cp == 0) {
+                /* strings are C strings everywhere they are used: a NUL
+                 * would silently cut "x\u0000y" to "x" */
+                json_fail(ps, esc, "\\u0000 is not supported");
+                return false;
+            }
             if (cp >= 0xdc00 && cp <= 0xdfff) {
                 json_fail(ps, esc, "lone low surrogate \\u%04X", (unsigned)cp);
                 return false;
@@ -1012,6 +1061,7 @@ VdJson *vd_json_parse(const char *text, size_t len, VdError **errp)
         vd_json_unref(v);
         return NULL;
     }
+    json_mark_typed(v, true);
     return v;
 }
 

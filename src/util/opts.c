@@ -524,7 +524,10 @@ VdOpts *vd_opts_parse(const char *str, const char *implied_key, VdError **errp)
         return opts_parse_json(str, errp);
     }
     if (!strncmp(str, "json:", 5)) {
-        return opts_parse_json(str + 5, errp);
+        /* json: filenames are as lenient as key=value in QEMU ("size":"1M") */
+        VdOpts *o = opts_parse_json(str + 5, errp);
+        vd_json_set_untyped(o);
+        return o;
     }
 
     VdOpts *opts = vd_json_object();
@@ -607,6 +610,13 @@ VD_PRINTF(4, 5) static int opts_bad_value(VdError **errp, const char *key, const
     return -EINVAL;
 }
 
+/* A value read from JSON text whose type is not the option's: QMP's message. */
+static int opts_bad_type(VdError **errp, const char *key, const char *expected)
+{
+    vd_error_setg(errp, EINVAL, "Invalid parameter type for '%s', expected: %s", key, expected);
+    return -EINVAL;
+}
+
 /* Converts an option's value v into *pout (arg: what the converter needs). */
 typedef int OptsConvFunc(VdJson *v, const char *key, void *pout, const void *arg, VdError **errp);
 
@@ -630,6 +640,10 @@ static int opts_conv_str(VdJson *v, const char *key, void *pout, const void *arg
 {
     char **out = pout;
     int ret = 0;
+    if (vd_json_is_typed(v) && vd_json_type(v) != VD_JSON_STRING) {
+        *out = NULL;
+        return opts_bad_type(errp, key, "string");
+    }
     switch (vd_json_type(v)) {
     case VD_JSON_STRING:
     case VD_JSON_BOOL:
@@ -664,6 +678,8 @@ static int opts_conv_bool(VdJson *v, const char *key, void *pout, const void *ar
     bool b;
     if (vd_json_type(v) == VD_JSON_BOOL) {
         *out = vd_json_get_bool(v);
+    } else if (vd_json_is_typed(v)) {
+        ret = opts_bad_type(errp, key, "boolean");
     } else if (vd_json_type(v) == VD_JSON_STRING && vd_parse_bool(vd_json_get_string(v), &b) == 0) {
         *out = b;
     } else {
@@ -704,6 +720,9 @@ static int opts_conv_uint(VdJson *v, const char *key, void *pout, const void *ar
     if (opts_json_uint(v, out)) {
         return 0;
     }
+    if (vd_json_is_typed(v) && vd_json_type(v) != VD_JSON_INT && vd_json_type(v) != VD_JSON_DOUBLE) {
+        return opts_bad_type(errp, key, "integer");
+    }
     if (vd_json_type(v) == VD_JSON_STRING) {
         uint64_t u;
         r = vd_parse_uint(vd_json_get_string(v), &u);
@@ -740,6 +759,10 @@ static int opts_conv_int(VdJson *v, const char *key, void *pout, const void *arg
         }
         break;
     case VD_JSON_STRING: {
+        if (vd_json_is_typed(v)) {
+            ret = opts_bad_type(errp, key, "integer");
+            break;
+        }
         int r = vd_parse_int(vd_json_get_string(v), &i);
         if (r == 0) {
             *out = i;
@@ -771,6 +794,9 @@ static int opts_conv_size(VdJson *v, const char *key, void *pout, const void *ar
     }
     if (vd_json_type(v) != VD_JSON_STRING) {
         return opts_bad_value(errp, key, v, "expected a size");
+    }
+    if (vd_json_is_typed(v)) {
+        return opts_bad_type(errp, key, "integer");
     }
     uint64_t u;
     int r = vd_parse_size(vd_json_get_string(v), &u);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vdisk/throttle.h"
 #include "tool-common.h"
 
 int64_t tool_parse_size(const char *s)
@@ -216,4 +217,43 @@ void tool_dump_specific(FILE *out, const VdJson *data, int indent)
     VdJson *ordered = tool_json_qemu_order(data);
     tool_dump_value(out, ordered, indent);
     vd_json_unref(ordered);
+}
+
+int tool_object_add(const char *def)
+{
+    VdError *err = NULL;
+    VdOpts *o = vd_opts_parse(def, "qom-type", &err);
+    if (!o) {
+        tool_error("%s", err ? err->msg : "invalid --object");
+        vd_error_free(err);
+        return 1;
+    }
+    VdJson *t = vd_opts_lookup(o, "qom-type");
+    const char *type = t ? vd_json_get_string(t) : NULL;
+    if (!type || strcmp(type, "throttle-group")) {
+        vd_json_unref(o);
+        return 0;
+    }
+    if (vd_throttle_object_add(o, &err) < 0) {
+        tool_error("%s", err ? err->msg : "invalid --object");
+        vd_error_free(err);
+        return 1;
+    }
+    return 0;
+}
+
+int tool_objects_from_argv(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *def = NULL;
+        if (!strcmp(argv[i], "--object") && i + 1 < argc) {
+            def = argv[++i];
+        } else if (!strncmp(argv[i], "--object=", 9)) {
+            def = argv[i] + 9;
+        }
+        if (def && tool_object_add(def)) {
+            return 1;
+        }
+    }
+    return 0;
 }

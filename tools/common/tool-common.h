@@ -74,4 +74,11 @@ void tool_verror(const char *fmt, va_list ap) VD_PRINTF(1, 0);
 /* tool_error("<prefix><err's message>") and free err; prefix may be NULL. */
 void tool_error_err(VdError *err, const char *prefix);
 
+/* --object <def>: create the object (throttle-group: what driver=throttle
+ * nodes under --image-opts refer to). Other object types are accepted and
+ * ignored, as before. Returns 0, or 1 after printing the error. */
+int tool_object_add(const char *def);
+/* tool_object_add for every --object <def> / --object=<def> in argv. */
+int tool_objects_from_argv(int argc, char **argv);
+
 #endif

@@ -110,7 +110,7 @@ static void bench_submit_batch(BenchState *b)
             b->flushes_in_flight++;
             vd_backend_aio_flush(b->blk, bench_flush_cb, b);
         }
-        if (b->offset + b->bufsize > b->image_size) {
+        if (b->offset > b->image_size - b->bufsize) {      /* offset + bufsize, unwrapped */
             /* As qemu's block backend: a request past the end is an I/O error. */
             img_error("Failed request: %s", strerror(EIO));
             b->ret = -EIO;
@@ -126,10 +126,10 @@ static void bench_submit_batch(BenchState *b)
         } else {
             vd_backend_aio_preadv(b->blk, b->offset, &slot->qiov, 0, bench_cb, slot);
         }
-        b->offset += b->step;
-        if (b->image_size > 0) {
-            b->offset %= b->image_size;
-        }
+        /* both below 2^63: the sum cannot wrap in unsigned arithmetic */
+        uint64_t next = (uint64_t)b->offset + (uint64_t)b->step;
+        b->offset = b->image_size > 0 ? (int64_t)(next % (uint64_t)b->image_size)
+                                      : (int64_t)VD_MIN(next, (uint64_t)INT64_MAX);
     }
 }
 
@@ -248,7 +248,7 @@ int img_cmd_bench(int argc, char **argv)
             }
             break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case OPT_OBJECT: return img_usage_error("--object is not supported");
+        case OPT_OBJECT: break;   /* created in main (tool_objects_from_argv) */
         case OPT_COUNTERS: counters = true; break;
         default: return img_bad_option(c, argv);
         }

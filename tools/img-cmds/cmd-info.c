@@ -136,7 +136,7 @@ int img_cmd_info(int argc, char **argv)
         case OPT_OUTPUT: output = optarg; break;
         case OPT_BACKING_CHAIN: chain = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case OPT_OBJECT: return img_usage_error("--object is not supported");
+        case OPT_OBJECT: break;   /* created in main (tool_objects_from_argv) */
         default: return img_bad_option(c, argv);
         }
     }

@@ -202,7 +202,8 @@ int img_cmd_map(int argc, char **argv)
         vd_backend_unref(blk);
         return 1;
     }
-    if (max_length != -1 && start_offset + max_length < length) {
+    /* both are at most INT64_MAX: compare without forming the sum */
+    if (max_length != -1 && max_length < length && start_offset < length - max_length) {
         length = start_offset + max_length;
     }
     if (json) {

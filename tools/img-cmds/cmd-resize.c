@@ -3,6 +3,7 @@
  * or relative ([+|-]size) virtual size, as qemu-img resize.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include "img-common.h"
@@ -89,6 +90,11 @@ int img_cmd_resize(int argc, char **argv)
         goto out;
     }
     int64_t total;
+    if (relative > 0 && (int64_t)n > INT64_MAX - current) {
+        img_error("New image size is too large: %" PRId64 " + %" PRIu64 " bytes is more than "
+                  "8 EiB", current, n);
+        goto out;
+    }
     if (relative > 0) {
         total = current + (int64_t)n;
     } else if (relative < 0) {

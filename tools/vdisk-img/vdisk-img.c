@@ -33,7 +33,15 @@ static void img_help(void)
            "  check, map, compare, convert, resize, snapshot, amend, measure, commit, rebase:\n"
            "        as qemu-img (see docs/tools.md)\n"
            "\n"
-           "Supported formats: raw qcow2 (and the protocols file, null-co)\n");
+           "Supported formats:");
+    /* the formats from the driver table (qed when built in) */
+    VdDriverInfo d;
+    for (int i = 0; vd_driver_get_info_at(i, &d); i++) {
+        if (d.is_format && !d.is_filter) {
+            printf(" %s", d.name);
+        }
+    }
+    printf(" (and the protocols file, null-co)\n");
 }
 
 int main(int argc, char **argv)
@@ -64,6 +72,10 @@ int main(int argc, char **argv)
     }
     argc--;
     argv++;
+    /* --object throttle-group,...: before any image opens */
+    if (tool_objects_from_argv(argc, argv)) {
+        return 1;
+    }
     for (const struct img_cmd *c = img_cmds_table; c->name; c++) {
         if (!strcmp(c->name, cmd)) {
             optind = 1;

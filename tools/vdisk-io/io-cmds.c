@@ -364,6 +364,12 @@ static int io_sleep_f(int argc, char **argv)
         printf("%s is not a valid number\n", argv[1]);
         return -EINVAL;
     }
+    if (ms > INT64_MAX / 1000000) {
+        /* the timer counts nanoseconds in 63 bits (qemu-io wraps around) */
+        printf("%s ms is too long to sleep (at most %" PRId64 " ms)\n", argv[1],
+               INT64_MAX / 1000000);
+        return -EINVAL;
+    }
     IoSleep s = { .ns = (int64_t)ms * 1000000 };
     /* Polls the loop meanwhile, so in-flight aio requests progress. */
     vd_co_run_sync(g_blk ? vd_backend_get_context(g_blk) : vd_aio_main_context(),

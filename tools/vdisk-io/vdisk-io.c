@@ -178,6 +178,7 @@ static void io_usage(const char *name)
            "Exercise the vdisk I/O path on an image (qemu-io compatible).\n"
            "\n"
            "  --image-opts         treat file as an option string (driver=...,...)\n"
+           "  --object OBJECTDEF   create an object (throttle-group,id=..,limits.iops-total=..)\n"
            "  -c, --cmd STRING     run this command (repeatable); without -c, commands\n"
            "                       are read from standard input\n"
            "  -f, --format FMT     image format (no probing)\n"
@@ -214,6 +215,7 @@ int main(int argc, char **argv)
         { "cache", required_argument, NULL, 't' },
         { "force-share", no_argument, NULL, 'U' },
         { "image-opts", no_argument, NULL, 'I' },
+        { "object", required_argument, NULL, 'O' },
         { NULL, 0, NULL, 0 },
     };
     IoOpenOpts o = { .cache = "writethrough" };
@@ -248,6 +250,7 @@ int main(int argc, char **argv)
         case 't': o.cache = optarg; break;
         case 'U': o.force_share = true; break;
         case 'I': o.image_opts = true; break;
+        case 'O': break;   /* created after vd_block_init (tool_objects_from_argv) */
         default:
             /* getopt named the problem on stderr; qemu-io adds its usage. */
             io_usage(prog);
@@ -282,6 +285,10 @@ int main(int argc, char **argv)
     if (vd_block_init(&err) < 0) {
         vd_error_report_err(prog, err);
         vd_error_free(err);
+        free(cmds);
+        return 1;
+    }
+    if (tool_objects_from_argv(argc, argv)) {
         free(cmds);
         return 1;
     }

@@ -9,6 +9,7 @@
 
 #include "vdisk/coroutine.h"
 #include "export/export.h"
+#include "vdisk/throttle.h"
 #include "daemon.h"
 
 typedef struct VddIOThread {
@@ -70,8 +71,13 @@ int vdd_object_add(VdOpts *opts, VdError **errp)
     if (!(type = vdd_take_required(opts, "qom-type", "object", errp))) {
         goto out;
     }
+    if (strcmp(type, "throttle-group") == 0) {
+        ret = vd_throttle_group_create(NULL, opts, errp);
+        goto out;
+    }
     if (strcmp(type, "iothread") != 0) {
-        vd_error_setg(errp, EINVAL, "object: type '%s' is not supported (only 'iothread')", type);
+        vd_error_setg(errp, EINVAL, "object: type '%s' is not supported (only 'iothread' and "
+                      "'throttle-group')", type);
         goto out;
     }
     if (!(id = vdd_take_required(opts, "id", "object iothread", errp))) {
@@ -117,6 +123,9 @@ out:
 int vdd_object_del(const char *id, VdError **errp)
 {
     VddIOThread *it = vdd_iothread_find(id);
+    if (!it && vd_throttle_group_exists(id)) {
+        return vd_throttle_group_delete(id, errp);
+    }
     if (!it) {
         vd_error_setg(errp, ENOENT, "object '%s' not found", id);
         return -ENOENT;

@@ -19,6 +19,9 @@ int vdd_export_del(const char *id, bool hard, VdError **errp);
 /* Move node (a --blockdev top node) and its exports to iothread (NULL: main). */
 int vdd_set_iothread(const char *node_name, const char *iothread, VdError **errp);
 void vdd_cont(void);
+/* qom-set / qom-get (qom.c): the "return" value, or NULL with errp set. */
+bool vdd_qom_is_command(const char *cmd);
+VdJson *vdd_qom_command(const char *cmd, VdJson *args, VdError **errp);
 
 VdJson *vdd_query_iothreads(void);
 VdJson *vdd_query_named_block_nodes(void);

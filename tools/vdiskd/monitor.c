@@ -210,7 +210,8 @@ static const char *const g_commands[] = {
     "qmp_capabilities", "query-version", "query-commands", "query-iothreads",
     "query-named-block-nodes", "query-block-exports", "blockdev-add", "blockdev-del",
     "block-export-add", "block-export-del", "nbd-server-start", "nbd-server-stop",
-    "x-blockdev-set-iothread", "object-add", "object-del", "cont", "quit", NULL,
+    "x-blockdev-set-iothread", "object-add", "object-del", "cont", "quit",
+    "qom-set", "qom-get", NULL,
 };
 
 /* Run one command; returns the "return" value or NULL with *err set. */
@@ -295,6 +296,8 @@ static VdJson *mon_dispatch(MonClient *c, const char *cmd, VdJson *args, VdError
             return NULL;
         }
         ret = vdd_object_del(id, err);
+    } else if (vdd_qom_is_command(cmd)) {
+        return vdd_qom_command(cmd, args, err);
     } else if (strcmp(cmd, "cont") == 0) {
         vdd_cont();
     } else if (strcmp(cmd, "quit") == 0) {

@@ -176,6 +176,13 @@ def check_daemon(f, d, deep_top):
         f.check(r.rc == 0 and "Pattern verification failed" not in r.out,
                 f"the live export after the loops: {r!r}")
         dm.qmp.ok("block-export-del", id="e1")
+        # closing 1,001 nodes from the monitor recurses as deep as opening them;
+        # the export lets go of the node when BLOCK_EXPORT_DELETED comes
+        while dm.qmp._recv().get("event") != "BLOCK_EXPORT_DELETED":
+            pass
+        r = dm.qmp.cmd("blockdev-del", **{"node-name": "deep"})
+        f.check(r == {"return": {}}, f"blockdev-del of the deep chain: {r}")
+        f.check(dm.alive(), "vdiskd died on blockdev-del of the deep chain")
     finally:
         if dm.alive():
             dm.stop()

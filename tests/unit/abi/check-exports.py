@@ -2,8 +2,10 @@
 """libvdisk.so exports the public API (every vd_* function declared in
 include/vdisk/) and nothing else: no qcow2_/nbd_/aio_/file_ internals.
 
-usage: check-exports.py LIBVDISK_SO SYMBOL_MAP
+usage: check-exports.py LIBVDISK_SO SYMBOL_MAP [INCLUDE-DIR]
+With INCLUDE-DIR, every public header there must have gone into the map.
 """
+import os
 import re
 import subprocess
 import sys
@@ -19,7 +21,16 @@ def main():
         if len(parts) == 3 and parts[1] not in ('A',):
             exported.add(parts[2].split('@')[0])
     with open(symmap, encoding='utf-8') as f:
-        public = set(re.findall(r'^\s+(vd_\w+);', f.read(), re.M))
+        text = f.read()
+    public = set(re.findall(r'^\s+(vd_\w+);', text, re.M))
+    if len(sys.argv) > 3:
+        mapped = set(re.findall(r'/\* header: (\S+) \*/', text))
+        headers = {h for h in os.listdir(sys.argv[3]) if h.endswith('.h')}
+        missing = sorted(headers - mapped)
+        if missing:
+            print('public headers not in the symbol map (add them to src/meson.build): %s'
+                  % ', '.join(missing))
+            return 1
     internal = sorted(n for n in exported if n not in public)
     if internal:
         print('exported but not in include/vdisk/: %s' % ', '.join(internal[:20]))

@@ -9,6 +9,7 @@
 #include "vdisk/json.h"
 #include "vdisk/log.h"
 #include "vdisk/opts.h"
+#include "vdisk/throttle.h"
 #include "vdisk/version.h"
 #include <cstdio>
 #include <cstdlib>

@@ -242,6 +242,59 @@ static void test_take_json_types(void **state)
     vd_json_unref(o);
 }
 
+/* JSON text that is not a json: filename (QMP arguments, --blockdev '{...}')
+ * is typed as in QMP: a string is not a number, a number is not a string. */
+static void test_take_typed(void **state)
+{
+    static const char *const json = "{\"size\":\"12\",\"ro\":\"on\",\"name\":5,\"n\":\"5\","
+                                     "\"u\":\"7\",\"ok\":12,\"okb\":true,\"oks\":\"x\"}";
+    VdOpts *o = parse_ok(json, NULL);
+    VdError *err = NULL;
+    uint64_t u;
+    int64_t i;
+    bool b;
+    char *str;
+    assert_int_equal(vd_opts_take_size(o, "size", 0, &u, &err), -EINVAL);
+    assert_string_equal(err->msg, "Invalid parameter type for 'size', expected: integer");
+    vd_error_free_and_clear(&err);
+    assert_int_equal(vd_opts_take_bool(o, "ro", false, &b, &err), -EINVAL);
+    assert_string_equal(err->msg, "Invalid parameter type for 'ro', expected: boolean");
+    vd_error_free_and_clear(&err);
+    assert_int_equal(vd_opts_take_str(o, "name", NULL, &str, &err), -EINVAL);
+    assert_null(str);
+    assert_string_equal(err->msg, "Invalid parameter type for 'name', expected: string");
+    vd_error_free_and_clear(&err);
+    assert_int_equal(vd_opts_take_int(o, "n", 0, &i, &err), -EINVAL);
+    assert_string_equal(err->msg, "Invalid parameter type for 'n', expected: integer");
+    vd_error_free_and_clear(&err);
+    assert_int_equal(vd_opts_take_uint(o, "u", 0, &u, &err), -EINVAL);
+    assert_string_equal(err->msg, "Invalid parameter type for 'u', expected: integer");
+    vd_error_free_and_clear(&err);
+    assert_int_equal(vd_opts_take_size(o, "ok", 0, &u, &err), 0);
+    assert_int_equal(u, 12);
+    assert_int_equal(vd_opts_take_bool(o, "okb", false, &b, &err), 0);
+    assert_true(b);
+    assert_int_equal(vd_opts_take_str(o, "oks", NULL, &str, &err), 0);
+    assert_string_equal(str, "x");
+    free(str);
+    assert_null(err);
+    vd_json_unref(o);
+
+    /* the same as a json: filename is lenient, as QEMU's json: is */
+    char lenient[512];
+    snprintf(lenient, sizeof(lenient), "json:%s", json);
+    o = parse_ok(lenient, NULL);
+    assert_int_equal(vd_opts_take_size(o, "size", 0, &u, &err), 0);
+    assert_int_equal(u, 12);
+    assert_int_equal(vd_opts_take_bool(o, "ro", false, &b, &err), 0);
+    assert_true(b);
+    assert_int_equal(vd_opts_take_str(o, "name", NULL, &str, &err), 0);
+    assert_string_equal(str, "5");
+    free(str);
+    assert_null(err);
+    vd_json_unref(o);
+}
+
 static void test_take_errors(void **state)
 {
     VdOpts *o = parse_ok("b=maybe,u=12x,u2=99999999999999999999,i=--1,i2=9223372036854775808,"
@@ -453,6 +506,7 @@ int main(void)
         TEST("/util/opts/set-lookup", test_set_lookup),
         TEST("/util/opts/take", test_take),
         TEST("/util/opts/take/json-types", test_take_json_types),
+        TEST("/util/opts/take/typed-json", test_take_typed),
         TEST("/util/opts/take/errors", test_take_errors),
         TEST("/util/opts/take/sub", test_take_sub),
         TEST("/util/opts/check-empty", test_check_empty),

@@ -1,0 +1,170 @@
+/*
+ * Fuzz the QED driver: the input is a list of patches applied to a small
+ * valid image built here (4 KiB clusters, table_size 1: header, L1, L2, two
+ * data clusters, a zero cluster), so that mutations hit meaningful fields.
+ * The image lives in a memfd opened through /proc/self/fd; it is opened
+ * read-only and read, then read-write (which repairs it when need-check is
+ * set), written, flushed and checked. Any crash, sanitizer report or leak is
+ * a bug.
+ *
+ * Input: patches of (offset: 2 bytes big-endian, length: 1 byte, data).
+ * An input starting with "hex:" is hex text (whitespace ignored) decoding to
+ * the same, so the seed corpus stays text (corpus/qed, gen-qed-seeds.py).
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "vdisk/block.h"
+
+#define CS 4096
+#define NCLUSTERS 5
+#define IMG_SIZE (NCLUSTERS * CS)
+
+static void st32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static void st64(uint8_t *p, uint64_t v)
+{
+    st32(p, (uint32_t)v);
+    st32(p + 4, (uint32_t)(v >> 32));
+}
+
+/* Layout (clusters): 0 header, 1 L1, 2 L2, 3-4 data. Virtual size 64k. */
+static void build_template(uint8_t *img)
+{
+    memset(img, 0, IMG_SIZE);
+    st32(img, 0x00444551);
+    st32(img + 4, CS);
+    st32(img + 8, 1);                        /* table_size */
+    st32(img + 12, 1);                       /* header_size */
+    st64(img + 40, 1 * CS);                  /* l1_table_offset */
+    st64(img + 48, 64 * 1024);               /* image_size */
+    st64(img + 1 * CS, 2 * CS);              /* L1[0] -> L2 */
+    st64(img + 2 * CS, 3 * CS);              /* L2: two data clusters and a zero cluster */
+    st64(img + 2 * CS + 8, 4 * CS);
+    st64(img + 2 * CS + 16, 1);
+    memset(img + 3 * CS, 0xa5, 2 * CS);
+}
+
+static size_t decode_hex(const uint8_t *in, size_t n, uint8_t *out, size_t max)
+{
+    size_t o = 0;
+    int hi = -1;
+    for (size_t i = 0; i < n && o < max; i++) {
+        int c = in[i], v;
+        if (c >= '0' && c <= '9') {
+            v = c - '0';
+        } else if (c >= 'a' && c <= 'f') {
+            v = c - 'a' + 10;
+        } else if (c >= 'A' && c <= 'F') {
+            v = c - 'A' + 10;
+        } else {
+            continue;
+        }
+        if (hi < 0) {
+            hi = v;
+        } else {
+            out[o++] = (uint8_t)(hi << 4 | v);
+            hi = -1;
+        }
+    }
+    return o;
+}
+
+static void apply_patches(uint8_t *img, const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i + 3 <= n) {
+        size_t off = ((size_t)p[i] << 8 | p[i + 1]) % IMG_SIZE;
+        size_t len = p[i + 2];
+        i += 3;
+        for (size_t k = 0; k < len && i < n; k++, i++) {
+            img[(off + k) % IMG_SIZE] = p[i];
+        }
+    }
+}
+
+static void exercise(const char *path, int flags)
+{
+    VdOpts *o = vd_opts_parse("driver=qed", NULL, NULL);
+    VdError *err = NULL;
+    VdBackend *b = vd_backend_open(path, o, flags | VD_O_NO_BACKING, &err);
+    if (!b) {
+        vd_error_free(err);
+        return;
+    }
+    static uint8_t buf[64 * 1024];
+    int64_t len = vd_backend_getlength(b);
+    if (len > 0) {
+        vd_backend_pread(b, 0, VD_MIN(len, (int64_t)sizeof(buf)), buf, 0);
+        vd_backend_pread(b, len / 2, VD_MIN(len - len / 2, 4096), buf, 0);
+    }
+    if ((flags & VD_O_RDWR) && len > 0) {
+        memset(buf, 0x11, 8192);
+        vd_backend_pwrite(b, 0, VD_MIN(len, 1500), buf, 0);
+        vd_backend_pwrite(b, len > 3 * CS ? 2 * CS + 100 : 0, VD_MIN(len, 700), buf, 0);
+        vd_backend_pwrite(b, len > 9 * CS ? 8 * CS : 0, VD_MIN(len, 8192), buf, 0);
+        vd_backend_pwrite_zeroes(b, 0, VD_MIN(len, CS), VD_REQ_MAY_UNMAP);
+        vd_backend_flush(b);
+        VdCheckResult res;
+        memset(&res, 0, sizeof(res));
+        vd_node_check(vd_backend_node(b), &res, 0, &err);
+        vd_error_free(err);
+        err = NULL;
+    }
+    vd_backend_unref(b);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static int inited;
+    static uint8_t template[IMG_SIZE];
+    if (!inited) {
+        if (vd_block_init(NULL) < 0) {
+            return 0;
+        }
+        vd_error_set_progname("fuzz-qed");
+        build_template(template);
+        inited = 1;
+    }
+    static uint8_t patches[8192];
+    size_t np;
+    if (size >= 4 && !memcmp(data, "hex:", 4)) {
+        np = decode_hex(data + 4, size - 4, patches, sizeof(patches));
+    } else {
+        np = VD_MIN(size, sizeof(patches));
+        memcpy(patches, data, np);
+    }
+    static uint8_t img[IMG_SIZE];
+    memcpy(img, template, IMG_SIZE);
+    apply_patches(img, patches, np);
+
+    const char *dump = getenv("VDISK_FUZZ_DUMP");   /* keep the image for debugging */
+    if (dump) {
+        FILE *f = fopen(dump, "wb");
+        if (f) {
+            fwrite(img, 1, IMG_SIZE, f);
+            fclose(f);
+        }
+    }
+    int fd = memfd_create("fuzz-qed", 0);
+    if (fd < 0) {
+        return 0;
+    }
+    if (write(fd, img, IMG_SIZE) != IMG_SIZE) {
+        close(fd);
+        return 0;
+    }
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    exercise(path, 0);
+    exercise(path, VD_O_RDWR);
+    close(fd);
+    return 0;
+}

@@ -177,6 +177,9 @@ void vd_mq_depend_data(VdMetaTable *later);
 
 /* Is t dirty (changes not yet written)? */
 bool vd_mq_table_dirty(const VdMetaTable *t);
+/* Dirty, and everything it depends on is stable: writing it back needs no
+ * flush first (eviction's preferred dirty victims). */
+bool vd_mq_table_ready(const VdMetaTable *t);
 /* Is a write of t in flight? */
 bool vd_mq_table_busy(const VdMetaTable *t);
 /* Clean, not in flight and its last write stable: can be dropped from a

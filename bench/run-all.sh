@@ -26,5 +26,6 @@ run qcow2 bash bench/qcow2/run.sh "$BUILD"
 run convert bash bench/convert/run.sh "$BUILD"
 run nbd bash bench/nbd/run.sh "$BUILD/tools/vdiskd/vdiskd"
 run throttle bash bench/throttle/run.sh "$BUILD/tools/vdiskd/vdiskd"
+run vhost bash bench/vhost/run.sh "$BUILD"
 echo "results in $out"
 exit $status

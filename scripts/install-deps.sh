@@ -12,6 +12,8 @@ pkgs=(
   qemu-utils qemu-system-common                      # oracles: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon
   libnbd-bin nbdkit fio                              # NBD clients and load for tests/benchmarks
   python3 strace util-linux procps                   # test helpers
+  qemu-system-x86 busybox-static cpio                # vhost-user-blk real-guest test (QEMU TCG guest, initramfs)
+  linux-image-cloud-amd64                            # the guest's kernel and virtio modules (vhost-user-blk test)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -10,6 +10,7 @@
 #include "vdisk/coroutine.h"
 #include "export/export.h"
 #include "export/nbd-proto.h"
+#include "export/vhost-user-blk.h"
 
 static VdExport *g_vd_exports;   /* main thread; others use vd_export_next */
 
@@ -73,7 +74,7 @@ VdExport *vd_export_add(const VdExportConfig *cfg, VdError **errp)
         vd_error_setg(errp, EINVAL, "export: parameter 'id' is missing");
         return NULL;
     }
-    if (vd_export_find(cfg->id)) {
+    if (vd_export_find(cfg->id) || vd_vhu_export_find(cfg->id)) {
         vd_error_setg(errp, EEXIST, "export: an export with id '%s' already exists", cfg->id);
         return NULL;
     }
@@ -158,6 +159,9 @@ int vd_export_del(const char *id, bool hard, VdError **errp)
 
 bool vd_export_backend_in_use(VdBackend *blk)
 {
+    if (vd_vhu_backend_in_use(blk)) {
+        return true;
+    }
     for (VdExport *e = g_vd_exports; e; e = e->next) {
         if (e->blk == blk) {
             return true;
@@ -168,6 +172,9 @@ bool vd_export_backend_in_use(VdBackend *blk)
 
 static bool export_all_parked(VdBackend *blk)
 {
+    if (!vd_vhu_quiesced(blk)) {
+        return false;
+    }
     for (VdExport *e = g_vd_exports; e; e = e->next) {
         if (e->blk == blk && !nbd_export_all_parked(e)) {
             return false;
@@ -200,6 +207,7 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
             nbd_export_quiesce(e);
         }
     }
+    vd_vhu_quiesce(blk);
     /* Connections park once their in-flight requests have replied. A client
      * that stops reading replies would stall the move forever: after a grace
      * period its connection is cut (it closes, which also counts). */
@@ -231,11 +239,13 @@ int vd_export_set_backend_context(VdBackend *blk, VdAioContext *ctx, VdError **e
             nbd_export_resume(e);
         }
     }
+    vd_vhu_resume(blk);
     return ret;
 }
 
 void vd_export_shutdown_all(void)
 {
+    vd_vhu_shutdown_all();
     /* All exports at once: clients that do not read their replies cost one
      * grace period in total, not one per export. */
     nbd_exports_disconnect_all(true);

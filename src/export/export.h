@@ -7,6 +7,7 @@
 #define VDISK_EXPORT_EXPORT_H
 
 #include "vdisk/block.h"
+#include "export/vhost-user-blk.h"   /* the vhost-user-blk export type (vd_vhu_*) */
 
 typedef struct VdExport VdExport;
 typedef struct NbdConn NbdConn;

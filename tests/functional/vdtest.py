@@ -38,13 +38,24 @@ class Result:
     def __init__(self, cmd, rc, out, err):
         self.cmd, self.rc, self.out, self.err = cmd, rc, out, err
 
+    # subprocess.CompletedProcess's names, for tests written against it
+    @property
+    def returncode(self):
+        return self.rc
+
+    @property
+    def stdout(self):
+        return self.out
+
     def __repr__(self):
         return f"<{' '.join(self.cmd)} rc={self.rc}\nstdout:\n{self.out}\nstderr:\n{self.err}>"
 
 
-def run(cmd, check=False, timeout=120, input=None, env=None, quiet=False, merge=False, **kw):
+def run(cmd, check=False, timeout=120, input=None, env=None, quiet=False, merge=False,
+        echo=False, **kw):
     """Run cmd (a list); returns Result with rc, out (stdout) and err (stderr).
-    merge: stderr goes into out, as a shell's 2>&1 (err is then empty)."""
+    merge: stderr goes into out, as a shell's 2>&1 (err is then empty).
+    echo: log the output too (the daemon tests' habit)."""
     cmd = [str(c) for c in cmd]
     if not quiet:
         log("+", " ".join(repr(c) if " " in c else c for c in cmd))
@@ -52,6 +63,8 @@ def run(cmd, check=False, timeout=120, input=None, env=None, quiet=False, merge=
                        stderr=subprocess.STDOUT if merge else subprocess.PIPE, text=True,
                        timeout=timeout, input=input, env=env, **kw)
     r = Result(cmd, p.returncode, p.stdout, p.stderr or "")
+    if echo and (r.out or r.err):
+        log((r.out + r.err).rstrip())
     if check and r.rc != 0:
         raise AssertionError(f"command failed: {r!r}")
     return r
@@ -156,13 +169,16 @@ def scratch_base():
 
 
 class TempDir:
-    """with TempDir() as d: ... -- removed afterwards."""
+    """with TempDir() as d: ... -- removed afterwards. base: where (default a
+    real filesystem, see scratch_base; the daemon tests want a short path
+    for their UNIX sockets)."""
 
-    def __init__(self, prefix="vdisk-test-"):
+    def __init__(self, prefix="vdisk-test-", base=None):
         self.prefix = prefix
+        self.base = base
 
     def __enter__(self):
-        self.path = tempfile.mkdtemp(prefix=self.prefix, dir=scratch_base())
+        self.path = tempfile.mkdtemp(prefix=self.prefix, dir=self.base or scratch_base())
         return self.path
 
     def __exit__(self, *exc):

@@ -384,7 +384,7 @@ static uint8_t *conv_alloc_buffers(int n, int64_t size)
 
 static void conv_close_sources(Convert *s)
 {
-    for (int i = 0; i < s->nsrc; i++) {
+    for (int i = 0; s->src && i < s->nsrc; i++) {
         if (s->src[i].blk) {
             vd_backend_unref(s->src[i].blk);
         }
@@ -392,7 +392,18 @@ static void conv_close_sources(Convert *s)
     free(s->src);
 }
 
-int img_cmd_convert(int argc, char **argv)
+/* convert's command line, parsed. */
+typedef struct ConvArgs {
+    const char *fmt, *out_fmt, *cache, *src_cache, *out_baseimg, *backing_fmt;
+    const char *out_filename;
+    char *options;                /* -o, comma-joined (owned) */
+    bool progress, quiet, skip_create, force_share, image_opts;
+    bool target_is_zero, target_image_opts, bitmaps, skip_broken;
+} ConvArgs;
+
+/* Parse argv into *a and the copy settings of *s. Returns -1 to go on, or
+ * the exit status (0 for --help). */
+static int conv_parse_args(int argc, char **argv, ConvArgs *a, Convert *s)
 {
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
@@ -406,87 +417,72 @@ int img_cmd_convert(int argc, char **argv)
         { "skip-broken-bitmaps", no_argument, NULL, 'k' },
         { NULL, 0, NULL, 0 },
     };
-    const char *fmt = NULL, *out_fmt = NULL, *cache = "unsafe", *src_cache = "writeback";
-    const char *out_baseimg = NULL, *backing_fmt = NULL;
-    char *options = NULL;
-    bool progress = false, quiet = false, skip_create = false, force_share = false;
-    bool image_opts = false, target_is_zero = false, target_image_opts = false;
-    bool bitmaps = false, skip_broken = false;
-    Convert s = { .in_order = true, .min_sparse = 8 * 512, .nworkers = 8 };
-    int c, ret = 1;
-    VdError *err = NULL;
     uint64_t v;
     int64_t iv;
+    int c;
 
     img_getopt_reset();
     while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WUr:F:", longopts, NULL)) != -1) {
         switch (c) {
-        case 'f': fmt = optarg; break;
-        case 'O': out_fmt = optarg; break;
-        case 'B': out_baseimg = optarg; break;
-        case 'F': backing_fmt = optarg; break;
-        case 'c': s.compressed = true; break;
+        case 'f': a->fmt = optarg; break;
+        case 'O': a->out_fmt = optarg; break;
+        case 'B': a->out_baseimg = optarg; break;
+        case 'F': a->backing_fmt = optarg; break;
+        case 'c': s->compressed = true; break;
         case 'C': break;   /* copy offloading: the plain copy is used */
-        case 'o': {
+        case 'o':
             if (!strcmp(optarg, "help") || !strcmp(optarg, "?")) {
-                vd_img_create_help(out_fmt ? out_fmt : "raw", NULL);
-                free(options);
+                vd_img_create_help(a->out_fmt ? a->out_fmt : "raw", NULL);
                 return 0;
             }
-            img_append_option(&options, optarg);
+            img_append_option(&a->options, optarg);
             break;
-        }
         case 'l':
             img_error("internal snapshots are not supported as a convert source (-l)");
-            free(options);
             return 1;
         case 'S':
             if (vd_parse_size(optarg, &v) < 0) {
-                free(options);
                 return img_size_error("buffer size for sparse output");
             }
             if (v > 16 * VD_MiB || (v % 512)) {
                 img_error("Invalid buffer size for sparse output specified. Valid sizes are "
                           "multiples of 512 up to 16777216. Select 0 to disable sparse "
                           "detection (fully allocates output).");
-                free(options);
                 return 1;
             }
-            s.min_sparse = v;
+            s->min_sparse = v;
             break;
-        case 'p': progress = true; break;
-        case 't': cache = optarg; break;
-        case 'T': src_cache = optarg; break;
-        case 'q': quiet = true; break;
-        case 'n': skip_create = true; break;
+        case 'p': a->progress = true; break;
+        case 't': a->cache = optarg; break;
+        case 'T': a->src_cache = optarg; break;
+        case 'q': a->quiet = true; break;
+        case 'n': a->skip_create = true; break;
         case 'm':
             if (vd_parse_int(optarg, &iv) < 0 || iv < 1 || iv > CONV_MAX_CO) {
                 img_error("Invalid number of coroutines. Allowed number of coroutines is "
                           "between 1 and %d", CONV_MAX_CO);
-                free(options);
                 return 1;
             }
-            s.nworkers = iv;
+            s->nworkers = iv;
             break;
-        case 'W': s.in_order = false; break;
-        case 'U': force_share = true; break;
+        case 'W': s->in_order = false; break;
+        case 'U': a->force_share = true; break;
         case 'r':
             if (vd_parse_size(optarg, &v) < 0 || v == 0) {
                 img_error("Invalid rate limit specified. You may use k, M, G, T, P or E "
                           "suffixes for ");
                 img_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
                           "exabytes.");
-                free(options);
                 return 1;
             }
-            s.rate_limit = v;
+            s->rate_limit = v;
             break;
-        case 'I': image_opts = true; break;
-        case 'Z': target_is_zero = true; break;
-        case 'J': target_image_opts = true; break;
-        case 'V': s.salvage = true; break;
-        case 'b': bitmaps = true; break;
-        case 'k': skip_broken = true; break;
+        case 'I': a->image_opts = true; break;
+        case 'Z': a->target_is_zero = true; break;
+        case 'J': a->target_image_opts = true; break;
+        case 'V': s->salvage = true; break;
+        case 'b': a->bitmaps = true; break;
+        case 'k': a->skip_broken = true; break;
         case 'X': break;
         case 'h':
             printf("usage: %s convert [--object objectdef] [--image-opts] "
@@ -497,167 +493,200 @@ int img_cmd_convert(int argc, char **argv)
                    IMG_PROG);
             return 0;
         default:
-            free(options);
             return img_bad_option(c, argv);
         }
     }
-    if (quiet) {
-        progress = false;
+    if (a->quiet) {
+        a->progress = false;
     }
-    s.nsrc = argc - optind - 1;
-    if (s.nsrc < 1) {
-        free(options);
+    s->nsrc = argc - optind - 1;
+    if (s->nsrc < 1) {
         img_error("Must specify image file name");
         return 1;
     }
-    if (skip_broken && !bitmaps) {
+    if (a->skip_broken && !a->bitmaps) {
         img_error("Use of --skip-broken-bitmaps requires --bitmaps");
-        free(options);
         return 1;
     }
-    if (target_image_opts && !skip_create) {
+    if (a->target_image_opts && !a->skip_create) {
         img_error("--target-image-opts requires use of -n flag");
-        free(options);
         return 1;
     }
-    if (target_is_zero && !skip_create) {
+    if (a->target_is_zero && !a->skip_create) {
         img_error("--target-is-zero requires use of -n flag");
-        free(options);
         return 1;
     }
-    if (backing_fmt && !out_baseimg) {
+    if (a->backing_fmt && !a->out_baseimg) {
         img_error("-F can only be used with -B");
-        free(options);
         return 1;
     }
-    const char *out_filename = argv[argc - 1];
-    if (!out_fmt) {
-        out_fmt = "raw";
+    a->out_filename = argv[argc - 1];
+    if (!a->out_fmt) {
+        a->out_fmt = "raw";
     }
+    return -1;
+}
 
-    /* Sources */
-    s.src = calloc(s.nsrc, sizeof(*s.src));
+/* Open every source (argv[optind..]) and add up their sizes into s->total. */
+static int conv_open_sources(Convert *s, const ConvArgs *a, char **argv)
+{
+    s->src = calloc(s->nsrc, sizeof(*s->src));
+    if (!s->src) {
+        img_error("Out of memory");
+        return -ENOMEM;
+    }
     int64_t total = 0;
-    for (int i = 0; i < s.nsrc; i++) {
-        ConvSource *src = &s.src[i];
+    for (int i = 0; i < s->nsrc; i++) {
+        ConvSource *src = &s->src[i];
         src->name = argv[optind + i];
-        src->blk = img_open(src->name, fmt, image_opts, force_share ? VD_O_FORCE_SHARE : 0,
-                            src_cache, quiet);
+        src->blk = img_open(src->name, a->fmt, a->image_opts,
+                            a->force_share ? VD_O_FORCE_SHARE : 0, a->src_cache, a->quiet);
         if (!src->blk) {
-            goto out_sources;
+            return -EINVAL;
         }
         src->node = vd_backend_node(src->blk);
         src->size = vd_backend_getlength(src->blk);
         if (src->size < 0) {
             img_error("Could not get size of %s: %s", src->name, strerror((int)-src->size));
-            goto out_sources;
+            return -EINVAL;
         }
         src->start = total;
         total += src->size;
     }
-    s.total = total;
+    s->total = total;
+    return 0;
+}
 
-    /* Target creation options */
-    VdOpts *copts = options ? vd_opts_parse(options, NULL, &err) : vd_json_object();
+/* Check the target's creation options and create it (unless -n).
+ * *preallocated: the options ask for preallocation. */
+static int conv_create_target(Convert *s, const ConvArgs *a, bool *preallocated)
+{
+    VdError *err = NULL;
+    VdOpts *copts = a->options ? vd_opts_parse(a->options, NULL, &err) : vd_json_object();
     if (!copts) {
         img_error_err(err, "Invalid options: ");
-        goto out_sources;
+        return -EINVAL;
     }
+    int ret = -EINVAL;
     VdDriverInfo out_drv;
-    if (!vd_driver_get_info(out_fmt, &out_drv) || !out_drv.can_create) {
-        img_error("Unknown file format '%s'", out_fmt);
-        vd_json_unref(copts);
-        goto out_sources;
+    if (!vd_driver_get_info(a->out_fmt, &out_drv) || !out_drv.can_create) {
+        img_error("Unknown file format '%s'", a->out_fmt);
+        goto out;
     }
-    const char *bad = img_unknown_create_opt(&out_drv, copts, out_filename);
+    const char *bad = img_unknown_create_opt(&out_drv, copts, a->out_filename);
     if (bad) {
         img_error("Invalid parameter '%s'", bad);
-        vd_json_unref(copts);
-        goto out_sources;
+        goto out;
     }
-    if (out_baseimg) {
-        vd_opts_set(copts, "backing_file", out_baseimg);
-        if (backing_fmt) {
-            vd_opts_set(copts, "backing_fmt", backing_fmt);
+    if (a->out_baseimg) {
+        vd_opts_set(copts, "backing_file", a->out_baseimg);
+        if (a->backing_fmt) {
+            vd_opts_set(copts, "backing_fmt", a->backing_fmt);
         }
     }
-    s.target_has_backing = vd_opts_lookup(copts, "backing_file") != NULL;
-    if (s.target_has_backing) {
-        for (int i = 0; i < s.nsrc; i++) {
-            s.src[i].base = vd_node_backing(vd_node_format_node(s.src[i].node));
+    s->target_has_backing = vd_opts_lookup(copts, "backing_file") != NULL;
+    if (s->target_has_backing) {
+        for (int i = 0; i < s->nsrc; i++) {
+            s->src[i].base = vd_node_backing(vd_node_format_node(s->src[i].node));
         }
     }
     VdJson *prealloc = vd_opts_lookup(copts, "preallocation");
-    bool preallocated = prealloc && vd_json_get_string(prealloc) &&
-                        strcmp(vd_json_get_string(prealloc), "off") != 0;
-    if (!skip_create) {
+    *preallocated = prealloc && vd_json_get_string(prealloc) &&
+                    strcmp(vd_json_get_string(prealloc), "off") != 0;
+    if (!a->skip_create) {
         char sizebuf[32];
-        snprintf(sizebuf, sizeof(sizebuf), "%" PRId64, total);
+        snprintf(sizebuf, sizeof(sizebuf), "%" PRId64, s->total);
         vd_opts_set(copts, "size", sizebuf);
-        if (vd_img_create(out_filename, out_fmt, copts, &err) < 0) {
+        if (vd_img_create(a->out_filename, a->out_fmt, copts, &err) < 0) {
             char prefix[4200];
-            snprintf(prefix, sizeof(prefix), "%s: error while converting %s: ", out_filename,
-                     out_fmt);
+            snprintf(prefix, sizeof(prefix), "%s: error while converting %s: ",
+                     a->out_filename, a->out_fmt);
             img_error_err(err, prefix);
-            vd_json_unref(copts);
-            goto out_sources;
+            goto out;
         }
     }
+    ret = 0;
+out:
     vd_json_unref(copts);
+    return ret;
+}
 
-    /* Target */
-    s.dst = img_open(out_filename, target_image_opts ? NULL : out_fmt, target_image_opts,
-                     VD_O_RDWR, cache,
-                     quiet);
-    if (!s.dst) {
-        goto out_sources;
+/* Open the target and settle how the copy writes it: zero init, compressed
+ * clusters, worker buffers. */
+static int conv_open_target(Convert *s, const ConvArgs *a, bool preallocated)
+{
+    s->dst = img_open(a->out_filename, a->target_image_opts ? NULL : a->out_fmt,
+                      a->target_image_opts, VD_O_RDWR, a->cache, a->quiet);
+    if (!s->dst) {
+        return -EINVAL;
     }
-    VdNode *dnode = vd_node_format_node(vd_backend_node(s.dst));
+    VdNode *dnode = vd_node_format_node(vd_backend_node(s->dst));
     VdDriverInfo ddrv;
     vd_node_get_driver_info(dnode, &ddrv);
     /* vdisk keeps no persistent dirty bitmaps: --bitmaps has nothing to
      * copy, but like qemu-img it needs a target that could hold them. */
-    if (bitmaps && strcmp(ddrv.name, "qcow2") != 0) {
+    if (a->bitmaps && strcmp(ddrv.name, "qcow2") != 0) {
         img_error("Format driver '%s' does not support bitmaps", ddrv.name);
-        goto out;
+        return -ENOTSUP;
     }
-    if (skip_create) {
-        int64_t dsize = vd_backend_getlength(s.dst);
-        if (dsize < total) {
+    if (a->skip_create) {
+        int64_t dsize = vd_backend_getlength(s->dst);
+        if (dsize < s->total) {
             img_error("Error: Target image size (%" PRId64 ") is smaller than source (%" PRId64
-                      ")", dsize, total);
-            goto out;
+                      ")", dsize, s->total);
+            return -EINVAL;
         }
-        s.has_zero_init = target_is_zero;
-        s.target_has_backing = vd_node_backing(dnode) != NULL;
+        s->has_zero_init = a->target_is_zero;
+        s->target_has_backing = vd_node_backing(dnode) != NULL;
     } else {
-        s.has_zero_init = !(preallocated && ddrv.supports_backing);
+        s->has_zero_init = !(preallocated && ddrv.supports_backing);
     }
-    if (s.min_sparse == 0) {
-        s.has_zero_init = false;
+    if (s->min_sparse == 0) {
+        s->has_zero_init = false;
     }
-    s.buf_size = CONV_BUF_SIZE;
-    if (s.compressed) {
+    s->buf_size = CONV_BUF_SIZE;
+    if (s->compressed) {
         int64_t cs = 0;
         bool dirty;
         if (!ddrv.can_compress || vd_node_get_format_info(dnode, &cs, &dirty) < 0 || cs <= 0) {
             img_error("Compression not supported for this file format");
-            goto out;
+            return -ENOTSUP;
         }
-        s.cluster_size = cs;
-        s.buf_size = cs;
+        s->cluster_size = cs;
+        s->buf_size = cs;
     }
-    s.bufs = conv_alloc_buffers(s.nworkers, s.buf_size);
-    if (!s.bufs) {
+    s->bufs = conv_alloc_buffers(s->nworkers, s->buf_size);
+    if (!s->bufs) {
         img_error("Out of memory");
-        goto out;
+        return -ENOMEM;
     }
-    for (int i = 0; i < s.nworkers; i++) {
-        s.workers[i].buf = s.bufs + i * conv_buf_stride(s.buf_size);
+    for (int i = 0; i < s->nworkers; i++) {
+        s->workers[i].buf = s->bufs + i * conv_buf_stride(s->buf_size);
+    }
+    return 0;
+}
+
+int img_cmd_convert(int argc, char **argv)
+{
+    ConvArgs a = { .cache = "unsafe", .src_cache = "writeback" };
+    Convert s = { .in_order = true, .min_sparse = 8 * 512, .nworkers = 8 };
+    bool preallocated = false;
+    int ret = conv_parse_args(argc, argv, &a, &s);
+
+    if (ret >= 0) {
+        free(a.options);
+        return ret;
+    }
+    ret = 1;
+    if (conv_open_sources(&s, &a, argv) < 0 || conv_create_target(&s, &a, &preallocated) < 0) {
+        goto out_sources;
+    }
+    if (conv_open_target(&s, &a, preallocated) < 0) {
+        goto out;
     }
     s.ctx = vd_backend_get_context(s.dst);
     vd_co_mutex_init(&s.lock);
-    img_progress_init(&s.prog, progress, 1.0);
+    img_progress_init(&s.prog, a.progress, 1.0);
     s.start_ns = conv_now_ns();
     vd_co_run_sync(s.ctx, conv_main, &s);
     if (s.ret == 0) {
@@ -666,9 +695,11 @@ int img_cmd_convert(int argc, char **argv)
     }
 out:
     free(s.bufs);
-    vd_backend_unref(s.dst);
+    if (s.dst) {
+        vd_backend_unref(s.dst);
+    }
 out_sources:
     conv_close_sources(&s);
-    free(options);
+    free(a.options);
     return ret;
 }

@@ -332,6 +332,72 @@ static void vdd_backend_stopped(void *opaque, int err, bool is_write)
     vd_bh_schedule_oneshot(vd_aio_main_context(), vdd_stop_event_bh, ev);
 }
 
+/* --export type=vhost-user-blk (qemu-storage-daemon's keys). Takes opts. */
+static int vdd_export_add_vhost_user_blk(VdOpts *opts, const char *id, VddBlockdev *b,
+                                         VdError **errp)
+{
+    VdOpts *addr = vd_opts_take_sub(opts, "addr");
+    char *atype = NULL, *path = NULL, *iothread = NULL, *serial = NULL;
+    bool writable = false, fixed = false;
+    uint64_t nq = 1, lbs = 512;
+    int ret = -EINVAL;
+
+    if (!addr) {
+        vd_error_setg(errp, EINVAL, "export '%s': parameter 'addr' is missing", id);
+        goto out;
+    }
+    if (vd_opts_take_str(addr, "type", "unix", &atype, errp) < 0 ||
+        vd_opts_take_str(addr, "path", NULL, &path, errp) < 0 ||
+        vd_opts_check_empty(addr, "export addr", errp) < 0 ||
+        vd_opts_take_str(opts, "iothread", NULL, &iothread, errp) < 0 ||
+        vd_opts_take_str(opts, "serial", NULL, &serial, errp) < 0 ||
+        vd_opts_take_bool(opts, "writable", false, &writable, errp) < 0 ||
+        vd_opts_take_bool(opts, "fixed-iothread", false, &fixed, errp) < 0 ||
+        vd_opts_take_uint(opts, "num-queues", 1, &nq, errp) < 0 ||
+        vd_opts_take_size(opts, "logical-block-size", 512, &lbs, errp) < 0 ||
+        vd_opts_check_empty(opts, "export", errp) < 0) {
+        goto out;
+    }
+    if (strcmp(atype, "unix") != 0) {
+        vd_error_setg(errp, EINVAL, "export '%s': addr.type '%s' is not supported (unix)", id,
+                      atype);
+        goto out;
+    }
+    if (nq == 0 || nq > VD_VHU_MAX_QUEUES || lbs > 65536) {
+        vd_error_setg(errp, EINVAL, "export '%s': num-queues %llu (1 to %d) or "
+                      "logical-block-size %llu out of range", id, (unsigned long long)nq,
+                      VD_VHU_MAX_QUEUES, (unsigned long long)lbs);
+        goto out;
+    }
+    if (vd_export_find(id)) {
+        vd_error_setg(errp, EEXIST, "export: an export with id '%s' already exists", id);
+        goto out;
+    }
+    if (iothread) {
+        VddIOThread *it = vdd_iothread_find(iothread);
+        if (!it) {
+            vd_error_setg(errp, ENOENT, "export '%s': IOThread '%s' not found", id, iothread);
+            goto out;
+        }
+        if (vd_export_set_backend_context(b->blk, vd_iothread_get_context(it->t), errp) < 0) {
+            goto out;
+        }
+    }
+    VdVhuExportConfig cfg = {
+        .id = id, .blk = b->blk, .path = path, .writable = writable,
+        .num_queues = (unsigned)nq, .logical_block_size = (unsigned)lbs, .serial = serial,
+    };
+    ret = vd_vhu_export_add(&cfg, errp) ? 0 : -EINVAL;
+out:
+    free(atype);
+    free(path);
+    free(iothread);
+    free(serial);
+    vd_json_unref(addr);
+    vd_json_unref(opts);
+    return ret;
+}
+
 int vdd_export_add(VdOpts *opts, VdError **errp)
 {
     char *type = NULL, *id = NULL, *node_name = NULL, *name = NULL, *desc = NULL;
@@ -346,9 +412,20 @@ int vdd_export_add(VdOpts *opts, VdError **errp)
         !(node_name = vdd_take_required(opts, "node-name", "export", errp))) {
         goto out;
     }
+    if (strcmp(type, "vhost-user-blk") == 0) {
+        VddBlockdev *vb = vdd_blockdev_find(node_name);
+        if (!vb) {
+            vd_error_setg(errp, ENOENT, "export '%s': cannot find node '%s' (add it with "
+                          "--blockdev)", id, node_name);
+            goto out;
+        }
+        ret = vdd_export_add_vhost_user_blk(opts, id, vb, errp);
+        opts = NULL;
+        goto out;
+    }
     if (strcmp(type, "nbd") != 0) {
-        vd_error_setg(errp, EINVAL, "export '%s': type '%s' is not supported (only 'nbd')", id,
-                      type);
+        vd_error_setg(errp, EINVAL, "export '%s': type '%s' is not supported (nbd, "
+                      "vhost-user-blk)", id, type);
         goto out;
     }
     if (vd_opts_take_str(opts, "name", NULL, &name, errp) < 0 ||
@@ -426,6 +503,9 @@ out:
 
 int vdd_export_del(const char *id, bool hard, VdError **errp)
 {
+    if (vd_vhu_export_find(id)) {
+        return vd_vhu_export_del(id, hard, errp);
+    }
     return vd_export_del(id, hard, errp);
 }
 
@@ -564,6 +644,18 @@ VdJson *vdd_query_block_exports(void)
         vd_json_object_put_bool(o, "writable", e->writable);
         vd_json_object_put_int(o, "clients", vd_export_n_clients(e));
         vd_json_object_put_str(o, "iothread", vdd_ctx_name(vd_backend_get_context(e->blk)));
+        vd_json_array_append(a, o);
+    }
+    for (VdVhuExport *v = vd_vhu_export_next(NULL); v; v = vd_vhu_export_next(v)) {
+        VdBackend *blk = vd_vhu_export_backend(v);
+        VdJson *o = vd_json_object();
+        vd_json_object_put_str(o, "type", "vhost-user-blk");
+        vd_json_object_put_str(o, "id", vd_vhu_export_id(v));
+        vd_json_object_put_str(o, "node-name", vd_node_name(vd_backend_node(blk)));
+        vd_json_object_put_bool(o, "shutting-down", false);
+        vd_json_object_put_bool(o, "writable", vd_vhu_export_writable(v));
+        vd_json_object_put_int(o, "clients", vd_vhu_export_n_clients(v));
+        vd_json_object_put_str(o, "iothread", vdd_ctx_name(vd_backend_get_context(blk)));
         vd_json_array_append(a, o);
     }
     return a;

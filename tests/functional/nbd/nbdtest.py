@@ -1,9 +1,9 @@
 """Helpers for vdiskd functional tests: start/stop the daemon, a small QMP
-client, free ports, running the real NBD clients (qemu-img, qemu-io, nbdinfo,
-nbdcopy, fio) and checking images with qemu-img check."""
+client, free ports. Running commands, skipping, scratch directories and
+qemu-img check come from ../vdtest.py, the one helper module of the
+functional tests."""
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -11,18 +11,9 @@ import sys
 import tempfile
 import time
 
-SKIP = 77
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def need(*tools):
-    for t in tools:
-        if shutil.which(t) is None:
-            log(f"SKIP: {t} not installed")
-            sys.exit(SKIP)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import vdtest  # noqa: E402
+from vdtest import SKIP, log, need, qemu_img_check  # noqa: E402,F401
 
 
 def free_port():
@@ -35,29 +26,16 @@ def free_port():
 
 
 def run(cmd, check=True, timeout=120, **kw):
-    log("+", " ".join(cmd))
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=timeout, **kw)
-    if p.stdout:
-        log(p.stdout.rstrip())
-    if check and p.returncode != 0:
-        raise AssertionError(f"command failed ({p.returncode}): {' '.join(cmd)}")
-    return p
+    """vdtest.run with the daemon tests' defaults: output merged and logged,
+    a failure raises."""
+    return vdtest.run(cmd, check=check, timeout=timeout, merge=True, echo=True, **kw)
 
 
-def qemu_img_check(path, fmt="qcow2"):
-    p = run(["qemu-img", "check", "-f", fmt, path], check=False)
-    if p.returncode != 0 or "No errors were found" not in p.stdout:
-        raise AssertionError(f"qemu-img check failed on {path}")
+class TempDir(vdtest.TempDir):
+    """A scratch directory with a short path (UNIX socket paths are limited)."""
 
-
-class TempDir:
-    def __enter__(self):
-        self.path = tempfile.mkdtemp(prefix="vdisk-nbd-")
-        return self.path
-
-    def __exit__(self, *exc):
-        shutil.rmtree(self.path, ignore_errors=True)
+    def __init__(self, prefix="vdisk-nbd-"):
+        super().__init__(prefix, base=tempfile.gettempdir())
 
 
 class QMP:

@@ -1,0 +1,126 @@
+#!/bin/bash
+# vhost-user-blk benchmark: our front-end (tests/functional/vhost/vhu-client,
+# memfd guest memory, split ring, eventfds) drives vdiskd and
+# qemu-storage-daemon in the same run; medians of RUNS runs each, ratios,
+# server CPU per request and IOPS per server CPU-second (from /proc/PID/stat).
+#
+#   bench/vhost/run.sh [BUILD_DIR]             (default: build)
+#   RUNS=5 RUNTIME=10 SIZE=1G bench/vhost/run.sh
+#
+# 1. null-co export (read-zeroes=off), 4k random reads, depth 64, one queue,
+#    one IOThread each. Target: vdiskd >= 2x qsd IOPS.
+# 2. qcow2 on a file, cache.direct=on, aio=io_uring, 4k random reads,
+#    depth 32, one queue, one IOThread. Target >= 1.3x.
+# The front-end runs on the same 2 cores as the server: with a fast server
+# the front-end (one thread, one kick and one poll per batch) is part of
+# what is measured, equally for both servers.
+set -euo pipefail
+
+BUILD=$(realpath "${1:-build}")
+VDISKD=$BUILD/tools/vdiskd/vdiskd
+CLIENT=$BUILD/tests/functional/vhost/vhu-client
+RUNS=${RUNS:-5}
+RUNTIME=${RUNTIME:-10}
+SIZE=${SIZE:-1G}
+for t in qemu-img qemu-io qemu-storage-daemon; do
+    command -v $t >/dev/null || { echo "missing $t"; exit 1; }
+done
+[ -x "$VDISKD" ] && [ -x "$CLIENT" ] || { echo "build vdiskd and vhu-client in $BUILD first"; exit 1; }
+
+DIR=$(mktemp -d /var/tmp/vdisk-bench-vhost.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+IMG=$DIR/disk.qcow2
+qemu-img create -q -f qcow2 "$IMG" "$SIZE"
+qemu-io -f qcow2 -c "write -P 0x5a 0 $SIZE" "$IMG" >/dev/null
+BYTES=$(qemu-img info --output=json "$IMG" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1"; exit 1; }
+
+start() {   # start <socket> <cmd...>; sets SERVER_PID
+    rm -f "$1"
+    local s=$1; shift
+    "$@" >"$DIR/server.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_sock "$s"
+}
+
+stop() {
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+
+run_client() {   # run_client <depth>: prints IOPS; appends server "us/req iops/cpu-s" to cpu.$TAG
+    local t0 t1 out
+    t0=$(cpu_ticks)
+    out=$("$CLIENT" --size "$BYTES" --depth "$1" --qsize 256 --indirect --seconds "$RUNTIME" "$S" bench)
+    t1=$(cpu_ticks)
+    python3 -c 'import sys,os,re
+m=re.search(r"bench: (\d+) requests in ([\d.]+) s: (\d+) IOPS", sys.argv[1])
+n,el,iops=int(m.group(1)),float(m.group(2)),int(m.group(3))
+hz=os.sysconf("SC_CLK_TCK"); cpu_s=(int(sys.argv[3])-int(sys.argv[2]))/hz
+open(sys.argv[4],"a").write("%.3f %.0f\n" % (cpu_s*1e6/max(n,1), n/max(cpu_s,1e-9)))
+print(iops)' "$out" "$t0" "$t1" "$DIR/cpu.$TAG"
+}
+
+S=$DIR/vhost.sock
+VD_NULL=(--object iothread,id=io0
+         --blockdev driver=null-co,node-name=n0,size=$BYTES,read-zeroes=off
+         --export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$S,iothread=io0")
+QSD_NULL=(--object iothread,id=io0
+          --blockdev driver=null-co,node-name=n0,size=$BYTES,read-zeroes=off
+          --export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$S,iothread=io0")
+VD_QCOW2=(--object iothread,id=io0
+          --blockdev "driver=qcow2,node-name=disk0,file.driver=file,file.filename=$IMG,file.aio=io_uring,cache.direct=on"
+          --export "type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path=$S,iothread=io0")
+QSD_QCOW2=(--object iothread,id=io0
+           --blockdev "driver=file,node-name=f0,filename=$IMG,aio=io_uring,cache.direct=on"
+           --blockdev driver=qcow2,node-name=disk0,file=f0
+           --export "type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path=$S,iothread=io0")
+
+declare -a vn qn vq qq
+for r in $(seq "$RUNS"); do
+    TAG=vn; start "$S" "$VDISKD" "${VD_NULL[@]}"; vn+=("$(run_client 64)"); stop
+    TAG=qn; start "$S" qemu-storage-daemon "${QSD_NULL[@]}"; qn+=("$(run_client 64)"); stop
+    TAG=vq; start "$S" "$VDISKD" "${VD_QCOW2[@]}"; vq+=("$(run_client 32)"); stop
+    TAG=qq; start "$S" qemu-storage-daemon "${QSD_QCOW2[@]}"; qq+=("$(run_client 32)"); stop
+    echo "run $r: null vdiskd ${vn[-1]} qsd ${qn[-1]} | qcow2 vdiskd ${vq[-1]} qsd ${qq[-1]}"
+done
+
+median() { python3 -c 'import sys,statistics; print(int(statistics.median(map(float, sys.argv[1:]))))' "$@"; }
+ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
+pmed() {
+    python3 -c 'import sys,statistics
+a=list(map(float,sys.argv[1].split())); b=list(map(float,sys.argv[2].split()))
+r=sorted(x/y for x,y in zip(a,b)); print("%.2f (runs: %s)" % (statistics.median(r), " ".join("%.2f" % x for x in r)))' "$1" "$2"
+}
+cpu() {   # cpu <tag> <column 1|2>: median
+    python3 -c 'import sys,statistics
+v=[float(l.split()[int(sys.argv[2])-1]) for l in open(sys.argv[1])]; print("%.2f" % statistics.median(v) if sys.argv[2]=="1" else "%.0f" % statistics.median(v))' "$DIR/cpu.$1" "$2"
+}
+mvn=$(median "${vn[@]}"); mqn=$(median "${qn[@]}"); mvq=$(median "${vq[@]}"); mqq=$(median "${qq[@]}")
+echo
+echo "vhost-user-blk, 4k randread, 1 queue, 1 IOThread, our front-end, median of $RUNS x ${RUNTIME}s"
+printf '%-52s %10s IOPS\n' "null-co depth 64: vdiskd" "$mvn"
+printf '%-52s %10s IOPS\n' "null-co depth 64: qemu-storage-daemon 7.2" "$mqn"
+printf '%-52s %10s   (target >= 2.0)\n' "ratio" "$(ratio "$mvn" "$mqn")"
+printf '%-52s %10s IOPS\n' "qcow2 cache.direct depth 32: vdiskd" "$mvq"
+printf '%-52s %10s IOPS\n' "qcow2 cache.direct depth 32: qemu-storage-daemon" "$mqq"
+printf '%-52s %10s   (target >= 1.3)\n' "ratio" "$(ratio "$mvq" "$mqq")"
+echo
+echo "median of per-run ratios: null $(pmed "${vn[*]}" "${qn[*]}")"
+echo "                          qcow2 $(pmed "${vq[*]}" "${qq[*]}")"
+echo
+echo "server CPU per request (us, median) and requests per server CPU-second:"
+printf '  null:  vdiskd %s us (%s/s)   qsd %s us (%s/s)\n' "$(cpu vn 1)" "$(cpu vn 2)" "$(cpu qn 1)" "$(cpu qn 2)"
+printf '  qcow2: vdiskd %s us (%s/s)   qsd %s us (%s/s)\n' "$(cpu vq 1)" "$(cpu vq 2)" "$(cpu qq 1)" "$(cpu qq 2)"
+echo "1,000,000 IOPS from one data-plane thread needs <= 1.00 us of server CPU per request."

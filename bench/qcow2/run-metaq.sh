@@ -70,7 +70,7 @@ result "writethrough vs cache=none, 4K alloc writes, 64k clusters" \
 
 # --- 3. small L2 cache, random rewrites of a populated 4 GiB image --------------
 rm -f "$WORK/c.qcow2"; qemu-img create -q -f qcow2 -o preallocation=metadata "$WORK/c.qcow2" 4G
-STEP=3221237760   # 4k * 786435: a pseudo-random walk over the whole image
+STEP=799993856    # 4k * 195311: a pseudo-random walk over the whole image
 OPTS="driver=qcow2,l2-cache-size=65536,file.driver=file,file.filename=$WORK/c.qcow2"
 ARGS3="-w -c 65536 -d 16 -s 4k -S $STEP -t none --image-opts"
 q=""; v=""

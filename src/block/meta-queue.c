@@ -434,6 +434,11 @@ bool vd_mq_table_dirty(const VdMetaTable *t)
     return t->on_dirty;
 }
 
+bool vd_mq_table_ready(const VdMetaTable *t)
+{
+    return t->q && t->on_dirty && deps_stable(t->q, (VdMetaTable *)t);
+}
+
 bool vd_mq_table_busy(const VdMetaTable *t)
 {
     return t->in_flight;

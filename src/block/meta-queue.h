@@ -106,8 +106,9 @@ struct VdMetaTable {
 typedef struct VdMetaQueueOps {
     /* Just before table t is written at [offset, offset+bytes) (offset and
      * bytes cover t's dirty range rounded to the child's alignment): overlap
-     * checks and the like. Must not yield. Negative errno fails the write
-     * (the table stays dirty). */
+     * checks and the like; may set t->event for this write. It runs in the
+     * writing coroutine and may yield (the contents were copied already).
+     * Negative errno fails the write (the table stays dirty). */
     int (*pre_write)(void *opaque, VdMetaTable *t, uint64_t offset, uint64_t bytes);
 } VdMetaQueueOps;
 
@@ -176,6 +177,9 @@ void vd_mq_depend_data(VdMetaTable *later);
 
 /* Is t dirty (changes not yet written)? */
 bool vd_mq_table_dirty(const VdMetaTable *t);
+/* Dirty, and everything it depends on is stable: writing it back needs no
+ * flush first (eviction's preferred dirty victims). */
+bool vd_mq_table_ready(const VdMetaTable *t);
 /* Is a write of t in flight? */
 bool vd_mq_table_busy(const VdMetaTable *t);
 /* Clean, not in flight and its last write stable: can be dropped from a
@@ -202,10 +206,6 @@ int coroutine_fn vd_mq_commit(VdMetaQueue *q, int flags);
  * next commit and returned (the caller should pick another victim rather
  * than fail an unrelated request). */
 int coroutine_fn vd_mq_writeback_table(VdMetaTable *t);
-/* Note that the format wrote data to the child outside the queue (nothing
- * to do today: the child's write generation records it; kept so formats
- * need not know how data dependencies are tracked). */
-static inline void vd_mq_note_data_write(VdMetaQueue *q) { (void)q; }
 
 /* Dirty tables / bytes now. */
 int vd_mq_dirty_count(const VdMetaQueue *q);

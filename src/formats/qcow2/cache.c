@@ -22,6 +22,7 @@ typedef struct Qcow2CacheEntry {
     int hash_next;
     bool is_new;         /* allocated by us, never written yet (l2_alloc_write) */
     bool hot;            /* in the cache's hot list */
+    uint64_t failed_epoch; /* its write-back failed in this eviction round */
     VdMetaTable mt;      /* registered with the queue while offset != 0 */
 } Qcow2CacheEntry;
 
@@ -40,6 +41,7 @@ struct Qcow2Cache {
                            * cache: what a new L2 change must depend on) */
     int nhot;
     bool slot_failed;     /* the last cache_do_get failed finding a slot */
+    uint64_t evict_epoch; /* one per cache_get_slot call */
     uint64_t clean_lru;   /* lru_clock at the last qcow2_cache_clean */
 };
 
@@ -135,9 +137,9 @@ static void cache_unlink(Qcow2Cache *c, int i)
 static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
 {
     int err = 0;
-    uint64_t failed_lru = 0;   /* dirty victims at or below this lru failed this call */
+    uint64_t epoch = ++c->evict_epoch;   /* victims that failed in this call are skipped */
     for (;;) {
-        int clean = -1, dirty = -1;
+        int clean = -1, dirty = -1, ready = -1;
         for (int i = 0; i < c->n; i++) {
             Qcow2CacheEntry *e = &c->e[i];
             if (e->offset == 0) {
@@ -150,9 +152,19 @@ static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
                 if (clean < 0 || e->lru < c->e[clean].lru) {
                     clean = i;
                 }
-            } else if (e->lru > failed_lru && (dirty < 0 || e->lru < c->e[dirty].lru)) {
-                dirty = i;
+            } else if (e->failed_epoch != epoch) {
+                if (dirty < 0 || e->lru < c->e[dirty].lru) {
+                    dirty = i;
+                }
+                /* a victim whose dependencies are stable is written without
+                 * any flush under s->lock: prefer it */
+                if (vd_mq_table_ready(&e->mt) && (ready < 0 || e->lru < c->e[ready].lru)) {
+                    ready = i;
+                }
             }
+        }
+        if (ready >= 0) {
+            dirty = ready;
         }
         if (clean >= 0) {
             cache_unlink(c, clean);
@@ -168,7 +180,7 @@ static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
         e->ref--;
         if (ret < 0) {
             err = ret;
-            failed_lru = e->lru;
+            e->failed_epoch = epoch;
         }
     }
 }

@@ -132,6 +132,8 @@ static void test_levels(void **state)
     vd_mq_depend(&f.t[2], &f.t[1]);
     vd_mq_depend_data(&f.t[3]);
     assert_int_equal(vd_mq_dirty_count(f.q), 5);
+    assert_true(vd_mq_table_ready(&f.t[4]) && vd_mq_table_ready(&f.t[0]));
+    assert_false(vd_mq_table_ready(&f.t[1]) || vd_mq_table_ready(&f.t[3]));
     int base = f.td->nlog;
     uint64_t fl0 = f.td->count[TD_FLUSH];
     assert_int_equal(do1(&f, 0, 0), 0);

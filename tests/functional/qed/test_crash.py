@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """QED crash consistency (log-writes replay) and injected faults (blkdebug).
 
-Crash: qed-crash-workload writes patterns to a QED image over log-writes,
+Crash: crash-workload (driver=qed) writes patterns to a QED image over log-writes,
 flushing every few writes; for every prefix k of the write log,
 vdisk-log-replay builds the image a crash after k entries could leave. Each
 state must open read-write through vdisk (which checks and repairs it first
@@ -16,7 +16,7 @@ Faults: the same workload over blkdebug; for each QED metadata write kind
 write_aio) the next write after the event fails once, and each of the first
 N data writes and flushes in turn; afterwards the same checks.
 
-usage: test_crash.py QED_CRASH_WORKLOAD VDISK_LOG_REPLAY VDISK_IO
+usage: test_crash.py CRASH_WORKLOAD VDISK_LOG_REPLAY VDISK_IO
 """
 import json
 import os
@@ -86,7 +86,7 @@ def crash_mode(tmp, cache, backing):
     crash = os.path.join(tmp, "crash.qed")
     create(tmp, img, backing)
     shutil.copyfile(img, base)
-    run(WORKLOAD, "log", img, log, expect, cache)
+    run(WORKLOAD, "log", img, log, expect, cache, "driver=qed")
     run("qemu-img", "check", img)
     flushes = []
     with open(expect) as f:
@@ -114,7 +114,7 @@ def crash_mode(tmp, cache, backing):
 
 def one_fault(tmp, base, img, rules, cache):
     shutil.copyfile(base, img)
-    out = run(WORKLOAD, "fail", img, rules, cache).stdout.splitlines()
+    out = run(WORKLOAD, "fail", img, rules, cache, "driver=qed").stdout.splitlines()
     failed = int(out[-1].split()[1])
     durable = [tuple(int(x) for x in l.split()[1:]) for l in out if l.startswith("durable")]
     check_state(img, "%s cache=%s" % (rules, cache), durable)

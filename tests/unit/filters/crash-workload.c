@@ -1,17 +1,20 @@
 /*
- * crash-workload: the vdisk side of the qcow2 crash and fault tests
- * (test_crash_qcow2.py, test_fault_qcow2.py). Writes patterns to fresh
- * regions of a qcow2 image, flushing every few writes, either
+ * crash-workload: the vdisk side of the crash and fault tests of the
+ * formats (test_crash_qcow2.py, test_fault_qcow2.py, qed/test_crash.py).
+ * Writes patterns to fresh regions of an image (new clusters, new L2 tables,
+ * partial clusters that need COW when the image has a backing file),
+ * flushing every few writes, either
  *
- *   crash-workload log IMAGE LOG EXPECT CACHE [QCOW2_OPTS]
+ *   crash-workload log IMAGE LOG EXPECT CACHE [TOP_OPTS]
  *     through a log-writes node: saves the log, and writes to EXPECT one line
  *     per guest flush: "<log entries covered> <off>:<len>:<pattern> ...";
- *   crash-workload fail IMAGE RULES CACHE [QCOW2_OPTS]
+ *   crash-workload fail IMAGE RULES CACHE [TOP_OPTS]
  *     through a blkdebug node with RULES (its options, dotted), carrying on
  *     after errors as a guest would; prints "durable <off> <len> <pattern>"
  *     for each write that succeeded before a flush that succeeded, and
  *     "failed <n>" (requests that returned an error).
- * QCOW2_OPTS: runtime options of the qcow2 node ("l2-cache-size=16k,...").
+ * TOP_OPTS: options of the format node ("driver=qed", or runtime options of
+ * qcow2, the default format: "l2-cache-size=16k,...").
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -32,16 +35,16 @@ static const Write g_writes[] = {
     { 0, 4096, 0x11 },          { 1 << 20, 65536, 0x12 },    { 5 << 20, 512, 0x13 },
     { 3 << 20, 12288, 0x14 },   { (2 << 20) - 2048, 8192, 0x15 }, { 9 << 20, 131072, 0x16 },
     { 12345 * 512, 3 * 512, 0x17 }, { 20 << 20, 4096, 0x18 }, { 28 << 20, 200000, 0x19 },
-    { 7 << 20, 4096, 0x1a },    { 15 << 20, 65536, 0x1b },   { 25 << 20, 4096, 0x1c },
+    { 7 << 20, 4096, 0x1a },    { 15 << 20, 65536, 0x1b },   { 25 << 20, 1000 * 512, 0x1c },
 };
 #define FLUSH_EVERY 3
 
-static const char *g_qcow2_opts;   /* optional runtime options of the qcow2 node */
+static const char *g_top_opts;     /* options of the format node (qcow2 if no driver=) */
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: crash-workload log IMAGE LOG EXPECT CACHE [QCOW2_OPTS]\n"
-                    "       crash-workload fail IMAGE RULES CACHE [QCOW2_OPTS]\n");
+    fprintf(stderr, "usage: crash-workload log IMAGE LOG EXPECT CACHE [TOP_OPTS]\n"
+                    "       crash-workload fail IMAGE RULES CACHE [TOP_OPTS]\n");
     return 1;
 }
 
@@ -60,8 +63,9 @@ static VdBackend *open_image(VdOpts *file, const char *image_key, const char *im
     vd_json_object_put_str(proto, "filename", image);
     vd_json_object_put(file, image_key, proto);
     char topstr[1024];
-    snprintf(topstr, sizeof(topstr), "driver=qcow2%s%s", g_qcow2_opts ? "," : "",
-             g_qcow2_opts ? g_qcow2_opts : "");
+    bool has_driver = g_top_opts && !strncmp(g_top_opts, "driver=", 7);
+    snprintf(topstr, sizeof(topstr), "%s%s%s", has_driver ? "" : "driver=qcow2",
+             g_top_opts && !has_driver ? "," : "", g_top_opts ? g_top_opts : "");
     VdOpts *top = vd_opts_parse(topstr, NULL, &err);
     if (!top) {
         vd_error_report_err("crash-workload", err);
@@ -97,11 +101,11 @@ static int run_log(const char *image, const char *log_path, const char *expect_p
     if (!blk) {
         return 1;
     }
-    /* keep the log-writes node (and its log) alive past the close of qcow2 */
+    /* keep the log-writes node (and its log) alive past the close of the format */
     VdNode *lw = vd_node_file(vd_backend_node(blk));
     VdWriteLog *log = vd_log_writes_get_log(lw);
     if (!log) {
-        fprintf(stderr, "crash-workload: qcow2's file is not a log-writes node\n");
+        fprintf(stderr, "crash-workload: the format's file is not a log-writes node\n");
         return 1;
     }
     vd_node_ref(lw);
@@ -189,11 +193,11 @@ int main(int argc, char **argv)
         return 1;
     }
     if (!strcmp(argv[1], "log") && (argc == 6 || argc == 7)) {
-        g_qcow2_opts = argc == 7 ? argv[6] : NULL;
+        g_top_opts = argc == 7 ? argv[6] : NULL;
         return run_log(argv[2], argv[3], argv[4], argv[5]);
     }
     if (!strcmp(argv[1], "fail") && (argc == 5 || argc == 6)) {
-        g_qcow2_opts = argc == 6 ? argv[5] : NULL;
+        g_top_opts = argc == 6 ? argv[5] : NULL;
         return run_fail(argv[2], argv[3], argv[4]);
     }
     return usage();

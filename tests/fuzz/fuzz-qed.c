@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "vdisk/block.h"
+#include "fuzz-image.h"
 
 #define CS 4096
 #define NCLUSTERS 5
@@ -49,44 +50,6 @@ static void build_template(uint8_t *img)
     st64(img + 2 * CS + 8, 4 * CS);
     st64(img + 2 * CS + 16, 1);
     memset(img + 3 * CS, 0xa5, 2 * CS);
-}
-
-static size_t decode_hex(const uint8_t *in, size_t n, uint8_t *out, size_t max)
-{
-    size_t o = 0;
-    int hi = -1;
-    for (size_t i = 0; i < n && o < max; i++) {
-        int c = in[i], v;
-        if (c >= '0' && c <= '9') {
-            v = c - '0';
-        } else if (c >= 'a' && c <= 'f') {
-            v = c - 'a' + 10;
-        } else if (c >= 'A' && c <= 'F') {
-            v = c - 'A' + 10;
-        } else {
-            continue;
-        }
-        if (hi < 0) {
-            hi = v;
-        } else {
-            out[o++] = (uint8_t)(hi << 4 | v);
-            hi = -1;
-        }
-    }
-    return o;
-}
-
-static void apply_patches(uint8_t *img, const uint8_t *p, size_t n)
-{
-    size_t i = 0;
-    while (i + 3 <= n) {
-        size_t off = ((size_t)p[i] << 8 | p[i + 1]) % IMG_SIZE;
-        size_t len = p[i + 2];
-        i += 3;
-        for (size_t k = 0; k < len && i < n; k++, i++) {
-            img[(off + k) % IMG_SIZE] = p[i];
-        }
-    }
 }
 
 static void exercise(const char *path, int flags)
@@ -133,38 +96,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         build_template(template);
         inited = 1;
     }
-    static uint8_t patches[8192];
-    size_t np;
-    if (size >= 4 && !memcmp(data, "hex:", 4)) {
-        np = decode_hex(data + 4, size - 4, patches, sizeof(patches));
-    } else {
-        np = VD_MIN(size, sizeof(patches));
-        memcpy(patches, data, np);
-    }
-    static uint8_t img[IMG_SIZE];
-    memcpy(img, template, IMG_SIZE);
-    apply_patches(img, patches, np);
-
-    const char *dump = getenv("VDISK_FUZZ_DUMP");   /* keep the image for debugging */
-    if (dump) {
-        FILE *f = fopen(dump, "wb");
-        if (f) {
-            fwrite(img, 1, IMG_SIZE, f);
-            fclose(f);
-        }
-    }
-    int fd = memfd_create("fuzz-qed", 0);
-    if (fd < 0) {
-        return 0;
-    }
-    if (write(fd, img, IMG_SIZE) != IMG_SIZE) {
-        close(fd);
-        return 0;
-    }
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-    exercise(path, 0);
-    exercise(path, VD_O_RDWR);
-    close(fd);
-    return 0;
+    return fuzz_image_run("fuzz-qed", data, size, template, IMG_SIZE, exercise);
 }

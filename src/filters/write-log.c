@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "util/fdio.h"
 #include "filters/log-writes.h"
 
 #define WLOG_MAGIC "VDWLOG01"
@@ -134,23 +135,6 @@ static uint64_t get_le64(const uint8_t *p)
     return v;
 }
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 bool vd_write_log_is_header(const void *buf, size_t len)
 {
     /* a log cut short inside its header is still ours to overwrite */
@@ -159,7 +143,7 @@ bool vd_write_log_is_header(const void *buf, size_t len)
 
 int vd_write_log_write_header(int fd)
 {
-    return write_all(fd, WLOG_MAGIC, WLOG_MAGIC_LEN);
+    return vd_write_all(fd, WLOG_MAGIC, WLOG_MAGIC_LEN);
 }
 
 int vd_write_log_write_record(int fd, const VdWriteLogEntry *e)
@@ -172,9 +156,9 @@ int vd_write_log_write_record(int fd, const VdWriteLogEntry *e)
     put_le64(rec + 16, (uint64_t)e->bytes);
     put_le64(rec + 24, e->covers);
     put_le64(rec + 32, data_bytes);
-    int ret = write_all(fd, rec, sizeof(rec));
+    int ret = vd_write_all(fd, rec, sizeof(rec));
     if (ret == 0 && data_bytes) {
-        ret = write_all(fd, e->data, (size_t)data_bytes);
+        ret = vd_write_all(fd, e->data, (size_t)data_bytes);
     }
     return ret;
 }
@@ -308,23 +292,6 @@ fail:
 
 /* ---- replay ------------------------------------------------------------------------------ */
 
-static int pwrite_all(int fd, const uint8_t *buf, size_t len, int64_t off)
-{
-    while (len > 0) {
-        ssize_t n = pwrite(fd, buf, len, off);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -errno;
-        }
-        buf += n;
-        len -= (size_t)n;
-        off += n;
-    }
-    return 0;
-}
-
 /* Make [off, off+len) read zeros without changing the file size. */
 static int replay_zero_range(int fd, int64_t off, int64_t len)
 {
@@ -342,7 +309,7 @@ static int replay_zero_range(int fd, int64_t off, int64_t len)
     static const uint8_t zeros[65536];
     while (len > 0) {
         size_t n = (size_t)VD_MIN(len, (int64_t)sizeof(zeros));
-        int ret = pwrite_all(fd, zeros, n, off);
+        int ret = vd_pwrite_all(fd, zeros, n, off);
         if (ret < 0) {
             return ret;
         }
@@ -364,7 +331,7 @@ int vd_write_log_replay_fd(const VdWriteLog *log, size_t k, int fd, VdError **er
         int ret = 0;
         switch (e->kind) {
         case VD_WLOG_WRITE:
-            ret = pwrite_all(fd, e->data, (size_t)e->bytes, e->offset);
+            ret = vd_pwrite_all(fd, e->data, (size_t)e->bytes, e->offset);
             break;
         case VD_WLOG_ZEROES:
             ret = replay_zero_range(fd, e->offset, e->bytes);
@@ -435,7 +402,7 @@ int vd_write_log_replay_file(const VdWriteLog *log, size_t k, const char *base_p
             break;
         }
         if (!vd_buffer_is_zero(buf, (size_t)n)) {
-            ret = pwrite_all(out, buf, (size_t)n, off);
+            ret = vd_pwrite_all(out, buf, (size_t)n, off);
             if (ret < 0) {
                 vd_error_setg_errno(errp, -ret, "%s: cannot write", out_path);
                 break;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <libgen.h>
+#include "util/fdio.h"
 #include "formats/qcow2/qcow2.h"
 
 const VdCreateOption qcow2_create_opts[] = {
@@ -244,24 +245,6 @@ static void refcount_layout(uint64_t n_other, int cluster_bits, int refcount_ord
     *b_clusters = b;
 }
 
-static int write_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const uint8_t *p = buf;
-    while (len) {
-        ssize_t n = pwrite(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
 int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
     Qcow2CreateParams p;
@@ -352,7 +335,7 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
         qcow2_st64(buf + 8, (uint64_t)end);
         qcow2_st32(buf + 16, (uint32_t)blen);
     }
-    ret = write_all(fd, buf, cs, 0);
+    ret = vd_pwrite_all(fd, buf, cs, 0);
     if (ret < 0) {
         goto io_error;
     }
@@ -366,7 +349,7 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
                 qcow2_st64(buf + i * 8, refblock_off + bi * cs);
             }
         }
-        ret = write_all(fd, buf, cs, reftable_off + c * cs);
+        ret = vd_pwrite_all(fd, buf, cs, reftable_off + c * cs);
         if (ret < 0) {
             goto io_error;
         }
@@ -378,7 +361,7 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
         for (uint64_t i = 0; i < per_block && bi * per_block + i < total; i++) {
             qcow2_refcount_set(buf, i, p.refcount_order, 1);
         }
-        ret = write_all(fd, buf, cs, refblock_off + bi * cs);
+        ret = vd_pwrite_all(fd, buf, cs, refblock_off + bi * cs);
         if (ret < 0) {
             goto io_error;
         }
@@ -393,7 +376,7 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
                 qcow2_st64(buf + i * 8, (l2_off + l1i * cs) | QCOW2_OFLAG_COPIED);
             }
         }
-        ret = write_all(fd, buf, n, l1_off + done);
+        ret = vd_pwrite_all(fd, buf, n, l1_off + done);
         if (ret < 0) {
             goto io_error;
         }
@@ -408,7 +391,7 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
                 qcow2_st64(buf + i * 8, (data_off + c * cs) | QCOW2_OFLAG_COPIED);
             }
         }
-        ret = write_all(fd, buf, cs, l2_off + ti * cs);
+        ret = vd_pwrite_all(fd, buf, cs, l2_off + ti * cs);
         if (ret < 0) {
             goto io_error;
         }
@@ -430,7 +413,7 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
                 goto out;
             }
             for (uint64_t o = data_off; o < file_end && ret == 0; o += zlen) {
-                ret = write_all(fd, z, (size_t)VD_MIN(zlen, file_end - o), o);
+                ret = vd_pwrite_all(fd, z, (size_t)VD_MIN(zlen, file_end - o), o);
             }
             free(z);
             if (ret < 0) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "util/fdio.h"
 #include "formats/qed/qed.h"
 
 const VdCreateOption qed_create_opts[] = {
@@ -18,24 +19,6 @@ const VdCreateOption qed_create_opts[] = {
     { "table_size", VD_OPT_SIZE, "L1/L2 table size (in clusters)", "4" },
     { NULL },
 };
-
-static int write_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const uint8_t *p = buf;
-    while (len) {
-        ssize_t n = pwrite(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
 
 int coroutine_fn qed_co_create(const char *filename, const VdOpts *opts_in, VdError **errp)
 {
@@ -141,11 +124,11 @@ int coroutine_fn qed_co_create(const char *filename, const VdOpts *opts_in, VdEr
     if (blen) {
         memcpy(buf + QED_HEADER_SIZE, backing, blen);
     }
-    ret = write_all(fd, buf, hlen, 0);
+    ret = vd_pwrite_all(fd, buf, hlen, 0);
     /* the L1 table: zeros written out, as QEMU does (not a hole) */
     memset(buf, 0, VD_MIN(ts * cs, (uint64_t)VD_MiB));
     for (uint64_t off = 0; ret == 0 && off < ts * cs; off += VD_MiB) {
-        ret = write_all(fd, buf, (size_t)VD_MIN(ts * cs - off, (uint64_t)VD_MiB), cs + off);
+        ret = vd_pwrite_all(fd, buf, (size_t)VD_MIN(ts * cs - off, (uint64_t)VD_MiB), cs + off);
     }
     if (ret == 0 && fsync(fd) < 0) {
         ret = -errno;

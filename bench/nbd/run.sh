@@ -29,37 +29,13 @@ for t in fio qemu-img qemu-io qemu-storage-daemon nbdkit; do
 done
 [ -x "$VDISKD" ] || { echo "vdiskd not found at $VDISKD"; exit 1; }
 
-DIR=$(mktemp -d /var/tmp/vdisk-bench-nbd.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+NAME=nbd
+. "$(dirname "$0")/../lib-server.sh"
 
 IMG=$DIR/disk.qcow2
 qemu-img create -q -f qcow2 "$IMG" "$SIZE"
 # fill it so reads hit allocated clusters
 qemu-io -f qcow2 -c "write -P 0x5a 0 $SIZE" "$IMG" >/dev/null
-
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1"; exit 1; }
-
-start() {   # start <socket> <cmd...>; sets SERVER_PID
-    rm -f "$1"
-    local s=$1; shift
-    "$@" >"$DIR/server.log" 2>&1 &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    wait_sock "$s"
-}
-
-stop() {
-    kill -TERM "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-}
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 
 fio_iops() {   # fio_iops <uri> [<uri2>]: total read IOPS; server CPU us/IO -> $DIR/cpu
     local args=(--ioengine=nbd --rw=randread --bs=4k --iodepth=32 --runtime="$RUNTIME"

@@ -28,26 +28,8 @@ for t in fio qemu-storage-daemon; do
 done
 [ -x "$VDISKD" ] || { echo "vdiskd not found at $VDISKD"; exit 1; }
 
-DIR=$(mktemp -d /var/tmp/vdisk-bench-throttle.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] || rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1"; exit 1; }
-start() {   # start <socket> <cmd...>; sets SERVER_PID
-    rm -f "$1"
-    local s=$1; shift
-    "$@" >"$DIR/server.log" 2>&1 &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    wait_sock "$s"
-}
-stop() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+NAME=throttle
+. "$(dirname "$0")/../lib-server.sh"
 
 measure() {   # measure <tag> <uri>: appends IOPS and server CPU us/request
     local t0 t1

@@ -27,37 +27,13 @@ for t in qemu-img qemu-io qemu-storage-daemon; do
 done
 [ -x "$VDISKD" ] && [ -x "$CLIENT" ] || { echo "build vdiskd and vhu-client in $BUILD first"; exit 1; }
 
-DIR=$(mktemp -d /var/tmp/vdisk-bench-vhost.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+NAME=vhost
+. "$(dirname "$0")/../lib-server.sh"
 
 IMG=$DIR/disk.qcow2
 qemu-img create -q -f qcow2 "$IMG" "$SIZE"
 qemu-io -f qcow2 -c "write -P 0x5a 0 $SIZE" "$IMG" >/dev/null
 BYTES=$(qemu-img info --output=json "$IMG" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
-
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1"; exit 1; }
-
-start() {   # start <socket> <cmd...>; sets SERVER_PID
-    rm -f "$1"
-    local s=$1; shift
-    "$@" >"$DIR/server.log" 2>&1 &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    wait_sock "$s"
-}
-
-stop() {
-    kill -TERM "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-}
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 
 run_client() {   # run_client <depth>: prints IOPS; appends server "us/req iops/cpu-s" to cpu.$TAG
     local t0 t1 out

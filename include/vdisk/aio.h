@@ -1,7 +1,7 @@
 /*
  * The event loop (AioContext): one per thread. fd handlers, bottom halves,
  * timers, io_uring submission/completion, a thread pool for blocking calls,
- * IOThreads, and the helpers code uses to cross threads (DESIGN.md §2).
+ * IOThreads, and the helpers code uses to cross threads (design.md §2).
  *
  * Threading rules: a context is "owned" by the thread that runs vd_aio_poll
  * on it (its home thread). Everything here must be called in the home thread

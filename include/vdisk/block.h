@@ -1,5 +1,5 @@
 /*
- * The block layer's public API (DESIGN.md §3): nodes opened from option
+ * The block layer's public API (design.md §3): nodes opened from option
  * trees, the coroutine I/O functions of the node API, backends (the handle a
  * tool or an export holds), image creation and information.
  *

@@ -1,5 +1,5 @@
 /*
- * Coroutines and coroutine locks (DESIGN.md §2). A coroutine runs in the
+ * Coroutines and coroutine locks (design.md §2). A coroutine runs in the
  * AioContext of the thread that entered it; it yields at I/O and is woken in
  * that context. Locks here never block a thread, only a coroutine.
  */

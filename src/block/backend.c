@@ -1,5 +1,5 @@
 /*
- * Backends (DESIGN.md §3): the handle a tool or an export holds on a root
+ * Backends (design.md §3): the handle a tool or an export holds on a root
  * node. Adds the error policy (rerror/werror with a paused state that holds
  * failed requests until resume), I/O statistics, write-through with group
  * commit, and the callback (aio) and synchronous entry points.

@@ -46,7 +46,7 @@ typedef struct VdBlockLimits {
 /* VdSnapshotInfo and VdCreateOption are public (vdisk/block.h). */
 
 /*
- * Fault-injection events (DESIGN.md §8, docs/filters.md). A format driver
+ * Fault-injection events (design.md §8, docs/filters.md). A format driver
  * calls vd_debug_event(node->file->node, VD_DBG_...) just before it writes
  * (or loads) metadata of that kind; a blkdebug node in the chain below then
  * applies its rules ("fail the next write after l2_update"). Names match

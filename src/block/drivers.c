@@ -1,5 +1,5 @@
 /*
- * The one table of drivers (DESIGN.md §3). A driver is added here by name;
+ * The one table of drivers (design.md §3). A driver is added here by name;
  * optional formats are compiled in by their meson option (config.h).
  */
 #include <errno.h>

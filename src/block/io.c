@@ -1,5 +1,5 @@
 /*
- * The request layer (DESIGN.md §3): every read, write, zero-write, discard,
+ * The request layer (design.md §3): every read, write, zero-write, discard,
  * flush and block-status call on a node passes here. It checks ranges and
  * permissions, waits while the node is drained, aligns requests to the
  * driver's request_alignment (bouncing and read-modify-write), serialises

@@ -1,5 +1,5 @@
 /*
- * The blkdebug filter (DESIGN.md §8, docs/filters.md): passes every request
+ * The blkdebug filter (design.md §8, docs/filters.md): passes every request
  * to its "image" child and fails the ones its rules select. Rules are armed
  * by named events (vd_debug_event, raised by format drivers just before a
  * metadata write, or by this node itself for each request it sees), so a

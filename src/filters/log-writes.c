@@ -1,5 +1,5 @@
 /*
- * The log-writes filter (DESIGN.md §8, docs/filters.md): passes every request
+ * The log-writes filter (design.md §8, docs/filters.md): passes every request
  * to its "file" child and records each write, write_zeroes, discard, truncate
  * and flush that completes, in completion order, with the data: in memory
  * (vd_log_writes_get_log) or, with log=PATH, appended to a side file that

@@ -1,5 +1,5 @@
 /*
- * Crash simulation (DESIGN.md §8, docs/filters.md): the write log that the
+ * Crash simulation (design.md §8, docs/filters.md): the write log that the
  * log-writes filter records, and replay of any prefix of it onto a copy of
  * the image as it was before, giving the states a crash could leave.
  */

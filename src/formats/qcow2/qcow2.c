@@ -1,8 +1,30 @@
 /*
  * The qcow2 format driver: probe, open with full header validation, close,
  * flush in dependency order, header updates, L1 growth, resize, info,
- * amend and the driver table. The design note is docs/qcow2.md; invariant
- * numbers in comments refer to it.
+ * amend and the driver table. The design note is docs/qcow2.md.
+ *
+ * On-disk invariants (design.md §4; comments and tests cite the numbers).
+ * At every instant a crash leaves an image that reads what the last
+ * completed flush acknowledged, with at worst leaked clusters:
+ *   1. data before reference: a new cluster (with its COW head and tail) is
+ *      stable before an L2 entry pointing at it (except fresh space past
+ *      the flushed end of file that would read zeros anyway);
+ *   2. refcount before reference; reference gone (and stable) before the
+ *      refcount drops and the cluster can be reused;
+ *   3. the lazy-refcounts dirty bit is stable before the first change
+ *      relying on it, cleared only after everything is written and flushed;
+ *   4. an image opened read-write with the dirty bit set is repaired first;
+ *   5. a new table is stable before the pointer to it, the old one freed
+ *      only after;
+ *   6. impossible pointers mark the image corrupt (v3: in the header);
+ *   7. OFLAG_COPIED exactly on refcount-1 clusters; only those are written
+ *      in place.
+ *
+ * Order of writes: guest data goes straight to the file; every table change
+ * goes to a cached table of the metadata write-back queue with its
+ * dependencies (L2 on the data written so far and on unstable refcount
+ * blocks; L1 entry on its new L2 table), and write-back goes by levels:
+ * refcount blocks, flush, L2 tables, flush, L1, flush (cache.c, meta-queue).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -235,7 +257,7 @@ int coroutine_fn qcow2_mark_dirty(Qcow2State *s)
 static int coroutine_fn qcow2_mark_clean(Qcow2State *s);
 
 /* Quiet period after which a lazily-refcounted image is marked clean again,
- * so that a crash rarely needs a full check (DESIGN.md §4, invariant 3). */
+ * so that a crash rarely needs a full check (design.md §4, invariant 3). */
 #define QCOW2_CLEAN_DELAY_NS (5LL * 1000 * 1000 * 1000)
 
 void qcow2_note_activity(Qcow2State *s)

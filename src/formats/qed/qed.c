@@ -3,6 +3,22 @@
  * close, header updates, the need-check flag and its idle timer, resize,
  * backing file changes, amend, info and the driver table. The design note
  * (invariants, write order, locks) is docs/qed.md.
+ *
+ * On-disk invariants (design.md §4's numbers; QED has no refcounts):
+ *   1. data before reference: clusters are appended at the end of the file,
+ *      so an L2 entry may land before its data only where zeros are what
+ *      the guest saw before; over backing data the L2 table depends on the
+ *      data written (COW head and tail included);
+ *   3. QED_F_NEED_CHECK is stable before the first table change relying on
+ *      it (every table depends on the header with the flag set), cleared
+ *      after a flush with no allocation in progress, by an idle timer;
+ *   4. an image opened read-write with the flag set is checked and
+ *      repaired first;
+ *   5. a new L2 table is stable before the L1 entry pointing at it.
+ *
+ * Order of writes: the header with the flag, then (where invariant 1 asks)
+ * the data flushed, then L2 tables, then L1, one flush per level, all by
+ * the metadata write-back queue (io.c makes the table changes).
  */
 #include <errno.h>
 #include <stdio.h>

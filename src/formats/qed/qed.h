@@ -116,7 +116,7 @@ typedef struct QedL2Table {
 #define QED_L2_HASH 256
 
 /* An allocating request in flight over guest clusters [start, end): requests
- * touching them wait and look their clusters up again (DESIGN.md §2). */
+ * touching them wait and look their clusters up again (design.md §2). */
 typedef struct QedAlloc {
     uint64_t start, end;        /* guest bytes, cluster aligned */
     uint64_t l1_index;

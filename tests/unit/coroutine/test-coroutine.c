@@ -548,7 +548,7 @@ static void test_run_sync(void **state)
 }
 
 /*
- * The callback-style pattern of DESIGN.md §2: start a coroutine, and deliver
+ * The callback-style pattern of design.md §2: start a coroutine, and deliver
  * the user's callback from a BH once it is done, never from inside it.
  */
 typedef struct CbRequest {

@@ -505,31 +505,21 @@ static void qcow2_free_state(Qcow2State *s)
     qcow2_free_snapshots(s);
 }
 
-static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
+/* Runtime options taken at open that the header decides about. */
+typedef struct Qcow2OpenOpts {
+    uint64_t l2_cache_bytes, rc_cache_bytes, cache_bytes, l2_entry_size;
+    VdMetaQueueOpts mq;
+    bool lazy_set, lazy, no_unref;
+} Qcow2OpenOpts;
+
+/* Take qcow2's runtime options (QEMU's names, and vdisk's write-back
+ * triggers); what needs the header is checked in qcow2_open_check_opts. */
+static int qcow2_open_take_opts(Qcow2State *s, VdOpts *options, int flags, Qcow2OpenOpts *o,
+                                VdError **errp)
 {
-    Qcow2State *s = node->opaque;
-    memset(s, 0, sizeof(*s));
-    s->node = node;
-    vd_co_mutex_init(&s->lock);
-
-    if (!node->file) {
-        VdChild *c = vd_open_child(node->filename[0] ? node->filename : NULL, options, "file",
-                                   node, VD_CHILD_FILE, false, errp);
-        if (!c) {
-            return -EINVAL;
-        }
-        if (!node->file) {
-            node->file = c;
-        }
-    }
-    s->file = node->file->node;
-    s->name = node->file->node->filename[0] ? node->file->node->filename : node->filename;
-
-    uint64_t l2_cache_bytes = 0, rc_cache_bytes = 0, cache_bytes = 0;
-    bool lazy_opt_set = false, lazy_opt = false;
-    if (vd_opts_take_size(options, "l2-cache-size", 0, &l2_cache_bytes, errp) < 0 ||
-        vd_opts_take_size(options, "refcount-cache-size", 0, &rc_cache_bytes, errp) < 0 ||
-        vd_opts_take_size(options, "cache-size", 0, &cache_bytes, errp) < 0) {
+    if (vd_opts_take_size(options, "l2-cache-size", 0, &o->l2_cache_bytes, errp) < 0 ||
+        vd_opts_take_size(options, "refcount-cache-size", 0, &o->rc_cache_bytes, errp) < 0 ||
+        vd_opts_take_size(options, "cache-size", 0, &o->cache_bytes, errp) < 0) {
         return -EINVAL;
     }
     /* vdisk's own: metadata write-back triggers besides a guest flush
@@ -547,29 +537,27 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
                       "3600000 and metadata-writeback-tables at most 1000000", s->name);
         return -EINVAL;
     }
-    VdMetaQueueOpts mq_opts = {
+    o->mq = (VdMetaQueueOpts) {
         .max_age_ns = wb_age_ms ? (int64_t)wb_age_ms * 1000000LL : -1,
         .max_dirty = wb_tables ? (int)wb_tables : -1,
     };
     if (vd_opts_lookup(options, "lazy-refcounts")) {
-        lazy_opt_set = true;
-        if (vd_opts_take_bool(options, "lazy-refcounts", false, &lazy_opt, errp) < 0) {
+        o->lazy_set = true;
+        if (vd_opts_take_bool(options, "lazy-refcounts", false, &o->lazy, errp) < 0) {
             return -EINVAL;
         }
     }
-    /* QEMU's runtime options; values that depend on the header are checked
-     * after it is read */
-    bool pd_request = false, pd_snapshot = true, pd_other = false, no_unref = false;
-    uint64_t clean_interval = QCOW2_DEFAULT_CACHE_CLEAN_INTERVAL, l2_entry_size = 0;
+    bool pd_request = false, pd_snapshot = true, pd_other = false;
+    uint64_t clean_interval = QCOW2_DEFAULT_CACHE_CLEAN_INTERVAL;
     char *overlap = NULL;
     if (vd_opts_take_bool(options, "pass-discard-request", (flags & VD_O_UNMAP) != 0,
                           &pd_request, errp) < 0 ||
         vd_opts_take_bool(options, "pass-discard-snapshot", true, &pd_snapshot, errp) < 0 ||
         vd_opts_take_bool(options, "pass-discard-other", false, &pd_other, errp) < 0 ||
-        vd_opts_take_bool(options, "discard-no-unref", false, &no_unref, errp) < 0 ||
+        vd_opts_take_bool(options, "discard-no-unref", false, &o->no_unref, errp) < 0 ||
         vd_opts_take_uint(options, "cache-clean-interval", clean_interval, &clean_interval,
                           errp) < 0 ||
-        vd_opts_take_size(options, "l2-cache-entry-size", 0, &l2_entry_size, errp) < 0 ||
+        vd_opts_take_size(options, "l2-cache-entry-size", 0, &o->l2_entry_size, errp) < 0 ||
         vd_opts_take_str(options, "overlap-check", "cached", &overlap, errp) < 0) {
         free(overlap);
         return -EINVAL;
@@ -594,18 +582,19 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
                       "'overlap-check'. Allowed are any of the following: none, constant, "
                       "cached, all", s->name, overlap);
     }
+    free(overlap);
     if (ol < 0) {
-        free(overlap);
         return -EINVAL;
     }
-    free(overlap);
     s->overlap_checks = ol;
+    return 0;
+}
 
-    int64_t file_size = vd_node_getlength(s->file);
-    if (file_size < 0) {
-        vd_error_setg_errno(errp, (int)-file_size, "%s: cannot get the file size", s->name);
-        return (int)file_size;
-    }
+/* Read and validate the header cluster: s->header, the geometry derived
+ * from it, header extensions and the backing file name. */
+static int coroutine_fn qcow2_open_header(Qcow2State *s, VdNode *node, int64_t file_size,
+                                          const Qcow2OpenOpts *o, VdError **errp)
+{
     uint8_t first[4096];
     memset(first, 0, sizeof(first));
     size_t flen = (size_t)VD_MIN(file_size, (int64_t)sizeof(first));
@@ -617,7 +606,6 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
     Qcow2Header *h = &s->header;
     /* decode with the real length of the header cluster (it may exceed 4k) */
     ret = qcow2_header_decode(first, flen, s->name, file_size, h, errp);
-    uint8_t *hdr = NULL;
     if (ret < 0) {
         /* a header_length beyond 4k needs the whole cluster: retry with it */
         if (flen == sizeof(first) && qcow2_be32(first) == QCOW2_MAGIC &&
@@ -629,21 +617,20 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
             return ret;
         }
     }
-    uint32_t cbits = qcow2_be32(first + 20);
-    uint64_t cs = 1ULL << cbits;
+    uint64_t cs = 1ULL << qcow2_be32(first + 20);
     size_t hcl = (size_t)VD_MIN((uint64_t)file_size, cs);
-    hdr = calloc(1, cs);
+    uint8_t *hdr = calloc(1, cs);
     if (!hdr) {
         return -ENOMEM;
     }
     ret = vd_co_pread(s->file, 0, (int64_t)hcl, hdr, 0);
     if (ret < 0) {
         vd_error_setg_errno(errp, -ret, "%s: cannot read the header cluster", s->name);
-        goto fail;
+        goto out;
     }
     ret = qcow2_header_decode(hdr, hcl, s->name, file_size, h, errp);
     if (ret < 0) {
-        goto fail;
+        goto out;
     }
     s->version = (int)h->version;
     s->cluster_bits = (int)h->cluster_bits;
@@ -656,14 +643,14 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
                                              : (1ULL << (1 << s->refcount_order)) - 1;
     s->compression_type = h->compression_type;
     s->lazy_refcounts = (h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
-    if (lazy_opt_set) {
-        if (lazy_opt && s->version < 3) {
+    if (o->lazy_set) {
+        if (o->lazy && s->version < 3) {
             vd_error_setg(errp, EINVAL, "%s: lazy refcounts require a qcow2 image with at "
                           "least qemu 1.1 compatibility level", s->name);
             ret = -EINVAL;
-            goto fail;
+            goto out;
         }
-        s->lazy_refcounts = lazy_opt;
+        s->lazy_refcounts = o->lazy;
     }
 
     /* header extensions and backing file name */
@@ -672,7 +659,7 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
     ret = qcow2_parse_extensions(hdr, h->header_length, VD_MAX(ext_end, h->header_length),
                                  s->name, &ext, errp);
     if (ret < 0) {
-        goto fail;
+        goto out;
     }
     s->unknown_ext = ext.unknown;
     s->unknown_ext_len = ext.unknown_len;
@@ -680,205 +667,256 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
         vd_error_setg(errp, ENOTSUP, "%s: %s is not supported", s->name,
                       ext.have_data_file ? "an external data file" : "encryption");
         ret = -ENOTSUP;
-        goto fail;
+        goto out;
     }
+    node->backing_file[0] = 0;
+    node->backing_format[0] = 0;
     if (h->backing_file_offset) {
         if (h->backing_file_offset + h->backing_file_size > hcl) {
             vd_error_setg(errp, EINVAL, "%s: backing file name is beyond the end of the file",
                           s->name);
             ret = -EINVAL;
-            goto fail;
+            goto out;
         }
         memcpy(node->backing_file, hdr + h->backing_file_offset, h->backing_file_size);
         node->backing_file[h->backing_file_size] = 0;
         if (strlen(node->backing_file) != h->backing_file_size) {
             vd_error_setg(errp, EINVAL, "%s: backing file name contains a NUL byte", s->name);
             ret = -EINVAL;
-            goto fail;
+            goto out;
         }
         snprintf(node->backing_format, sizeof(node->backing_format), "%s", ext.backing_format);
-    } else {
-        node->backing_file[0] = 0;
-        node->backing_format[0] = 0;
     }
+    ret = 0;
+out:
     free(hdr);
-    hdr = NULL;
+    return ret;
+}
 
-    if ((h->incompatible_features & QCOW2_INCOMPAT_CORRUPT) && !node->read_only &&
-        !(flags & VD_O_CHECK)) {
-        vd_error_setg(errp, EACCES, "%s: image is corrupt; cannot be opened read/write",
-                      s->name);
-        ret = -EACCES;
-        goto fail;
+/* Read count big-endian 64-bit entries at offset into a new host-order
+ * table *out (at least one entry allocated). what names it in errors. */
+static int coroutine_fn qcow2_load_be64_table(Qcow2State *s, uint64_t offset, uint64_t count,
+                                              uint64_t **out, const char *what, VdError **errp)
+{
+    uint64_t *t = calloc(VD_MAX(count, 1), 8);
+    uint8_t *b = count ? malloc(count * 8) : NULL;
+    if (!t || (count && !b)) {
+        free(t);
+        free(b);
+        return -ENOMEM;
     }
+    if (count) {
+        int ret = vd_co_pread(s->file, (int64_t)offset, (int64_t)(count * 8), b, 0);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: cannot read the %s", s->name, what);
+            free(t);
+            free(b);
+            return ret;
+        }
+        for (uint64_t i = 0; i < count; i++) {
+            t[i] = qcow2_be64(b + i * 8);
+        }
+    }
+    free(b);
+    *out = t;
+    return 0;
+}
 
-    /* L1 table */
+/* The L1 table and the refcount table, the latter's entries validated. */
+static int coroutine_fn qcow2_open_tables(Qcow2State *s, VdError **errp)
+{
+    const Qcow2Header *h = &s->header;
     s->l1_size = h->l1_size;
     s->l1_table_offset = h->l1_table_offset;
-    s->l1_table = calloc(VD_MAX(s->l1_size, 1), 8);
-    if (!s->l1_table) {
-        ret = -ENOMEM;
-        goto fail;
+    int ret = qcow2_load_be64_table(s, s->l1_table_offset, s->l1_size, &s->l1_table,
+                                    "L1 table", errp);
+    if (ret < 0) {
+        return ret;
     }
-    if (s->l1_size) {
-        uint8_t *b = malloc((size_t)s->l1_size * 8);
-        if (!b) {
-            ret = -ENOMEM;
-            goto fail;
-        }
-        ret = vd_co_pread(s->file, (int64_t)s->l1_table_offset, (int64_t)s->l1_size * 8, b, 0);
-        if (ret < 0) {
-            free(b);
-            vd_error_setg_errno(errp, -ret, "%s: cannot read the L1 table", s->name);
-            goto fail;
-        }
-        for (uint32_t i = 0; i < s->l1_size; i++) {
-            s->l1_table[i] = qcow2_be64(b + (size_t)i * 8);
-        }
-        free(b);
-    }
-
-    /* refcount table */
     s->refcount_table_offset = h->refcount_table_offset;
-    s->refcount_table_size = (uint64_t)h->refcount_table_clusters * cs / 8;
-    s->refcount_table = calloc(s->refcount_table_size, 8);
-    if (!s->refcount_table) {
-        ret = -ENOMEM;
-        goto fail;
+    s->refcount_table_size = (uint64_t)h->refcount_table_clusters * s->cluster_size / 8;
+    ret = qcow2_load_be64_table(s, s->refcount_table_offset, s->refcount_table_size,
+                                &s->refcount_table, "refcount table", errp);
+    if (ret < 0) {
+        return ret;
     }
-    {
-        uint8_t *b = malloc(s->refcount_table_size * 8);
-        if (!b) {
-            ret = -ENOMEM;
-            goto fail;
+    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        if (s->refcount_table[i]) {
+            s->refcount_table_used = i + 1;
         }
-        ret = vd_co_pread(s->file, (int64_t)s->refcount_table_offset,
-                          (int64_t)s->refcount_table_size * 8, b, 0);
-        if (ret < 0) {
-            free(b);
-            vd_error_setg_errno(errp, -ret, "%s: cannot read the refcount table", s->name);
-            goto fail;
+        if (s->refcount_table[i] & (s->cluster_size - 1)) {
+            vd_error_setg(errp, EINVAL, "%s: refcount block offset 0x%llx (refcount table "
+                          "entry %llu) is not cluster-aligned", s->name,
+                          (unsigned long long)s->refcount_table[i], (unsigned long long)i);
+            return -EINVAL;
         }
-        for (uint64_t i = 0; i < s->refcount_table_size; i++) {
-            s->refcount_table[i] = qcow2_be64(b + i * 8);
-            if (s->refcount_table[i]) {
-                s->refcount_table_used = i + 1;
-            }
-            if (s->refcount_table[i] & (cs - 1)) {
-                free(b);
-                vd_error_setg(errp, EINVAL, "%s: refcount block offset 0x%llx (refcount table "
-                              "entry %llu) is not cluster-aligned", s->name,
-                              (unsigned long long)s->refcount_table[i], (unsigned long long)i);
-                ret = -EINVAL;
-                goto fail;
-            }
-        }
-        free(b);
     }
+    return 0;
+}
 
-    if (l2_entry_size && (l2_entry_size < 512 || l2_entry_size > cs ||
-                          (l2_entry_size & (l2_entry_size - 1)))) {
+/* Options whose validity depends on the header, then the write-back queue
+ * and the table caches (by default enough L2 tables to map the whole disk,
+ * up to 32 MiB). */
+static int qcow2_open_caches(Qcow2State *s, VdNode *node, Qcow2OpenOpts *o, VdError **errp)
+{
+    uint64_t cs = s->cluster_size;
+    if (o->l2_entry_size && (o->l2_entry_size < 512 || o->l2_entry_size > cs ||
+                             (o->l2_entry_size & (o->l2_entry_size - 1)))) {
         vd_error_setg(errp, EINVAL, "%s: l2-cache-entry-size=%llu: L2 cache entry size must "
                       "be a power of two between 512 and the cluster size (%llu)", s->name,
-                      (unsigned long long)l2_entry_size, (unsigned long long)cs);
-        ret = -EINVAL;
-        goto fail;
+                      (unsigned long long)o->l2_entry_size, (unsigned long long)cs);
+        return -EINVAL;
     }
-    if (l2_entry_size && l2_entry_size != cs) {
+    if (o->l2_entry_size && o->l2_entry_size != cs) {
         vd_error_setg(errp, ENOTSUP, "%s: l2-cache-entry-size=%llu is not supported: L2 cache "
                       "entries are whole clusters (%llu bytes)", s->name,
-                      (unsigned long long)l2_entry_size, (unsigned long long)cs);
-        ret = -ENOTSUP;
-        goto fail;
+                      (unsigned long long)o->l2_entry_size, (unsigned long long)cs);
+        return -ENOTSUP;
     }
-    if (no_unref && s->version < 3) {
+    if (o->no_unref && s->version < 3) {
         vd_error_setg(errp, EINVAL, "%s: discard-no-unref=on: discard-no-unref is only "
                       "supported since qcow2 version 3", s->name);
-        ret = -EINVAL;
-        goto fail;
+        return -EINVAL;
     }
-    s->discard_no_unref = no_unref;
+    s->discard_no_unref = o->no_unref;
 
-    /* caches: by default enough L2 tables to map the whole disk, up to 32 MiB */
-    if (cache_bytes && !l2_cache_bytes) {
-        l2_cache_bytes = cache_bytes - VD_MIN(cache_bytes, rc_cache_bytes);
+    uint64_t l2_cache_bytes = o->l2_cache_bytes;
+    if (o->cache_bytes && !l2_cache_bytes) {
+        l2_cache_bytes = o->cache_bytes - VD_MIN(o->cache_bytes, o->rc_cache_bytes);
     }
     if (!l2_cache_bytes) {
-        uint64_t need = qcow2_l1_entries_for(h->size, s->cluster_bits) * cs;
+        uint64_t need = qcow2_l1_entries_for(s->header.size, s->cluster_bits) * cs;
         l2_cache_bytes = VD_MIN(need, (uint64_t)32 * VD_MiB);
     }
-    uint64_t l2_tables = VD_MAX(l2_cache_bytes / cs, 4);
-    if (l2_tables > 65536) {
-        l2_tables = 65536;
-    }
-    uint64_t rc_tables = rc_cache_bytes ? rc_cache_bytes / cs : VD_MAX(l2_tables / 4, 4);
+    uint64_t l2_tables = VD_MIN(VD_MAX(l2_cache_bytes / cs, 4), 65536);
+    uint64_t rc_tables = o->rc_cache_bytes ? o->rc_cache_bytes / cs : VD_MAX(l2_tables / 4, 4);
     rc_tables = VD_MIN(VD_MAX(rc_tables, 4), 16384);
     static const VdMetaQueueOps mq_ops = { .pre_write = qcow2_mq_pre_write };
-    s->mq = vd_mq_new(node, s->file, &mq_ops, s, &mq_opts);
+    s->mq = vd_mq_new(node, s->file, &mq_ops, s, &o->mq);
     if (s->mq) {
         s->l2_cache = qcow2_cache_new(s, (int)l2_tables, cs, true);
         s->refcount_cache = qcow2_cache_new(s, (int)rc_tables, cs, false);
     }
     if (!s->mq || !s->l2_cache || !s->refcount_cache) {
         vd_error_setg(errp, ENOMEM, "%s: cannot allocate the table caches", s->name);
-        ret = -ENOMEM;
-        goto fail;
+        return -ENOMEM;
     }
     if (qcow2_l1_shadow_init(s) < 0) {
         vd_error_setg(errp, ENOMEM, "%s: cannot allocate the L1 table copy", s->name);
-        ret = -ENOMEM;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* A writable open clears the autoclear bits we do not maintain, records a
+ * changed lazy-refcounts setting, and repairs a dirty image (invariant 4). */
+static int coroutine_fn qcow2_open_writable(Qcow2State *s, const Qcow2OpenOpts *o,
+                                            VdError **errp)
+{
+    Qcow2Header *h = &s->header;
+    bool rewrite = false;
+    int ret = 0;
+    if (h->autoclear_features) {
+        h->autoclear_features = 0;
+        rewrite = true;
+    }
+    if (o->lazy_set &&
+        s->lazy_refcounts != ((h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0)) {
+        rewrite = true;
+    }
+    if (s->dirty_bit_set) {
+        VdCheckResult res;
+        memset(&res, 0, sizeof(res));
+        vd_co_mutex_lock(&s->lock);
+        ret = qcow2_co_check_impl(s, &res, VD_FIX_LEAKS | VD_FIX_ERRORS);
+        if (ret == 0 && !s->lazy_refcounts) {
+            ret = qcow2_mark_clean(s);
+        }
+        vd_co_mutex_unlock(&s->lock);
+        if (ret < 0 || res.corruptions > res.corruptions_fixed) {
+            vd_error_setg(errp, ret < 0 ? -ret : EIO, "%s: could not repair the dirty "
+                          "image (%d corruptions left)", s->name,
+                          res.corruptions - res.corruptions_fixed);
+            return ret < 0 ? ret : -EIO;
+        }
+    }
+    if (rewrite) {
+        vd_co_mutex_lock(&s->lock);
+        ret = qcow2_update_header(s);
+        if (ret == 0) {
+            ret = qcow2_flush_file_now(s);
+        }
+        vd_co_mutex_unlock(&s->lock);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: cannot update the header", s->name);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
+{
+    Qcow2State *s = node->opaque;
+    Qcow2OpenOpts o = { 0 };
+    memset(s, 0, sizeof(*s));
+    s->node = node;
+    vd_co_mutex_init(&s->lock);
+
+    if (!node->file) {
+        VdChild *c = vd_open_child(node->filename[0] ? node->filename : NULL, options, "file",
+                                   node, VD_CHILD_FILE, false, errp);
+        if (!c) {
+            return -EINVAL;
+        }
+        if (!node->file) {
+            node->file = c;
+        }
+    }
+    s->file = node->file->node;
+    s->name = node->file->node->filename[0] ? node->file->node->filename : node->filename;
+
+    int ret = qcow2_open_take_opts(s, options, flags, &o, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    int64_t file_size = vd_node_getlength(s->file);
+    if (file_size < 0) {
+        vd_error_setg_errno(errp, (int)-file_size, "%s: cannot get the file size", s->name);
+        return (int)file_size;
+    }
+    ret = qcow2_open_header(s, node, file_size, &o, errp);
+    if (ret < 0) {
         goto fail;
     }
-
+    if ((s->header.incompatible_features & QCOW2_INCOMPAT_CORRUPT) && !node->read_only &&
+        !(flags & VD_O_CHECK)) {
+        vd_error_setg(errp, EACCES, "%s: image is corrupt; cannot be opened read/write",
+                      s->name);
+        ret = -EACCES;
+        goto fail;
+    }
+    ret = qcow2_open_tables(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = qcow2_open_caches(s, node, &o, errp);
+    if (ret < 0) {
+        goto fail;
+    }
     ret = qcow2_read_snapshots(s, errp);
     if (ret < 0) {
         goto fail;
     }
 
-    s->alloc_end_cluster = ((uint64_t)file_size + cs - 1) >> s->cluster_bits;
+    s->alloc_end_cluster = ((uint64_t)file_size + s->cluster_size - 1) >> s->cluster_bits;
     s->zero_frontier = (uint64_t)file_size;
     s->free_cluster_index = 0;
-    s->dirty_bit_set = (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
-
-    /* writable: clear autoclear bits we do not maintain; repair a dirty image */
+    s->dirty_bit_set = (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
     if (!node->read_only && !(flags & VD_O_CHECK)) {
-        bool rewrite = false;
-        if (h->autoclear_features) {
-            h->autoclear_features = 0;
-            rewrite = true;
-        }
-        if (lazy_opt_set && s->lazy_refcounts !=
-                                ((h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0)) {
-            rewrite = true;
-        }
-        if (s->dirty_bit_set) {
-            VdCheckResult res;
-            memset(&res, 0, sizeof(res));
-            vd_co_mutex_lock(&s->lock);
-            ret = qcow2_co_check_impl(s, &res, VD_FIX_LEAKS | VD_FIX_ERRORS);
-            if (ret == 0 && !s->lazy_refcounts) {
-                ret = qcow2_mark_clean(s);
-            }
-            vd_co_mutex_unlock(&s->lock);
-            if (ret < 0 || res.corruptions > res.corruptions_fixed) {
-                vd_error_setg(errp, ret < 0 ? -ret : EIO, "%s: could not repair the dirty "
-                              "image (%d corruptions left)", s->name,
-                              res.corruptions - res.corruptions_fixed);
-                ret = ret < 0 ? ret : -EIO;
-                goto fail;
-            }
-        }
-        if (rewrite) {
-            vd_co_mutex_lock(&s->lock);
-            ret = qcow2_update_header(s);
-            if (ret == 0) {
-                ret = qcow2_flush_file_now(s);
-            }
-            vd_co_mutex_unlock(&s->lock);
-            if (ret < 0) {
-                vd_error_setg_errno(errp, -ret, "%s: cannot update the header", s->name);
-                goto fail;
-            }
+        ret = qcow2_open_writable(s, &o, errp);
+        if (ret < 0) {
+            goto fail;
         }
     }
 
@@ -891,7 +929,6 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
     return 0;
 
 fail:
-    free(hdr);
     qcow2_free_state(s);
     return ret < 0 ? ret : -EINVAL;
 }

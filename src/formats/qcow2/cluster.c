@@ -475,188 +475,229 @@ static inline bool entry_is_copied_normal(Qcow2State *s, uint64_t e)
            (e & QCOW2_OFLAG_COPIED);
 }
 
+/* A write's step within one L2 table: cur bytes from the guest offset,
+ * clusters from cstart, nb of them touched, entry e0 of the first. */
+typedef struct WriteStep {
+    uint64_t cur, oic, cstart, nb, l1i, l2i, e0;
+    VdIOVector *qiov;
+    size_t qoff;
+} WriteStep;
+
+/* Write into clusters already allocated with refcount 1: no metadata change,
+ * no lock across the I/O. Called with s->lock held and l2 got; releases
+ * both. Returns the bytes written or -errno. */
+static int64_t coroutine_fn write_in_place(Qcow2State *s, const WriteStep *w, uint64_t *l2)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t k = 1;
+    while (k < w->nb) {
+        uint64_t e = l2_get(l2, w->l2i + k);
+        if (!entry_is_copied_normal(s, e) ||
+            (e & QCOW2_L2E_OFFSET_MASK) != (w->e0 & QCOW2_L2E_OFFSET_MASK) + k * cs) {
+            break;
+        }
+        k++;
+    }
+    qcow2_cache_put(s->l2_cache, (void **)&l2);
+    s->data_io_in_flight++;
+    uint64_t n = VD_MIN(w->cur, k * cs - w->oic);
+    uint64_t host = (w->e0 & QCOW2_L2E_OFFSET_MASK) + w->oic;
+    qcow2_note_write(s, host, n);
+    vd_co_mutex_unlock(&s->lock);
+    int ret = vd_co_pwritev(s->file, (int64_t)host, (int64_t)n, w->qiov, w->qoff, 0);
+    s->data_io_in_flight--;
+    return ret < 0 ? ret : (int64_t)n;
+}
+
+/* The guest data of a new allocation at host and its copy-on-write head
+ * and tail, read from the old entries e0 and e_last, in one write (the
+ * fill is skipped where fresh space reads as zeros anyway). No lock. */
+static int coroutine_fn write_data_with_cow(Qcow2State *s, const WriteStep *w, uint64_t host,
+                                            uint64_t k, uint64_t n, uint64_t e_last,
+                                            bool skip_head, bool skip_tail)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t head = skip_head ? 0 : w->oic;
+    uint64_t tail = skip_tail ? 0 : k * cs - w->oic - n;
+    uint64_t wstart = host + (w->oic - head);
+    uint8_t *hbuf = NULL, *tbuf = NULL;
+    VdIOVector wq;
+    int ret = 0;
+
+    qcow2_note_write(s, wstart, head + n + tail);
+    vd_iov_init(&wq, 4);
+    if (head) {
+        hbuf = qcow2_buf_alloc(head);
+        ret = hbuf ? cow_read(s, w->e0, w->cstart, 0, head, hbuf) : -ENOMEM;
+        if (ret == 0) {
+            vd_iov_add(&wq, hbuf, head);
+        }
+    }
+    if (ret == 0) {
+        vd_iov_concat_slice(&wq, w->qiov, w->qoff, n);
+    }
+    if (ret == 0 && tail) {
+        tbuf = qcow2_buf_alloc(tail);
+        uint64_t last_cluster = w->cstart + (k - 1) * cs;
+        ret = tbuf ? cow_read(s, e_last, last_cluster, cs - tail, tail, tbuf) : -ENOMEM;
+        if (ret == 0) {
+            vd_iov_add(&wq, tbuf, tail);
+        }
+    }
+    if (ret == 0) {
+        if (head || tail) {
+            vd_debug_event(s->file, VD_DBG_COW_WRITE);
+        }
+        ret = vd_co_pwritev(s->file, (int64_t)wstart, (int64_t)(head + n + tail), &wq, 0, 0);
+    }
+    vd_iov_destroy(&wq);
+    free(hbuf);
+    free(tbuf);
+    return ret;
+}
+
+/* Point k L2 entries at the new clusters from host and free what the old
+ * entries held. s->lock held. */
+static int coroutine_fn link_new_clusters(Qcow2State *s, const WriteStep *w, uint64_t host,
+                                          uint64_t k, bool fresh, bool reuse)
+{
+    uint64_t *l2;
+    int ret = qcow2_get_l2_for_write(s, w->l1i, &l2);
+    if (ret < 0) {
+        return ret;
+    }
+    /* Invariant 1's exception: clusters that were zeros and are fresh (never
+     * written, read as zeros) show zeros - their old contents - if the entry
+     * lands before the data: then the entry need not wait for a flush of the
+     * data. */
+    bool need_data = !fresh || reuse;
+    for (uint64_t i = 0; i < k; i++) {
+        uint64_t old = l2_get(l2, w->l2i + i);
+        if (!cow_source_is_zero(s, old)) {
+            need_data = true;
+        }
+        l2_set(l2, w->l2i + i, (host + i * s->cluster_size) | QCOW2_OFLAG_COPIED);
+        if (!reuse) {
+            free_entry_storage(s, old);
+        }
+    }
+    qcow2_cache_mark_dirty_l2(s->l2_cache, l2, need_data);
+    qcow2_cache_put(s->l2_cache, (void **)&l2);
+    qcow2_note_activity(s);
+    return 0;
+}
+
+/* Allocating write over the clusters from w->cstart that are not writable
+ * in place: allocate (or reuse a zero cluster's own storage), write data
+ * and COW fill, link. Called with s->lock held and l2 got; returns with the
+ * lock released: the bytes written or -errno. */
+static int64_t coroutine_fn write_allocating(Qcow2State *s, const WriteStep *w, uint64_t *l2)
+{
+    uint64_t cs = s->cluster_size;
+    /* a zero cluster that kept its own storage (refcount 1, e.g. after
+     * discard-no-unref) is written again in place of a new one */
+    bool reuse = qcow2_l2_entry_type(w->e0, s->version) == QCOW2_CLUSTER_ZERO_ALLOC &&
+                 (w->e0 & QCOW2_OFLAG_COPIED);
+    uint64_t k = 1;
+    while (!reuse && k < w->nb && !entry_is_copied_normal(s, l2_get(l2, w->l2i + k))) {
+        k++;
+    }
+    uint64_t e_last = l2_get(l2, w->l2i + k - 1);
+    qcow2_cache_put(s->l2_cache, (void **)&l2);
+    uint64_t n = VD_MIN(w->cur, k * cs - w->oic);
+    uint64_t e0_host = w->e0 & QCOW2_L2E_OFFSET_MASK;
+    if (reuse && (e0_host < cs || e0_host >= qcow2_host_end(s))) {
+        qcow2_signal_corruption(s, "zero cluster at guest offset 0x%llx keeps host offset "
+                                "0x%llx, outside the file", (unsigned long long)w->cstart,
+                                (unsigned long long)e0_host);
+        vd_co_mutex_unlock(&s->lock);
+        return -EIO;
+    }
+    int64_t host = reuse ? (int64_t)e0_host : qcow2_alloc_clusters(s, k);
+    if (host < 0) {
+        vd_co_mutex_unlock(&s->lock);
+        return host;
+    }
+    if (qcow2_check_overlap(s, 0, (uint64_t)host, k * cs)) {
+        qcow2_signal_corruption(s, "newly allocated cluster 0x%llx overlaps metadata",
+                                (unsigned long long)host);
+        vd_co_mutex_unlock(&s->lock);
+        return -EIO;
+    }
+    /* Space past the end of the file reads as zeros: when the COW source
+     * is zeros too, the fill need not be written (invariant 1's exception). */
+    bool fresh = (uint64_t)host >= s->zero_frontier;
+    qcow2_prealloc_file(s, (uint64_t)host + k * cs);
+    bool skip_head = fresh && cow_source_is_zero(s, w->e0);
+    bool skip_tail = fresh && cow_source_is_zero(s, e_last);
+    Qcow2Alloc alloc;
+    alloc_register(s, &alloc, w->cstart, w->cstart + k * cs);
+    vd_co_mutex_unlock(&s->lock);
+
+    int ret = write_data_with_cow(s, w, (uint64_t)host, k, n, e_last, skip_head, skip_tail);
+
+    vd_co_mutex_lock(&s->lock);
+    if (ret == 0) {
+        ret = link_new_clusters(s, w, (uint64_t)host, k, fresh, reuse);
+    }
+    if (ret < 0 && !reuse) {
+        /* nothing references the new clusters: give them back */
+        qcow2_update_refcount(s, (uint64_t)host, k * cs, -1);
+    }
+    alloc_unregister(s, &alloc);
+    vd_co_mutex_unlock(&s->lock);
+    return ret < 0 ? ret : (int64_t)n;
+}
+
 int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                        VdIOVector *qiov, size_t qoff)
 {
     int cb = s->cluster_bits;
     uint64_t cs = s->cluster_size;
-    int ret = 0;
 
     while (bytes > 0) {
         vd_co_mutex_lock(&s->lock);
     again:;
-        uint64_t l1i = qcow2_l1_index(offset, cb);
-        uint64_t l2i = qcow2_l2_index(offset, cb);
-        uint64_t oic = qcow2_offset_in_cluster(offset, cb);
-        uint64_t cur = VD_MIN(bytes, (s->l2_entries - l2i) * cs - oic);
-        uint64_t cstart = offset - oic;
-        uint64_t cend = VD_ALIGN_UP(offset + cur, cs);
-        if (wait_for_allocs(s, cstart, &cend)) {
+        WriteStep w = { .qiov = qiov, .qoff = qoff };
+        w.l1i = qcow2_l1_index(offset, cb);
+        w.l2i = qcow2_l2_index(offset, cb);
+        w.oic = qcow2_offset_in_cluster(offset, cb);
+        w.cur = VD_MIN(bytes, (s->l2_entries - w.l2i) * cs - w.oic);
+        w.cstart = offset - w.oic;
+        uint64_t cend = VD_ALIGN_UP(offset + w.cur, cs);
+        /* a request that waited for another's allocation looks up again */
+        if (wait_for_allocs(s, w.cstart, &cend)) {
             goto again;
         }
-        if (offset + cur > cend) {
-            cur = cend - offset;
+        if (offset + w.cur > cend) {
+            w.cur = cend - offset;
         }
         if (s->corrupt) {
             vd_co_mutex_unlock(&s->lock);
             return -EIO;
         }
         uint64_t *l2;
-        ret = cluster_l2_for_update(s, l1i, &l2);
+        int ret = cluster_l2_for_update(s, w.l1i, &l2);
         if (ret < 0) {
             vd_co_mutex_unlock(&s->lock);
             return ret;
         }
-        uint64_t nb = (oic + cur + cs - 1) >> cb;
-        uint64_t e0 = l2_get(l2, l2i);
-        ret = check_entry(s, e0, qcow2_l2_entry_type(e0, s->version), offset);
+        w.nb = (w.oic + w.cur + cs - 1) >> cb;
+        w.e0 = l2_get(l2, w.l2i);
+        ret = check_entry(s, w.e0, qcow2_l2_entry_type(w.e0, s->version), offset);
         if (ret < 0) {
             qcow2_cache_put(s->l2_cache, (void **)&l2);
             vd_co_mutex_unlock(&s->lock);
             return ret;
         }
-        if (entry_is_copied_normal(s, e0)) {
-            /* in place: no metadata change */
-            uint64_t k = 1;
-            while (k < nb) {
-                uint64_t e = l2_get(l2, l2i + k);
-                if (!entry_is_copied_normal(s, e) ||
-                    (e & QCOW2_L2E_OFFSET_MASK) != (e0 & QCOW2_L2E_OFFSET_MASK) + k * cs) {
-                    break;
-                }
-                k++;
-            }
-            qcow2_cache_put(s->l2_cache, (void **)&l2);
-            s->data_io_in_flight++;
-            uint64_t n = VD_MIN(cur, k * cs - oic);
-            qcow2_note_write(s, (e0 & QCOW2_L2E_OFFSET_MASK) + oic, n);
-            vd_co_mutex_unlock(&s->lock);
-            ret = vd_co_pwritev(s->file, (int64_t)((e0 & QCOW2_L2E_OFFSET_MASK) + oic),
-                                (int64_t)n, qiov, qoff, 0);
-            s->data_io_in_flight--;
-            if (ret < 0) {
-                return ret;
-            }
-            offset += n;
-            bytes -= n;
-            qoff += n;
-            continue;
+        int64_t n = entry_is_copied_normal(s, w.e0) ? write_in_place(s, &w, l2)
+                                                    : write_allocating(s, &w, l2);
+        if (n < 0) {
+            return (int)n;
         }
-
-        /* allocating write over k clusters that are not in-place writable;
-         * a zero cluster that kept its own storage (refcount 1, e.g. after
-         * discard-no-unref) is written again in place of a new one */
-        bool reuse = qcow2_l2_entry_type(e0, s->version) == QCOW2_CLUSTER_ZERO_ALLOC &&
-                     (e0 & QCOW2_OFLAG_COPIED);
-        uint64_t k = 1;
-        while (!reuse && k < nb && !entry_is_copied_normal(s, l2_get(l2, l2i + k))) {
-            k++;
-        }
-        uint64_t e_last = l2_get(l2, l2i + k - 1);
-        qcow2_cache_put(s->l2_cache, (void **)&l2);
-        uint64_t n = VD_MIN(cur, k * cs - oic);
-        if (reuse && ((e0 & QCOW2_L2E_OFFSET_MASK) < cs ||
-                      (e0 & QCOW2_L2E_OFFSET_MASK) >= qcow2_host_end(s))) {
-            qcow2_signal_corruption(s, "zero cluster at guest offset 0x%llx keeps host offset "
-                                    "0x%llx, outside the file", (unsigned long long)cstart,
-                                    (unsigned long long)(e0 & QCOW2_L2E_OFFSET_MASK));
-            vd_co_mutex_unlock(&s->lock);
-            return -EIO;
-        }
-        int64_t host = reuse ? (int64_t)(e0 & QCOW2_L2E_OFFSET_MASK) : qcow2_alloc_clusters(s, k);
-        if (host < 0) {
-            vd_co_mutex_unlock(&s->lock);
-            return (int)host;
-        }
-        if (qcow2_check_overlap(s, 0, (uint64_t)host, k * cs)) {
-            qcow2_signal_corruption(s, "newly allocated cluster 0x%llx overlaps metadata",
-                                    (unsigned long long)host);
-            vd_co_mutex_unlock(&s->lock);
-            return -EIO;
-        }
-        /* Space past the end of the file reads as zeros: when the COW source
-         * is zeros too, the fill need not be written (invariant 1's exception). */
-        bool fresh = (uint64_t)host >= s->zero_frontier;
-        qcow2_prealloc_file(s, (uint64_t)host + k * cs);
-        bool skip_head = fresh && cow_source_is_zero(s, e0);
-        bool skip_tail = fresh && cow_source_is_zero(s, e_last);
-        Qcow2Alloc alloc;
-        alloc_register(s, &alloc, cstart, cstart + k * cs);
-        vd_co_mutex_unlock(&s->lock);
-
-        /* data + COW fill in one write */
-        uint64_t head = skip_head ? 0 : oic;
-        uint64_t tail = skip_tail ? 0 : k * cs - oic - n;
-        uint64_t wstart = (uint64_t)host + (oic - head);
-        qcow2_note_write(s, wstart, head + n + tail);
-        uint8_t *hbuf = NULL, *tbuf = NULL;
-        VdIOVector wq;
-        vd_iov_init(&wq, 4);
-        ret = 0;
-        if (head) {
-            hbuf = qcow2_buf_alloc(head);
-            ret = hbuf ? cow_read(s, e0, cstart, 0, head, hbuf) : -ENOMEM;
-            if (ret == 0) {
-                vd_iov_add(&wq, hbuf, head);
-            }
-        }
-        if (ret == 0) {
-            vd_iov_concat_slice(&wq, qiov, qoff, n);
-        }
-        if (ret == 0 && tail) {
-            tbuf = qcow2_buf_alloc(tail);
-            uint64_t last_cluster = cstart + (k - 1) * cs;
-            ret = tbuf ? cow_read(s, e_last, last_cluster, cs - tail, tail, tbuf) : -ENOMEM;
-            if (ret == 0) {
-                vd_iov_add(&wq, tbuf, tail);
-            }
-        }
-        if (ret == 0) {
-            if (head || tail) {
-                vd_debug_event(s->file, VD_DBG_COW_WRITE);
-            }
-            ret = vd_co_pwritev(s->file, (int64_t)wstart, (int64_t)(head + n + tail), &wq, 0, 0);
-        }
-        vd_iov_destroy(&wq);
-        free(hbuf);
-        free(tbuf);
-
-        vd_co_mutex_lock(&s->lock);
-        if (ret == 0) {
-            ret = qcow2_get_l2_for_write(s, l1i, &l2);
-            if (ret == 0) {
-                /* Invariant 1's exception: clusters that were zeros and are
-                 * fresh (never written, read as zeros) show zeros - their old
-                 * contents - if the entry lands before the data: then the
-                 * entry need not wait for a flush of the data. */
-                bool need_data = !fresh || reuse;
-                for (uint64_t i = 0; i < k; i++) {
-                    uint64_t old = l2_get(l2, l2i + i);
-                    if (!cow_source_is_zero(s, old)) {
-                        need_data = true;
-                    }
-                    l2_set(l2, l2i + i, ((uint64_t)host + i * cs) | QCOW2_OFLAG_COPIED);
-                    if (!reuse) {
-                        free_entry_storage(s, old);
-                    }
-                }
-                qcow2_cache_mark_dirty_l2(s->l2_cache, l2, need_data);
-                qcow2_cache_put(s->l2_cache, (void **)&l2);
-                qcow2_note_activity(s);
-            }
-        }
-        if (ret < 0 && !reuse) {
-            /* nothing references the new clusters: give them back */
-            qcow2_update_refcount(s, (uint64_t)host, k * cs, -1);
-        }
-        alloc_unregister(s, &alloc);
-        vd_co_mutex_unlock(&s->lock);
-        if (ret < 0) {
-            return ret;
-        }
-        offset += n;
-        bytes -= n;
-        qoff += n;
+        offset += (uint64_t)n;
+        bytes -= (uint64_t)n;
+        qoff += (size_t)n;
     }
     return 0;
 }

@@ -757,7 +757,8 @@ static int coroutine_fn qcow2_open_tables(Qcow2State *s, VdError **errp)
 /* Options whose validity depends on the header, then the write-back queue
  * and the table caches (by default enough L2 tables to map the whole disk,
  * up to 32 MiB). */
-static int qcow2_open_caches(Qcow2State *s, VdNode *node, Qcow2OpenOpts *o, VdError **errp)
+static int coroutine_fn qcow2_open_caches(Qcow2State *s, VdNode *node, Qcow2OpenOpts *o,
+                                          VdError **errp)
 {
     uint64_t cs = s->cluster_size;
     if (o->l2_entry_size && (o->l2_entry_size < 512 || o->l2_entry_size > cs ||

@@ -268,6 +268,9 @@ VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_option
  * names resolve against the directory of node->filename) and its format
  * (node->backing_format, else probed). Sets node->backing. No-op with
  * VD_O_NO_BACKING or no backing file. */
+/* A format's file child: opened from the node's filename and its "file"
+ * options unless the core already opened it (node->file). 0 or -EINVAL. */
+int coroutine_fn vd_open_format_file(VdNode *node, VdOpts *options, VdError **errp);
 int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp);
 /* Attach an existing node as a child (takes a reference). */
 VdChild *vd_attach_child(VdNode *parent, VdNode *child, const char *name, VdChildRole role);

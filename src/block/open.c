@@ -98,6 +98,22 @@ VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_option
     return open_child(filename, parent_options, child_name, parent, role, allow_none, NULL, errp);
 }
 
+int coroutine_fn vd_open_format_file(VdNode *node, VdOpts *options, VdError **errp)
+{
+    if (node->file) {
+        return 0;
+    }
+    VdChild *c = vd_open_child(node->filename[0] ? node->filename : NULL, options, "file", node,
+                               VD_CHILD_FILE, false, errp);
+    if (!c) {
+        return -EINVAL;
+    }
+    if (!node->file) {
+        node->file = c;
+    }
+    return 0;
+}
+
 static bool filename_is_absolute_or_uri(const char *name)
 {
     return name[0] == '/' || !strncmp(name, "json:", 5) || vd_driver_find_protocol(name);

@@ -864,15 +864,8 @@ static int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, 
     s->node = node;
     vd_co_mutex_init(&s->lock);
 
-    if (!node->file) {
-        VdChild *c = vd_open_child(node->filename[0] ? node->filename : NULL, options, "file",
-                                   node, VD_CHILD_FILE, false, errp);
-        if (!c) {
-            return -EINVAL;
-        }
-        if (!node->file) {
-            node->file = c;
-        }
+    if (vd_open_format_file(node, options, errp) < 0) {
+        return -EINVAL;
     }
     s->file = node->file->node;
     s->name = node->file->node->filename[0] ? node->file->node->filename : node->filename;

@@ -179,38 +179,11 @@ static void qed_free_state(QedState *s)
     s->zero_buf = NULL;
 }
 
-static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
+/* Read and validate the header, derive the geometry, read the backing
+ * file name. Nothing to free on failure. */
+static int coroutine_fn qed_open_header(QedState *s, VdNode *node, int64_t file_size,
+                                        VdError **errp)
 {
-    QedState *s = node->opaque;
-    memset(s, 0, sizeof(*s));
-    s->node = node;
-    vd_co_queue_init(&s->nc_waiters);
-    vd_co_queue_init(&s->nc_done);
-
-    if (!node->file) {
-        VdChild *c = vd_open_child(node->filename[0] ? node->filename : NULL, options, "file",
-                                   node, VD_CHILD_FILE, false, errp);
-        if (!c) {
-            return -EINVAL;
-        }
-        if (!node->file) {
-            node->file = c;
-        }
-    }
-    s->file = node->file->node;
-    s->name = s->file->filename[0] ? s->file->filename : node->filename;
-
-    uint64_t delay_ms = QED_NEED_CHECK_DELAY_NS / 1000000;
-    if (vd_opts_take_uint(options, "x-need-check-delay-ms", delay_ms, &delay_ms, errp) < 0) {
-        return -EINVAL;
-    }
-    s->nc_delay_ns = delay_ms * 1000000ULL;
-
-    int64_t file_size = vd_node_getlength(s->file);
-    if (file_size < 0) {
-        vd_error_setg_errno(errp, (int)-file_size, "%s: cannot get the file size", s->name);
-        return (int)file_size;
-    }
     uint8_t first[QED_HEADER_SIZE];
     if (file_size < QED_HEADER_SIZE) {
         vd_error_setg(errp, EINVAL, "%s: image is too short for a QED header (%lld bytes)",
@@ -267,6 +240,79 @@ static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, Vd
         }
     }
 
+    return 0;
+}
+
+/* A writable open drops unknown autoclear bits and repairs an image that
+ * needs a check (invariant 4). */
+static int coroutine_fn qed_open_writable(QedState *s, VdError **errp)
+{
+    QedHeader *h = &s->header;
+    bool rewrite = false;
+    int ret;
+    if (h->autoclear_features & ~QED_AUTOCLEAR_FEATURE_MASK) {
+        h->autoclear_features &= QED_AUTOCLEAR_FEATURE_MASK;
+        rewrite = true;
+    }
+    if (h->features & QED_F_NEED_CHECK) {
+        /* invariant 4: a crash may have left the tables inconsistent */
+        VdCheckResult res;
+        memset(&res, 0, sizeof(res));
+        ret = qed_co_check_impl(s, &res, VD_FIX_LEAKS | VD_FIX_ERRORS);
+        if (ret < 0 || res.corruptions > 0) {
+            vd_error_setg(errp, ret < 0 ? -ret : EIO, "%s: could not repair the image "
+                          "that needs a check (%d corruptions left)", s->name,
+                          res.corruptions);
+            return ret < 0 ? ret : -EIO;
+        }
+        ret = qed_clear_need_check(s);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: cannot clear the need-check flag",
+                                s->name);
+            return ret;
+        }
+    }
+    if (rewrite) {
+        ret = qed_write_header(s);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: cannot update the header", s->name);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
+{
+    QedState *s = node->opaque;
+    memset(s, 0, sizeof(*s));
+    s->node = node;
+    vd_co_queue_init(&s->nc_waiters);
+    vd_co_queue_init(&s->nc_done);
+
+    if (vd_open_format_file(node, options, errp) < 0) {
+        return -EINVAL;
+    }
+    s->file = node->file->node;
+    s->name = s->file->filename[0] ? s->file->filename : node->filename;
+
+    uint64_t delay_ms = QED_NEED_CHECK_DELAY_NS / 1000000;
+    if (vd_opts_take_uint(options, "x-need-check-delay-ms", delay_ms, &delay_ms, errp) < 0) {
+        return -EINVAL;
+    }
+    s->nc_delay_ns = delay_ms * 1000000ULL;
+
+    int64_t file_size = vd_node_getlength(s->file);
+    if (file_size < 0) {
+        vd_error_setg_errno(errp, (int)-file_size, "%s: cannot get the file size", s->name);
+        return (int)file_size;
+    }
+    QedHeader *h = &s->header;
+    int ret = qed_open_header(s, node, file_size, errp);
+    if (ret < 0) {
+        return ret;
+    }
+
     s->mq = vd_mq_new(node, s->file, NULL, NULL, NULL);
     s->header_buf = vd_node_blockalign(s->file, s->meta_align);
     s->l1_buf = vd_node_blockalign(s->file, s->table_bytes);
@@ -292,36 +338,9 @@ static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, Vd
     s->mq_tables = true;
 
     if (!node->read_only && !(flags & VD_O_CHECK) && !(flags & VD_O_NO_IO)) {
-        bool rewrite = false;
-        if (h->autoclear_features & ~QED_AUTOCLEAR_FEATURE_MASK) {
-            h->autoclear_features &= QED_AUTOCLEAR_FEATURE_MASK;
-            rewrite = true;
-        }
-        if (h->features & QED_F_NEED_CHECK) {
-            /* invariant 4: a crash may have left the tables inconsistent */
-            VdCheckResult res;
-            memset(&res, 0, sizeof(res));
-            ret = qed_co_check_impl(s, &res, VD_FIX_LEAKS | VD_FIX_ERRORS);
-            if (ret < 0 || res.corruptions > 0) {
-                vd_error_setg(errp, ret < 0 ? -ret : EIO, "%s: could not repair the image "
-                              "that needs a check (%d corruptions left)", s->name,
-                              res.corruptions);
-                ret = ret < 0 ? ret : -EIO;
-                goto fail;
-            }
-            ret = qed_clear_need_check(s);
-            if (ret < 0) {
-                vd_error_setg_errno(errp, -ret, "%s: cannot clear the need-check flag",
-                                    s->name);
-                goto fail;
-            }
-        }
-        if (rewrite) {
-            ret = qed_write_header(s);
-            if (ret < 0) {
-                vd_error_setg_errno(errp, -ret, "%s: cannot update the header", s->name);
-                goto fail;
-            }
+        ret = qed_open_writable(s, errp);
+        if (ret < 0) {
+            goto fail;
         }
     }
 

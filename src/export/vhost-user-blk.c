@@ -1141,80 +1141,14 @@ static int coroutine_fn vhu_get_inflight(VhuConn *c, const VhuParsed *p, char *e
     return ret;
 }
 
-/*
- * Handle one message. Returns 0 (handled, maybe with a reply sent), a
- * negative errno for a request that failed (the caller nacks it when the
- * front-end asked for an ack, else disconnects), or 1 if the reply was
- * already sent (no ack).
- */
-static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *err, size_t errlen)
+/* The messages about one ring (p->index, checked): its size, addresses,
+ * base, kick/call/err fds and enabling. Same returns as vhu_handle. */
+static int coroutine_fn vhu_handle_vring(VhuConn *c, VhuVq *vq, VhuMsg *m, VhuParsed *p,
+                                         char *err, size_t errlen)
 {
-    VdVhuExport *e = c->exp;
-    VhuVq *vq = NULL;
     int ret;
 
     switch (m->request) {
-    case VHU_SET_VRING_NUM: case VHU_SET_VRING_BASE: case VHU_GET_VRING_BASE:
-    case VHU_SET_VRING_ENABLE: case VHU_SET_VRING_ADDR: case VHU_SET_VRING_KICK:
-    case VHU_SET_VRING_CALL: case VHU_SET_VRING_ERR:
-        if (p->index >= c->nvq) {
-            snprintf(err, errlen, "%s: ring %u, the device has %u", vhu_request_name(m->request),
-                     p->index, c->nvq);
-            return -EINVAL;
-        }
-        vq = &c->vq[p->index];
-        break;
-    }
-    switch (m->request) {
-    case VHU_GET_FEATURES:
-        ret = vhu_reply_u64(c, m->request, vhu_features(e));
-        return ret < 0 ? ret : 1;
-    case VHU_SET_FEATURES:
-        if (p->u64 & ~vhu_features(e)) {
-            snprintf(err, errlen, "SET_FEATURES: 0x%llx has bits not offered (0x%llx)",
-                     (unsigned long long)p->u64, (unsigned long long)vhu_features(e));
-            return -EINVAL;
-        }
-        c->features = p->u64;
-        VD_TRACE(VD_LOG_EXPORT, "vhost-user-blk '%s': features 0x%llx (%s ring%s%s)", e->id,
-                 (unsigned long long)c->features,
-                 (c->features & (1ull << VIRTIO_F_RING_PACKED)) ? "packed" : "split",
-                 (c->features & (1ull << VIRTIO_RING_F_EVENT_IDX)) ? ", event idx" : "",
-                 (c->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC)) ? ", indirect" : "");
-        if (!(c->features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES))) {
-            for (unsigned i = 0; i < c->nvq; i++) {
-                c->vq[i].enabled = true;   /* rings start enabled without it */
-            }
-        }
-        return 0;
-    case VHU_GET_PROTOCOL_FEATURES:
-        ret = vhu_reply_u64(c, m->request, VHU_PROTOCOL_FEATURES);
-        return ret < 0 ? ret : 1;
-    case VHU_SET_PROTOCOL_FEATURES:
-        c->protocol_features = p->u64 & VHU_PROTOCOL_FEATURES;
-        return 0;
-    case VHU_SET_OWNER:
-        return 0;
-    case VHU_RESET_OWNER:
-    case VHU_RESET_DEVICE:
-        vhu_conn_reset(c);
-        return 0;
-    case VHU_GET_QUEUE_NUM:
-        ret = vhu_reply_u64(c, m->request, e->num_queues);
-        return ret < 0 ? ret : 1;
-    case VHU_GET_MAX_MEM_SLOTS:
-        ret = vhu_reply_u64(c, m->request, VHU_MAX_REGIONS);
-        return ret < 0 ? ret : 1;
-    case VHU_SET_MEM_TABLE:
-        /* Invariant 1: nothing may point into the old table. */
-        c->pause++;
-        vhu_wait_idle(c, NULL);
-        ret = vhu_set_mem_table(c, p, m->fds, err, errlen);
-        c->pause--;
-        for (unsigned i = 0; i < c->nvq; i++) {
-            vhu_vq_process(&c->vq[i]);
-        }
-        return ret;
     case VHU_SET_VRING_NUM:
         if (vq->started) {
             snprintf(err, errlen, "SET_VRING_NUM: ring %u is running", p->index);
@@ -1320,6 +1254,83 @@ static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *er
         vq->enabled = p->num != 0;
         vhu_vq_process(vq);
         return 0;
+    default:
+        snprintf(err, errlen, "request %u (%s) is not a ring request", m->request,
+                 vhu_request_name(m->request));
+        return -EINVAL;
+    }
+}
+
+/*
+ * Handle one message. Returns 0 (handled, maybe with a reply sent), a
+ * negative errno for a request that failed (the caller nacks it when the
+ * front-end asked for an ack, else disconnects), or 1 if the reply was
+ * already sent (no ack).
+ */
+static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *err, size_t errlen)
+{
+    VdVhuExport *e = c->exp;
+    int ret;
+
+    switch (m->request) {
+    case VHU_SET_VRING_NUM: case VHU_SET_VRING_BASE: case VHU_GET_VRING_BASE:
+    case VHU_SET_VRING_ENABLE: case VHU_SET_VRING_ADDR: case VHU_SET_VRING_KICK:
+    case VHU_SET_VRING_CALL: case VHU_SET_VRING_ERR:
+        if (p->index >= c->nvq) {
+            snprintf(err, errlen, "%s: ring %u, the device has %u", vhu_request_name(m->request),
+                     p->index, c->nvq);
+            return -EINVAL;
+        }
+        return vhu_handle_vring(c, &c->vq[p->index], m, p, err, errlen);
+    case VHU_GET_FEATURES:
+        ret = vhu_reply_u64(c, m->request, vhu_features(e));
+        return ret < 0 ? ret : 1;
+    case VHU_SET_FEATURES:
+        if (p->u64 & ~vhu_features(e)) {
+            snprintf(err, errlen, "SET_FEATURES: 0x%llx has bits not offered (0x%llx)",
+                     (unsigned long long)p->u64, (unsigned long long)vhu_features(e));
+            return -EINVAL;
+        }
+        c->features = p->u64;
+        VD_TRACE(VD_LOG_EXPORT, "vhost-user-blk '%s': features 0x%llx (%s ring%s%s)", e->id,
+                 (unsigned long long)c->features,
+                 (c->features & (1ull << VIRTIO_F_RING_PACKED)) ? "packed" : "split",
+                 (c->features & (1ull << VIRTIO_RING_F_EVENT_IDX)) ? ", event idx" : "",
+                 (c->features & (1ull << VIRTIO_RING_F_INDIRECT_DESC)) ? ", indirect" : "");
+        if (!(c->features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES))) {
+            for (unsigned i = 0; i < c->nvq; i++) {
+                c->vq[i].enabled = true;   /* rings start enabled without it */
+            }
+        }
+        return 0;
+    case VHU_GET_PROTOCOL_FEATURES:
+        ret = vhu_reply_u64(c, m->request, VHU_PROTOCOL_FEATURES);
+        return ret < 0 ? ret : 1;
+    case VHU_SET_PROTOCOL_FEATURES:
+        c->protocol_features = p->u64 & VHU_PROTOCOL_FEATURES;
+        return 0;
+    case VHU_SET_OWNER:
+        return 0;
+    case VHU_RESET_OWNER:
+    case VHU_RESET_DEVICE:
+        vhu_conn_reset(c);
+        return 0;
+    case VHU_GET_QUEUE_NUM:
+        ret = vhu_reply_u64(c, m->request, e->num_queues);
+        return ret < 0 ? ret : 1;
+    case VHU_GET_MAX_MEM_SLOTS:
+        ret = vhu_reply_u64(c, m->request, VHU_MAX_REGIONS);
+        return ret < 0 ? ret : 1;
+    case VHU_SET_MEM_TABLE:
+        /* Invariant 1: nothing may point into the old table. */
+        c->pause++;
+        vhu_wait_idle(c, NULL);
+        ret = vhu_set_mem_table(c, p, m->fds, err, errlen);
+        c->pause--;
+        for (unsigned i = 0; i < c->nvq; i++) {
+            vhu_vq_process(&c->vq[i]);
+        }
+        return ret;
     case VHU_GET_CONFIG: {
         uint8_t out[12 + 256] = { 0 };
         VirtioBlkConfig cfg;

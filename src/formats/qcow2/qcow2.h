@@ -438,6 +438,13 @@ int coroutine_fn qcow2_l1_shadow_init(Qcow2State *s);
 void qcow2_l1_set(Qcow2State *s, uint64_t i, uint64_t v);
 /* Make the L1 table hold at least min entries (moves it). */
 int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact);
+/* open.c: the driver's open and close */
+int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp);
+void coroutine_fn qcow2_co_close(VdNode *node);
+/* qcow2.c, for open.c */
+void qcow2_detach_aio_context(VdNode *node);
+void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx);
+int coroutine_fn qcow2_mark_clean(Qcow2State *s);
 void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...) VD_PRINTF(2, 3);
 
 /* ---- cluster.c ------------------------------------------------------------------- */

@@ -110,4 +110,22 @@ void vd_node_foreach_subtree(VdNode *node, void (*fn)(VdNode *, void *), void *o
 /* ---- backend.c ---- */
 void vd_backend_ctx_changed(VdBackend *blk);
 
+/* The largest request the request layer takes (offset + bytes stay in range). */
+#define VD_MAX_REQUEST_BYTES (INT64_MAX / 2)
+
+/* Entry of a request from outside the node: wait while it is quiesced. The
+ * drain may have moved the node to another context meanwhile: we are woken
+ * in the old one and follow the node before touching it. */
+static inline void coroutine_fn vd_node_enter(VdNode *node)
+{
+    VdNodeCoreState *c = node->core;
+    while (VD_UNLIKELY(c->quiesce_counter > 0)) {
+        vd_co_queue_wait(&c->drain_queue, NULL);
+        if (VD_UNLIKELY(vd_aio_current() != node->ctx)) {
+            vd_co_move_to(node->ctx);
+        }
+    }
+    VD_RELAXED_ADD(c->in_flight, 1);
+}
+
 #endif

@@ -357,7 +357,7 @@ int coroutine_fn qcow2_co_check_impl(Qcow2State *s, VdCheckResult *res, int fix)
         /* everything found was repaired: the image is usable again */
         uint8_t b[8];
         qcow2_st64(b, s->header.incompatible_features & ~QCOW2_INCOMPAT_CORRUPT);
-        ret = vd_co_pwrite(s->file, 72, 8, b, 0);
+        ret = vd_co_pwrite(s->file, QCOW2_HDR_INCOMPATIBLE_FEATURES, 8, b, 0);
         if (ret == 0) {
             ret = vd_co_flush(s->file);
             s->header.incompatible_features &= ~QCOW2_INCOMPAT_CORRUPT;

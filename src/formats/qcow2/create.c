@@ -332,8 +332,8 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
     }
     if (blen) {
         memcpy(buf + end, p.backing_file, blen);
-        qcow2_st64(buf + 8, (uint64_t)end);
-        qcow2_st32(buf + 16, (uint32_t)blen);
+        qcow2_st64(buf + QCOW2_HDR_BACKING_FILE_OFFSET, (uint64_t)end);
+        qcow2_st32(buf + QCOW2_HDR_BACKING_FILE_SIZE, (uint32_t)blen);
     }
     ret = vd_pwrite_all(fd, buf, cs, 0);
     if (ret < 0) {

@@ -23,19 +23,19 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, const char *name, int64_
                       name, len);
         return -EINVAL;
     }
-    h->magic = qcow2_be32(buf);
-    h->version = qcow2_be32(buf + 4);
-    h->backing_file_offset = qcow2_be64(buf + 8);
-    h->backing_file_size = qcow2_be32(buf + 16);
-    h->cluster_bits = qcow2_be32(buf + 20);
-    h->size = qcow2_be64(buf + 24);
-    h->crypt_method = qcow2_be32(buf + 32);
-    h->l1_size = qcow2_be32(buf + 36);
-    h->l1_table_offset = qcow2_be64(buf + 40);
-    h->refcount_table_offset = qcow2_be64(buf + 48);
-    h->refcount_table_clusters = qcow2_be32(buf + 56);
-    h->nb_snapshots = qcow2_be32(buf + 60);
-    h->snapshots_offset = qcow2_be64(buf + 64);
+    h->magic = qcow2_be32(buf + QCOW2_HDR_MAGIC);
+    h->version = qcow2_be32(buf + QCOW2_HDR_VERSION);
+    h->backing_file_offset = qcow2_be64(buf + QCOW2_HDR_BACKING_FILE_OFFSET);
+    h->backing_file_size = qcow2_be32(buf + QCOW2_HDR_BACKING_FILE_SIZE);
+    h->cluster_bits = qcow2_be32(buf + QCOW2_HDR_CLUSTER_BITS);
+    h->size = qcow2_be64(buf + QCOW2_HDR_SIZE);
+    h->crypt_method = qcow2_be32(buf + QCOW2_HDR_CRYPT_METHOD);
+    h->l1_size = qcow2_be32(buf + QCOW2_HDR_L1_SIZE);
+    h->l1_table_offset = qcow2_be64(buf + QCOW2_HDR_L1_TABLE_OFFSET);
+    h->refcount_table_offset = qcow2_be64(buf + QCOW2_HDR_REFCOUNT_TABLE_OFFSET);
+    h->refcount_table_clusters = qcow2_be32(buf + QCOW2_HDR_REFCOUNT_TABLE_CLUSTERS);
+    h->nb_snapshots = qcow2_be32(buf + QCOW2_HDR_NB_SNAPSHOTS);
+    h->snapshots_offset = qcow2_be64(buf + QCOW2_HDR_SNAPSHOTS_OFFSET);
 
     if (h->magic != QCOW2_MAGIC) {
         vd_error_setg(errp, EINVAL, "%s: image is not in qcow2 format (magic 0x%08x)", name,
@@ -61,11 +61,11 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, const char *name, int64_
             vd_error_setg(errp, EINVAL, "%s: qcow2 v3 header is truncated (%zu bytes)", name, len);
             return -EINVAL;
         }
-        h->incompatible_features = qcow2_be64(buf + 72);
-        h->compatible_features = qcow2_be64(buf + 80);
-        h->autoclear_features = qcow2_be64(buf + 88);
-        h->refcount_order = qcow2_be32(buf + 96);
-        h->header_length = qcow2_be32(buf + 100);
+        h->incompatible_features = qcow2_be64(buf + QCOW2_HDR_INCOMPATIBLE_FEATURES);
+        h->compatible_features = qcow2_be64(buf + QCOW2_HDR_COMPATIBLE_FEATURES);
+        h->autoclear_features = qcow2_be64(buf + QCOW2_HDR_AUTOCLEAR_FEATURES);
+        h->refcount_order = qcow2_be32(buf + QCOW2_HDR_REFCOUNT_ORDER);
+        h->header_length = qcow2_be32(buf + QCOW2_HDR_HEADER_LENGTH);
         if (h->header_length < QCOW2_HEADER_V3_MIN) {
             vd_error_setg(errp, EINVAL, "%s: header_length %u is smaller than %d", name,
                           h->header_length, QCOW2_HEADER_V3_MIN);
@@ -81,8 +81,8 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, const char *name, int64_
                           h->header_length);
             return -EINVAL;
         }
-        if (h->header_length > 104) {
-            h->compression_type = buf[104];
+        if (h->header_length > QCOW2_HDR_COMPRESSION_TYPE) {
+            h->compression_type = buf[QCOW2_HDR_COMPRESSION_TYPE];
         }
     }
 
@@ -109,7 +109,7 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, const char *name, int64_
         return -ENOTSUP;
     }
     if (h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) {
-        if (h->header_length <= 104) {
+        if (h->header_length <= QCOW2_HDR_COMPRESSION_TYPE) {
             vd_error_setg(errp, EINVAL, "%s: compression type bit set but header_length %u "
                           "has no compression type field", name, h->header_length);
             return -EINVAL;
@@ -237,26 +237,26 @@ size_t qcow2_header_encode(const Qcow2Header *h, uint8_t *buf, size_t len)
     }
     memset(buf, 0, n);
     qcow2_st32(buf, QCOW2_MAGIC);
-    qcow2_st32(buf + 4, h->version);
-    qcow2_st64(buf + 8, h->backing_file_offset);
-    qcow2_st32(buf + 16, h->backing_file_size);
-    qcow2_st32(buf + 20, h->cluster_bits);
-    qcow2_st64(buf + 24, h->size);
-    qcow2_st32(buf + 32, h->crypt_method);
-    qcow2_st32(buf + 36, h->l1_size);
-    qcow2_st64(buf + 40, h->l1_table_offset);
-    qcow2_st64(buf + 48, h->refcount_table_offset);
-    qcow2_st32(buf + 56, h->refcount_table_clusters);
-    qcow2_st32(buf + 60, h->nb_snapshots);
-    qcow2_st64(buf + 64, h->snapshots_offset);
+    qcow2_st32(buf + QCOW2_HDR_VERSION, h->version);
+    qcow2_st64(buf + QCOW2_HDR_BACKING_FILE_OFFSET, h->backing_file_offset);
+    qcow2_st32(buf + QCOW2_HDR_BACKING_FILE_SIZE, h->backing_file_size);
+    qcow2_st32(buf + QCOW2_HDR_CLUSTER_BITS, h->cluster_bits);
+    qcow2_st64(buf + QCOW2_HDR_SIZE, h->size);
+    qcow2_st32(buf + QCOW2_HDR_CRYPT_METHOD, h->crypt_method);
+    qcow2_st32(buf + QCOW2_HDR_L1_SIZE, h->l1_size);
+    qcow2_st64(buf + QCOW2_HDR_L1_TABLE_OFFSET, h->l1_table_offset);
+    qcow2_st64(buf + QCOW2_HDR_REFCOUNT_TABLE_OFFSET, h->refcount_table_offset);
+    qcow2_st32(buf + QCOW2_HDR_REFCOUNT_TABLE_CLUSTERS, h->refcount_table_clusters);
+    qcow2_st32(buf + QCOW2_HDR_NB_SNAPSHOTS, h->nb_snapshots);
+    qcow2_st64(buf + QCOW2_HDR_SNAPSHOTS_OFFSET, h->snapshots_offset);
     if (h->version >= 3 && n >= QCOW2_HEADER_V3_MIN) {
-        qcow2_st64(buf + 72, h->incompatible_features);
-        qcow2_st64(buf + 80, h->compatible_features);
-        qcow2_st64(buf + 88, h->autoclear_features);
-        qcow2_st32(buf + 96, h->refcount_order);
-        qcow2_st32(buf + 100, h->header_length);
-        if (n > 104) {
-            buf[104] = h->compression_type;
+        qcow2_st64(buf + QCOW2_HDR_INCOMPATIBLE_FEATURES, h->incompatible_features);
+        qcow2_st64(buf + QCOW2_HDR_COMPATIBLE_FEATURES, h->compatible_features);
+        qcow2_st64(buf + QCOW2_HDR_AUTOCLEAR_FEATURES, h->autoclear_features);
+        qcow2_st32(buf + QCOW2_HDR_REFCOUNT_ORDER, h->refcount_order);
+        qcow2_st32(buf + QCOW2_HDR_HEADER_LENGTH, h->header_length);
+        if (n > QCOW2_HDR_COMPRESSION_TYPE) {
+            buf[QCOW2_HDR_COMPRESSION_TYPE] = h->compression_type;
         }
     }
     return n;

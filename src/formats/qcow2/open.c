@@ -150,15 +150,16 @@ static int coroutine_fn qcow2_open_header(Qcow2State *s, VdNode *node, int64_t f
     if (ret < 0) {
         /* a header_length beyond 4k needs the whole cluster: retry with it */
         if (flen == sizeof(first) && qcow2_be32(first) == QCOW2_MAGIC &&
-            qcow2_be32(first + 4) == 3 && qcow2_be32(first + 20) >= 13 &&
-            qcow2_be32(first + 20) <= QCOW2_MAX_CLUSTER_BITS &&
-            qcow2_be32(first + 100) > sizeof(first)) {
+            qcow2_be32(first + QCOW2_HDR_VERSION) == 3 &&
+            qcow2_be32(first + QCOW2_HDR_CLUSTER_BITS) >= 13 &&
+            qcow2_be32(first + QCOW2_HDR_CLUSTER_BITS) <= QCOW2_MAX_CLUSTER_BITS &&
+            qcow2_be32(first + QCOW2_HDR_HEADER_LENGTH) > sizeof(first)) {
             vd_error_free_and_clear(errp);
         } else {
             return ret;
         }
     }
-    uint64_t cs = 1ULL << qcow2_be32(first + 20);
+    uint64_t cs = 1ULL << qcow2_be32(first + QCOW2_HDR_CLUSTER_BITS);
     size_t hcl = (size_t)VD_MIN((uint64_t)file_size, cs);
     uint8_t *hdr = calloc(1, cs);
     if (!hdr) {

@@ -36,7 +36,7 @@
 
 static int qcow2_probe(const uint8_t *buf, int buf_size, const char *filename)
 {
-    if (buf_size >= 8 && qcow2_be32(buf) == QCOW2_MAGIC && qcow2_be32(buf + 4) >= 2) {
+    if (buf_size >= 8 && qcow2_be32(buf) == QCOW2_MAGIC && qcow2_be32(buf + QCOW2_HDR_VERSION) >= 2) {
         return 100;
     }
     return 0;
@@ -59,7 +59,7 @@ void coroutine_mixed_fn qcow2_signal_corruption(Qcow2State *s, const char *fmt, 
         uint8_t b[8];
         s->header.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
         qcow2_st64(b, s->header.incompatible_features);
-        if (vd_co_pwrite(s->file, 72, 8, b, 0) == 0) {
+        if (vd_co_pwrite(s->file, QCOW2_HDR_INCOMPATIBLE_FEATURES, 8, b, 0) == 0) {
             vd_co_flush(s->file);
         }
     }
@@ -216,8 +216,8 @@ int coroutine_fn qcow2_update_header(Qcow2State *s)
         h.backing_file_offset = 0;
         h.backing_file_size = 0;
     }
-    qcow2_st64(buf + 8, h.backing_file_offset);
-    qcow2_st32(buf + 16, h.backing_file_size);
+    qcow2_st64(buf + QCOW2_HDR_BACKING_FILE_OFFSET, h.backing_file_offset);
+    qcow2_st32(buf + QCOW2_HDR_BACKING_FILE_SIZE, h.backing_file_size);
     ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 0, buf, (uint64_t)end + blen);
     if (ret == 0) {
         s->header = h;
@@ -231,7 +231,7 @@ static int coroutine_fn write_incompat(Qcow2State *s, uint64_t bits)
 {
     uint8_t b[8];
     qcow2_st64(b, bits);
-    int ret = qcow2_write_meta(s, QCOW2_OL_HEADER, 72, b, 8);
+    int ret = qcow2_write_meta(s, QCOW2_OL_HEADER, QCOW2_HDR_INCOMPATIBLE_FEATURES, b, 8);
     if (ret == 0) {
         s->header.incompatible_features = bits;
     }

@@ -16,6 +16,26 @@
 #define QCOW2_MAX_CLUSTER_BITS 21
 #define QCOW2_DEFAULT_CLUSTER_BITS 16
 
+/* Byte offsets of the header fields (docs/interop/qcow2.txt, "Header"). */
+#define QCOW2_HDR_MAGIC                   0
+#define QCOW2_HDR_VERSION                 4
+#define QCOW2_HDR_BACKING_FILE_OFFSET     8
+#define QCOW2_HDR_BACKING_FILE_SIZE      16
+#define QCOW2_HDR_CLUSTER_BITS           20
+#define QCOW2_HDR_SIZE                   24
+#define QCOW2_HDR_CRYPT_METHOD           32
+#define QCOW2_HDR_L1_SIZE                36
+#define QCOW2_HDR_L1_TABLE_OFFSET        40
+#define QCOW2_HDR_REFCOUNT_TABLE_OFFSET  48
+#define QCOW2_HDR_REFCOUNT_TABLE_CLUSTERS 56
+#define QCOW2_HDR_NB_SNAPSHOTS           60
+#define QCOW2_HDR_SNAPSHOTS_OFFSET       64
+#define QCOW2_HDR_INCOMPATIBLE_FEATURES  72   /* v3 from here */
+#define QCOW2_HDR_COMPATIBLE_FEATURES    80
+#define QCOW2_HDR_AUTOCLEAR_FEATURES     88
+#define QCOW2_HDR_REFCOUNT_ORDER         96
+#define QCOW2_HDR_HEADER_LENGTH         100
+#define QCOW2_HDR_COMPRESSION_TYPE      104  /* when header_length > 104 */
 #define QCOW2_HEADER_V2_SIZE 72
 #define QCOW2_HEADER_V3_MIN 104
 #define QCOW2_HEADER_V3_SIZE 112     /* with the compression type byte, padded */

@@ -245,9 +245,187 @@ static void refcount_layout(uint64_t n_other, int cluster_bits, int refcount_ord
     *b_clusters = b;
 }
 
+/* Where everything of a new image goes (in bytes; counts in clusters). */
+typedef struct Qcow2Layout {
+    uint64_t cs, l2_entries, l1_size, l1_clusters, data_clusters, l2_tables;
+    uint64_t reftable_clusters, refblocks, total;
+    uint64_t reftable_off, refblock_off, l1_off, l2_off, data_off;
+} Qcow2Layout;
+
+/* Header, refcount table and blocks, L1, then (preallocated) L2 tables and
+ * data, as qemu-img lays them out. -EFBIG if it does not fit qcow2. */
+static int create_layout(const Qcow2CreateParams *p, Qcow2Layout *l)
+{
+    uint64_t cs = 1ULL << p->cluster_bits;
+    memset(l, 0, sizeof(*l));
+    l->cs = cs;
+    l->l2_entries = cs / 8;
+    l->l1_size = qcow2_l1_entries_for(p->size, p->cluster_bits);
+    l->l1_clusters = VD_DIV_ROUND_UP(l->l1_size * 8, cs);
+    if (p->prealloc != VD_PREALLOC_OFF) {
+        l->data_clusters = VD_DIV_ROUND_UP(p->size, cs);
+        l->l2_tables = VD_DIV_ROUND_UP(l->data_clusters, l->l2_entries);
+    }
+    uint64_t t, b;
+    refcount_layout(1 + l->l1_clusters + l->l2_tables + l->data_clusters, p->cluster_bits,
+                    p->refcount_order, &t, &b);
+    l->reftable_clusters = t;
+    l->refblocks = b;
+    l->reftable_off = cs;
+    l->refblock_off = (1 + t) * cs;
+    l->l1_off = l->l1_size ? (1 + t + b) * cs : 0;
+    l->l2_off = (1 + t + b + l->l1_clusters) * cs;
+    l->data_off = l->l2_off + l->l2_tables * cs;
+    l->total = 1 + t + b + l->l1_clusters + l->l2_tables + l->data_clusters;
+    if ((l->total << p->cluster_bits) > QCOW2_MAX_HOST_OFFSET ||
+        t * cs > QCOW2_MAX_REFTABLE_BYTES) {
+        return -EFBIG;
+    }
+    return 0;
+}
+
+/* The header cluster: header, extensions, backing file name. */
+static int create_write_header(int fd, uint8_t *buf, const Qcow2CreateParams *p,
+                               const Qcow2Layout *l, const char *filename, VdError **errp)
+{
+    Qcow2Header h;
+    memset(&h, 0, sizeof(h));
+    h.version = (uint32_t)p->version;
+    h.cluster_bits = (uint32_t)p->cluster_bits;
+    h.size = p->size;
+    h.l1_size = (uint32_t)l->l1_size;
+    h.l1_table_offset = l->l1_off;
+    h.refcount_table_offset = l->reftable_off;
+    h.refcount_table_clusters = (uint32_t)l->reftable_clusters;
+    h.refcount_order = (uint32_t)p->refcount_order;
+    h.header_length = p->version >= 3 ? QCOW2_HEADER_V3_SIZE : QCOW2_HEADER_V2_SIZE;
+    h.compression_type = (uint8_t)p->compression_type;
+    if (p->compression_type != QCOW2_COMPRESSION_ZLIB) {
+        h.incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
+    }
+    if (p->lazy_refcounts) {
+        h.compatible_features |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+    }
+    memset(buf, 0, l->cs);
+    size_t hl = qcow2_header_encode(&h, buf, l->cs);
+    size_t blen = p->backing_file ? strlen(p->backing_file) : 0;
+    int64_t end = qcow2_write_extensions(buf, l->cs, hl, h.version,
+                                         p->backing_file ? p->backing_fmt : NULL, NULL, 0,
+                                         blen);
+    if (end < 0 || (uint64_t)end + blen > l->cs) {
+        vd_error_setg(errp, EINVAL, "%s: header does not fit in one cluster", filename);
+        return -EINVAL;
+    }
+    if (blen) {
+        memcpy(buf + end, p->backing_file, blen);
+        qcow2_st64(buf + QCOW2_HDR_BACKING_FILE_OFFSET, (uint64_t)end);
+        qcow2_st32(buf + QCOW2_HDR_BACKING_FILE_SIZE, (uint32_t)blen);
+    }
+    return vd_pwrite_all(fd, buf, l->cs, 0);
+}
+
+/* Refcount table and blocks (clusters [0, total) have refcount 1), the L1
+ * table (as many bytes as entries, like qemu-img) and preallocated L2
+ * tables. */
+static int create_write_tables(int fd, uint8_t *buf, const Qcow2CreateParams *p,
+                               const Qcow2Layout *l)
+{
+    uint64_t cs = l->cs;
+    int ret;
+    for (uint64_t c = 0; c < l->reftable_clusters; c++) {
+        memset(buf, 0, cs);
+        for (uint64_t i = 0; i < l->l2_entries; i++) {
+            uint64_t bi = c * l->l2_entries + i;
+            if (bi < l->refblocks) {
+                qcow2_st64(buf + i * 8, l->refblock_off + bi * cs);
+            }
+        }
+        ret = vd_pwrite_all(fd, buf, cs, l->reftable_off + c * cs);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint64_t per_block = 1ULL << (p->cluster_bits + 3 - p->refcount_order);
+    for (uint64_t bi = 0; bi < l->refblocks; bi++) {
+        memset(buf, 0, cs);
+        for (uint64_t i = 0; i < per_block && bi * per_block + i < l->total; i++) {
+            qcow2_refcount_set(buf, i, p->refcount_order, 1);
+        }
+        ret = vd_pwrite_all(fd, buf, cs, l->refblock_off + bi * cs);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    for (uint64_t done = 0; done < l->l1_size * 8;) {
+        uint64_t n = VD_MIN(cs, l->l1_size * 8 - done);
+        memset(buf, 0, cs);
+        for (uint64_t i = 0; i < n / 8; i++) {
+            uint64_t l1i = done / 8 + i;
+            if (l1i < l->l2_tables) {
+                qcow2_st64(buf + i * 8, (l->l2_off + l1i * cs) | QCOW2_OFLAG_COPIED);
+            }
+        }
+        ret = vd_pwrite_all(fd, buf, n, l->l1_off + done);
+        if (ret < 0) {
+            return ret;
+        }
+        done += n;
+    }
+    for (uint64_t ti = 0; ti < l->l2_tables; ti++) {
+        memset(buf, 0, cs);
+        for (uint64_t i = 0; i < l->l2_entries; i++) {
+            uint64_t c = ti * l->l2_entries + i;
+            if (c < l->data_clusters) {
+                qcow2_st64(buf + i * 8, (l->data_off + c * cs) | QCOW2_OFLAG_COPIED);
+            }
+        }
+        ret = vd_pwrite_all(fd, buf, cs, l->l2_off + ti * cs);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* The preallocated data clusters: falloc'ed, or written with zeros (full),
+ * and the file sized to their end. */
+static int create_prealloc_data(int fd, const Qcow2CreateParams *p, const Qcow2Layout *l)
+{
+    if (!l->data_clusters) {
+        return 0;
+    }
+    uint64_t file_end = l->data_off + l->data_clusters * l->cs;
+    int ret = 0;
+    if (p->prealloc == VD_PREALLOC_FALLOC || p->prealloc == VD_PREALLOC_FULL) {
+        int r = posix_fallocate(fd, (off_t)l->data_off, (off_t)(l->data_clusters * l->cs));
+        if (r && p->prealloc == VD_PREALLOC_FALLOC) {
+            return -r;
+        }
+    }
+    if (p->prealloc == VD_PREALLOC_FULL) {
+        size_t zlen = 4 * VD_MiB;
+        uint8_t *z = calloc(1, zlen);
+        if (!z) {
+            return -ENOMEM;
+        }
+        for (uint64_t o = l->data_off; o < file_end && ret == 0; o += zlen) {
+            ret = vd_pwrite_all(fd, z, (size_t)VD_MIN(zlen, file_end - o), (int64_t)o);
+        }
+        free(z);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (ftruncate(fd, (off_t)file_end) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
 int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
     Qcow2CreateParams p;
+    Qcow2Layout l;
     bool has_backing = opts && vd_opts_lookup(opts, "backing_file");
     int ret = parse_params(opts, &p, !has_backing, errp);
     if (ret < 0) {
@@ -265,25 +443,7 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
         }
         p.size = (uint64_t)bs;
     }
-    uint64_t cs = 1ULL << p.cluster_bits;
-    uint64_t l2_entries = cs / 8;
-    uint64_t l1_size = qcow2_l1_entries_for(p.size, p.cluster_bits);
-    uint64_t l1_clusters = VD_DIV_ROUND_UP(l1_size * 8, cs);
-    uint64_t data_clusters = 0, l2_tables = 0;
-    if (p.prealloc != VD_PREALLOC_OFF) {
-        data_clusters = VD_DIV_ROUND_UP(p.size, cs);
-        l2_tables = VD_DIV_ROUND_UP(data_clusters, l2_entries);
-    }
-    uint64_t t, b;
-    refcount_layout(1 + l1_clusters + l2_tables + data_clusters, p.cluster_bits,
-                    p.refcount_order, &t, &b);
-    uint64_t reftable_off = cs;
-    uint64_t refblock_off = (1 + t) * cs;
-    uint64_t l1_off = l1_size ? (1 + t + b) * cs : 0;
-    uint64_t l2_off = (1 + t + b + l1_clusters) * cs;
-    uint64_t data_off = l2_off + l2_tables * cs;
-    uint64_t total = 1 + t + b + l1_clusters + l2_tables + data_clusters;
-    if ((total << p.cluster_bits) > QCOW2_MAX_HOST_OFFSET || t * cs > QCOW2_MAX_REFTABLE_BYTES) {
+    if (create_layout(&p, &l) < 0) {
         vd_error_setg(errp, EFBIG, "%s: image would be too large", filename);
         params_free(&p);
         return -EFBIG;
@@ -296,144 +456,24 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
         params_free(&p);
         return ret;
     }
-    uint8_t *buf = calloc(1, VD_MAX(cs, 4096));
-    if (!buf) {
-        ret = -ENOMEM;
-        goto out;
+    VdError *err = NULL;
+    uint8_t *buf = calloc(1, VD_MAX(l.cs, 4096));
+    ret = buf ? create_write_header(fd, buf, &p, &l, filename, &err) : -ENOMEM;
+    if (ret == 0) {
+        ret = create_write_tables(fd, buf, &p, &l);
     }
-
-    /* header cluster */
-    Qcow2Header h;
-    memset(&h, 0, sizeof(h));
-    h.version = (uint32_t)p.version;
-    h.cluster_bits = (uint32_t)p.cluster_bits;
-    h.size = p.size;
-    h.l1_size = (uint32_t)l1_size;
-    h.l1_table_offset = l1_off;
-    h.refcount_table_offset = reftable_off;
-    h.refcount_table_clusters = (uint32_t)t;
-    h.refcount_order = (uint32_t)p.refcount_order;
-    h.header_length = p.version >= 3 ? QCOW2_HEADER_V3_SIZE : QCOW2_HEADER_V2_SIZE;
-    h.compression_type = (uint8_t)p.compression_type;
-    if (p.compression_type != QCOW2_COMPRESSION_ZLIB) {
-        h.incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
+    if (ret == 0) {
+        ret = create_prealloc_data(fd, &p, &l);
     }
-    if (p.lazy_refcounts) {
-        h.compatible_features |= QCOW2_COMPAT_LAZY_REFCOUNTS;
-    }
-    size_t hl = qcow2_header_encode(&h, buf, cs);
-    size_t blen = p.backing_file ? strlen(p.backing_file) : 0;
-    int64_t end = qcow2_write_extensions(buf, cs, hl, h.version,
-                                         p.backing_file ? p.backing_fmt : NULL, NULL, 0, blen);
-    if (end < 0 || (uint64_t)end + blen > cs) {
-        vd_error_setg(errp, EINVAL, "%s: header does not fit in one cluster", filename);
-        ret = -EINVAL;
-        goto out;
-    }
-    if (blen) {
-        memcpy(buf + end, p.backing_file, blen);
-        qcow2_st64(buf + QCOW2_HDR_BACKING_FILE_OFFSET, (uint64_t)end);
-        qcow2_st32(buf + QCOW2_HDR_BACKING_FILE_SIZE, (uint32_t)blen);
-    }
-    ret = vd_pwrite_all(fd, buf, cs, 0);
-    if (ret < 0) {
-        goto io_error;
-    }
-
-    /* refcount table */
-    for (uint64_t c = 0; c < t; c++) {
-        memset(buf, 0, cs);
-        for (uint64_t i = 0; i < l2_entries; i++) {
-            uint64_t bi = c * l2_entries + i;
-            if (bi < b) {
-                qcow2_st64(buf + i * 8, refblock_off + bi * cs);
-            }
-        }
-        ret = vd_pwrite_all(fd, buf, cs, reftable_off + c * cs);
-        if (ret < 0) {
-            goto io_error;
-        }
-    }
-    /* refcount blocks: clusters [0, total) have refcount 1 */
-    uint64_t per_block = 1ULL << (p.cluster_bits + 3 - p.refcount_order);
-    for (uint64_t bi = 0; bi < b; bi++) {
-        memset(buf, 0, cs);
-        for (uint64_t i = 0; i < per_block && bi * per_block + i < total; i++) {
-            qcow2_refcount_set(buf, i, p.refcount_order, 1);
-        }
-        ret = vd_pwrite_all(fd, buf, cs, refblock_off + bi * cs);
-        if (ret < 0) {
-            goto io_error;
-        }
-    }
-    /* L1 table (as many bytes as entries, like qemu-img) */
-    for (uint64_t done = 0; done < l1_size * 8;) {
-        uint64_t n = VD_MIN(cs, l1_size * 8 - done);
-        memset(buf, 0, cs);
-        for (uint64_t i = 0; i < n / 8; i++) {
-            uint64_t l1i = done / 8 + i;
-            if (l1i < l2_tables) {
-                qcow2_st64(buf + i * 8, (l2_off + l1i * cs) | QCOW2_OFLAG_COPIED);
-            }
-        }
-        ret = vd_pwrite_all(fd, buf, n, l1_off + done);
-        if (ret < 0) {
-            goto io_error;
-        }
-        done += n;
-    }
-    /* preallocated L2 tables and data */
-    for (uint64_t ti = 0; ti < l2_tables; ti++) {
-        memset(buf, 0, cs);
-        for (uint64_t i = 0; i < l2_entries; i++) {
-            uint64_t c = ti * l2_entries + i;
-            if (c < data_clusters) {
-                qcow2_st64(buf + i * 8, (data_off + c * cs) | QCOW2_OFLAG_COPIED);
-            }
-        }
-        ret = vd_pwrite_all(fd, buf, cs, l2_off + ti * cs);
-        if (ret < 0) {
-            goto io_error;
-        }
-    }
-    if (data_clusters) {
-        uint64_t file_end = data_off + data_clusters * cs;
-        if (p.prealloc == VD_PREALLOC_FALLOC || p.prealloc == VD_PREALLOC_FULL) {
-            int r = posix_fallocate(fd, (off_t)data_off, (off_t)(data_clusters * cs));
-            if (r && p.prealloc == VD_PREALLOC_FALLOC) {
-                ret = -r;
-                goto io_error;
-            }
-        }
-        if (p.prealloc == VD_PREALLOC_FULL) {
-            size_t zlen = 4 * VD_MiB;
-            uint8_t *z = calloc(1, zlen);
-            if (!z) {
-                ret = -ENOMEM;
-                goto out;
-            }
-            for (uint64_t o = data_off; o < file_end && ret == 0; o += zlen) {
-                ret = vd_pwrite_all(fd, z, (size_t)VD_MIN(zlen, file_end - o), o);
-            }
-            free(z);
-            if (ret < 0) {
-                goto io_error;
-            }
-        }
-        if (ftruncate(fd, (off_t)file_end) < 0) {
-            ret = -errno;
-            goto io_error;
-        }
-    }
-    if (fdatasync(fd) < 0) {
+    if (ret == 0 && fdatasync(fd) < 0) {
         ret = -errno;
-        goto io_error;
     }
-    ret = 0;
-    goto out;
-io_error:
-    vd_error_setg_errno(errp, -ret, "Could not write the image '%s'", filename);
-out:
+    if (ret < 0 && !err && ret != -ENOMEM) {
+        vd_error_setg_errno(&err, -ret, "Could not write the image '%s'", filename);
+    }
+    if (err) {
+        vd_error_propagate(errp, err);
+    }
     free(buf);
     close(fd);
     params_free(&p);

@@ -58,6 +58,50 @@ static void fuzz_apply_patches(uint8_t *img, size_t img_size, const uint8_t *p, 
     }
 }
 
+/* What exercise does with an opened image: read it, and when writable
+ * write at a few places, write zeros, maybe discard, flush and check. */
+typedef struct FuzzWrite {
+    int64_t offset;        /* used when the image is longer than min_len, else 0 */
+    int64_t min_len;
+    int64_t bytes;         /* at most the image's length */
+} FuzzWrite;
+
+static void fuzz_image_exercise(const char *opts_str, const char *path, int flags,
+                                const FuzzWrite *writes, int nwrites, int64_t zero_bytes,
+                                int64_t discard_bytes)
+{
+    VdOpts *o = vd_opts_parse(opts_str, NULL, NULL);
+    VdError *err = NULL;
+    VdBackend *b = vd_backend_open(path, o, flags | VD_O_NO_BACKING, &err);
+    if (!b) {
+        vd_error_free(err);
+        return;
+    }
+    static uint8_t buf[64 * 1024];
+    int64_t len = vd_backend_getlength(b);
+    if (len > 0) {
+        vd_backend_pread(b, 0, VD_MIN(len, (int64_t)sizeof(buf)), buf, 0);
+        vd_backend_pread(b, len / 2, VD_MIN(len - len / 2, 4096), buf, 0);
+    }
+    if ((flags & VD_O_RDWR) && len > 0) {
+        memset(buf, 0x11, 8192);
+        for (int i = 0; i < nwrites; i++) {
+            int64_t off = len > writes[i].min_len ? writes[i].offset : 0;
+            vd_backend_pwrite(b, off, VD_MIN(len, writes[i].bytes), buf, 0);
+        }
+        vd_backend_pwrite_zeroes(b, 0, VD_MIN(len, zero_bytes), VD_REQ_MAY_UNMAP);
+        if (discard_bytes) {
+            vd_backend_pdiscard(b, 0, VD_MIN(len, discard_bytes));
+        }
+        vd_backend_flush(b);
+        VdCheckResult res;
+        memset(&res, 0, sizeof(res));
+        vd_node_check(vd_backend_node(b), &res, 0, &err);
+        vd_error_free(err);
+    }
+    vd_backend_unref(b);
+}
+
 /* One fuzz input: template (img_size bytes) patched by data, written to a
  * memfd, then exercise(path, 0) and exercise(path, VD_O_RDWR). */
 static int fuzz_image_run(const char *name, const uint8_t *data, size_t size,

@@ -99,33 +99,8 @@ static void build_template(uint8_t *img)
 
 static void exercise(const char *path, int flags)
 {
-    VdOpts *o = vd_opts_parse("driver=qcow2,l2-cache-size=4k", NULL, NULL);
-    VdError *err = NULL;
-    VdBackend *b = vd_backend_open(path, o, flags | VD_O_NO_BACKING, &err);
-    if (!b) {
-        vd_error_free(err);
-        return;
-    }
-    static uint8_t buf[64 * 1024];
-    int64_t len = vd_backend_getlength(b);
-    if (len > 0) {
-        vd_backend_pread(b, 0, VD_MIN(len, (int64_t)sizeof(buf)), buf, 0);
-        vd_backend_pread(b, len / 2, VD_MIN(len - len / 2, 4096), buf, 0);
-    }
-    if ((flags & VD_O_RDWR) && len > 0) {
-        memset(buf, 0x11, 4096);
-        vd_backend_pwrite(b, 0, VD_MIN(len, 1500), buf, 0);
-        vd_backend_pwrite(b, len > 3000 ? 2000 : 0, VD_MIN(len, 700), buf, 0);
-        vd_backend_pwrite_zeroes(b, 0, VD_MIN(len, 1024), VD_REQ_MAY_UNMAP);
-        vd_backend_pdiscard(b, 0, VD_MIN(len, 2048));
-        vd_backend_flush(b);
-        VdCheckResult res;
-        memset(&res, 0, sizeof(res));
-        vd_node_check(vd_backend_node(b), &res, 0, &err);
-        vd_error_free(err);
-        err = NULL;
-    }
-    vd_backend_unref(b);
+    static const FuzzWrite writes[] = { { 0, 0, 1500 }, { 2000, 3000, 700 } };
+    fuzz_image_exercise("driver=qcow2,l2-cache-size=4k", path, flags, writes, (int)VD_ARRAY_SIZE(writes), 1024, 2048);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

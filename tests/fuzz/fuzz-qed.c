@@ -54,33 +54,8 @@ static void build_template(uint8_t *img)
 
 static void exercise(const char *path, int flags)
 {
-    VdOpts *o = vd_opts_parse("driver=qed", NULL, NULL);
-    VdError *err = NULL;
-    VdBackend *b = vd_backend_open(path, o, flags | VD_O_NO_BACKING, &err);
-    if (!b) {
-        vd_error_free(err);
-        return;
-    }
-    static uint8_t buf[64 * 1024];
-    int64_t len = vd_backend_getlength(b);
-    if (len > 0) {
-        vd_backend_pread(b, 0, VD_MIN(len, (int64_t)sizeof(buf)), buf, 0);
-        vd_backend_pread(b, len / 2, VD_MIN(len - len / 2, 4096), buf, 0);
-    }
-    if ((flags & VD_O_RDWR) && len > 0) {
-        memset(buf, 0x11, 8192);
-        vd_backend_pwrite(b, 0, VD_MIN(len, 1500), buf, 0);
-        vd_backend_pwrite(b, len > 3 * CS ? 2 * CS + 100 : 0, VD_MIN(len, 700), buf, 0);
-        vd_backend_pwrite(b, len > 9 * CS ? 8 * CS : 0, VD_MIN(len, 8192), buf, 0);
-        vd_backend_pwrite_zeroes(b, 0, VD_MIN(len, CS), VD_REQ_MAY_UNMAP);
-        vd_backend_flush(b);
-        VdCheckResult res;
-        memset(&res, 0, sizeof(res));
-        vd_node_check(vd_backend_node(b), &res, 0, &err);
-        vd_error_free(err);
-        err = NULL;
-    }
-    vd_backend_unref(b);
+    static const FuzzWrite writes[] = { { 0, 0, 1500 }, { 2 * CS + 100, 3 * CS, 700 }, { 8 * CS, 9 * CS, 8192 } };
+    fuzz_image_exercise("driver=qed", path, flags, writes, (int)VD_ARRAY_SIZE(writes), CS, 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -332,6 +332,20 @@ static void vdd_backend_stopped(void *opaque, int err, bool is_write)
     vd_bh_schedule_oneshot(vd_aio_main_context(), vdd_stop_event_bh, ev);
 }
 
+/* An export's iothread= option: move its backend (and node) to that
+ * IOThread. -errno with errp set. */
+static int export_move_to_iothread(VdBackend *blk, const char *id, const char *iothread,
+                                   VdError **errp)
+{
+    VddIOThread *it = vdd_iothread_find(iothread);
+    if (!it) {
+        vd_error_setg(errp, ENOENT, "export '%s': IOThread '%s' not found", id, iothread);
+        return -ENOENT;
+    }
+    return vd_export_set_backend_context(blk, vd_iothread_get_context(it->t), errp) < 0
+               ? -EINVAL : 0;
+}
+
 /* --export type=vhost-user-blk (qemu-storage-daemon's keys). Takes opts. */
 static int vdd_export_add_vhost_user_blk(VdOpts *opts, const char *id, VddBlockdev *b,
                                          VdError **errp)
@@ -373,15 +387,8 @@ static int vdd_export_add_vhost_user_blk(VdOpts *opts, const char *id, VddBlockd
         vd_error_setg(errp, EEXIST, "export: an export with id '%s' already exists", id);
         goto out;
     }
-    if (iothread) {
-        VddIOThread *it = vdd_iothread_find(iothread);
-        if (!it) {
-            vd_error_setg(errp, ENOENT, "export '%s': IOThread '%s' not found", id, iothread);
-            goto out;
-        }
-        if (vd_export_set_backend_context(b->blk, vd_iothread_get_context(it->t), errp) < 0) {
-            goto out;
-        }
+    if (iothread && export_move_to_iothread(b->blk, id, iothread, errp) < 0) {
+        goto out;
     }
     VdVhuExportConfig cfg = {
         .id = id, .blk = b->blk, .path = path, .writable = writable,
@@ -470,15 +477,8 @@ int vdd_export_add(VdOpts *opts, VdError **errp)
                       (unsigned long long)min_block);
         goto out;
     }
-    if (iothread) {
-        VddIOThread *it = vdd_iothread_find(iothread);
-        if (!it) {
-            vd_error_setg(errp, ENOENT, "export '%s': IOThread '%s' not found", id, iothread);
-            goto out;
-        }
-        if (vd_export_set_backend_context(b->blk, vd_iothread_get_context(it->t), errp) < 0) {
-            goto out;
-        }
+    if (iothread && export_move_to_iothread(b->blk, id, iothread, errp) < 0) {
+        goto out;
     }
     if (writethrough) {
         vd_backend_set_write_cache(b->blk, false);

@@ -165,7 +165,16 @@ static void bench_print_counters(VdBackend *blk)
     }
 }
 
-int img_cmd_bench(int argc, char **argv)
+/* bench's command line, parsed. */
+typedef struct BenchArgs {
+    const char *fmt, *cache, *aio, *filename;
+    bool image_opts, force_share, write, drain, counters;
+    int count, depth, bufsize, pattern, flush_interval;
+    int64_t offset, step;
+} BenchArgs;
+
+/* Parse and check argv into *a. Returns -1 to go on, else the exit status. */
+static int bench_parse_args(int argc, char **argv, BenchArgs *a)
 {
     enum { OPT_FLUSH_INTERVAL = 256, OPT_NO_DRAIN, OPT_PATTERN, OPT_IMAGE_OPTS, OPT_OBJECT,
            OPT_COUNTERS };
@@ -180,14 +189,7 @@ int img_cmd_bench(int argc, char **argv)
         { "counters", no_argument, NULL, OPT_COUNTERS },
         { NULL, 0, NULL, 0 },
     };
-    const char *fmt = NULL, *cache = "writeback", *aio = NULL, *filename;
-    bool image_opts = false, force_share = false, write = false, drain = true, counters = false;
-    int count = 75000, depth = 64, bufsize = 4096, pattern = 0, flush_interval = 0;
-    int64_t offset = 0, step = 0;
-    int c, flags = 0, ret = 1;
-    BenchState b = { 0 };
-    char *buf = NULL;
-    struct timespec t1, t2;
+    int c;
 
     opterr = 0;
     optind = 1;
@@ -200,91 +202,108 @@ int img_cmd_bench(int argc, char **argv)
                    "[-S step_size] [-t cache] [-w] [-U] [--image-opts] [--counters] filename\n");
             return 0;
         case 'c':
-            if (img_parse_int_opt(optarg, 0, INT_MAX, "request count", &count) < 0) {
+            if (img_parse_int_opt(optarg, 0, INT_MAX, "request count", &a->count) < 0) {
                 return 1;
             }
             break;
         case 'd':
-            if (img_parse_int_opt(optarg, 1, INT_MAX, "queue depth", &depth) < 0) {
+            if (img_parse_int_opt(optarg, 1, INT_MAX, "queue depth", &a->depth) < 0) {
                 return 1;
             }
             break;
-        case 'f': fmt = optarg; break;
-        case 'n': aio = "io_uring"; break;
-        case 'i': aio = optarg; break;
+        case 'f': a->fmt = optarg; break;
+        case 'n': a->aio = "io_uring"; break;
+        case 'i': a->aio = optarg; break;
         case 'o':
             sz = tool_parse_size(optarg);
             if (sz < 0) {
                 img_size_error("offset");
                 return 1;
             }
-            offset = sz;
+            a->offset = sz;
             break;
         case 'q': break;   /* qemu-img bench prints its lines with -q too */
         case 's':
             if (img_parse_int_size(optarg, "buffer size", &sz) < 0) {
                 return 1;
             }
-            bufsize = (int)sz;
+            a->bufsize = (int)sz;
             break;
         case 'S':
             if (img_parse_int_size(optarg, "step_size", &sz) < 0) {
                 return 1;
             }
-            step = sz;
+            a->step = sz;
             break;
-        case 't': cache = optarg; break;
-        case 'w': write = true; break;
-        case 'U': force_share = true; break;
+        case 't': a->cache = optarg; break;
+        case 'w': a->write = true; break;
+        case 'U': a->force_share = true; break;
         case OPT_FLUSH_INTERVAL:
-            if (img_parse_int_opt(optarg, 0, INT_MAX, "flush interval", &flush_interval) < 0) {
+            if (img_parse_int_opt(optarg, 0, INT_MAX, "flush interval", &a->flush_interval) < 0) {
                 return 1;
             }
             break;
-        case OPT_NO_DRAIN: drain = false; break;
+        case OPT_NO_DRAIN: a->drain = false; break;
         case OPT_PATTERN:
-            if (img_parse_int_opt(optarg, 0, 0xff, "pattern byte", &pattern) < 0) {
+            if (img_parse_int_opt(optarg, 0, 0xff, "pattern byte", &a->pattern) < 0) {
                 return 1;
             }
             break;
-        case OPT_IMAGE_OPTS: image_opts = true; break;
+        case OPT_IMAGE_OPTS: a->image_opts = true; break;
         case OPT_OBJECT: break;   /* created in main (tool_objects_from_argv) */
-        case OPT_COUNTERS: counters = true; break;
+        case OPT_COUNTERS: a->counters = true; break;
         default: return img_bad_option(c, argv);
         }
     }
     if (optind != argc - 1) {
         return img_usage_error("Expecting one image file name");
     }
-    filename = argv[optind];
-    if (!write && flush_interval) {
+    a->filename = argv[optind];
+    if (!a->write && a->flush_interval) {
         img_error("--flush-interval is only available in write tests");
         return 1;
     }
-    if (flush_interval && flush_interval < depth) {
+    if (a->flush_interval && a->flush_interval < a->depth) {
         img_error("Flush interval can't be smaller than depth");
         return 1;
     }
-    if (!drain && !flush_interval) {
+    if (!a->drain && !a->flush_interval) {
         img_error("--no-drain requires --flush-interval");
         return 1;
     }
     {
         int f;
         bool wt;
-        if (vd_parse_cache_mode(cache, &f, &wt) < 0) {
+        if (vd_parse_cache_mode(a->cache, &f, &wt) < 0) {
             img_error("Invalid cache mode");
             return 1;
         }
     }
-    if (aio && strcmp(aio, "threads") && strcmp(aio, "native") && strcmp(aio, "io_uring")) {
-        img_error("Invalid aio option: %s", aio);
+    if (a->aio && strcmp(a->aio, "threads") && strcmp(a->aio, "native") &&
+        strcmp(a->aio, "io_uring")) {
+        img_error("Invalid aio option: %s", a->aio);
         return 1;
     }
-    flags = (write ? VD_O_RDWR : 0) | (force_share ? VD_O_FORCE_SHARE : 0);
+    return -1;
+}
+
+int img_cmd_bench(int argc, char **argv)
+{
+    BenchArgs a = { .cache = "writeback", .drain = true, .count = 75000, .depth = 64,
+                    .bufsize = 4096 };
+    int ret = bench_parse_args(argc, argv, &a);
+    if (ret >= 0) {
+        return ret;
+    }
+    ret = 1;
+    BenchState b = { 0 };
+    char *buf = NULL;
+    struct timespec t1, t2;
+
+    int flags = (a.write ? VD_O_RDWR : 0) | (a.force_share ? VD_O_FORCE_SHARE : 0);
     ToolOpenSpec spec = {
-        .name = filename, .format = fmt, .image_opts = image_opts, .cache = cache,
-        .aio = aio, .flags = flags,
+        .name = a.filename, .format = a.fmt, .image_opts = a.image_opts, .cache = a.cache,
+        .aio = a.aio, .flags = flags,
     };
     b.blk = img_open_spec(&spec);
     if (!b.blk) {
@@ -295,42 +314,42 @@ int img_cmd_bench(int argc, char **argv)
         img_error("Could not get the image size: %s", strerror((int)-b.image_size));
         goto out;
     }
-    b.offset = offset;
-    b.step = step ? step : bufsize;
-    b.bufsize = bufsize;
-    b.nrreq = count;
-    b.depth = depth;
-    b.write = write;
-    b.flush_interval = flush_interval;
-    b.drain_on_flush = drain;
+    b.offset = a.offset;
+    b.step = a.step ? a.step : a.bufsize;
+    b.bufsize = a.bufsize;
+    b.nrreq = a.count;
+    b.depth = a.depth;
+    b.write = a.write;
+    b.flush_interval = a.flush_interval;
+    b.drain_on_flush = a.drain;
     b.last_flush_at = -1;
 
     printf("Sending %d %s requests, %d bytes each, %d in parallel "
            "(starting at offset %" PRId64 ", step size %" PRId64 ")\n",
-           b.nrreq, write ? "write" : "read", b.bufsize, b.depth, b.offset, b.step);
-    if (flush_interval) {
-        printf("Sending flush every %d requests\n", flush_interval);
+           b.nrreq, a.write ? "write" : "read", b.bufsize, b.depth, b.offset, b.step);
+    if (a.flush_interval) {
+        printf("Sending flush every %d requests\n", a.flush_interval);
     }
     fflush(stdout);
 
-    size_t total = (size_t)depth * (size_t)bufsize;
+    size_t total = (size_t)a.depth * (size_t)a.bufsize;
     if (posix_memalign((void **)&buf, 4096, total ? total : 4096)) {
         img_error("Could not allocate %zu bytes of buffers", total);
         goto out;
     }
-    memset(buf, pattern, total ? total : 4096);
-    b.slots = calloc(depth, sizeof(*b.slots));
-    b.free_slots = calloc(depth, sizeof(int));
+    memset(buf, a.pattern, total ? total : 4096);
+    b.slots = calloc(a.depth, sizeof(*b.slots));
+    b.free_slots = calloc(a.depth, sizeof(int));
     if (!b.slots || !b.free_slots) {
         img_error("Out of memory");
         goto out;
     }
-    for (int i = 0; i < depth; i++) {
+    for (int i = 0; i < a.depth; i++) {
         b.slots[i].b = &b;
-        vd_iov_init_buf(&b.slots[i].qiov, buf + (size_t)i * bufsize, (size_t)bufsize);
-        b.free_slots[depth - 1 - i] = i;
+        vd_iov_init_buf(&b.slots[i].qiov, buf + (size_t)i * a.bufsize, (size_t)a.bufsize);
+        b.free_slots[a.depth - 1 - i] = i;
     }
-    b.nfree = depth;
+    b.nfree = a.depth;
 
     VdAioContext *ctx = vd_backend_get_context(b.blk);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -350,13 +369,13 @@ int img_cmd_bench(int argc, char **argv)
     }
 out:
     if (b.slots) {
-        for (int i = 0; i < depth; i++) {
+        for (int i = 0; i < a.depth; i++) {
             vd_iov_destroy(&b.slots[i].qiov);
         }
     }
     free(b.slots);
     free(b.free_slots);
-    if (counters && b.blk) {
+    if (a.counters && b.blk) {
         bench_print_counters(b.blk);   /* closes the backend */
     } else {
         vd_backend_unref(b.blk);

@@ -156,6 +156,53 @@ static bool img_has_help_option(const char *optstr)
     return found;
 }
 
+/* The backing file of a new image, opened as qemu-img create does: it must
+ * open, its format must be given, and it gives the size when none is.
+ * Prints the error and returns -1 on failure. */
+static int create_open_backing(const char *filename, const char *bfile, VdOpts *opts,
+                               const char **size_str)
+{
+    VdError *err = NULL;
+    const char *bfmt = img_opt_str(opts, "backing_fmt");
+    char *path = img_backing_path(filename, bfile);
+    VdOpts *bopts = NULL;
+    if (bfmt) {
+        bopts = vd_json_object();
+        vd_opts_set(bopts, "driver", bfmt);
+    }
+    VdNode *bnode = vd_node_open(path, bopts, VD_O_NO_BACKING | VD_O_NO_IO | VD_O_FORCE_SHARE,
+                                 &err);
+    free(path);
+    if (!bnode) {
+        img_error("%s: %s\nCould not open backing image.", filename,
+                  err ? err->msg : "unknown error");
+        vd_error_free(err);
+        return -1;
+    }
+    if (!bfmt) {
+        /* qemu-img 7.2 ends this message without a newline; so do we. */
+        fprintf(stderr, IMG_PROG ": %s: Backing file specified without backing format\n"
+                "Detected format of %s.", filename, vd_node_format_name(bnode));
+        vd_node_unref(bnode);
+        return -1;
+    }
+    if (!*size_str) {
+        int64_t blen = vd_node_getlength(bnode);
+        char buf[32];
+        if (blen < 0) {
+            img_error("%s: Could not get the size of the backing image: %s", filename,
+                      strerror((int)-blen));
+            vd_node_unref(bnode);
+            return -1;
+        }
+        snprintf(buf, sizeof(buf), "%" PRId64, blen);
+        vd_opts_set(opts, "size", buf);
+        *size_str = img_opt_str(opts, "size");
+    }
+    vd_node_unref(bnode);
+    return 0;
+}
+
 int img_cmd_create(int argc, char **argv)
 {
     static const struct option long_opts[] = {
@@ -277,44 +324,8 @@ int img_cmd_create(int argc, char **argv)
                   "file", filename);
         goto out;
     }
-    if (bfile && !no_open_backing) {
-        const char *bfmt = img_opt_str(opts, "backing_fmt");
-        char *path = img_backing_path(filename, bfile);
-        VdOpts *bopts = NULL;
-        if (bfmt) {
-            bopts = vd_json_object();
-            vd_opts_set(bopts, "driver", bfmt);
-        }
-        VdNode *bnode = vd_node_open(path, bopts, VD_O_NO_BACKING | VD_O_NO_IO | VD_O_FORCE_SHARE,
-                                     &err);
-        free(path);
-        if (!bnode) {
-            img_error("%s: %s\nCould not open backing image.", filename,
-                    err ? err->msg : "unknown error");
-            vd_error_free(err);
-            goto out;
-        }
-        if (!bfmt) {
-            /* qemu-img 7.2 ends this message without a newline; so do we. */
-            fprintf(stderr, IMG_PROG ": %s: Backing file specified without backing format\n"
-                    "Detected format of %s.", filename, vd_node_format_name(bnode));
-            vd_node_unref(bnode);
-            goto out;
-        }
-        if (!size_str) {
-            int64_t blen = vd_node_getlength(bnode);
-            char buf[32];
-            if (blen < 0) {
-                img_error("%s: Could not get the size of the backing image: %s", filename,
-                        strerror((int)-blen));
-                vd_node_unref(bnode);
-                goto out;
-            }
-            snprintf(buf, sizeof(buf), "%" PRId64, blen);
-            vd_opts_set(opts, "size", buf);
-            size_str = img_opt_str(opts, "size");
-        }
-        vd_node_unref(bnode);
+    if (bfile && !no_open_backing && create_open_backing(filename, bfile, opts, &size_str) < 0) {
+        goto out;
     }
     if (!size_str) {
         img_error("%s: Image creation needs a size parameter", filename);

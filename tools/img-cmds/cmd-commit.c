@@ -54,6 +54,60 @@ static int commit_find_base(VdNode *top, const char *filename, const char *base_
     return -1;
 }
 
+/* Copy what top holds above base into base, zeros as zero writes, with -p
+ * progress and the -r rate limit. Prints the error and returns -1. */
+static int commit_copy(VdNode *top, VdNode *base, int64_t size, uint8_t *buf,
+                       uint64_t rate_limit, ImgProgress *prog)
+{
+    uint64_t copied = 0;
+    int64_t start_ns = commit_now_ns();
+    for (int64_t off = 0; off < size;) {
+        int64_t pnum = 0;
+        int d = 0;
+        int st = vd_block_status_above(top, base, true, off, size - off, &pnum, NULL, NULL, &d);
+        if (st < 0 || pnum <= 0) {
+            img_error("Block status failed at offset %" PRId64 ": %s", off,
+                      strerror(st < 0 ? -st : EIO));
+            return -1;
+        }
+        if (d != 0 && (st & VD_BLOCK_ZERO) && !(st & VD_BLOCK_DATA)) {
+            int r = vd_node_pwrite_zeroes(base, off, pnum, 0);
+            if (r < 0) {
+                img_error("Block job failed: %s", strerror(-r));
+                return -1;
+            }
+        } else if (d != 0) {
+            /* Allocated above base: copy. */
+            for (int64_t pos = off; pos < off + pnum; pos += COMMIT_BUF) {
+                int64_t n = VD_MIN(COMMIT_BUF, off + pnum - pos);
+                int r = vd_pread(top, pos, n, buf, 0);
+                if (r == 0) {
+                    r = vd_pwrite(base, pos, n, buf, 0);
+                }
+                if (r < 0) {
+                    img_error("Block job failed: %s", strerror(-r));
+                    return -1;
+                }
+                img_progress_update(prog, (pos + n) * 100.0 / size);
+                copied += n;
+                if (rate_limit) {
+                    /* -r: at most rate_limit bytes/s */
+                    int64_t due = start_ns + (int64_t)(copied * 1e9 / rate_limit);
+                    int64_t now = commit_now_ns();
+                    if (due > now) {
+                        struct timespec ts = { (due - now) / 1000000000,
+                                               (due - now) % 1000000000 };
+                        nanosleep(&ts, NULL);
+                    }
+                }
+            }
+        }
+        off += pnum;
+        img_progress_update(prog, off * 100.0 / size);
+    }
+    return 0;
+}
+
 int img_cmd_commit(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -65,7 +119,7 @@ int img_cmd_commit(int argc, char **argv)
     const char *fmt = NULL, *cache = "writeback", *base_name = NULL;
     bool quiet = false, image_opts = false, drop = false, progress = false;
     int c, ret = 1;
-    uint64_t rate_limit = 0, copied = 0;
+    uint64_t rate_limit = 0;
 
     img_getopt_reset();
     while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", longopts, NULL)) != -1) {
@@ -167,50 +221,8 @@ int img_cmd_commit(int argc, char **argv)
     buf = vd_node_blockalign(base, COMMIT_BUF);
     ImgProgress prog;
     img_progress_init(&prog, progress, 1.0);
-    int64_t start_ns = commit_now_ns();
-    for (int64_t off = 0; off < size;) {
-        int64_t pnum = 0;
-        int d = 0;
-        int st = vd_block_status_above(top, base, true, off, size - off, &pnum, NULL, NULL, &d);
-        if (st < 0 || pnum <= 0) {
-            img_error("Block status failed at offset %" PRId64 ": %s", off,
-                      strerror(st < 0 ? -st : EIO));
-            goto out;
-        }
-        if (d != 0 && (st & VD_BLOCK_ZERO) && !(st & VD_BLOCK_DATA)) {
-            int r = vd_node_pwrite_zeroes(base, off, pnum, 0);
-            if (r < 0) {
-                img_error("Block job failed: %s", strerror(-r));
-                goto out;
-            }
-        } else if (d != 0) {
-            /* Allocated above base: copy. */
-            for (int64_t pos = off; pos < off + pnum; pos += COMMIT_BUF) {
-                int64_t n = VD_MIN(COMMIT_BUF, off + pnum - pos);
-                int r = vd_pread(top, pos, n, buf, 0);
-                if (r == 0) {
-                    r = vd_pwrite(base, pos, n, buf, 0);
-                }
-                if (r < 0) {
-                    img_error("Block job failed: %s", strerror(-r));
-                    goto out;
-                }
-                img_progress_update(&prog, (pos + n) * 100.0 / size);
-                copied += n;
-                if (rate_limit) {
-                    /* -r: at most rate_limit bytes/s */
-                    int64_t due = start_ns + (int64_t)(copied * 1e9 / rate_limit);
-                    int64_t now = commit_now_ns();
-                    if (due > now) {
-                        struct timespec ts = { (due - now) / 1000000000,
-                                               (due - now) % 1000000000 };
-                        nanosleep(&ts, NULL);
-                    }
-                }
-            }
-        }
-        off += pnum;
-        img_progress_update(&prog, off * 100.0 / size);
+    if (commit_copy(top, base, size, buf, rate_limit, &prog) < 0) {
+        goto out;
     }
     int r = vd_flush(base);
     if (r < 0) {

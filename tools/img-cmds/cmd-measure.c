@@ -7,6 +7,44 @@
 #include <string.h>
 #include "img-common.h"
 
+/* qemu-img measure's output, human or JSON. */
+static void measure_print(bool json, uint64_t required, uint64_t fully, bool has_bitmaps)
+{
+    if (json) {
+        VdJson *o = vd_json_object();
+        if (has_bitmaps) {
+            vd_json_object_put_int(o, "bitmaps", 0);
+        }
+        vd_json_object_put(o, "required", vd_json_uint(required));
+        vd_json_object_put(o, "fully-allocated", vd_json_uint(fully));
+        char *s = vd_json_to_string(o, true);
+        printf("%s\n", s);
+        free(s);
+        vd_json_unref(o);
+    } else {
+        printf("required size: %" PRIu64 "\n", required);
+        printf("fully allocated size: %" PRIu64 "\n", fully);
+        if (has_bitmaps) {
+            printf("bitmaps size: %d\n", 0);
+        }
+    }
+}
+
+/* Size of a raw-like image (the file is exactly the virtual size). */
+static int measure_raw_like(const VdOpts *opts, uint64_t *size)
+{
+    VdJson *sz = vd_opts_lookup(opts, "size");
+    if (vd_json_type(sz) == VD_JSON_STRING) {
+        if (vd_parse_size(vd_json_get_string(sz), size) < 0) {
+            img_error("Invalid size '%s'", vd_json_get_string(sz));
+            return -1;
+        }
+    } else {
+        *size = vd_json_get_uint(sz);
+    }
+    return 0;
+}
+
 int img_cmd_measure(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -139,40 +177,16 @@ int img_cmd_measure(int argc, char **argv)
                       !strcmp(vd_node_format_name(vd_node_format_node(in)), "qcow2") &&
                       !(cv && (!strcmp(cv, "0.10") || !strcmp(cv, "v2")));
     } else if (drv.is_format || !strcmp(drv.name, "file")) {
-        /* raw-like formats: the file is exactly the virtual size */
         uint64_t size;
-        VdJson *sz = vd_opts_lookup(opts, "size");
-        if (vd_json_type(sz) == VD_JSON_STRING) {
-            if (vd_parse_size(vd_json_get_string(sz), &size) < 0) {
-                img_error("Invalid size '%s'", vd_json_get_string(sz));
-                goto out;
-            }
-        } else {
-            size = vd_json_get_uint(sz);
+        if (measure_raw_like(opts, &size) < 0) {
+            goto out;
         }
         required = fully = VD_ALIGN_UP(size, 512);
     } else {
         img_error("Format driver '%s' does not support size measurement", out_fmt);
         goto out;
     }
-    if (json) {
-        VdJson *o = vd_json_object();
-        if (has_bitmaps) {
-            vd_json_object_put_int(o, "bitmaps", 0);
-        }
-        vd_json_object_put(o, "required", vd_json_uint(required));
-        vd_json_object_put(o, "fully-allocated", vd_json_uint(fully));
-        char *s = vd_json_to_string(o, true);
-        printf("%s\n", s);
-        free(s);
-        vd_json_unref(o);
-    } else {
-        printf("required size: %" PRIu64 "\n", required);
-        printf("fully allocated size: %" PRIu64 "\n", fully);
-        if (has_bitmaps) {
-            printf("bitmaps size: %d\n", 0);
-        }
-    }
+    measure_print(json, required, fully, has_bitmaps);
     ret = 0;
 out:
     vd_json_unref(opts);

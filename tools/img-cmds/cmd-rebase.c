@@ -26,6 +26,36 @@ static int rebase_read(VdNode *node, int64_t node_size, int64_t off, int64_t n, 
     return 0;
 }
 
+/* Write into top every run of sectors of [off, off + pnum) where the old
+ * backing file (buf_old) and the new one (buf_new) differ, with the old
+ * contents, so the guest keeps seeing them. Prints the error, -1. */
+static int rebase_write_differences(VdNode *top, int64_t off, int64_t pnum,
+                                    const uint8_t *buf_old, const uint8_t *buf_new)
+{
+    for (int64_t pos = 0; pos < pnum;) {
+        int64_t n = VD_MIN(REBASE_SECTOR, pnum - pos);
+        if (!memcmp(buf_old + pos, buf_new + pos, n)) {
+            pos += n;
+            continue;
+        }
+        int64_t end = pos + n;
+        while (end < pnum) {
+            int64_t m = VD_MIN(REBASE_SECTOR, pnum - end);
+            if (!memcmp(buf_old + end, buf_new + end, m)) {
+                break;
+            }
+            end += m;
+        }
+        int r = vd_pwrite(top, off + pos, end - pos, buf_old + pos, 0);
+        if (r < 0) {
+            img_error("Error while writing image: %s", strerror(-r));
+            return -1;
+        }
+        pos = end;
+    }
+    return 0;
+}
+
 int img_cmd_rebase(int argc, char **argv)
 {
     const struct option *longopts = img_std_longopts;
@@ -145,27 +175,8 @@ int img_cmd_rebase(int argc, char **argv)
                     img_error("error while reading from new backing file");
                     goto out;
                 }
-                /* Write back each run of sectors that differ. */
-                for (int64_t pos = 0; pos < pnum;) {
-                    int64_t n = VD_MIN(REBASE_SECTOR, pnum - pos);
-                    if (!memcmp(buf_old + pos, buf_new + pos, n)) {
-                        pos += n;
-                        continue;
-                    }
-                    int64_t end = pos + n;
-                    while (end < pnum) {
-                        int64_t m = VD_MIN(REBASE_SECTOR, pnum - end);
-                        if (!memcmp(buf_old + end, buf_new + end, m)) {
-                            break;
-                        }
-                        end += m;
-                    }
-                    r = vd_pwrite(top, off + pos, end - pos, buf_old + pos, 0);
-                    if (r < 0) {
-                        img_error("Error while writing image: %s", strerror(-r));
-                        goto out;
-                    }
-                    pos = end;
+                if (rebase_write_differences(top, off, pnum, buf_old, buf_new) < 0) {
+                    goto out;
                 }
             }
             off += pnum;

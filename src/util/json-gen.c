@@ -8,9 +8,9 @@
 
 /*
  * Strings are escaped as qemu-img does: the two-character escapes for
- * '"', '\\', \b \f \n \r \t; \uXXXX (upper-case hex) for other control
- * characters and every non-ASCII code point (surrogate pairs above the BMP);
- * invalid UTF-8 becomes \uFFFD.
+ * '"', '\\', \b \f \n \r \t; a \u escape (four upper-case hex digits)
+ * for other control characters and every non-ASCII code point (surrogate
+ * pairs above the BMP); invalid UTF-8 becomes \uFFFD.
  */
 static void json_gen_string(StrBuf *b, const char *s, size_t len)
 {

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 SKIP = 77
 
@@ -183,6 +184,36 @@ class TempDir:
 
     def __exit__(self, *exc):
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def hold_open(tool, img, fmt, readonly=False, command="write -P 0x42 0 4k",
+              expect="wrote 4096/4096"):
+    """Start tool (qemu-io or vdisk-io) in stdin mode holding img open; return
+    once it has run command through it (the image is open and locked then).
+    Give it back with release()."""
+    cmd = [tool, "-f", fmt] + (["-r"] if readonly else []) + [img]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdin.write(command + "\n")
+    p.stdin.flush()
+    buf = ""
+    deadline = time.time() + 30
+    while expect not in buf and time.time() < deadline:
+        ch = os.read(p.stdout.fileno(), 4096).decode()
+        if not ch:
+            break
+        buf += ch
+    if expect not in buf:
+        p.kill()
+        raise AssertionError(f"{tool} did not open {img}: {buf!r}")
+    return p
+
+
+def release(p):
+    """Make a hold_open() holder quit."""
+    p.stdin.write("quit\n")
+    p.stdin.close()
+    p.wait(timeout=30)
 
 
 def io_args(cmds):

@@ -13,29 +13,11 @@ import vdtest as vt  # noqa: E402
 
 
 def hold_open(tool, img, fmt):
-    """Start tool in stdin mode holding img open read-write; wait until it has
-    written through it (the image is open and locked then)."""
-    p = subprocess.Popen([tool, "-f", fmt, img], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    p.stdin.write("write -P 0x42 0 4k\n")
-    p.stdin.flush()
-    buf = ""
-    deadline = time.time() + 30
-    while "wrote 4096/4096" not in buf and time.time() < deadline:
-        ch = os.read(p.stdout.fileno(), 4096).decode()
-        if not ch:
-            break
-        buf += ch
-    if "wrote 4096/4096" not in buf:
-        p.kill()
-        raise AssertionError(f"{tool} did not open {img}: {buf!r}")
-    return p
+    """tool holding img open read-write (it has written through it)."""
+    return vt.hold_open(tool, img, fmt)
 
 
-def release(p):
-    p.stdin.write("quit\n")
-    p.stdin.close()
-    p.wait(timeout=30)
+release = vt.release
 
 
 # What another process may do next to a writer, per format, as QEMU 7.2 does:

@@ -25,28 +25,10 @@ import nbdtest  # noqa: E402
 
 def hold_open(img, readonly):
     """qemu-io holding img (stdin mode) until release(); returns once open."""
-    cmd = ["qemu-io", "-f", "qcow2"] + (["-r"] if readonly else []) + [img]
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    p.stdin.write("read 0 512\n")
-    p.stdin.flush()
-    buf = ""
-    deadline = time.time() + 30
-    while "read 512/512" not in buf and time.time() < deadline:
-        ch = os.read(p.stdout.fileno(), 4096).decode()
-        if not ch:
-            break
-        buf += ch
-    if "read 512/512" not in buf:
-        p.kill()
-        raise AssertionError(f"qemu-io did not open {img}: {buf!r}")
-    return p
+    return vt.hold_open("qemu-io", img, "qcow2", readonly, "read 0 512", "read 512/512")
 
 
-def release(p):
-    p.stdin.write("quit\n")
-    p.stdin.close()
-    p.wait(timeout=30)
+release = vt.release
 
 
 def spec(log, disk):

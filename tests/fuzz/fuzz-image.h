@@ -102,12 +102,25 @@ static void fuzz_image_exercise(const char *opts_str, const char *path, int flag
     vd_backend_unref(b);
 }
 
-/* One fuzz input: template (img_size bytes) patched by data, written to a
- * memfd, then exercise(path, 0) and exercise(path, VD_O_RDWR). */
-static int fuzz_image_run(const char *name, const uint8_t *data, size_t size,
-                          const uint8_t *template, size_t img_size,
+/* One fuzz input: the template (img_size bytes, made by build_template on
+ * the first call, when the block layer is set up too) patched by data,
+ * written to a memfd, then exercise(path, 0) and exercise(path, VD_O_RDWR). */
+static int fuzz_image_run(const char *name, const uint8_t *data, size_t size, size_t img_size,
+                          void (*build_template)(uint8_t *img),
                           void (*exercise)(const char *path, int flags))
 {
+    static uint8_t *template;
+    if (!template) {
+        if (vd_block_init(NULL) < 0) {
+            return 0;
+        }
+        vd_error_set_progname(name);
+        template = calloc(1, img_size);
+        if (!template) {
+            return 0;
+        }
+        build_template(template);
+    }
     static uint8_t patches[8192];
     size_t np;
     if (size >= 4 && !memcmp(data, "hex:", 4)) {

@@ -100,21 +100,12 @@ static void build_template(uint8_t *img)
 static void exercise(const char *path, int flags)
 {
     static const FuzzWrite writes[] = { { 0, 0, 1500 }, { 2000, 3000, 700 } };
-    fuzz_image_exercise("driver=qcow2,l2-cache-size=4k", path, flags, writes, (int)VD_ARRAY_SIZE(writes), 1024, 2048);
+    fuzz_image_exercise("driver=qcow2,l2-cache-size=4k", path, flags, writes,
+                        (int)VD_ARRAY_SIZE(writes), 1024, 2048);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static int inited;
-    static uint8_t template[IMG_SIZE];
-    if (!inited) {
-        if (vd_block_init(NULL) < 0) {
-            return 0;
-        }
-        vd_error_set_progname("fuzz-qcow2");
-        build_template(template);
-        inited = 1;
-    }
-    return fuzz_image_run("fuzz-qcow2", data, size, template, IMG_SIZE, exercise);
+    return fuzz_image_run("fuzz-qcow2", data, size, IMG_SIZE, build_template, exercise);
 }

@@ -61,15 +61,5 @@ static void exercise(const char *path, int flags)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static int inited;
-    static uint8_t template[IMG_SIZE];
-    if (!inited) {
-        if (vd_block_init(NULL) < 0) {
-            return 0;
-        }
-        vd_error_set_progname("fuzz-qed");
-        build_template(template);
-        inited = 1;
-    }
-    return fuzz_image_run("fuzz-qed", data, size, template, IMG_SIZE, exercise);
+    return fuzz_image_run("fuzz-qed", data, size, IMG_SIZE, build_template, exercise);
 }

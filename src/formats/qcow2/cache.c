@@ -310,9 +310,10 @@ void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table)
     qcow2_cache_mark_dirty_range(c, table, 0, 0);
 }
 
-void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, bool need_data)
+void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, size_t off, size_t len,
+                               bool need_data)
 {
-    mark_dirty(c, table, 0, 0, need_data);
+    mark_dirty(c, table, off, len, need_data);
 }
 
 void qcow2_cache_mark_dirty_range(Qcow2Cache *c, void *table, size_t off, size_t len)
@@ -327,6 +328,9 @@ static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool 
         return;
     }
     VdMetaTable *t = &c->e[i].mt;
+    if (c->e[i].is_new) {
+        off = len = 0;   /* never written: its first write covers all of it */
+    }
     vd_mq_mark_dirty(t, off, len);
     if (!c->is_l2) {
         if (!c->e[i].hot) {

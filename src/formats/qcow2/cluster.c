@@ -581,7 +581,7 @@ static int coroutine_fn link_new_clusters(Qcow2State *s, const WriteStep *w, uin
             free_entry_storage(s, old);
         }
     }
-    qcow2_cache_mark_dirty_l2(s->l2_cache, l2, need_data);
+    qcow2_cache_mark_dirty_l2(s->l2_cache, l2, (size_t)w->l2i * 8, (size_t)k * 8, need_data);
     qcow2_cache_put(s->l2_cache, (void **)&l2);
     qcow2_note_activity(s);
     return 0;
@@ -613,7 +613,7 @@ static int64_t coroutine_fn write_allocating(Qcow2State *s, const WriteStep *w, 
         vd_co_mutex_unlock(&s->lock);
         return -EIO;
     }
-    int64_t host = reuse ? (int64_t)e0_host : qcow2_alloc_clusters(s, k);
+    int64_t host = reuse ? (int64_t)e0_host : qcow2_alloc_data_clusters(s, k);
     if (host < 0) {
         vd_co_mutex_unlock(&s->lock);
         return host;

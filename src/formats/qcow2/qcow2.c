@@ -163,6 +163,15 @@ int coroutine_fn qcow2_flush_metadata_all(Qcow2State *s)
     if (ret == 0) {
         ret = qcow2_flush_file(s);
     }
+    /* close, clean, amend: no reserved cluster is left allocated (given
+     * back after the rest is stable: the clusters were never referenced,
+     * so nothing waits for this drop) */
+    if (ret == 0 && s->resv_len) {
+        ret = qcow2_release_reservation(s);
+        if (ret == 0) {
+            ret = vd_mq_commit(s->mq, VD_MQ_COMMIT_DEFERRED);
+        }
+    }
     return ret;
 }
 
@@ -692,7 +701,12 @@ static int coroutine_fn qcow2_co_check(VdNode *node, VdCheckResult *result, int 
 {
     Qcow2State *s = node->opaque;
     vd_co_mutex_lock(&s->lock);
-    int ret = qcow2_flush_metadata(s);
+    /* reserved clusters would show as leaks (and a repair would free them
+     * under the reservation) */
+    int ret = node->read_only ? 0 : qcow2_release_reservation(s);
+    if (ret == 0) {
+        ret = qcow2_flush_metadata(s);
+    }
     if (ret == 0) {
         ret = qcow2_co_check_impl(s, result, fix);
     }
@@ -841,7 +855,10 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
         goto out;
     }
     vd_co_mutex_lock(&s->lock);
-    if (version == 2 && s->version >= 3) {
+    /* refcount rewrites and the lazy-refcounts switch start without reserved
+     * clusters (a v2 expansion below may reserve again; close gives those back) */
+    ret = qcow2_release_reservation(s);
+    if (ret == 0 && version == 2 && s->version >= 3) {
         /* zero clusters have no v2 representation: expand them */
         ret = qcow2_flush_metadata(s);
         uint64_t off = 0;

@@ -224,9 +224,11 @@ void qcow2_cache_put(Qcow2Cache *c, void **table);
  * called without yielding after the change. */
 void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table);
 void qcow2_cache_mark_dirty_range(Qcow2Cache *c, void *table, size_t off, size_t len);
-/* An L2 table changed by an allocating write; need_data false: the new
- * entries may land before their data (fresh clusters replacing zeros). */
-void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, bool need_data);
+/* An L2 table changed by an allocating write in bytes [off, off+len) (len
+ * 0: anywhere); need_data false: the new entries may land before their
+ * data (fresh clusters replacing zeros). */
+void qcow2_cache_mark_dirty_l2(Qcow2Cache *c, void *table, size_t off, size_t len,
+                               bool need_data);
 /* L2 cache: write every dirty table of both caches (in dependency levels,
  * through the queue, deferred refcount blocks included) and flush.
  * Refcount cache: write its dirty blocks only (no dependencies) and flush. */
@@ -333,6 +335,11 @@ struct Qcow2State {
 
     uint64_t free_cluster_index;
     uint64_t alloc_end_cluster;  /* one past the highest cluster allocated or in the file */
+    /* Data cluster reservation (refcount.c, docs/qcow2.md "Reservation"):
+     * clusters [resv_start, resv_start + resv_len) have refcount 1 and no
+     * reference yet; data allocations take them without touching a refcount
+     * block. resv_chunk: the size of the next refill (grows to a cap). */
+    uint64_t resv_start, resv_len, resv_chunk;
 
     VdCoMutex lock;              /* guards all metadata state above and below */
     Qcow2Alloc *allocs;          /* in-flight allocating writes */
@@ -389,6 +396,11 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
                                        int64_t addend);
 /* Allocate n contiguous clusters (refcount 1); returns the host offset or -errno. */
 int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n);
+/* Guest data clusters: from the reservation (refcounts raised ahead in
+ * chunks) when it can, else as qcow2_alloc_clusters. */
+int64_t coroutine_fn qcow2_alloc_data_clusters(Qcow2State *s, uint64_t n);
+/* Give the unused reserved clusters back (refcount 0). s->lock held. */
+int coroutine_fn qcow2_release_reservation(Qcow2State *s);
 /* Record a file write of [offset, offset+bytes) being issued (zero frontier). */
 static inline void qcow2_note_write(Qcow2State *s, uint64_t offset, uint64_t bytes)
 {

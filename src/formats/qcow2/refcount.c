@@ -126,6 +126,7 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
             return ret;
         }
         /* all clusters of [c, last] in this block */
+        uint64_t c0 = c;
         for (; c <= last && (c >> s->refcount_block_bits) == idx; c++) {
             uint64_t old = qcow2_refcount_get(block, c & mask, s->refcount_order);
             uint64_t nv = old + (uint64_t)addend;
@@ -154,7 +155,10 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
                 }
             }
         }
-        qcow2_cache_mark_dirty(s->refcount_cache, block);
+        /* only the entries changed: the write-back writes that range */
+        size_t lo = (size_t)(((c0 & mask) << s->refcount_order) / 8);
+        size_t hi = (size_t)(((((c - 1) & mask) + 1) << s->refcount_order) + 7) / 8;
+        qcow2_cache_mark_dirty_range(s->refcount_cache, block, lo, hi - lo);
         qcow2_cache_put(s->refcount_cache, &block);
     }
     /* still under s->lock: nothing can reallocate these clusters before
@@ -403,7 +407,22 @@ static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int d
     }
 }
 
-int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
+/* Does cluster c have a refcount block (so that raising its refcount
+ * creates no table structure)? */
+static bool has_refblock(Qcow2State *s, uint64_t c)
+{
+    uint64_t idx = c >> s->refcount_block_bits;
+    return idx < s->refcount_table_size &&
+           (s->refcount_table[idx] & QCOW2_REFT_OFFSET_MASK) != 0;
+}
+
+/*
+ * Allocate a run of at least n and at most want contiguous free clusters
+ * (the first run of n from free_cluster_index, extended while the following
+ * clusters are free and already have a refcount block); *got: its length.
+ * Refcounts are raised to 1. Returns the byte offset or -errno.
+ */
+static int64_t coroutine_fn alloc_run(Qcow2State *s, uint64_t n, uint64_t want, uint64_t *got)
 {
     if (n == 0) {
         return -EINVAL;
@@ -449,20 +468,122 @@ int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
         if (created) {
             continue;
         }
-        int ret = qcow2_update_refcount(s, start << s->cluster_bits, n << s->cluster_bits, 1);
+        /* extend over free clusters whose refcount block exists (a
+         * reservation never creates table structure of its own) */
+        while (run < want && (c + 1) << s->cluster_bits <= QCOW2_MAX_HOST_OFFSET &&
+               has_refblock(s, c)) {
+            uint64_t r;
+            int ret = qcow2_get_refcount(s, c, &r);
+            if (ret < 0) {
+                return ret;
+            }
+            if (r) {
+                break;
+            }
+            run++;
+            c++;
+        }
+        int ret = qcow2_update_refcount(s, start << s->cluster_bits, run << s->cluster_bits, 1);
         if (ret < 0) {
             return ret;
         }
         if ((uint64_t)first_free == start) {
-            s->free_cluster_index = start + n;
+            s->free_cluster_index = start + run;
         } else {
             s->free_cluster_index = (uint64_t)first_free;
         }
-        if (start + n > s->alloc_end_cluster) {
-            s->alloc_end_cluster = start + n;
+        if (start + run > s->alloc_end_cluster) {
+            s->alloc_end_cluster = start + run;
         }
+        *got = run;
         return (int64_t)(start << s->cluster_bits);
     }
+}
+
+int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
+{
+    uint64_t got;
+    return alloc_run(s, n, n, &got);
+}
+
+/*
+ * Reservation (docs/qcow2.md "Reservation"). Without lazy refcounts every
+ * allocating write changes a refcount block, and a guest flush then costs
+ * two file flushes: the refcount level (with the data), then the L2 level.
+ * Data clusters are therefore allocated ahead in chunks: one refcount
+ * change (stable by the commit after the refill, invariant 2 through the
+ * L2 tables' dependency on unstable refcount blocks) covers many later
+ * allocations, which touch no refcount block. Unused reserved clusters have
+ * refcount 1 and no reference: a crash leaks them (qemu-img check reports
+ * leaks, not corruption); close, clean, check and amend give them back.
+ * Chunks start at RESV_FIRST_BYTES (at least RESV_MIN_CLUSTERS) and double
+ * up to RESV_MAX_BYTES (and RESV_MAX_CLUSTERS), so that an image with few
+ * writes leaks little on a crash. Giving the rest back at close costs a
+ * refcount block write, flushed by the close's own flush of the file.
+ */
+#define RESV_MIN_CLUSTERS 16
+#define RESV_FIRST_BYTES  (1024 * 1024)
+#define RESV_MAX_CLUSTERS 1024
+#define RESV_MAX_BYTES    (64ULL * 1024 * 1024)
+
+static uint64_t resv_max(Qcow2State *s)
+{
+    return VD_MAX(1, VD_MIN(RESV_MAX_CLUSTERS, RESV_MAX_BYTES >> s->cluster_bits));
+}
+
+int64_t coroutine_fn qcow2_alloc_data_clusters(Qcow2State *s, uint64_t n)
+{
+    if (s->lazy_refcounts || n == 0) {
+        /* lazy refcounts: refcount blocks cost no flush per commit anyway */
+        return qcow2_alloc_clusters(s, n);
+    }
+    if (n <= s->resv_len) {
+        uint64_t c = s->resv_start;
+        s->resv_start += n;
+        s->resv_len -= n;
+        return (int64_t)(c << s->cluster_bits);
+    }
+    int ret = qcow2_release_reservation(s);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t max = resv_max(s);
+    uint64_t first = VD_MAX(RESV_MIN_CLUSTERS, RESV_FIRST_BYTES >> s->cluster_bits);
+    uint64_t chunk = VD_MIN(VD_MAX(s->resv_chunk, first), max);
+    if (n >= chunk) {
+        return qcow2_alloc_clusters(s, n);
+    }
+    uint64_t got = 0;
+    int64_t off = alloc_run(s, n, chunk, &got);
+    if (off < 0) {
+        return off;
+    }
+    s->resv_chunk = VD_MIN(chunk * 2, max);
+    s->resv_start = ((uint64_t)off >> s->cluster_bits) + n;
+    s->resv_len = got - n;
+    return off;
+}
+
+int coroutine_fn qcow2_release_reservation(Qcow2State *s)
+{
+    if (!s->resv_len) {
+        return 0;
+    }
+    uint64_t start = s->resv_start, len = s->resv_len;
+    s->resv_len = 0;
+    /* never referenced, never written: nothing to wait for (invariant 2
+     * concerns references), no reason to discard in the file */
+    Qcow2DiscardType saved = s->discard_type;
+    s->discard_type = QCOW2_DISCARD_OTHER;
+    int ret = qcow2_update_refcount(s, start << s->cluster_bits, len << s->cluster_bits, -1);
+    s->discard_type = saved;
+    if (ret == 0 && start + len == s->alloc_end_cluster) {
+        int64_t flen = vd_node_getlength(s->file);
+        uint64_t fc = flen < 0 ? start + len
+                               : ((uint64_t)flen + s->cluster_size - 1) >> s->cluster_bits;
+        s->alloc_end_cluster = VD_MAX(start, fc);
+    }
+    return ret;
 }
 
 void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes)

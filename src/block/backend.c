@@ -12,6 +12,12 @@
 #include "vdisk/coroutine.h"
 #include "vdisk/json.h"
 
+/* A write-through write in its data phase (backend_issue). */
+typedef struct WtPhase {
+    uint64_t seq;
+    struct WtPhase *prev, *next;
+} WtPhase;
+
 typedef enum BackendOp {
     OP_READ, OP_WRITE, OP_ZEROES, OP_DISCARD, OP_FLUSH,
 } BackendOp;
@@ -50,6 +56,15 @@ struct VdBackend {
     VdCoQueue drain_queue;
 
     VdBlockStats stats;             /* home thread writes, relaxed reads elsewhere */
+
+    /* write-through group commit (backend_wt_flush), home thread */
+    struct WtPhase *wt_head, *wt_tail;  /* writes in their data phase, by start */
+    uint64_t wt_seq;                /* data phases started */
+    uint64_t wt_write_gen;          /* data phases completed */
+    uint64_t wt_flushed_gen;        /* ... of which a completed flush covers these */
+    bool wt_flushing;               /* a write-through flush is gathering or running */
+    VdCoQueue wt_queue;             /* writes waiting for it */
+    VdCoroutine *wt_leader;         /* the flusher, while it gathers */
 
     VdBH *done_bh;                  /* aio completions, home thread */
     VdAioContext *done_bh_ctx;      /* the context done_bh belongs to */
@@ -245,6 +260,105 @@ static VdErrorAction error_action(VdBackend *blk, BackendOp op, int err)
     return a;
 }
 
+/* ---- write-through group commit ----------------------------------------------------------
+ * A write-through write is complete only when a flush that started after its
+ * data phase succeeded. Concurrent writers share flushes: one of them (the
+ * leader) flushes for all whose data phase ended before it started. Before
+ * starting, the leader gathers: it lets the loop run once (completions
+ * submit the next requests), then waits - at most WT_GATHER_NS - for the
+ * data phases that started until then. Without the gathering, writers
+ * alternate in two half groups (one flushing while the other writes), and
+ * each write-through write pays a whole flush of its own half; gathered,
+ * one flush covers nearly the whole queue depth. */
+#define WT_GATHER_NS 1000000LL
+
+static void wt_phase_begin(VdBackend *blk, WtPhase *p)
+{
+    p->seq = ++blk->wt_seq;
+    p->next = NULL;
+    p->prev = blk->wt_tail;
+    if (blk->wt_tail) {
+        blk->wt_tail->next = p;
+    } else {
+        blk->wt_head = p;
+    }
+    blk->wt_tail = p;
+}
+
+static void wt_wake_leader(VdBackend *blk)
+{
+    VdCoroutine *co = blk->wt_leader;
+    if (co) {
+        blk->wt_leader = NULL;
+        vd_aio_co_wake(co);
+    }
+}
+
+static void wt_phase_end(VdBackend *blk, WtPhase *p)
+{
+    if (p->prev) {
+        p->prev->next = p->next;
+    } else {
+        blk->wt_head = p->next;
+    }
+    if (p->next) {
+        p->next->prev = p->prev;
+    } else {
+        blk->wt_tail = p->prev;
+    }
+    if (blk->wt_head == NULL || blk->wt_head->seq > p->seq) {
+        wt_wake_leader(blk);   /* the oldest phase ended: the leader looks again */
+    }
+}
+
+typedef struct WtGather {
+    VdBackend *blk;
+    bool expired;
+} WtGather;
+
+static void wt_gather_timeout(void *opaque)
+{
+    WtGather *g = opaque;
+    g->expired = true;
+    wt_wake_leader(g->blk);
+}
+
+static int coroutine_fn backend_wt_flush(VdBackend *blk)
+{
+    uint64_t my = ++blk->wt_write_gen;
+    for (;;) {
+        if (blk->wt_flushed_gen >= my) {
+            return 0;           /* a flush that started after our data phase succeeded */
+        }
+        if (!blk->wt_flushing) {
+            break;
+        }
+        vd_co_queue_wait(&blk->wt_queue, NULL);
+    }
+    blk->wt_flushing = true;
+    vd_co_yield_to_loop();
+    uint64_t limit = blk->wt_seq;
+    if (blk->wt_head && blk->wt_head->seq <= limit) {
+        WtGather g = { .blk = blk };
+        VdTimer *timer = vd_timer_new(vd_aio_current(), wt_gather_timeout, &g);
+        vd_timer_mod(timer, vd_timer_clock_ns() + WT_GATHER_NS);
+        while (blk->wt_head && blk->wt_head->seq <= limit && !g.expired) {
+            blk->wt_leader = vd_co_self();
+            vd_co_yield();
+        }
+        blk->wt_leader = NULL;
+        vd_timer_free(timer);
+    }
+    uint64_t gen = blk->wt_write_gen;
+    int ret = vd_co_flush(blk->root);
+    if (ret == 0 && gen > blk->wt_flushed_gen) {
+        blk->wt_flushed_gen = gen;
+    }
+    blk->wt_flushing = false;
+    vd_co_queue_restart_all(&blk->wt_queue);
+    return ret;
+}
+
 static int coroutine_fn backend_issue(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes,
                                       VdIOVector *qiov, int flags)
 {
@@ -253,14 +367,21 @@ static int coroutine_fn backend_issue(VdBackend *blk, BackendOp op, int64_t offs
     if (!blk->write_cache) {
         flags &= ~VD_REQ_FUA;       /* the flush below makes the write stable anyway */
     }
+    WtPhase phase;
+    bool wt = !blk->write_cache;    /* fixed for this request (the setting may change) */
     switch (op) {
     case OP_READ:
         return vd_co_preadv(root, offset, bytes, qiov, 0, flags);
     case OP_WRITE:
-        ret = vd_co_pwritev(root, offset, bytes, qiov, 0, flags);
-        break;
     case OP_ZEROES:
-        ret = vd_co_pwrite_zeroes(root, offset, bytes, flags);
+        if (wt) {
+            wt_phase_begin(blk, &phase);
+        }
+        ret = op == OP_WRITE ? vd_co_pwritev(root, offset, bytes, qiov, 0, flags)
+                             : vd_co_pwrite_zeroes(root, offset, bytes, flags);
+        if (wt) {
+            wt_phase_end(blk, &phase);
+        }
         break;
     case OP_DISCARD:
         return vd_co_pdiscard(root, offset, bytes);
@@ -270,9 +391,9 @@ static int coroutine_fn backend_issue(VdBackend *blk, BackendOp op, int64_t offs
         return -EINVAL;
     }
     /* write-through: complete only when stable; concurrent writers share one
-     * flush through the node's flush generations (group commit) */
-    if (ret == 0 && !blk->write_cache) {
-        ret = vd_co_flush(root);
+     * flush (group commit, above) */
+    if (ret == 0 && wt) {
+        ret = backend_wt_flush(blk);
     }
     return ret;
 }
@@ -555,6 +676,7 @@ VdBackend *vd_backend_new(VdNode *root)
     blk->on_write = VD_ERROR_ACTION_REPORT;
     vd_co_queue_init(&blk->paused_queue);
     vd_co_queue_init(&blk->drain_queue);
+    vd_co_queue_init(&blk->wt_queue);
     return blk;
 }
 

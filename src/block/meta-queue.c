@@ -258,6 +258,14 @@ static void add_dep(VdMetaTable *t, VdMetaTable *table, uint64_t gen)
 
 /* ---- life cycle ---------------------------------------------------------------- */
 
+void vd_mq_kick(VdMetaQueue *q)
+{
+    /* not when the background write-back is off (metadata-writeback-tables=0) */
+    if (q->opts.max_dirty > 0 && q->trig_count > 0 && !q->running) {
+        schedule_background(q);
+    }
+}
+
 static void mq_timer_cb(void *opaque);
 
 VdMetaQueue *vd_mq_new(VdNode *owner, VdNode *child, const VdMetaQueueOps *ops, void *opaque,
@@ -289,6 +297,11 @@ void vd_mq_free(VdMetaQueue *q)
         return;
     }
     vd_timer_free(q->timer);
+    VD_TRACE(VD_LOG_BLOCK, "%s: metadata queue: %llu table writes, %llu flushes, %llu commits, "
+             "%llu levels, %llu background, %llu evictions", q->owner->node_name,
+             (unsigned long long)q->stats.table_writes, (unsigned long long)q->stats.flushes,
+             (unsigned long long)q->stats.commits, (unsigned long long)q->stats.levels,
+             (unsigned long long)q->stats.background, (unsigned long long)q->stats.evictions);
     free(q);
 }
 
@@ -366,6 +379,14 @@ void vd_mq_table_release_now(VdMetaTable *t)
     t->deps = NULL;
     t->nb_deps = t->deps_alloc = 0;
     t->q = NULL;
+}
+
+void coroutine_fn vd_mq_table_wait(VdMetaTable *t)
+{
+    VdMetaQueue *q = t->q;
+    while (q && t->in_flight) {
+        vd_co_queue_wait(&q->flight_waiters, NULL);
+    }
 }
 
 void coroutine_fn vd_mq_table_release(VdMetaTable *t)
@@ -491,7 +512,9 @@ typedef struct TableWrite {
  * Returns 0 or -ENOMEM (t untouched). */
 static int table_write_prepare(VdMetaQueue *q, VdMetaTable *t, TableWrite *w)
 {
-    uint32_t align = q->child->bl.request_alignment;
+    /* whole pages at least (no partial-page writes in the page cache; small
+     * tables are then written whole, and adjacent ones merge: write_level) */
+    uint64_t align = VD_MAX(q->child->bl.request_alignment, VD_MIN(4096, t->size));
     if (align < 512) {
         align = 512;   /* sector-sized writes at least, as QEMU writes its tables */
     }
@@ -519,7 +542,8 @@ static int table_write_prepare(VdMetaQueue *q, VdMetaTable *t, TableWrite *w)
     return 0;
 }
 
-static int coroutine_fn table_write_do(TableWrite *w)
+/* Before t's write: the format's hook, its event, the counters. */
+static int coroutine_fn table_write_pre(TableWrite *w)
 {
     VdMetaQueue *q = w->q;
     VdMetaTable *t = w->t;
@@ -534,8 +558,15 @@ static int coroutine_fn table_write_do(TableWrite *w)
         q->stats.table_writes++;
         q->stats.table_writes_kind[t->kind]++;
         VD_RELAXED_ADD(q->owner->core->meta_writes, 1);
-        ret = vd_co_pwrite(q->child, (int64_t)w->offset, (int64_t)w->bytes, w->copy, 0);
     }
+    return ret;
+}
+
+/* After t's write (ret: its result). */
+static void table_write_post(TableWrite *w, int ret)
+{
+    VdMetaQueue *q = w->q;
+    VdMetaTable *t = w->t;
     free(w->copy);
     w->copy = NULL;
     t->in_flight = false;
@@ -560,20 +591,154 @@ static int coroutine_fn table_write_do(TableWrite *w)
         unst_link(q, t);
     }
     vd_co_queue_restart_all(&q->flight_waiters);
+}
+
+static int coroutine_fn table_write_do(TableWrite *w)
+{
+    int ret = table_write_pre(w);
+    if (ret == 0) {
+        ret = vd_co_pwrite(w->q->child, (int64_t)w->offset, (int64_t)w->bytes, w->copy, 0);
+    }
+    table_write_post(w, ret);
     return ret;
 }
 
-static void coroutine_fn table_write_entry(void *opaque)
+/*
+ * Tables adjacent in the child (one write's range ends where the next
+ * begins: L2 tables allocated one after the other, written whole) go out
+ * as one vectored write: a level over many small tables costs a few
+ * requests instead of one per table. Each table still gets its hook, event
+ * and counters; when a hook refuses, the group's other tables are written
+ * one by one; a failed merged write fails (keeps dirty) each of its tables.
+ */
+#define MQ_MERGE_MAX_BYTES (1024 * 1024)
+#define MQ_MERGE_MAX_IOV   64
+
+typedef struct WriteGroup {
+    VdMetaQueue *q;
+    TableWrite **w;
+    int n;
+} WriteGroup;
+
+static int coroutine_fn group_write_do(WriteGroup *g)
 {
-    TableWrite *w = opaque;
-    VdMetaQueue *q = w->q;
-    int ret = table_write_do(w);
+    if (g->n == 1) {
+        return table_write_do(g->w[0]);
+    }
+    VdMetaQueue *q = g->q;
+    int pre[MQ_MERGE_MAX_IOV];
+    bool all = true;
+    for (int i = 0; i < g->n; i++) {
+        pre[i] = table_write_pre(g->w[i]);
+        if (pre[i] < 0) {
+            all = false;
+        }
+    }
+    if (all) {
+        VdIOVector qv;
+        vd_iov_init(&qv, g->n);
+        uint64_t bytes = 0;
+        for (int i = 0; i < g->n; i++) {
+            vd_iov_add(&qv, g->w[i]->copy, g->w[i]->bytes);
+            bytes += g->w[i]->bytes;
+        }
+        int ret = vd_co_pwritev(q->child, (int64_t)g->w[0]->offset, (int64_t)bytes, &qv, 0, 0);
+        vd_iov_destroy(&qv);
+        for (int i = 0; i < g->n; i++) {
+            table_write_post(g->w[i], ret);
+        }
+        return ret;
+    }
+    /* some hook refused: the others alone */
+    int first_err = 0;
+    for (int i = 0; i < g->n; i++) {
+        int r = pre[i];
+        if (r == 0) {
+            r = vd_co_pwrite(q->child, (int64_t)g->w[i]->offset, (int64_t)g->w[i]->bytes,
+                             g->w[i]->copy, 0);
+        }
+        table_write_post(g->w[i], r);
+        if (r < 0 && first_err == 0) {
+            first_err = r;
+        }
+    }
+    return first_err;
+}
+
+static void coroutine_fn group_write_entry(void *opaque)
+{
+    WriteGroup *g = opaque;
+    VdMetaQueue *q = g->q;
+    int ret = group_write_do(g);
     if (ret < 0 && q->level_ret == 0) {
         q->level_ret = ret;
     }
     if (--q->level_pending == 0) {
         vd_co_queue_restart_all(&q->level_waiters);
     }
+}
+
+static int cmp_write_offset(const void *a, const void *b)
+{
+    const TableWrite *x = *(TableWrite *const *)a, *y = *(TableWrite *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Write the k prepared tables of a level (merged where adjacent), the
+ * groups concurrently; wait. Returns 0 or the first error. */
+static int coroutine_fn write_level(VdMetaQueue *q, TableWrite *ws, int k)
+{
+    if (k == 1) {
+        return table_write_do(&ws[0]);
+    }
+    TableWrite **order = malloc((size_t)k * sizeof(*order));
+    WriteGroup *groups = malloc((size_t)k * sizeof(*groups));
+    if (!order || !groups) {
+        free(order);
+        free(groups);
+        int ret = 0;    /* no memory for the grouping: one at a time */
+        for (int i = 0; i < k; i++) {
+            int r = table_write_do(&ws[i]);
+            if (r < 0 && ret == 0) {
+                ret = r;
+            }
+        }
+        return ret;
+    }
+    for (int i = 0; i < k; i++) {
+        order[i] = &ws[i];
+    }
+    qsort(order, (size_t)k, sizeof(*order), cmp_write_offset);
+    int ng = 0;
+    for (int i = 0; i < k;) {
+        int j = i + 1;
+        uint64_t bytes = order[i]->bytes;
+        while (j < k && j - i < MQ_MERGE_MAX_IOV &&
+               order[j]->offset == order[j - 1]->offset + order[j - 1]->bytes &&
+               bytes + order[j]->bytes <= MQ_MERGE_MAX_BYTES) {
+            bytes += order[j]->bytes;
+            j++;
+        }
+        groups[ng++] = (WriteGroup){ .q = q, .w = &order[i], .n = j - i };
+        i = j;
+    }
+    int ret;
+    if (ng == 1) {
+        ret = group_write_do(&groups[0]);
+    } else {
+        q->level_pending = ng;
+        q->level_ret = 0;
+        for (int i = 0; i < ng; i++) {
+            vd_co_enter(vd_co_create(group_write_entry, &groups[i]));
+        }
+        while (q->level_pending > 0) {
+            vd_co_queue_wait(&q->level_waiters, NULL);
+        }
+        ret = q->level_ret;
+    }
+    free(order);
+    free(groups);
+    return ret;
 }
 
 /* Flush the child; on failure, everything written since the last flush
@@ -696,20 +861,7 @@ static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush
             return -ENOMEM;
         }
         q->stats.levels++;
-        int ret;
-        if (k == 1) {
-            ret = table_write_do(&ws[0]);
-        } else {
-            q->level_pending = k;
-            q->level_ret = 0;
-            for (int i = 0; i < k; i++) {
-                vd_co_enter(vd_co_create(table_write_entry, &ws[i]));
-            }
-            while (q->level_pending > 0) {
-                vd_co_queue_wait(&q->level_waiters, NULL);
-            }
-            ret = q->level_ret;
-        }
+        int ret = write_level(q, ws, k);
         free(ws);
         if (ret < 0) {
             return ret;

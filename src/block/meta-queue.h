@@ -180,6 +180,8 @@ bool vd_mq_table_dirty(const VdMetaTable *t);
 /* Dirty, and everything it depends on is stable: writing it back needs no
  * flush first (eviction's preferred dirty victims). */
 bool vd_mq_table_ready(const VdMetaTable *t);
+/* Wait until no write of t is in flight. Coroutine. */
+void coroutine_fn vd_mq_table_wait(VdMetaTable *t);
 /* Is a write of t in flight? */
 bool vd_mq_table_busy(const VdMetaTable *t);
 /* Clean, not in flight and its last write stable: can be dropped from a
@@ -206,6 +208,12 @@ int coroutine_fn vd_mq_commit(VdMetaQueue *q, int flags);
  * next commit and returned (the caller should pick another victim rather
  * than fail an unrelated request). */
 int coroutine_fn vd_mq_writeback_table(VdMetaTable *t);
+
+/* Start a background write-back now (as the count trigger would), unless
+ * one runs or nothing non-deferred is dirty: a cache running out of clean
+ * victims asks for clean tables ahead of its evictions, so that they need
+ * not write (and flush) under the format's lock. */
+void vd_mq_kick(VdMetaQueue *q);
 
 /* Dirty tables / bytes now. */
 int vd_mq_dirty_count(const VdMetaQueue *q);

@@ -6,6 +6,7 @@
  * ("data and refcount blocks stable before the L2 table", docs/qcow2.md
  * invariants 1-2) and the queue writes it back in dependency levels.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -23,6 +24,9 @@ typedef struct Qcow2CacheEntry {
     bool is_new;         /* allocated by us, never written yet (l2_alloc_write) */
     bool hot;            /* in the cache's hot list */
     uint64_t failed_epoch; /* its write-back failed in this eviction round */
+    uint64_t valid;      /* pages read (bit i: [i*gran, (i+1)*gran)); full_mask:
+                          * the whole table. Only a whole table is ever changed,
+                          * so a partly read one is clean and equals the file */
     VdMetaTable mt;      /* registered with the queue while offset != 0 */
 } Qcow2CacheEntry;
 
@@ -43,6 +47,8 @@ struct Qcow2Cache {
     bool slot_failed;     /* the last cache_do_get failed finding a slot */
     uint64_t evict_epoch; /* one per cache_get_slot call */
     uint64_t clean_lru;   /* lru_clock at the last qcow2_cache_clean */
+    size_t gran;          /* page of a partial read (qcow2_cache_get_part) */
+    uint64_t full_mask;   /* valid bits of a whole table */
 };
 
 static unsigned cache_hash(const Qcow2Cache *c, uint64_t offset)
@@ -85,6 +91,12 @@ Qcow2Cache *qcow2_cache_new(Qcow2State *s, int nb_tables, size_t table_size, boo
         c->buckets[i] = -1;
     }
     c->table_size = table_size;
+    c->gran = VD_MAX((size_t)4096, table_size / 64);
+    if (c->gran > table_size) {
+        c->gran = table_size;
+    }
+    size_t npages = table_size / c->gran;
+    c->full_mask = npages >= 64 ? UINT64_MAX : (1ULL << npages) - 1;
     c->is_l2 = is_l2;
     c->s = s;
     c->q = s->mq;
@@ -139,13 +151,17 @@ static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
     int err = 0;
     uint64_t epoch = ++c->evict_epoch;   /* victims that failed in this call are skipped */
     for (;;) {
-        int clean = -1, dirty = -1, ready = -1;
+        int clean = -1, dirty = -1, ready = -1, busy = -1;
         for (int i = 0; i < c->n; i++) {
             Qcow2CacheEntry *e = &c->e[i];
             if (e->offset == 0) {
                 return i;
             }
-            if (e->ref || vd_mq_table_busy(&e->mt)) {
+            if (e->ref) {
+                continue;
+            }
+            if (vd_mq_table_busy(&e->mt)) {
+                busy = i;   /* a background write-back is writing it */
                 continue;
             }
             if (!vd_mq_table_dirty(&e->mt)) {
@@ -170,6 +186,17 @@ static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
             cache_unlink(c, clean);
             return clean;
         }
+        if (dirty < 0 && busy >= 0) {
+            /* only tables being written: wait for one (it comes back clean
+             * unless the write failed) */
+            Qcow2CacheEntry *e = &c->e[busy];
+            e->ref++;
+            while (vd_mq_table_busy(&e->mt)) {
+                vd_mq_table_wait(&e->mt);
+            }
+            e->ref--;
+            continue;
+        }
         if (dirty < 0) {
             return err ? err : -ENOSPC;   /* every table in use: cache too small (bug) */
         }
@@ -185,8 +212,45 @@ static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
     }
 }
 
+/* Read the pages of e's table that mask names and are not read yet (one
+ * read of the span from the first to the last of them: a partly read table
+ * is clean and equals the file, so reading a page again changes nothing). */
+static int coroutine_fn cache_load_pages(Qcow2State *s, Qcow2Cache *c, Qcow2CacheEntry *e,
+                                         uint64_t mask)
+{
+    uint64_t missing = mask & ~e->valid;
+    if (!missing) {
+        return 0;
+    }
+    int first = __builtin_ctzll(missing), last = 63 - __builtin_clzll(missing);
+    size_t lo = (size_t)first * c->gran, len = (size_t)(last - first + 1) * c->gran;
+    vd_debug_event(s->file, c->is_l2 ? VD_DBG_L2_LOAD : VD_DBG_REFBLOCK_LOAD);
+    int ret = vd_co_pread(s->file, (int64_t)(e->offset + lo), (int64_t)len,
+                          (uint8_t *)e->table + lo, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t span = (last - first + 1 >= 64) ? UINT64_MAX
+                                              : ((1ULL << (last - first + 1)) - 1) << first;
+    e->valid |= span & c->full_mask;
+    return 0;
+}
+
+/* The pages covering [lo, lo+len) of a table. */
+static uint64_t cache_page_mask(Qcow2Cache *c, size_t lo, size_t len)
+{
+    if (len == 0 || lo >= c->table_size) {
+        return c->full_mask;
+    }
+    size_t hi = VD_MIN(lo + len, c->table_size);
+    int first = (int)(lo / c->gran), last = (int)((hi - 1) / c->gran);
+    uint64_t n = (uint64_t)(last - first + 1);
+    return (n >= 64 ? UINT64_MAX : ((1ULL << n) - 1) << first) & c->full_mask;
+}
+
+/* mask: the pages wanted (full_mask: the whole table) */
 static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
-                                     void **table, bool read)
+                                     void **table, bool read, uint64_t mask)
 {
     if (offset == 0 || offset % c->table_size) {
         return -EIO;   /* the header cluster or unaligned: never a table (offset 0 = free slot) */
@@ -194,12 +258,20 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
     for (;;) {
         int i = cache_find(c, offset);
         if (i >= 0) {
-            c->e[i].ref++;
-            c->e[i].lru = ++c->lru_clock;
-            *table = c->e[i].table;
+            Qcow2CacheEntry *e = &c->e[i];
+            e->ref++;
+            e->lru = ++c->lru_clock;
             if (!read) {
-                memset(*table, 0, c->table_size);
+                memset(e->table, 0, c->table_size);
+                e->valid = c->full_mask;
+            } else if (mask & ~e->valid) {
+                int ret = cache_load_pages(s, c, e, mask);
+                if (ret < 0) {
+                    e->ref--;
+                    return ret;
+                }
             }
+            *table = e->table;
             return 0;
         }
         i = cache_get_slot(s, c);
@@ -224,9 +296,9 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
         unsigned h = cache_hash(c, offset);
         e->hash_next = c->buckets[h];
         c->buckets[h] = i;
+        e->valid = 0;
         if (read) {
-            vd_debug_event(s->file, c->is_l2 ? VD_DBG_L2_LOAD : VD_DBG_REFBLOCK_LOAD);
-            int ret = vd_co_pread(s->file, (int64_t)offset, (int64_t)c->table_size, e->table, 0);
+            int ret = cache_load_pages(s, c, e, mask);
             if (ret < 0) {
                 e->ref = 0;
                 cache_unlink(c, i);
@@ -234,6 +306,7 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
             }
         } else {
             memset(e->table, 0, c->table_size);
+            e->valid = c->full_mask;
         }
         *table = e->table;
         return 0;
@@ -242,14 +315,14 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
 
 int coroutine_fn qcow2_cache_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset, void **table)
 {
-    return cache_do_get(s, c, offset, table, true);
+    return cache_do_get(s, c, offset, table, true, c->full_mask);
 }
 
-int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
-                                        void **table)
+static int coroutine_fn cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                         void **table, uint64_t mask)
 {
     c->slot_failed = false;
-    int ret = cache_do_get(s, c, offset, table, true);
+    int ret = cache_do_get(s, c, offset, table, true, mask);
     if (ret >= 0 || !c->slot_failed) {
         return ret;   /* found, or an error reading the table itself */
     }
@@ -269,10 +342,22 @@ int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t o
     return 0;
 }
 
+int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                        void **table)
+{
+    return cache_get_lookup(s, c, offset, table, c->full_mask);
+}
+
+int coroutine_fn qcow2_cache_get_part(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                      size_t lo, size_t len, void **table)
+{
+    return cache_get_lookup(s, c, offset, table, cache_page_mask(c, lo, len));
+}
+
 int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                        void **table)
 {
-    return cache_do_get(s, c, offset, table, false);
+    return cache_do_get(s, c, offset, table, false, c->full_mask);
 }
 
 static int cache_index_of(Qcow2Cache *c, const void *table)
@@ -328,10 +413,20 @@ static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool 
         return;
     }
     VdMetaTable *t = &c->e[i].mt;
+    assert(c->e[i].valid == c->full_mask);   /* changed only after a whole-table get */
     if (c->e[i].is_new) {
         off = len = 0;   /* never written: its first write covers all of it */
     }
     vd_mq_mark_dirty(t, off, len);
+    /* A small cache close to having no clean victim: have the queue write
+     * back now, in the background and without s->lock, so that the next
+     * evictions find clean tables instead of writing (and flushing) a dirty
+     * one under the lock. Large caches leave it to the queue's own count
+     * trigger. */
+    int low = c->n - c->n / 4;
+    if (c->is_l2 && vd_mq_dirty_count(c->q) >= low) {
+        vd_mq_kick(c->q);
+    }
     if (!c->is_l2) {
         if (!c->e[i].hot) {
             c->e[i].hot = true;
@@ -402,6 +497,11 @@ void coroutine_fn qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
         }
         cache_unlink(c, i);
     }
+}
+
+bool qcow2_cache_has(Qcow2Cache *c, uint64_t offset)
+{
+    return cache_find(c, offset) >= 0;
 }
 
 bool qcow2_cache_is_dirty(Qcow2Cache *c)

@@ -56,16 +56,18 @@ static int check_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64
  * (reads, block status): when the cache has no slot because write-backs of
  * dirty victims failed, the table is read into a private copy instead, so
  * that their error (kept for the next flush) never fails this request. */
+/* lookup: only entries [first, first+nb) are read (nb 0: none of that, the
+ * whole table, to be changed) */
 static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t **l2,
-                                         bool lookup);
+                                         bool lookup, uint64_t first, uint64_t nb);
 
 static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
 {
-    return get_l2_table_for(s, l1i, l2, false);
+    return get_l2_table_for(s, l1i, l2, false, 0, 0);
 }
 
 static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t **l2,
-                                         bool lookup)
+                                         bool lookup, uint64_t first, uint64_t nb)
 {
     *l2 = NULL;
     if (l1i >= s->l1_size) {
@@ -82,8 +84,10 @@ static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t *
         return -EIO;
     }
     void *t;
-    int ret = lookup ? qcow2_cache_get_lookup(s, s->l2_cache, l2off, &t)
-                     : qcow2_cache_get(s, s->l2_cache, l2off, &t);
+    int ret = !lookup ? qcow2_cache_get(s, s->l2_cache, l2off, &t)
+              : nb ? qcow2_cache_get_part(s, s->l2_cache, l2off, (size_t)first * 8,
+                                          (size_t)nb * 8, &t)
+                   : qcow2_cache_get_lookup(s, s->l2_cache, l2off, &t);
     if (ret < 0) {
         return ret;
     }
@@ -112,7 +116,9 @@ int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t byte
         bytes = avail;
     }
     uint64_t *l2;
-    int ret = get_l2_table_for(s, qcow2_l1_index(offset, cb), &l2, true);
+    uint64_t nb = (oic + bytes + cs - 1) >> cb;
+    /* only the entries looked at are read from a table not cached yet */
+    int ret = get_l2_table_for(s, qcow2_l1_index(offset, cb), &l2, true, l2i, nb);
     if (ret < 0) {
         return ret;
     }
@@ -121,7 +127,6 @@ int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t byte
         *n = bytes;
         return 0;
     }
-    uint64_t nb = (oic + bytes + cs - 1) >> cb;
     uint64_t e0 = l2_get(l2, l2i);
     Qcow2ClusterType t = qcow2_l2_entry_type(e0, s->version);
     ret = check_entry(s, e0, t, offset);
@@ -509,6 +514,73 @@ static int64_t coroutine_fn write_in_place(Qcow2State *s, const WriteStep *w, ui
     return ret < 0 ? ret : (int64_t)n;
 }
 
+/*
+ * A rewrite in place whose L2 table is not cached: the file holds the
+ * table as it is, so the entries are read into a private buffer (the pages
+ * around them, not the whole table) without s->lock, and the data written
+ * in place - requests on different tables, or all missing one small cache,
+ * no longer take turns reading whole tables under the lock. The look-up
+ * counts as data I/O in flight before the lock is dropped, so no cluster
+ * (neither the table nor the data cluster) is freed and reused before the
+ * write is done; an entry changed meanwhile was read either before or after
+ * the change, and the write is ordered accordingly (as with any overlapping
+ * guest requests). Called with s->lock held. Returns the bytes written or
+ * -errno with the lock released; -EAGAIN with the lock held all along: take
+ * the general way; -ESTALE with the lock taken again: not a plain rewrite,
+ * look everything up again (in-flight allocations included) and take the
+ * general way.
+ */
+static int64_t coroutine_fn write_in_place_uncached(Qcow2State *s, const WriteStep *w,
+                                                    uint64_t l2off)
+{
+    uint64_t cs = s->cluster_size;
+    if (l2off % cs || l2off < cs || l2off >= qcow2_host_end(s)) {
+        return -EAGAIN;   /* the general way signals the corruption */
+    }
+    size_t gran = (size_t)VD_MIN(cs, 4096);
+    size_t lo = VD_ALIGN_DOWN((size_t)w->l2i * 8, gran);
+    size_t hi = VD_MIN((size_t)cs, VD_ALIGN_UP((size_t)(w->l2i + w->nb) * 8, gran));
+    uint8_t *buf = qcow2_buf_alloc(hi - lo);
+    if (!buf) {
+        return -EAGAIN;
+    }
+    s->data_io_in_flight++;
+    vd_co_mutex_unlock(&s->lock);
+    vd_debug_event(s->file, VD_DBG_L2_LOAD);
+    int ret = vd_co_pread(s->file, (int64_t)(l2off + lo), (int64_t)(hi - lo), buf, 0);
+    if (ret < 0) {
+        free(buf);
+        s->data_io_in_flight--;
+        return ret;
+    }
+    const uint64_t *l2 = (const uint64_t *)buf;
+    uint64_t first = lo / 8;      /* the entry index buf starts at */
+    uint64_t e0 = l2_get(l2, w->l2i - first);
+    uint64_t host0 = e0 & QCOW2_L2E_OFFSET_MASK;
+    if (!entry_is_copied_normal(s, e0) || host0 < cs || host0 % cs ||
+        host0 >= qcow2_host_end(s)) {
+        free(buf);
+        s->data_io_in_flight--;
+        vd_co_mutex_lock(&s->lock);
+        return -ESTALE;
+    }
+    uint64_t k = 1;
+    while (k < w->nb) {
+        uint64_t e = l2_get(l2, w->l2i - first + k);
+        if (!entry_is_copied_normal(s, e) || (e & QCOW2_L2E_OFFSET_MASK) != host0 + k * cs) {
+            break;
+        }
+        k++;
+    }
+    free(buf);
+    uint64_t n = VD_MIN(w->cur, k * cs - w->oic);
+    uint64_t host = host0 + w->oic;
+    qcow2_note_write(s, host, n);
+    ret = vd_co_pwritev(s->file, (int64_t)host, (int64_t)n, w->qiov, w->qoff, 0);
+    s->data_io_in_flight--;
+    return ret < 0 ? ret : (int64_t)n;
+}
+
 /* The guest data of a new allocation at host and its copy-on-write head
  * and tail, read from the old entries e0 and e_last, in one write (the
  * fill is skipped where fresh space reads as zeros anyway). No lock. */
@@ -657,6 +729,7 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
 
     while (bytes > 0) {
         vd_co_mutex_lock(&s->lock);
+        bool uncached_tried = false;   /* not a plain rewrite: the general way */
     again:;
         WriteStep w = { .qiov = qiov, .qoff = qoff };
         w.l1i = qcow2_l1_index(offset, cb);
@@ -676,13 +749,59 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             vd_co_mutex_unlock(&s->lock);
             return -EIO;
         }
+        w.nb = (w.oic + w.cur + cs - 1) >> cb;
         uint64_t *l2;
-        int ret = cluster_l2_for_update(s, w.l1i, &l2);
+        int ret;
+        if (w.l1i < s->l1_size && (s->l1_table[w.l1i] & QCOW2_OFLAG_COPIED)) {
+            /* a rewrite in place changes no table: it needs only its
+             * entries, without the lock when the table is not cached */
+            uint64_t l2off = s->l1_table[w.l1i] & QCOW2_L1E_OFFSET_MASK;
+            if (!uncached_tried && l2off && !qcow2_cache_has(s->l2_cache, l2off)) {
+                int64_t n = write_in_place_uncached(s, &w, l2off);
+                if (n == -ESTALE) {
+                    /* the lock was dropped: everything is looked up again */
+                    uncached_tried = true;
+                    goto again;
+                }
+                if (n != -EAGAIN) {
+                    if (n < 0) {
+                        return (int)n;
+                    }
+                    offset += (uint64_t)n;
+                    bytes -= (uint64_t)n;
+                    qoff += (size_t)n;
+                    continue;
+                }
+            }
+            ret = get_l2_table_for(s, w.l1i, &l2, true, w.l2i, w.nb);
+            if (ret < 0) {
+                vd_co_mutex_unlock(&s->lock);
+                return ret;
+            }
+            if (l2 && entry_is_copied_normal(s, l2_get(l2, w.l2i))) {
+                w.e0 = l2_get(l2, w.l2i);
+                ret = check_entry(s, w.e0, QCOW2_CLUSTER_NORMAL, offset);
+                if (ret < 0) {
+                    qcow2_cache_put(s->l2_cache, (void **)&l2);
+                    vd_co_mutex_unlock(&s->lock);
+                    return ret;
+                }
+                int64_t n = write_in_place(s, &w, l2);
+                if (n < 0) {
+                    return (int)n;
+                }
+                offset += (uint64_t)n;
+                bytes -= (uint64_t)n;
+                qoff += (size_t)n;
+                continue;
+            }
+            qcow2_cache_put(s->l2_cache, (void **)&l2);
+        }
+        ret = cluster_l2_for_update(s, w.l1i, &l2);
         if (ret < 0) {
             vd_co_mutex_unlock(&s->lock);
             return ret;
         }
-        w.nb = (w.oic + w.cur + cs - 1) >> cb;
         w.e0 = l2_get(l2, w.l2i);
         ret = check_entry(s, w.e0, qcow2_l2_entry_type(w.e0, s->version), offset);
         if (ret < 0) {

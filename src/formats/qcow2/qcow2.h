@@ -218,7 +218,16 @@ int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t of
  * read from the file (up to date: the table is not cached). Put frees it. */
 int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                         void **table);
+/* A look-up of the bytes [lo, lo+len) of the table only: a table not cached
+ * yet is read in pages (4 KiB, or 1/64 of the table) around them, not whole
+ * (the rest is read when some other part, or the whole table, is wanted).
+ * Only those bytes may be read from the table returned; it must not be
+ * changed. Otherwise as qcow2_cache_get_lookup. */
+int coroutine_fn qcow2_cache_get_part(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
+                                      size_t lo, size_t len, void **table);
 void qcow2_cache_put(Qcow2Cache *c, void **table);
+/* Is the table at offset cached (then the file may be older than it)? */
+bool qcow2_cache_has(Qcow2Cache *c, uint64_t offset);
 /* The table changed (after the data and refcounts it relies on were
  * written/updated: an L2 table takes them as its dependencies). Must be
  * called without yielding after the change. */

@@ -422,6 +422,44 @@ def eviction_error_not_reported_to_reads():
     run(['qemu-img', 'check', img], ok=(0, 3))
 
 
+@test
+def small_cache_rewrites_in_place():
+    """Rewrites in place with a two-table L2 cache over 32 tables: the entries
+    of a table not cached are read without s->lock (cluster.c
+    write_in_place_uncached), concurrently with each other, with cached
+    look-ups and with allocating writes; everything reads back."""
+    if not VDISK_IO:
+        return
+    img = path('smallcache.qcow2')
+    run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o',
+         'cluster_size=4k,preallocation=metadata', img, '64M'])
+    mb2 = 2 * 1024 * 1024
+    writes = []
+    for i in range(192):
+        off = ((i * 37) % 32) * mb2 + (i // 32) * 16384 + (i % 2) * 1024
+        writes.append((off, 4096 + (i % 3) * 2048, i % 250 + 1))
+    # and allocating writes into a fresh image region after a discard
+    cmds = ['discard 0 64k']
+    for n, (off, ln, pat) in enumerate(writes):
+        cmds.append('aio_write -P %d %d %d' % (pat, off, ln))
+        if n % 16 == 15:
+            cmds.append('aio_flush')
+    cmds += ['aio_write -P 7 0 8k', 'aio_flush']
+    opts = 'driver=qcow2,l2-cache-size=8k,file.driver=file,file.filename=%s' % img
+    args = [VDISK_IO, '-t', 'none', '--image-opts', opts]
+    for c in cmds:
+        args += ['-c', c]
+    r = run(args)
+    assert 'failed' not in r.stdout + r.stderr, r.stdout + r.stderr
+    check_clean(img)
+    reads = []
+    for off, ln, pat in writes[1:]:   # the first lies in the discarded range
+        reads += ['-c', 'read -P %d %d %d' % (pat, off, ln)]
+    reads += ['-c', 'read -P 7 0 8k']
+    r = run(['qemu-io', '-f', 'qcow2', '-r'] + reads + [img])
+    assert 'verification failed' not in r.stdout, r.stdout
+
+
 def set_refcount(img, cluster, value):
     with open(img, 'r+b') as f:
         h = f.read(112)

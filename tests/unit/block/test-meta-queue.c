@@ -149,9 +149,9 @@ static void test_levels(void **state)
     assert_int_equal(flushes_between(f.td, w4, w3), 1);
     assert_int_equal(flushes_between(f.td, w1, w2), 1);
     assert_int_equal(f.td->count[TD_FLUSH] - fl0, 3);
-    /* only the dirty sector was written */
-    assert_int_equal(f.td->log[w0].bytes, 512);
-    assert_int_equal(memcmp(f.td->data + 65536, f.buf[0], 512), 0);
+    /* only the dirty page was written (here the whole 4 KiB table) */
+    assert_int_equal(f.td->log[w0].bytes, 4096);
+    assert_int_equal(memcmp(f.td->data + 65536, f.buf[0], 4096), 0);
     /* nothing dirty: a commit writes and flushes nothing */
     int before = f.td->nlog;
     assert_int_equal(do1(&f, 0, 0), 0);
@@ -163,6 +163,37 @@ static void test_levels(void **state)
     vd_node_get_counters(f.child, &c);
     assert_int_equal(c.flushes, f.td->count[TD_FLUSH]);
     fix_close(&f);
+}
+
+/* Tables adjacent in the child, written in the same level, go out as one
+ * write; the others alone. */
+static void test_adjacent(void **state)
+{
+    Fix f;
+    fix_open(&f, NULL);
+    /* t6 right after t5 (t5 at 6 * 64k, one 4k table) */
+    vd_mq_table_release_now(&f.t[6]);
+    vd_mq_table_init(f.q, &f.t[6], 0, VD_DBG_NONE, 6 * 65536 + TS, TS, f.buf[6]);
+    vd_mq_mark_dirty(&f.t[4], 0, 0);
+    vd_mq_mark_dirty(&f.t[5], 0, 0);
+    vd_mq_mark_dirty(&f.t[6], 0, 0);
+    int base = f.td->nlog;
+    assert_int_equal(do1(&f, 0, 0), 0);
+    int w4 = log_write_at(f.td, 5 * 65536), w5 = log_write_at(f.td, 6 * 65536);
+    assert_true(w4 >= base && w5 >= base);
+    assert_int_equal(f.td->log[w4].bytes, TS);
+    assert_int_equal(f.td->log[w5].bytes, 2 * TS);
+    assert_int_equal(log_write_at(f.td, 6 * 65536 + TS), -1);
+    assert_int_equal(memcmp(f.td->data + 6 * 65536, f.buf[5], TS), 0);
+    assert_int_equal(memcmp(f.td->data + 6 * 65536 + TS, f.buf[6], TS), 0);
+    /* both count as written (and stable after the flush) */
+    assert_false(vd_mq_table_dirty(&f.t[5]) || vd_mq_table_dirty(&f.t[6]));
+    assert_true(vd_mq_table_evictable(&f.t[5]) && vd_mq_table_evictable(&f.t[6]));
+    VdMetaQueueStats st;
+    vd_mq_get_stats(f.q, &st);
+    assert_int_equal(st.table_writes, 3);
+    fix_close(&f);
+    (void)state;
 }
 
 static void test_merge(void **state)
@@ -377,6 +408,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_levels),
+        cmocka_unit_test(test_adjacent),
         cmocka_unit_test(test_merge),
         cmocka_unit_test(test_error_retry),
         cmocka_unit_test(test_eviction),

@@ -94,6 +94,46 @@ int coroutine_mixed_fn vd_img_create(const char *filename, const char *fmt, cons
     return s.ret;
 }
 
+int coroutine_fn vd_co_create_simple(const VdDriver *drv, const char *filename,
+                                     const VdOpts *opts, VdError **errp)
+{
+    uint64_t size = 0;
+    VdJson *v = opts ? vd_opts_lookup(opts, "size") : NULL;
+    if (v) {
+        VdOpts *tmp = vd_json_object();
+        vd_opts_set_json(tmp, "size", vd_json_deep_copy(v));
+        int ret = vd_opts_take_size(tmp, "size", 0, &size, errp);
+        vd_json_unref(tmp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (size > (uint64_t)INT64_MAX) {
+        vd_error_setg(errp, EFBIG, "%s: size %" PRIu64 " is too large", filename, size);
+        return -EFBIG;
+    }
+    VdOpts *o = vd_json_object();
+    vd_opts_set(o, "driver", drv->format_name);
+    VdError *err = NULL;
+    VdNode *node = vd_node_open_co(filename, o, VD_O_RDWR | VD_O_PROTOCOL, &err);
+    if (!node) {
+        int ret = err ? -err->code : -EIO;
+        vd_error_propagate(errp, err);
+        return ret;
+    }
+    /* not exact: a larger object is fine (only growing is refused) */
+    int ret = vd_co_truncate(node, (int64_t)size, false, VD_PREALLOC_OFF, errp);
+    if (ret == 0) {
+        /* what was there before must not be probed as a format */
+        ret = vd_co_pwrite_zeroes(node, 0, (int64_t)VD_MIN(size, 512), 0);
+        if (ret < 0) {
+            vd_error_setg_errno(errp, -ret, "%s: could not zero the first sector", filename);
+        }
+    }
+    vd_node_unref(node);
+    return ret;
+}
+
 int coroutine_fn vd_create_open_file(const char *filename, const VdOpts *opts, VdNode **pnode,
                                      VdError **errp)
 {

@@ -293,6 +293,12 @@ int vd_driver_take_filename(const VdDriver *drv, VdOpts *options, VdError **errp
  */
 int coroutine_fn vd_create_open_file(const char *filename, const VdOpts *opts, VdNode **pnode,
                                      VdError **errp);
+/* co_create of protocols whose objects exist already (NBD), as QEMU's
+ * bdrv_co_create_opts_simple: open filename with drv, refuse a size the
+ * object cannot reach (its truncate says why), and zero the first sector so
+ * that what was there before is not probed as a format. */
+int coroutine_fn vd_co_create_simple(const VdDriver *drv, const char *filename,
+                                     const VdOpts *opts, VdError **errp);
 /* The virtual size of backing (relative names resolve against the directory
  * of image, as the new image will resolve them), opened read-only without
  * its own backing chain and sharing locks, in format fmt (NULL: probed), as

@@ -110,6 +110,13 @@ int coroutine_fn qed_co_create(const char *filename, const VdOpts *opts_in, VdEr
     if (ret < 0) {
         goto out;
     }
+    /* QED allocates at the end of its file: on an object that cannot be
+     * resized (an NBD export) it could never allocate, so refuse it here as
+     * QEMU does ("Cannot resize NBD nodes") */
+    ret = vd_co_truncate(file, 0, true, VD_PREALLOC_OFF, errp);
+    if (ret < 0) {
+        goto out;
+    }
     size_t hlen = QED_HEADER_SIZE + blen;
     buf = calloc(1, VD_MAX(hlen, (size_t)VD_MIN(ts * cs, (uint64_t)VD_MiB)));
     if (!buf) {

@@ -4,8 +4,8 @@ and stopped by this test (cephcluster.py: mon + memstore OSD + mgr on
 127.0.0.1), with qemu-img/qemu-io (QEMU's own rbd driver, from
 qemu-block-extra) as oracles:
 - URI errors; create raw, qcow2 and QED on RBD with vdisk-img (the formats
-  byte for byte as qemu-img creates them there); info and map equal to
-  qemu-img's;
+  byte for byte as qemu-img creates them there); convert -O raw|qcow2 onto
+  RBD; info and map equal to qemu-img's;
 - a differential workload through vdisk-io on rbd: against a raw reference;
 - resize; a read-only snapshot (rbd:pool/img@snap);
 - qcow2 on RBD written by vdisk-io (qemu-img check), and a local qcow2
@@ -128,17 +128,17 @@ def tests(d, c):
     # qemu-img creates there, and clean for qemu-img check
     for i, (fmt, extra) in enumerate([("qcow2", []), ("qed", []),
                                       ("qcow2", ["-o", "cluster_size=4k"])]):
-        ours, ref = f"c{i}", f"c{i}-ref"
+        ours, theirs = f"c{i}", f"c{i}-ref"
         r = run([VDISK_IMG, "create", "-q", "-f", fmt] + extra + [R(ours), str(SIZE)],
                 timeout=120)
         F.check(r.rc == 0, f"vdisk-img create -f {fmt} {extra} on RBD: {r!r}")
-        run(["qemu-img", "create", "-q", "-f", fmt] + extra + [R(ref), str(SIZE)],
+        run(["qemu-img", "create", "-q", "-f", fmt] + extra + [R(theirs), str(SIZE)],
             check=True, timeout=120)
         # the objects' bytes, read by rbd itself (qemu-img compare of two raw
         # RBD images of different sizes trips an assertion in QEMU 7.2's rbd)
-        got, want = os.path.join(d, ours), os.path.join(d, ref)
+        got, want = os.path.join(d, ours), os.path.join(d, theirs)
         c.run(["rbd", "export", f"rbd/{ours}", got])
-        c.run(["rbd", "export", f"rbd/{ref}", want])
+        c.run(["rbd", "export", f"rbd/{theirs}", want])
         with open(got, "rb") as f1, open(want, "rb") as f2:
             F.check(f1.read() == f2.read(),
                     f"{fmt} {extra} created on RBD is byte for byte qemu-img's")
@@ -146,6 +146,16 @@ def tests(d, c):
         F.check(r.rc == 0 and "No errors" in r.out, f"check {fmt} created on RBD: {r!r}")
     r = run([VDISK_IMG, "create", "-q", "-f", "qcow2", R("a"), str(SIZE)], timeout=120)
     F.check(r.rc != 0 and "exists" in r.err, f"create over an existing RBD image fails: {r!r}")
+    # convert onto RBD creates the target there (raw and qcow2), as qemu-img
+    for fmt in ("raw", "qcow2"):
+        r = run([VDISK_IMG, "convert", "-f", "raw", "-O", fmt, ref, R(f"conv-{fmt}")],
+                timeout=120)
+        F.check(r.rc == 0, f"convert -O {fmt} onto RBD: {r!r}")
+        r = run(["qemu-img", "compare", "-f", "raw", "-F", fmt, ref, R(f"conv-{fmt}")],
+                timeout=120)
+        F.check(r.rc == 0, f"convert -O {fmt} onto RBD equals its source (qemu-img): {r!r}")
+    r = run(["qemu-img", "check", R("conv-qcow2")], timeout=120)
+    F.check(r.rc == 0 and "No errors" in r.out, f"check the qcow2 converted onto RBD: {r!r}")
     r = run([VDISK_IMG, "create", "-q", "-f", "qcow2", R("q"), str(SIZE)], timeout=120)
     F.check(r.rc == 0, f"vdisk-img create -f qcow2 on RBD: {r!r}")
     r = run([VDISK_IO, "-c", "write -P 0x42 1M 300k", "-c", "write -z 5M 1M",

@@ -490,6 +490,15 @@ static int coroutine_fn nbd_co_request(NbdState *s, NbdReq *r, NbdCmd cmd, void 
             if (s->conn_gen != gen) {
                 continue;
             }
+            if (s->h && (nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h))) {
+                /* The connection is gone but nobody has noticed yet: this
+                 * coroutine runs inside the update that will (woken from
+                 * nbd_wake_done, the nested nbd_conn_update only flagged
+                 * update_again). Let that update finish, then resend after
+                 * the reconnect like any request the loss caught. */
+                vd_co_yield_to_loop();
+                continue;
+            }
             VD_TRACE(VD_LOG_NBD, "nbd %s: %s", s->node->filename, s->last_error);
             return -(submit_errno ? submit_errno : EIO);
         }
@@ -843,6 +852,16 @@ static int nbd_driver_parse_filename(const char *filename, VdOpts *options, VdEr
     return nbd_parse_filename(filename, options, errp);
 }
 
+static int coroutine_fn nbd_co_create(const char *filename, const VdOpts *opts, VdError **errp)
+{
+    return vd_co_create_simple(&vd_driver_nbd, filename, opts, errp);
+}
+
+static const VdCreateOption nbd_create_opts[] = {
+    { "size", VD_OPT_SIZE, "Virtual disk size", NULL },
+    { NULL },
+};
+
 const VdDriver vd_driver_nbd = {
     .format_name = "nbd",
     .protocol_name = "nbd",
@@ -852,6 +871,8 @@ const VdDriver vd_driver_nbd = {
     .parse_filename = nbd_driver_parse_filename,
     .co_open = nbd_co_open,
     .co_close = nbd_co_close,
+    .co_create = nbd_co_create,
+    .create_opts = nbd_create_opts,
     .refresh_limits = nbd_refresh_limits,
     .co_preadv = nbd_co_preadv,
     .co_pwritev = nbd_co_pwritev,

@@ -47,6 +47,7 @@ struct Qcow2Cache {
     bool slot_failed;     /* the last cache_do_get failed finding a slot */
     uint64_t evict_epoch; /* one per cache_get_slot call */
     uint64_t clean_lru;   /* lru_clock at the last qcow2_cache_clean */
+    int nused;            /* slots holding a table */
     size_t gran;          /* page of a partial read (qcow2_cache_get_part) */
     uint64_t full_mask;   /* valid bits of a whole table */
 };
@@ -139,6 +140,7 @@ static void cache_unlink(Qcow2Cache *c, int i)
         p = &c->e[*p].hash_next;
     }
     c->e[i].offset = 0;
+    c->nused--;
     vd_mq_table_release_now(&c->e[i].mt);
 }
 
@@ -286,6 +288,7 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
         e->table = c->mem + (size_t)i * c->table_size;
         /* claim the slot before yielding */
         e->offset = offset;
+        c->nused++;
         e->is_new = !read;
         vd_mq_table_init(c->q, &e->mt, c->is_l2 ? QCOW2_MQ_L2 : QCOW2_MQ_REFBLOCK,
                          c->is_l2 ? VD_DBG_L2_UPDATE : VD_DBG_REFBLOCK_UPDATE, offset,
@@ -418,13 +421,13 @@ static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool 
         off = len = 0;   /* never written: its first write covers all of it */
     }
     vd_mq_mark_dirty(t, off, len);
-    /* A small cache close to having no clean victim: have the queue write
-     * back now, in the background and without s->lock, so that the next
-     * evictions find clean tables instead of writing (and flushing) a dirty
-     * one under the lock. Large caches leave it to the queue's own count
-     * trigger. */
+    /* A full small cache close to having no clean victim: have the queue
+     * write back now, in the background and without s->lock, so that the
+     * next evictions find clean tables instead of writing (and flushing) a
+     * dirty one under the lock. Large caches leave it to the queue's own
+     * count trigger; a cache with free slots needs no victim. */
     int low = c->n - c->n / 4;
-    if (c->is_l2 && vd_mq_dirty_count(c->q) >= low) {
+    if (c->is_l2 && c->nused == c->n && vd_mq_dirty_count(c->q) >= low) {
         vd_mq_kick(c->q);
     }
     if (!c->is_l2) {

@@ -33,6 +33,7 @@ typedef struct CreateSync {
 
 static void coroutine_fn create_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     CreateSync *s = opaque;
     s->ret = s->drv->co_create(s->filename, s->opts, s->errp);
 }

@@ -370,6 +370,7 @@ void vd_mq_table_release_now(VdMetaTable *t)
 
 void coroutine_fn vd_mq_table_release(VdMetaTable *t)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = t->q;
     if (!q) {
         return;
@@ -521,6 +522,7 @@ static int table_write_prepare(VdMetaQueue *q, VdMetaTable *t, TableWrite *w)
 
 static int coroutine_fn table_write_do(TableWrite *w)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = w->q;
     VdMetaTable *t = w->t;
     int ret = 0;
@@ -565,6 +567,7 @@ static int coroutine_fn table_write_do(TableWrite *w)
 
 static void coroutine_fn table_write_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     TableWrite *w = opaque;
     VdMetaQueue *q = w->q;
     int ret = table_write_do(w);
@@ -580,6 +583,7 @@ static void coroutine_fn table_write_entry(void *opaque)
  * that succeeded may be lost: dirty it again. */
 static int coroutine_fn mq_flush(VdMetaQueue *q)
 {
+    VD_CO_ASSERT();
     q->stats.flushes++;
     int ret = vd_co_flush(q->child);
     if (ret < 0) {
@@ -639,6 +643,7 @@ static bool any_marked_dirty(VdMetaQueue *q, uint64_t id)
  */
 static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush)
 {
+    VD_CO_ASSERT();
     bool wrote_any = false;
     for (;;) {
         mark_closure(q, id);
@@ -732,6 +737,7 @@ static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush
  * VD_MQ_COMMIT_DEFERRED). Caller holds the run (q->running). */
 static int coroutine_fn run_commit(VdMetaQueue *q, int flags)
 {
+    VD_CO_ASSERT();
     uint64_t id = ++q->run_id;
     bool any = false;
     for (VdMetaTable *t = q->dirty_head; t; t = t->dirty_next) {
@@ -754,6 +760,7 @@ static int coroutine_fn run_commit(VdMetaQueue *q, int flags)
 
 static void coroutine_fn run_acquire(VdMetaQueue *q)
 {
+    VD_CO_ASSERT();
     while (q->running) {
         vd_co_queue_wait(&q->run_waiters, NULL);
     }
@@ -768,6 +775,7 @@ static void run_release(VdMetaQueue *q)
 
 int coroutine_fn vd_mq_commit(VdMetaQueue *q, int flags)
 {
+    VD_CO_ASSERT();
     uint64_t my = ++q->requests;
     while (q->running) {
         vd_co_queue_wait(&q->run_waiters, NULL);
@@ -796,6 +804,7 @@ int coroutine_fn vd_mq_commit(VdMetaQueue *q, int flags)
 
 int coroutine_fn vd_mq_writeback_table(VdMetaTable *t)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = t->q;
     if (!q) {
         return 0;
@@ -825,6 +834,7 @@ int coroutine_fn vd_mq_writeback_table(VdMetaTable *t)
 
 static void coroutine_fn background_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = opaque;
     VdNode *owner = q->owner;
     bool quiesced = owner->core->quiesce_counter > 0;
@@ -883,6 +893,7 @@ static void mq_timer_cb(void *opaque)
 
 void coroutine_fn vd_mq_drain(VdMetaQueue *q)
 {
+    VD_CO_ASSERT();
     while (q->bg_scheduled) {
         vd_co_queue_wait(&q->drain_waiters, NULL);
     }

@@ -246,6 +246,7 @@ static bool blk_range_ok(VdVhuExport *e, uint64_t sector, uint64_t bytes)
 
 static uint8_t coroutine_fn blk_discard_wz(VhuReq *r, VdVhuExport *e)
 {
+    VD_CO_ASSERT();
     VirtioBlkDiscardWz d;
 
     if (!e->writable) {
@@ -282,6 +283,7 @@ static uint8_t coroutine_fn blk_discard_wz(VhuReq *r, VdVhuExport *e)
 
 static uint8_t coroutine_fn blk_execute(VhuReq *r)
 {
+    VD_CO_ASSERT();
     VdVhuExport *e = r->vq->conn->exp;
     int ret;
 
@@ -324,6 +326,7 @@ static uint8_t coroutine_fn blk_execute(VhuReq *r)
 
 static void coroutine_fn vhu_req_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     VhuReq *r = opaque;
     uint8_t status = blk_execute(r);
 
@@ -622,6 +625,7 @@ void vhu_close_fd(int *fd)
 /* Wait (ctl coroutine) until no request runs on vq (or on any ring). */
 void coroutine_fn vhu_wait_idle(VhuConn *c, VhuVq *vq)
 {
+    VD_CO_ASSERT();
     for (;;) {
         bool busy = vq ? vq->n_inflight > 0 : __atomic_load_n(&c->n_inflight, __ATOMIC_ACQUIRE) > 0;
         if (!busy) {
@@ -692,6 +696,7 @@ void vhu_inflight_unmap(VhuConn *c)
 /* Stop every ring and forget the device state (RESET_OWNER/DEVICE, disconnect). */
 void coroutine_fn vhu_conn_reset(VhuConn *c)
 {
+    VD_CO_ASSERT();
     c->pause++;
     for (unsigned i = 0; i < c->nvq; i++) {
         vhu_vq_set_handler(&c->vq[i], false);

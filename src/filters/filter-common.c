@@ -8,6 +8,7 @@ int coroutine_fn vd_filter_child_block_status(VdNode *node, bool want_zero, int6
                                               int64_t bytes, int64_t *pnum, int64_t *map,
                                               VdNode **file)
 {
+    VD_CO_ASSERT();
     VdNode *child = node->file->node;
     int ret = vd_co_block_status(child, want_zero, offset, bytes, pnum, map, file);
     if (ret < 0) {

@@ -28,6 +28,7 @@ typedef struct ThrottleNodeState {
 static int coroutine_fn throttle_co_open(VdNode *node, VdOpts *options, int flags,
                                          VdError **errp)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     char *group = NULL;
 
@@ -57,6 +58,7 @@ static int coroutine_fn throttle_co_open(VdNode *node, VdOpts *options, int flag
 
 static void coroutine_fn throttle_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_unregister(&s->member);
 }
@@ -74,6 +76,7 @@ static void throttle_refresh_limits(VdNode *node)
 static int coroutine_fn throttle_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                            VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, false);
     return vd_co_preadv(node->file->node, offset, bytes, qiov, qiov_offset, flags);
@@ -82,6 +85,7 @@ static int coroutine_fn throttle_co_preadv(VdNode *node, int64_t offset, int64_t
 static int coroutine_fn throttle_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                             VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, true);
     return vd_co_pwritev(node->file->node, offset, bytes, qiov, qiov_offset, flags);
@@ -90,6 +94,7 @@ static int coroutine_fn throttle_co_pwritev(VdNode *node, int64_t offset, int64_
 static int coroutine_fn throttle_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                                   int flags)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, true);
     return vd_co_pwrite_zeroes(node->file->node, offset, bytes, flags);
@@ -97,6 +102,7 @@ static int coroutine_fn throttle_co_pwrite_zeroes(VdNode *node, int64_t offset, 
 
 static int coroutine_fn throttle_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, true);
     return vd_co_pdiscard(node->file->node, offset, bytes);
@@ -106,6 +112,7 @@ static int coroutine_fn throttle_co_pwritev_compressed(VdNode *node, int64_t off
                                                        int64_t bytes, VdIOVector *qiov,
                                                        size_t qiov_offset)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, true);
     return vd_co_pwritev(node->file->node, offset, bytes, qiov, qiov_offset,
@@ -116,6 +123,7 @@ static int coroutine_fn throttle_co_block_status(VdNode *node, bool want_zero, i
                                                  int64_t bytes, int64_t *pnum, int64_t *map,
                                                  VdNode **file)
 {
+    VD_CO_ASSERT();
     if (!want_zero) {
         /* a reader looking for holes it need not read: it must read here */
         *pnum = bytes;
@@ -129,11 +137,13 @@ static int coroutine_fn throttle_co_block_status(VdNode *node, bool want_zero, i
 static int coroutine_fn throttle_co_truncate(VdNode *node, int64_t offset, bool exact,
                                              VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     return vd_co_truncate(node->file->node, offset, exact, prealloc, errp);
 }
 
 static int64_t coroutine_fn throttle_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     return vd_node_getlength(node->file->node);
 }
 

@@ -349,6 +349,7 @@ typedef struct IoSleep {
 
 static void coroutine_fn io_sleep_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     IoSleep *s = opaque;
     vd_co_sleep_ns(s->ns);
 }

@@ -136,6 +136,7 @@ static void cache_unlink(Qcow2Cache *c, int i)
  * another victim is tried). Returns the index or -errno. */
 static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
 {
+    VD_CO_ASSERT();
     int err = 0;
     uint64_t epoch = ++c->evict_epoch;   /* victims that failed in this call are skipped */
     for (;;) {
@@ -188,6 +189,7 @@ static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
 static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                      void **table, bool read)
 {
+    VD_CO_ASSERT();
     if (offset == 0 || offset % c->table_size) {
         return -EIO;   /* the header cluster or unaligned: never a table (offset 0 = free slot) */
     }
@@ -242,12 +244,14 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
 
 int coroutine_fn qcow2_cache_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset, void **table)
 {
+    VD_CO_ASSERT();
     return cache_do_get(s, c, offset, table, true);
 }
 
 int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                         void **table)
 {
+    VD_CO_ASSERT();
     c->slot_failed = false;
     int ret = cache_do_get(s, c, offset, table, true);
     if (ret >= 0 || !c->slot_failed) {
@@ -272,6 +276,7 @@ int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t o
 int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                        void **table)
 {
+    VD_CO_ASSERT();
     return cache_do_get(s, c, offset, table, false);
 }
 
@@ -361,6 +366,7 @@ static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool 
 
 int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c)
 {
+    VD_CO_ASSERT();
     if (c->is_l2) {
         /* every dirty table in dependency order, deferred refcount blocks
          * included: callers need them on disk before their next step */
@@ -386,6 +392,7 @@ int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c)
 
 void coroutine_fn qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
 {
+    VD_CO_ASSERT();
     int i = cache_find(c, offset);
     if (i >= 0 && c->e[i].ref == 0) {
         /* a write of it in flight must end before the cluster is reused */

@@ -44,6 +44,7 @@ static void add_ref(CheckState *c, uint64_t offset, uint64_t bytes, const char *
 /* Walk one L2 table; active: check OFLAG_COPIED against stored refcounts later. */
 static int coroutine_fn check_l2(CheckState *c, uint64_t l2_off, bool active, uint64_t l1i)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = c->s;
     uint64_t *l2;
     int ret = qcow2_cache_get(s, s->l2_cache, l2_off, (void **)&l2);
@@ -109,6 +110,7 @@ static int coroutine_fn check_l2(CheckState *c, uint64_t l2_off, bool active, ui
 static int coroutine_fn check_l1(CheckState *c, uint64_t l1_off, uint32_t l1_size,
                                  const uint64_t *table, bool active)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = c->s;
     add_ref(c, l1_off, (uint64_t)l1_size * 8, "L1 table");
     uint64_t *own = NULL;
@@ -165,6 +167,7 @@ static int coroutine_fn check_l1(CheckState *c, uint64_t l1_off, uint32_t l1_siz
 /* Set the stored refcount of cluster i to value (creating blocks as needed). */
 static int coroutine_fn set_refcount(Qcow2State *s, uint64_t i, uint64_t stored, uint64_t value)
 {
+    VD_CO_ASSERT();
     if (value == stored) {
         return 0;
     }
@@ -175,6 +178,7 @@ static int coroutine_fn set_refcount(Qcow2State *s, uint64_t i, uint64_t stored,
 /* Check and fix OFLAG_COPIED in the active L1 and its L2 tables. */
 static int coroutine_fn check_copied(CheckState *c)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = c->s;
     bool l1_changed = false;
     for (uint32_t i = 0; i < s->l1_size; i++) {
@@ -245,6 +249,7 @@ static int coroutine_fn check_copied(CheckState *c)
 
 int coroutine_fn qcow2_co_check_impl(Qcow2State *s, VdCheckResult *res, int fix)
 {
+    VD_CO_ASSERT();
     int64_t file_size = vd_node_getlength(s->file);
     if (file_size < 0) {
         return (int)file_size;

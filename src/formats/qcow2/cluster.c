@@ -61,12 +61,14 @@ static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t *
 
 static int coroutine_fn get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2)
 {
+    VD_CO_ASSERT();
     return get_l2_table_for(s, l1i, l2, false);
 }
 
 static int coroutine_fn get_l2_table_for(Qcow2State *s, uint64_t l1i, uint64_t **l2,
                                          bool lookup)
 {
+    VD_CO_ASSERT();
     *l2 = NULL;
     if (l1i >= s->l1_size) {
         return 0;
@@ -103,6 +105,7 @@ static inline void l2_set(uint64_t *l2, uint64_t i, uint64_t v)
 int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                    uint64_t *entry, uint64_t *n)
 {
+    VD_CO_ASSERT();
     int cb = s->cluster_bits;
     uint64_t cs = s->cluster_size;
     uint64_t l2i = qcow2_l2_index(offset, cb);
@@ -151,6 +154,7 @@ int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t byte
 
 static int64_t coroutine_fn backing_length(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     if (!s->node->backing) {
         return 0;
     }
@@ -162,6 +166,7 @@ static int64_t coroutine_fn backing_length(Qcow2State *s)
 static int coroutine_fn read_backing(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                      VdIOVector *qiov, size_t qoff)
 {
+    VD_CO_ASSERT();
     int64_t blen = backing_length(s);
     if (blen < 0) {
         return (int)blen;
@@ -183,6 +188,7 @@ static int coroutine_fn read_backing(Qcow2State *s, uint64_t offset, uint64_t by
 
 int coroutine_fn qcow2_read_compressed(Qcow2State *s, uint64_t entry, uint8_t *out)
 {
+    VD_CO_ASSERT();
     uint64_t host, csize;
     qcow2_compressed_decode(entry, s->cluster_bits, &host, &csize);
     int64_t flen = vd_node_getlength(s->file);
@@ -219,6 +225,7 @@ int coroutine_fn qcow2_read_compressed(Qcow2State *s, uint64_t entry, uint8_t *o
 int coroutine_fn qcow2_co_preadv_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                       VdIOVector *qiov, size_t qoff)
 {
+    VD_CO_ASSERT();
     uint8_t *cbuf = NULL;
     int ret = 0;
     while (bytes > 0) {
@@ -281,6 +288,7 @@ int coroutine_fn qcow2_co_preadv_impl(Qcow2State *s, uint64_t offset, uint64_t b
  * Returns true if it waited (the caller must look up again). Under s->lock. */
 static bool coroutine_fn wait_for_allocs(Qcow2State *s, uint64_t start, uint64_t *end)
 {
+    VD_CO_ASSERT();
     for (Qcow2Alloc *a = s->allocs; a; a = a->next) {
         if (a->guest_start < *end && start < a->guest_end) {
             if (a->guest_start <= start) {
@@ -334,6 +342,7 @@ static void free_entry_storage(Qcow2State *s, uint64_t entry)
 
 int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1i, uint64_t **l2)
 {
+    VD_CO_ASSERT();
     *l2 = NULL;
     if (l1i >= s->l1_size) {
         int ret = qcow2_grow_l1(s, l1i + 1, false);
@@ -397,6 +406,7 @@ int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1i, uint64_t **
  * first (once). Returns 0 or a negative errno. */
 static int coroutine_fn cluster_mark_dirty_if_lazy(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     if (s->lazy_refcounts && !s->dirty_bit_set) {
         return qcow2_mark_dirty(s);
     }
@@ -406,6 +416,7 @@ static int coroutine_fn cluster_mark_dirty_if_lazy(Qcow2State *s)
 /* cluster_mark_dirty_if_lazy(), then the L2 table of L1 entry @l1i for writing. */
 static int coroutine_fn cluster_l2_for_update(Qcow2State *s, uint64_t l1i, uint64_t **l2)
 {
+    VD_CO_ASSERT();
     int ret = cluster_mark_dirty_if_lazy(s);
 
     if (ret < 0) {
@@ -419,6 +430,7 @@ static int coroutine_fn cluster_l2_for_update(Qcow2State *s, uint64_t l1i, uint6
 static int coroutine_fn cow_read(Qcow2State *s, uint64_t entry, uint64_t guest_cluster,
                                  uint64_t off, uint64_t len, uint8_t *buf)
 {
+    VD_CO_ASSERT();
     VdIOVector q;
     int ret = 0;
     vd_debug_event(s->file, VD_DBG_COW_READ);
@@ -488,6 +500,7 @@ typedef struct WriteStep {
  * both. Returns the bytes written or -errno. */
 static int64_t coroutine_fn write_in_place(Qcow2State *s, const WriteStep *w, uint64_t *l2)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     uint64_t k = 1;
     while (k < w->nb) {
@@ -516,6 +529,7 @@ static int coroutine_fn write_data_with_cow(Qcow2State *s, const WriteStep *w, u
                                             uint64_t k, uint64_t n, uint64_t e_last,
                                             bool skip_head, bool skip_tail)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     uint64_t head = skip_head ? 0 : w->oic;
     uint64_t tail = skip_tail ? 0 : k * cs - w->oic - n;
@@ -561,6 +575,7 @@ static int coroutine_fn write_data_with_cow(Qcow2State *s, const WriteStep *w, u
 static int coroutine_fn link_new_clusters(Qcow2State *s, const WriteStep *w, uint64_t host,
                                           uint64_t k, bool fresh, bool reuse)
 {
+    VD_CO_ASSERT();
     uint64_t *l2;
     int ret = qcow2_get_l2_for_write(s, w->l1i, &l2);
     if (ret < 0) {
@@ -593,6 +608,7 @@ static int coroutine_fn link_new_clusters(Qcow2State *s, const WriteStep *w, uin
  * lock released: the bytes written or -errno. */
 static int64_t coroutine_fn write_allocating(Qcow2State *s, const WriteStep *w, uint64_t *l2)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     /* a zero cluster that kept its own storage (refcount 1, e.g. after
      * discard-no-unref) is written again in place of a new one */
@@ -652,6 +668,7 @@ static int64_t coroutine_fn write_allocating(Qcow2State *s, const WriteStep *w, 
 int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                        VdIOVector *qiov, size_t qoff)
 {
+    VD_CO_ASSERT();
     int cb = s->cluster_bits;
     uint64_t cs = s->cluster_size;
 
@@ -705,6 +722,7 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
 /* Write explicit zeros (v2 images, unaligned edges). */
 static int coroutine_fn write_zero_bytes(Qcow2State *s, uint64_t offset, uint64_t bytes)
 {
+    VD_CO_ASSERT();
     uint64_t chunk = VD_MIN(bytes, (uint64_t)VD_MiB);
     uint8_t *z = qcow2_buf_alloc(chunk);
     if (!z) {
@@ -727,6 +745,7 @@ static int coroutine_fn write_zero_bytes(Qcow2State *s, uint64_t offset, uint64_
 int coroutine_fn qcow2_co_zero_or_discard(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                           bool discard, bool may_unmap)
 {
+    VD_CO_ASSERT();
     int cb = s->cluster_bits;
     uint64_t cs = s->cluster_size;
     uint64_t end = offset + bytes;
@@ -865,6 +884,7 @@ int coroutine_fn qcow2_co_pwritev_compressed_impl(Qcow2State *s, uint64_t offset
                                                   uint64_t bytes, VdIOVector *qiov,
                                                   size_t qoff)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     if (offset % cs || bytes > cs || (bytes < cs && offset + bytes != s->header.size)) {
         return -EINVAL;
@@ -943,6 +963,7 @@ out_unlock:
  */
 static bool coroutine_fn qcow2_metadata_preallocated(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     if (s->metadata_prealloc) {
         return s->metadata_prealloc == 2;
     }
@@ -975,6 +996,7 @@ static bool coroutine_fn qcow2_metadata_preallocated(Qcow2State *s)
 int coroutine_fn qcow2_co_block_status_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                             int64_t *pnum, int64_t *map)
 {
+    VD_CO_ASSERT();
     uint64_t entry, n;
     vd_co_mutex_lock(&s->lock);
     int ret = qcow2_get_mapping(s, offset, bytes, &entry, &n);
@@ -1002,6 +1024,7 @@ int coroutine_fn qcow2_co_block_status_impl(Qcow2State *s, uint64_t offset, uint
 int coroutine_fn qcow2_preallocate(Qcow2State *s, uint64_t start, uint64_t end,
                                    VdPrealloc mode)
 {
+    VD_CO_ASSERT();
     int cb = s->cluster_bits;
     uint64_t cs = s->cluster_size;
     uint64_t off = VD_ALIGN_DOWN(start, cs);

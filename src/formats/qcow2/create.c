@@ -424,6 +424,7 @@ static int create_prealloc_data(int fd, const Qcow2CreateParams *p, const Qcow2L
 
 int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2CreateParams p;
     Qcow2Layout l;
     bool has_backing = opts && vd_opts_lookup(opts, "backing_file");

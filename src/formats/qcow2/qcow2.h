@@ -519,7 +519,7 @@ typedef struct Qcow2CodecJob {
 /* Run the job (on a worker when called from a coroutine and the cluster -
  * in_len to compress, out_cap to inflate - is >= QCOW2_CODEC_OFFLOAD_MIN). Inflate: 0 or -EIO for a bad stream. Deflate: 0 (out_len
  * 0 when it did not fit) or -ENOMEM. Touches nothing but the job's buffers. */
-int coroutine_fn qcow2_codec_co_run(Qcow2CodecJob *job);
+int coroutine_mixed_fn qcow2_codec_co_run(Qcow2CodecJob *job);
 /* Test hook: jobs sent to the thread pool since the process started. */
 uint64_t qcow2_codec_offload_count(void);
 

@@ -34,6 +34,7 @@ static int check_refblock(Qcow2State *s, uint64_t idx, uint64_t block_off)
 
 int coroutine_fn qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint64_t *refcount)
 {
+    VD_CO_ASSERT();
     uint64_t idx = cluster_index >> s->refcount_block_bits;
     *refcount = 0;
     if (idx >= s->refcount_table_size) {
@@ -83,6 +84,7 @@ void qcow2_queue_file_discard(Qcow2State *s, uint64_t offset, uint64_t bytes)
 
 int coroutine_fn qcow2_process_file_discards(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     while (s->nb_file_discards) {
         Qcow2FileDiscard d = s->file_discards[--s->nb_file_discards];
         /* errors ignored: the space is just not given back */
@@ -94,6 +96,7 @@ int coroutine_fn qcow2_process_file_discards(Qcow2State *s)
 int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                        int64_t addend)
 {
+    VD_CO_ASSERT();
     if (bytes == 0) {
         return 0;
     }
@@ -166,6 +169,7 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
  * whatever a corrupted refcount says). */
 static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
 {
+    VD_CO_ASSERT();
     for (uint64_t c = VD_MAX(from, 1);; c++) {
         uint64_t r;
         if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
@@ -186,6 +190,7 @@ static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
 static int coroutine_fn refcount_write_stable(Qcow2State *s, int kind, uint64_t offset,
                                               const void *buf, uint64_t size)
 {
+    VD_CO_ASSERT();
     int ret = qcow2_write_meta(s, kind, offset, buf, size);
 
     if (ret < 0) {
@@ -202,6 +207,7 @@ static int coroutine_fn refcount_write_stable(Qcow2State *s, int kind, uint64_t 
  */
 static int coroutine_fn refcount_grow_table(Qcow2State *s, uint64_t min_entries)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     uint64_t per_cluster = cs / 8;
     uint64_t old_size = s->refcount_table_size;
@@ -327,6 +333,7 @@ out:
  * before the refcount table entry pointing at it is written. */
 static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int depth)
 {
+    VD_CO_ASSERT();
     if (depth > 8) {
         return -EIO;
     }
@@ -405,6 +412,7 @@ static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int d
 
 int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
 {
+    VD_CO_ASSERT();
     if (n == 0) {
         return -EINVAL;
     }
@@ -494,6 +502,7 @@ void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes
 
 int coroutine_fn qcow2_apply_pending_frees(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     int result = 0;
     while (s->nb_pending_free) {
         Qcow2PendingFree f = s->pending_free[--s->nb_pending_free];
@@ -603,6 +612,7 @@ static VdDebugEvent meta_event(int kind)
 int coroutine_fn qcow2_write_meta_ev(Qcow2State *s, int kind, VdDebugEvent ev, uint64_t offset,
                                      const void *buf, uint64_t size)
 {
+    VD_CO_ASSERT();
     int ret = qcow2_meta_write_check(s, kind, offset, size);
     if (ret < 0) {
         return ret;
@@ -615,6 +625,7 @@ int coroutine_fn qcow2_write_meta_ev(Qcow2State *s, int kind, VdDebugEvent ev, u
 int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
                                   uint64_t size)
 {
+    VD_CO_ASSERT();
     return qcow2_write_meta_ev(s, kind, meta_event(kind), offset, buf, size);
 }
 
@@ -624,6 +635,7 @@ int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, cons
 
 int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end)
 {
+    VD_CO_ASSERT();
     if (s->prealloc_failed || s->node->read_only || end <= s->prealloc_end) {
         return 0;
     }
@@ -652,6 +664,7 @@ int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end)
  */
 int coroutine_fn qcow2_change_refcount_order(Qcow2State *s, int new_order, VdError **errp)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     uint64_t new_max = new_order == 6 ? UINT64_MAX : (1ULL << (1 << new_order)) - 1;
     int ret = qcow2_flush_metadata(s);

@@ -468,6 +468,7 @@ static int64_t nbd_submit(NbdState *s, NbdReq *r, NbdCmd cmd, void *buf, uint64_
 static int coroutine_fn nbd_co_request(NbdState *s, NbdReq *r, NbdCmd cmd, void *buf,
                                        uint64_t offset, uint64_t bytes, uint32_t flags)
 {
+    VD_CO_ASSERT();
     for (;;) {
         while (s->state == NBD_WAIT) {
             vd_co_queue_wait(&s->reconnect_waiters, NULL);
@@ -512,6 +513,7 @@ static int coroutine_fn nbd_co_request(NbdState *s, NbdReq *r, NbdCmd cmd, void 
 static int coroutine_fn nbd_co_rw(VdNode *node, NbdCmd cmd, int64_t offset, int64_t bytes,
                                   VdIOVector *qiov, size_t qiov_offset, uint32_t flags)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     void *buf = NULL, *bounce = NULL;
@@ -548,6 +550,7 @@ static int coroutine_fn nbd_co_rw(VdNode *node, NbdCmd cmd, int64_t offset, int6
 static int coroutine_fn nbd_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                       VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     if (offset >= s->size) {
         vd_iov_memset(qiov, qiov_offset, 0, (size_t)bytes);
@@ -570,6 +573,7 @@ static int nbd_check_range(NbdState *s, int64_t offset, int64_t bytes)
 static int coroutine_fn nbd_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                        VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     if (nbd_check_range(s, offset, bytes) < 0) {
         return -EINVAL;
@@ -581,6 +585,7 @@ static int coroutine_fn nbd_co_pwritev(VdNode *node, int64_t offset, int64_t byt
 static int coroutine_fn nbd_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                              int flags)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     if (!s->can_zero) {
@@ -609,6 +614,7 @@ static int coroutine_fn nbd_co_pwrite_zeroes(VdNode *node, int64_t offset, int64
 
 static int coroutine_fn nbd_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     if (!s->can_trim) {
@@ -622,6 +628,7 @@ static int coroutine_fn nbd_co_pdiscard(VdNode *node, int64_t offset, int64_t by
 
 static int coroutine_fn nbd_co_flush_to_disk(VdNode *node)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     if (!s->can_flush) {
@@ -634,6 +641,7 @@ static int coroutine_fn nbd_co_block_status(VdNode *node, bool want_zero, int64_
                                             int64_t bytes, int64_t *pnum, int64_t *map,
                                             VdNode **file)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     *map = offset;
@@ -678,6 +686,7 @@ static int coroutine_fn nbd_co_block_status(VdNode *node, bool want_zero, int64_
 static int coroutine_fn nbd_co_truncate(VdNode *node, int64_t offset, bool exact,
                                         VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     if (offset != s->size && exact) {
         vd_error_setg(errp, ENOTSUP, "Cannot resize NBD nodes");
@@ -692,6 +701,7 @@ static int coroutine_fn nbd_co_truncate(VdNode *node, int64_t offset, bool exact
 
 static int64_t coroutine_fn nbd_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     return ((NbdState *)node->opaque)->size;
 }
 
@@ -729,6 +739,7 @@ static void nbd_teardown(NbdState *s)
 
 static int coroutine_fn nbd_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     uint64_t delay = 0, open_timeout = 0;
     char *tls = NULL;
@@ -801,6 +812,7 @@ static int coroutine_fn nbd_co_open(VdNode *node, VdOpts *options, int flags, Vd
 
 static void coroutine_fn nbd_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     nbd_teardown(s);
     vd_co_queue_restart_all(&s->reconnect_waiters);

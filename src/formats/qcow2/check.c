@@ -55,7 +55,7 @@ static int coroutine_fn check_l2(CheckState *c, uint64_t l2_off, bool active, ui
         return 0;
     }
     for (uint64_t i = 0; i < s->l2_entries; i++) {
-        uint64_t e = qcow2_be64((uint8_t *)&l2[i]);
+        uint64_t e = qcow2_l2_get(l2, i);
         Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
         uint64_t guest = ((l1i << s->l2_bits) + i) << s->cluster_bits;
         switch (t) {
@@ -210,7 +210,7 @@ static int coroutine_fn check_copied(CheckState *c)
         }
         bool dirty = false;
         for (uint64_t k = 0; k < s->l2_entries; k++) {
-            uint64_t e = qcow2_be64((uint8_t *)&l2[k]);
+            uint64_t e = qcow2_l2_get(l2, k);
             Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
             if (t != QCOW2_CLUSTER_NORMAL && t != QCOW2_CLUSTER_ZERO_ALLOC) {
                 continue;
@@ -229,8 +229,8 @@ static int coroutine_fn check_copied(CheckState *c)
                         "refcount=%llu\n", (unsigned long long)e, (unsigned long long)r);
                 c->res->corruptions++;
                 if (c->fix & VD_FIX_ERRORS) {
-                    qcow2_st64((uint8_t *)&l2[k], w ? (e | QCOW2_OFLAG_COPIED)
-                                                    : (e & ~QCOW2_OFLAG_COPIED));
+                    qcow2_l2_set(l2, k, w ? (e | QCOW2_OFLAG_COPIED)
+                                          : (e & ~QCOW2_OFLAG_COPIED));
                     dirty = true;
                     c->res->corruptions_fixed++;
                 }

@@ -773,11 +773,11 @@ static int coroutine_fn qcow2_co_make_empty(VdNode *node)
             ret = qcow2_get_l2_for_write(s, l1i, &l2);
             if (ret == 0) {
                 for (uint64_t i = 0; i < s->l2_entries; i++) {
-                    uint64_t e = qcow2_be64((uint8_t *)&l2[i]);
+                    uint64_t e = qcow2_l2_get(l2, i);
                     if (!e) {
                         continue;
                     }
-                    qcow2_st64((uint8_t *)&l2[i], 0);
+                    qcow2_l2_set(l2, i, 0);
                     Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
                     if (t == QCOW2_CLUSTER_NORMAL || t == QCOW2_CLUSTER_ZERO_ALLOC) {
                         qcow2_free_clusters_deferred(s, e & QCOW2_L2E_OFFSET_MASK,
@@ -893,11 +893,11 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
                 ret = qcow2_get_l2_for_write(s, qcow2_l1_index(cstart, s->cluster_bits), &l2);
                 if (ret == 0) {
                     uint64_t i = qcow2_l2_index(cstart, s->cluster_bits);
-                    uint64_t e = qcow2_be64((uint8_t *)&l2[i]);
+                    uint64_t e = qcow2_l2_get(l2, i);
                     if (t == QCOW2_CLUSTER_ZERO_ALLOC && (e & QCOW2_OFLAG_COPIED)) {
-                        qcow2_st64((uint8_t *)&l2[i], e & ~QCOW2_OFLAG_ZERO);
+                        qcow2_l2_set(l2, i, e & ~QCOW2_OFLAG_ZERO);
                     } else {
-                        qcow2_st64((uint8_t *)&l2[i], 0);
+                        qcow2_l2_set(l2, i, 0);
                         if (t == QCOW2_CLUSTER_ZERO_ALLOC) {
                             qcow2_free_clusters_deferred(s, e & QCOW2_L2E_OFFSET_MASK,
                                                          s->cluster_size);

@@ -347,7 +347,7 @@ static int coroutine_fn refresh_copied_flags(Qcow2State *s)
         }
         bool dirty = false;
         for (uint64_t k = 0; k < s->l2_entries; k++) {
-            uint64_t e = qcow2_be64((uint8_t *)&l2[k]);
+            uint64_t e = qcow2_l2_get(l2, k);
             Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
             if (t != QCOW2_CLUSTER_NORMAL && t != QCOW2_CLUSTER_ZERO_ALLOC) {
                 continue;
@@ -358,7 +358,7 @@ static int coroutine_fn refresh_copied_flags(Qcow2State *s)
             }
             uint64_t ne = r == 1 ? (e | QCOW2_OFLAG_COPIED) : (e & ~QCOW2_OFLAG_COPIED);
             if (ne != e) {
-                qcow2_st64((uint8_t *)&l2[k], ne);
+                qcow2_l2_set(l2, k, ne);
                 dirty = true;
             }
         }

@@ -411,12 +411,8 @@ static int coroutine_fn blkdebug_co_open(VdNode *node, VdOpts *options, int flag
 static void blkdebug_refresh_limits(VdNode *node)
 {
     BlkdebugState *s = node->opaque;
-    const VdBlockLimits *cl = &node->file->node->bl;
-    node->bl.request_alignment = VD_MAX(cl->request_alignment, (uint32_t)s->align);
-    node->bl.pwrite_zeroes_alignment = cl->pwrite_zeroes_alignment;
-    node->bl.max_pwrite_zeroes = cl->max_pwrite_zeroes;
-    node->bl.pdiscard_alignment = cl->pdiscard_alignment;
-    node->bl.max_pdiscard = cl->max_pdiscard;
+    vd_filter_refresh_limits(node);
+    node->bl.request_alignment = VD_MAX(node->bl.request_alignment, (uint32_t)s->align);
     if (s->max_transfer && (node->bl.max_transfer <= 0 ||
                             (int64_t)s->max_transfer < node->bl.max_transfer)) {
         node->bl.max_transfer = (int64_t)s->max_transfer;
@@ -561,19 +557,6 @@ static int coroutine_fn blkdebug_co_block_status(VdNode *node, bool want_zero, i
     return vd_filter_child_block_status(node, want_zero, offset, bytes, pnum, map, file);
 }
 
-static int coroutine_fn blkdebug_co_truncate(VdNode *node, int64_t offset, bool exact,
-                                             VdPrealloc prealloc, VdError **errp)
-{
-    VD_CO_ASSERT();
-    return vd_co_truncate(node->file->node, offset, exact, prealloc, errp);
-}
-
-static int64_t coroutine_fn blkdebug_co_getlength(VdNode *node)
-{
-    VD_CO_ASSERT();
-    return vd_node_getlength(node->file->node);
-}
-
 const VdDriver vd_driver_blkdebug = {
     .format_name = "blkdebug",
     .protocol_name = "blkdebug",
@@ -590,7 +573,7 @@ const VdDriver vd_driver_blkdebug = {
     .co_pdiscard = blkdebug_co_pdiscard,
     .co_flush_to_os = blkdebug_co_flush_to_os,
     .co_block_status = blkdebug_co_block_status,
-    .co_truncate = blkdebug_co_truncate,
-    .co_getlength = blkdebug_co_getlength,
+    .co_truncate = vd_filter_co_truncate,
+    .co_getlength = vd_filter_co_getlength,
     .debug_event = blkdebug_debug_event,
 };

@@ -174,16 +174,6 @@ static void coroutine_fn log_writes_co_close(VdNode *node)
     s->log = NULL;
 }
 
-static void log_writes_refresh_limits(VdNode *node)
-{
-    const VdBlockLimits *cl = &node->file->node->bl;
-    node->bl.request_alignment = cl->request_alignment;
-    node->bl.pwrite_zeroes_alignment = cl->pwrite_zeroes_alignment;
-    node->bl.max_pwrite_zeroes = cl->max_pwrite_zeroes;
-    node->bl.pdiscard_alignment = cl->pdiscard_alignment;
-    node->bl.max_pdiscard = cl->max_pdiscard;
-}
-
 /*
  * Record a completed request. The side file is written synchronously (this
  * is a test filter: simple beats fast). Returns 0 or -errno, in which case
@@ -297,18 +287,12 @@ static int coroutine_fn log_writes_co_truncate(VdNode *node, int64_t offset, boo
     return ret;
 }
 
-static int64_t coroutine_fn log_writes_co_getlength(VdNode *node)
-{
-    VD_CO_ASSERT();
-    return vd_node_getlength(node->file->node);
-}
-
 const VdDriver vd_driver_log_writes = {
     .format_name = "log-writes",
     .instance_size = sizeof(LogWritesState),
     .co_open = log_writes_co_open,
     .co_close = log_writes_co_close,
-    .refresh_limits = log_writes_refresh_limits,
+    .refresh_limits = vd_filter_refresh_limits,
     .co_preadv = log_writes_co_preadv,
     .co_pwritev = log_writes_co_pwritev,
     .co_pwrite_zeroes = log_writes_co_pwrite_zeroes,
@@ -317,7 +301,7 @@ const VdDriver vd_driver_log_writes = {
     .co_flush_to_disk = log_writes_co_flush_to_disk,
     .co_block_status = log_writes_co_block_status,
     .co_truncate = log_writes_co_truncate,
-    .co_getlength = log_writes_co_getlength,
+    .co_getlength = vd_filter_co_getlength,
 };
 
 VdWriteLog *vd_log_writes_get_log(VdNode *node)

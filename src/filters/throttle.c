@@ -63,16 +63,6 @@ static void coroutine_fn throttle_co_close(VdNode *node)
     vd_throttle_member_unregister(&s->member);
 }
 
-static void throttle_refresh_limits(VdNode *node)
-{
-    const VdBlockLimits *cl = &node->file->node->bl;
-    node->bl.request_alignment = cl->request_alignment;
-    node->bl.pwrite_zeroes_alignment = cl->pwrite_zeroes_alignment;
-    node->bl.max_pwrite_zeroes = cl->max_pwrite_zeroes;
-    node->bl.pdiscard_alignment = cl->pdiscard_alignment;
-    node->bl.max_pdiscard = cl->max_pdiscard;
-}
-
 static int coroutine_fn throttle_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                            VdIOVector *qiov, size_t qiov_offset, int flags)
 {
@@ -134,19 +124,6 @@ static int coroutine_fn throttle_co_block_status(VdNode *node, bool want_zero, i
     return vd_filter_child_block_status(node, want_zero, offset, bytes, pnum, map, file);
 }
 
-static int coroutine_fn throttle_co_truncate(VdNode *node, int64_t offset, bool exact,
-                                             VdPrealloc prealloc, VdError **errp)
-{
-    VD_CO_ASSERT();
-    return vd_co_truncate(node->file->node, offset, exact, prealloc, errp);
-}
-
-static int64_t coroutine_fn throttle_co_getlength(VdNode *node)
-{
-    VD_CO_ASSERT();
-    return vd_node_getlength(node->file->node);
-}
-
 static void throttle_drain_begin(VdNode *node)
 {
     ThrottleNodeState *s = node->opaque;
@@ -177,15 +154,15 @@ const VdDriver vd_driver_throttle = {
     .is_filter = true,
     .co_open = throttle_co_open,
     .co_close = throttle_co_close,
-    .refresh_limits = throttle_refresh_limits,
+    .refresh_limits = vd_filter_refresh_limits,
     .co_preadv = throttle_co_preadv,
     .co_pwritev = throttle_co_pwritev,
     .co_pwrite_zeroes = throttle_co_pwrite_zeroes,
     .co_pdiscard = throttle_co_pdiscard,
     .co_pwritev_compressed = throttle_co_pwritev_compressed,
     .co_block_status = throttle_co_block_status,
-    .co_truncate = throttle_co_truncate,
-    .co_getlength = throttle_co_getlength,
+    .co_truncate = vd_filter_co_truncate,
+    .co_getlength = vd_filter_co_getlength,
     .drain_begin = throttle_drain_begin,
     .drain_end = throttle_drain_end,
     .detach_aio_context = throttle_detach_aio_context,

@@ -310,11 +310,7 @@ static int io_open_f(int argc, char **argv)
             if (!extra) {
                 extra = parsed;
             } else {
-                for (size_t i = 0; i < vd_json_object_size(parsed); i++) {
-                    VdJson *val;
-                    const char *k = vd_json_object_entry(parsed, i, &val);
-                    vd_json_object_put(extra, k, vd_json_ref(val));
-                }
+                tool_opts_put_all(extra, parsed);
                 vd_json_unref(parsed);
             }
             break;
@@ -452,11 +448,7 @@ static int io_reopen_f(int argc, char **argv)
             merged = extra;
             extra = NULL;
         } else {
-            for (size_t i = 0; i < vd_json_object_size(extra); i++) {
-                VdJson *val;
-                const char *k = vd_json_object_entry(extra, i, &val);
-                vd_json_object_put(merged, k, vd_json_ref(val));
-            }
+            tool_opts_put_all(merged, extra);
         }
     }
     vd_json_unref(extra);

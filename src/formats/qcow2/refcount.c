@@ -165,6 +165,17 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
     return addend < 0 ? qcow2_process_file_discards(s) : 0;
 }
 
+/* Refcount of cluster index c as a candidate for allocation: -EFBIG when
+ * the cluster would end past the largest host offset qcow2 addresses. */
+static int coroutine_fn refcount_of_candidate(Qcow2State *s, uint64_t c, uint64_t *r)
+{
+    VD_CO_ASSERT();
+    if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
+        return -EFBIG;
+    }
+    return qcow2_get_refcount(s, c, r);
+}
+
 /* First cluster index >= from with refcount 0 (never the header cluster,
  * whatever a corrupted refcount says). */
 static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
@@ -172,10 +183,7 @@ static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
     VD_CO_ASSERT();
     for (uint64_t c = VD_MAX(from, 1);; c++) {
         uint64_t r;
-        if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
-            return -EFBIG;
-        }
-        int ret = qcow2_get_refcount(s, c, &r);
+        int ret = refcount_of_candidate(s, c, &r);
         if (ret < 0) {
             return ret;
         }
@@ -422,10 +430,7 @@ int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
         int64_t first_free = -1;
         while (run < n) {
             uint64_t r;
-            if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
-                return -EFBIG;
-            }
-            int ret = qcow2_get_refcount(s, c, &r);
+            int ret = refcount_of_candidate(s, c, &r);
             if (ret < 0) {
                 return ret;
             }

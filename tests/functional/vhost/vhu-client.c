@@ -711,12 +711,7 @@ static void hostile_order(void)
     VhuVringAddr a = { 0, 0, (uintptr_t)fe.q[0].desc, (uintptr_t)fe.q[0].used,
                        (uintptr_t)fe.q[0].avail, 0 };
     uint8_t ab[40];
-    memcpy(ab, &a.index, 4);
-    memcpy(ab + 4, &a.flags, 4);
-    memcpy(ab + 8, &a.desc_user_addr, 8);
-    memcpy(ab + 16, &a.used_user_addr, 8);
-    memcpy(ab + 24, &a.avail_user_addr, 8);
-    memcpy(ab + 32, &a.log_guest_addr, 8);
+    fe_vring_addr_encode(&a, ab);
     CHECK(fe_msg(&fe, VHU_SET_VRING_ADDR, 0, ab, 40, NULL, 0, NULL, NULL) == 0, "addr");
     fe.q[0].kick = eventfd(0, EFD_NONBLOCK);
     fe.q[0].call = eventfd(0, EFD_NONBLOCK);

@@ -243,6 +243,17 @@ static uint16_t fe_vring_base(Fe *fe, int i, const FeOpts *o)
     return q->last_used;
 }
 
+/* SET_VRING_ADDR's payload: the struct's fields in order, host byte order. */
+void fe_vring_addr_encode(const VhuVringAddr *a, uint8_t out[40])
+{
+    memcpy(out, &a->index, 4);
+    memcpy(out + 4, &a->flags, 4);
+    memcpy(out + 8, &a->desc_user_addr, 8);
+    memcpy(out + 16, &a->used_user_addr, 8);
+    memcpy(out + 24, &a->avail_user_addr, 8);
+    memcpy(out + 32, &a->log_guest_addr, 8);
+}
+
 int fe_setup(Fe *fe, const FeOpts *o)
 {
     int ret;
@@ -373,12 +384,7 @@ int fe_setup(Fe *fe, const FeOpts *o)
         VhuVringAddr a = { (uint32_t)i, 0, fe_uva(fe, q->desc), fe_uva(fe, q->used),
                            fe_uva(fe, q->avail), 0 };
         uint8_t ab[40];
-        memcpy(ab, &a.index, 4);
-        memcpy(ab + 4, &a.flags, 4);
-        memcpy(ab + 8, &a.desc_user_addr, 8);
-        memcpy(ab + 16, &a.used_user_addr, 8);
-        memcpy(ab + 24, &a.avail_user_addr, 8);
-        memcpy(ab + 32, &a.log_guest_addr, 8);
+        fe_vring_addr_encode(&a, ab);
         if ((ret = fe_vring_state(fe, VHU_SET_VRING_NUM, i, q->num)) < 0 ||
             (ret = fe_vring_state(fe, VHU_SET_VRING_BASE, i, fe_vring_base(fe, i, o))) < 0 ||
             (ret = fe_send_ack(fe, VHU_SET_VRING_ADDR, ab, 40, NULL, 0, true)) < 0 ||

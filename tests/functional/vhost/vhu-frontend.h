@@ -76,6 +76,8 @@ int fe_setup(Fe *fe, const FeOpts *o);
  * reply of that request into reply (up to *reply_len bytes). */
 int fe_msg(Fe *fe, uint32_t request, uint32_t flags, const void *payload, uint32_t size,
            const int *fds, int nfds, void *reply, uint32_t *reply_len);
+/* SET_VRING_ADDR's 40-byte payload from a. */
+void fe_vring_addr_encode(const VhuVringAddr *a, uint8_t out[40]);
 int fe_get_u64(Fe *fe, uint32_t request, uint64_t *v);
 int fe_set_u64(Fe *fe, uint32_t request, uint64_t v, bool ack);
 

@@ -857,6 +857,7 @@ static int nbd_driver_parse_filename(const char *filename, VdOpts *options, VdEr
 
 static int coroutine_fn nbd_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
+    VD_CO_ASSERT();
     return vd_co_create_simple(&vd_driver_nbd, filename, opts, errp);
 }
 

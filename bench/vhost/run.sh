@@ -14,7 +14,9 @@
 # 3. (information, no target) case 1 with the front-end busy-polling the
 #    used ring (--spin-us 50, yielding the CPU between looks) instead of
 #    sleeping on the call eventfd after each batch.
-# Both servers' IOThreads keep the default poll-max-ns (32768). vdiskd
+# 4. (information) case 1 with poll-max-ns=0 on both IOThreads: neither
+#    server busy-polls, every batch is a kick and a wake-up.
+# Cases 1-3: both servers' IOThreads keep the default poll-max-ns (32768). vdiskd
 # busy-polls the ring itself and suppresses kicks meanwhile;
 # qemu-storage-daemon 7.2's vhost-user-blk export registers its kick fds
 # without a poll callback, so its polling never looks at the ring.
@@ -66,6 +68,8 @@ VD_NULL=(--object iothread,id=io0
 QSD_NULL=(--object iothread,id=io0
           --blockdev driver=null-co,node-name=n0,size=$BYTES,read-zeroes=off
           --export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$S,iothread=io0")
+VD_NULL0=(--object iothread,id=io0,poll-max-ns=0 "${VD_NULL[@]:2}")
+QSD_NULL0=(--object iothread,id=io0,poll-max-ns=0 "${QSD_NULL[@]:2}")
 VD_QCOW2=(--object iothread,id=io0
           --blockdev "driver=qcow2,node-name=disk0,file.driver=file,file.filename=$IMG,file.aio=io_uring,cache.direct=on"
           --export "type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path=$S,iothread=io0")
@@ -85,7 +89,7 @@ fio_iops() {
         python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))'
 }
 
-declare -a vn qn vq qq vs qs fc
+declare -a vn qn vq qq vs qs v0 q0 fc
 for r in $(seq "$RUNS"); do
     TAG=vn; start "$S" "$VDISKD" "${VD_NULL[@]}"; vn+=("$(run_client 64)"); stop
     TAG=qn; start "$S" qemu-storage-daemon "${QSD_NULL[@]}"; qn+=("$(run_client 64)"); stop
@@ -93,9 +97,12 @@ for r in $(seq "$RUNS"); do
     TAG=qq; start "$S" qemu-storage-daemon "${QSD_QCOW2[@]}"; qq+=("$(run_client 32)"); stop
     TAG=vs; start "$S" "$VDISKD" "${VD_NULL[@]}"; vs+=("$(run_client 64 --spin-us 50)"); stop
     TAG=qs; start "$S" qemu-storage-daemon "${QSD_NULL[@]}"; qs+=("$(run_client 64 --spin-us 50)"); stop
+    TAG=v0; start "$S" "$VDISKD" "${VD_NULL0[@]}"; v0+=("$(run_client 64)"); stop
+    TAG=q0; start "$S" qemu-storage-daemon "${QSD_NULL0[@]}"; q0+=("$(run_client 64)"); stop
     [ -z "$FIO" ] || fc+=("$(fio_iops)")
     echo "run $r: null vdiskd ${vn[-1]} qsd ${qn[-1]} | qcow2 vdiskd ${vq[-1]} qsd ${qq[-1]}" \
-         "${FIO:+(fio ${fc[-1]})} | null, spinning front-end: vdiskd ${vs[-1]} qsd ${qs[-1]}"
+         "${FIO:+(fio ${fc[-1]})} | null, spinning front-end: vdiskd ${vs[-1]} qsd ${qs[-1]}" \
+         "| null, poll-max-ns=0: vdiskd ${v0[-1]} qsd ${q0[-1]}"
 done
 
 median() { python3 -c 'import sys,statistics; print(int(statistics.median(map(float, sys.argv[1:]))))' "$@"; }
@@ -111,7 +118,7 @@ c=int(sys.argv[2]); v=statistics.median(float(l.split()[c-1]) for l in open(sys.
 print("%.2f" % v if c==1 else "%.0f" % v if c==2 else "%.3f" % v)' "$DIR/cpu.$1" "$2"
 }
 mvn=$(median "${vn[@]}"); mqn=$(median "${qn[@]}"); mvq=$(median "${vq[@]}"); mqq=$(median "${qq[@]}")
-mvs=$(median "${vs[@]}"); mqs=$(median "${qs[@]}")
+mvs=$(median "${vs[@]}"); mqs=$(median "${qs[@]}"); mv0=$(median "${v0[@]}"); mq0=$(median "${q0[@]}")
 echo
 echo "vhost-user-blk, 4k randread, 1 queue, 1 IOThread, our front-end, median of $RUNS x ${RUNTIME}s"
 printf '%-52s %10s IOPS\n' "null-co depth 64: vdiskd" "$mvn"
@@ -124,13 +131,17 @@ printf '%-52s %10s   (target >= 1.3)\n' "ratio" "$(ratio "$mvq" "$mqq")"
 printf '%-52s %10s IOPS\n' "null-co depth 64, spinning front-end: vdiskd" "$mvs"
 printf '%-52s %10s IOPS\n' "null-co depth 64, spinning front-end: qsd" "$mqs"
 printf '%-52s %10s   (information)\n' "ratio" "$(ratio "$mvs" "$mqs")"
+printf '%-52s %10s IOPS\n' "null-co depth 64, poll-max-ns=0: vdiskd" "$mv0"
+printf '%-52s %10s IOPS\n' "null-co depth 64, poll-max-ns=0: qsd" "$mq0"
+printf '%-52s %10s   (information)\n' "ratio" "$(ratio "$mv0" "$mq0")"
 echo
 echo "median of per-run ratios: null $(pmed "${vn[*]}" "${qn[*]}")"
 echo "                          qcow2 $(pmed "${vq[*]}" "${qq[*]}")"
 echo "                          null, spinning front-end $(pmed "${vs[*]}" "${qs[*]}")"
+echo "                          null, poll-max-ns=0 $(pmed "${v0[*]}" "${q0[*]}")"
 echo
 echo "server CPU per request (us, median), requests per server CPU-second, front-end kicks per request:"
-for c in "null:vn:qn" "qcow2:vq:qq" "null, spinning front-end:vs:qs"; do
+for c in "null:vn:qn" "qcow2:vq:qq" "null, spinning front-end:vs:qs" "null, poll-max-ns=0:v0:q0"; do
     IFS=: read -r name v q <<<"$c"
     printf '  %s: vdiskd %s us (%s/s, %s kicks/req)   qsd %s us (%s/s, %s kicks/req)\n' "$name" \
         "$(cpu "$v" 1)" "$(cpu "$v" 2)" "$(cpu "$v" 3)" "$(cpu "$q" 1)" "$(cpu "$q" 2)" "$(cpu "$q" 3)"

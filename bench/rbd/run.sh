@@ -46,9 +46,11 @@ IMG="rbd:rbd/bench:conf=$CONF"
 rbd -c "$CONF" create --size 256M rbd/bench
 qemu-img bench -f raw -w -c 256 -d 16 -s 1M "$IMG" >/dev/null   # allocate every object
 
-onerun() {   # onerun <tool> <extra args...>: prints seconds
+onerun() {   # onerun <tool> <extra args...>: prints seconds (exits the script on failure)
     local tool=$1; shift
-    "$tool" bench -f raw -c "$COUNT" -d 16 -s 4k -S 1M "$@" "$IMG" > "$DIR/out"
+    if ! "$tool" bench -f raw -c "$COUNT" -d 16 -s 4k -S 1M "$@" "$IMG" > "$DIR/out" 2>&1; then
+        echo "$tool bench $* failed:" >&2; cat "$DIR/out" >&2; kill -TERM $$
+    fi
     sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' "$DIR/out"
 }
 

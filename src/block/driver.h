@@ -282,6 +282,31 @@ void vd_child_unref(VdNode *parent, VdChild *child);
 int vd_driver_take_filename(const VdDriver *drv, VdOpts *options, VdError **errp);
 
 /*
+ * For a format's co_create, as QEMU's formats create on any protocol: create
+ * the protocol object filename names, empty (the protocol's own creation
+ * options in opts apply, e.g. the file's nocow; size and preallocation are
+ * the format's), and open it writable as a protocol node. The format then
+ * writes its layout through the node API, so a qcow2 or QED image can be
+ * created wherever a raw one can (a file, an RBD image). *pnode gets the
+ * node with one reference; 0, or -errno with errp set. Defined in
+ * src/block/create.c.
+ */
+int coroutine_fn vd_create_open_file(const char *filename, const VdOpts *opts, VdNode **pnode,
+                                     VdError **errp);
+/* co_create of protocols whose objects exist already (NBD), as QEMU's
+ * bdrv_co_create_opts_simple: open filename with drv, refuse a size the
+ * object cannot reach (its truncate says why), and zero the first sector so
+ * that what was there before is not probed as a format. */
+int coroutine_fn vd_co_create_simple(const VdDriver *drv, const char *filename,
+                                     const VdOpts *opts, VdError **errp);
+/* The virtual size of backing (relative names resolve against the directory
+ * of image, as the new image will resolve them), opened read-only without
+ * its own backing chain and sharing locks, in format fmt (NULL: probed), as
+ * qemu-img create does when no size is given. -errno with errp set. */
+int64_t coroutine_fn vd_create_backing_size(const char *image, const char *backing,
+                                            const char *fmt, VdError **errp);
+
+/*
  * Raise a fault-injection event on node (normally a format's file child):
  * walks down the primary chain (file child, or a filter's only child) to the
  * first node whose driver has debug_event and calls it. Without blkdebug this

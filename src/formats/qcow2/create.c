@@ -5,14 +5,9 @@
  * refcount block(s), L1 table, then (preallocated) L2 tables and data.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#include <libgen.h>
-#include "util/fdio.h"
 #include "formats/qcow2/qcow2.h"
 
 const VdCreateOption qcow2_create_opts[] = {
@@ -192,38 +187,6 @@ out:
     return ret;
 }
 
-/* Size of a backing file, read directly (qcow2 header or plain file length). */
-static int64_t backing_size(const char *image, const char *backing, VdError **errp)
-{
-    char path[8192];
-    if (backing[0] == '/' || strstr(backing, "://")) {
-        snprintf(path, sizeof(path), "%s", backing);
-    } else {
-        char dir[4096];
-        snprintf(dir, sizeof(dir), "%s", image);
-        snprintf(path, sizeof(path), "%s/%s", dirname(dir), backing);
-    }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        vd_error_setg_errno(errp, errno, "Could not open backing file '%s'", backing);
-        return -errno;
-    }
-    uint8_t h[32];
-    struct stat st;
-    int64_t size = -EIO;
-    if (fstat(fd, &st) == 0) {
-        size = st.st_size;
-        if (pread(fd, h, sizeof(h), 0) == sizeof(h) && qcow2_be32(h) == QCOW2_MAGIC) {
-            size = (int64_t)qcow2_be64(h + 24);
-        }
-    }
-    close(fd);
-    if (size < 0) {
-        vd_error_setg(errp, EIO, "Could not get the size of backing file '%s'", backing);
-    }
-    return size;
-}
-
 /* Metadata clusters for a fresh image: refcount table and blocks covering
  * n_other clusters plus themselves. */
 static void refcount_layout(uint64_t n_other, int cluster_bits, int refcount_order,
@@ -285,7 +248,7 @@ static int create_layout(const Qcow2CreateParams *p, Qcow2Layout *l)
 }
 
 /* The header cluster: header, extensions, backing file name. */
-static int create_write_header(int fd, uint8_t *buf, const Qcow2CreateParams *p,
+static int coroutine_fn create_write_header(VdNode *file, uint8_t *buf, const Qcow2CreateParams *p,
                                const Qcow2Layout *l, const char *filename, VdError **errp)
 {
     Qcow2Header h;
@@ -321,13 +284,13 @@ static int create_write_header(int fd, uint8_t *buf, const Qcow2CreateParams *p,
         qcow2_st64(buf + QCOW2_HDR_BACKING_FILE_OFFSET, (uint64_t)end);
         qcow2_st32(buf + QCOW2_HDR_BACKING_FILE_SIZE, (uint32_t)blen);
     }
-    return vd_pwrite_all(fd, buf, l->cs, 0);
+    return vd_co_pwrite(file, 0, l->cs, buf, 0);
 }
 
 /* Refcount table and blocks (clusters [0, total) have refcount 1), the L1
  * table (as many bytes as entries, like qemu-img) and preallocated L2
  * tables. */
-static int create_write_tables(int fd, uint8_t *buf, const Qcow2CreateParams *p,
+static int coroutine_fn create_write_tables(VdNode *file, uint8_t *buf, const Qcow2CreateParams *p,
                                const Qcow2Layout *l)
 {
     uint64_t cs = l->cs;
@@ -340,7 +303,7 @@ static int create_write_tables(int fd, uint8_t *buf, const Qcow2CreateParams *p,
                 qcow2_st64(buf + i * 8, l->refblock_off + bi * cs);
             }
         }
-        ret = vd_pwrite_all(fd, buf, cs, l->reftable_off + c * cs);
+        ret = vd_co_pwrite(file, l->reftable_off + c * cs, cs, buf, 0);
         if (ret < 0) {
             return ret;
         }
@@ -351,7 +314,7 @@ static int create_write_tables(int fd, uint8_t *buf, const Qcow2CreateParams *p,
         for (uint64_t i = 0; i < per_block && bi * per_block + i < l->total; i++) {
             qcow2_refcount_set(buf, i, p->refcount_order, 1);
         }
-        ret = vd_pwrite_all(fd, buf, cs, l->refblock_off + bi * cs);
+        ret = vd_co_pwrite(file, l->refblock_off + bi * cs, cs, buf, 0);
         if (ret < 0) {
             return ret;
         }
@@ -365,7 +328,7 @@ static int create_write_tables(int fd, uint8_t *buf, const Qcow2CreateParams *p,
                 qcow2_st64(buf + i * 8, (l->l2_off + l1i * cs) | QCOW2_OFLAG_COPIED);
             }
         }
-        ret = vd_pwrite_all(fd, buf, n, l->l1_off + done);
+        ret = vd_co_pwrite(file, l->l1_off + done, n, buf, 0);
         if (ret < 0) {
             return ret;
         }
@@ -379,7 +342,7 @@ static int create_write_tables(int fd, uint8_t *buf, const Qcow2CreateParams *p,
                 qcow2_st64(buf + i * 8, (l->data_off + c * cs) | QCOW2_OFLAG_COPIED);
             }
         }
-        ret = vd_pwrite_all(fd, buf, cs, l->l2_off + ti * cs);
+        ret = vd_co_pwrite(file, l->l2_off + ti * cs, cs, buf, 0);
         if (ret < 0) {
             return ret;
         }
@@ -387,39 +350,18 @@ static int create_write_tables(int fd, uint8_t *buf, const Qcow2CreateParams *p,
     return 0;
 }
 
-/* The preallocated data clusters: falloc'ed, or written with zeros (full),
- * and the file sized to their end. */
-static int create_prealloc_data(int fd, const Qcow2CreateParams *p, const Qcow2Layout *l)
+/* The preallocated data clusters: the file grown to their end, falloc'ed
+ * or written with zeros (full) by the protocol, as QEMU's qcow2 has its file
+ * truncated with the preallocation mode. */
+static int coroutine_fn create_prealloc_data(VdNode *file, const Qcow2CreateParams *p,
+                                             const Qcow2Layout *l, VdError **errp)
 {
     if (!l->data_clusters) {
         return 0;
     }
     uint64_t file_end = l->data_off + l->data_clusters * l->cs;
-    int ret = 0;
-    if (p->prealloc == VD_PREALLOC_FALLOC || p->prealloc == VD_PREALLOC_FULL) {
-        int r = posix_fallocate(fd, (off_t)l->data_off, (off_t)(l->data_clusters * l->cs));
-        if (r && p->prealloc == VD_PREALLOC_FALLOC) {
-            return -r;
-        }
-    }
-    if (p->prealloc == VD_PREALLOC_FULL) {
-        size_t zlen = 4 * VD_MiB;
-        uint8_t *z = calloc(1, zlen);
-        if (!z) {
-            return -ENOMEM;
-        }
-        for (uint64_t o = l->data_off; o < file_end && ret == 0; o += zlen) {
-            ret = vd_pwrite_all(fd, z, (size_t)VD_MIN(zlen, file_end - o), (int64_t)o);
-        }
-        free(z);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    if (ftruncate(fd, (off_t)file_end) < 0) {
-        return -errno;
-    }
-    return 0;
+    VdPrealloc mode = p->prealloc == VD_PREALLOC_METADATA ? VD_PREALLOC_OFF : p->prealloc;
+    return vd_co_truncate(file, (int64_t)file_end, false, mode, errp);
 }
 
 int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdError **errp)
@@ -431,12 +373,8 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
     if (ret < 0) {
         return ret;
     }
-    const char *path = filename;
-    if (!strncmp(path, "file:", 5)) {
-        path += 5;
-    }
     if (p.backing_file && !vd_opts_lookup(opts, "size")) {
-        int64_t bs = backing_size(path, p.backing_file, errp);
+        int64_t bs = vd_create_backing_size(filename, p.backing_file, p.backing_fmt, errp);
         if (bs < 0) {
             params_free(&p);
             return (int)bs;
@@ -449,24 +387,23 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
         return -EFBIG;
     }
 
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        ret = -errno;
-        vd_error_setg_errno(errp, errno, "Could not create '%s'", filename);
+    VdNode *file = NULL;
+    ret = vd_create_open_file(filename, opts, &file, errp);
+    if (ret < 0) {
         params_free(&p);
         return ret;
     }
     VdError *err = NULL;
     uint8_t *buf = calloc(1, VD_MAX(l.cs, 4096));
-    ret = buf ? create_write_header(fd, buf, &p, &l, filename, &err) : -ENOMEM;
+    ret = buf ? create_write_header(file, buf, &p, &l, filename, &err) : -ENOMEM;
     if (ret == 0) {
-        ret = create_write_tables(fd, buf, &p, &l);
+        ret = create_write_tables(file, buf, &p, &l);
     }
     if (ret == 0) {
-        ret = create_prealloc_data(fd, &p, &l);
+        ret = create_prealloc_data(file, &p, &l, &err);
     }
-    if (ret == 0 && fdatasync(fd) < 0) {
-        ret = -errno;
+    if (ret == 0) {
+        ret = vd_co_flush(file);
     }
     if (ret < 0 && !err && ret != -ENOMEM) {
         vd_error_setg_errno(&err, -ret, "Could not write the image '%s'", filename);
@@ -475,7 +412,7 @@ int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdErr
         vd_error_propagate(errp, err);
     }
     free(buf);
-    close(fd);
+    vd_node_unref(file);
     params_free(&p);
     return ret;
 }

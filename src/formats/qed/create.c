@@ -4,11 +4,8 @@
  * at cluster header_size (the file ends there).
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include "util/fdio.h"
 #include "formats/qed/qed.h"
 
 const VdCreateOption qed_create_opts[] = {
@@ -27,15 +24,17 @@ int coroutine_fn qed_co_create(const char *filename, const VdOpts *opts_in, VdEr
     uint64_t size = 0, cs = 0, ts = 0, hint = 0;
     bool nocow = false;
     bool have_size = vd_opts_lookup(opts, "size") != NULL;
-    int ret = -EINVAL, fd = -1;
+    int ret = -EINVAL;
+    VdNode *file = NULL;
     uint8_t *buf = NULL;
     if (vd_opts_take_size(opts, "size", 0, &size, errp) < 0 ||
         vd_opts_take_str(opts, "backing_file", NULL, &backing, errp) < 0 ||
         vd_opts_take_str(opts, "backing_fmt", NULL, &backing_fmt, errp) < 0 ||
         vd_opts_take_size(opts, "cluster_size", QED_DEFAULT_CLUSTER_SIZE, &cs, errp) < 0 ||
         vd_opts_take_size(opts, "table_size", QED_DEFAULT_TABLE_SIZE, &ts, errp) < 0 ||
-        /* the file protocol's options, which qemu-img passes to it: a fresh
-         * empty file makes them moot for the layout written here */
+        /* the file protocol's options, which qemu-img passes to it: the
+         * protocol creates an empty object with them (nocow applies,
+         * preallocation of nothing is moot) */
         vd_opts_take_str(opts, "preallocation", "off", &prealloc, errp) < 0 ||
         vd_opts_take_bool(opts, "nocow", false, &nocow, errp) < 0 ||
         vd_opts_take_size(opts, "extent_size_hint", 0, &hint, errp) < 0) {
@@ -107,11 +106,15 @@ int coroutine_fn qed_co_create(const char *filename, const VdOpts *opts_in, VdEr
             h.features |= QED_F_BACKING_FORMAT_NO_PROBE;
         }
     }
-    const char *path = !strncmp(filename, "file:", 5) ? filename + 5 : filename;
-    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        ret = -errno;
-        vd_error_setg_errno(errp, errno, "Could not create '%s'", filename);
+    ret = vd_create_open_file(filename, opts_in, &file, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    /* QED allocates at the end of its file: on an object that cannot be
+     * resized (an NBD export) it could never allocate, so refuse it here as
+     * QEMU does ("Cannot resize NBD nodes") */
+    ret = vd_co_truncate(file, 0, true, VD_PREALLOC_OFF, errp);
+    if (ret < 0) {
         goto out;
     }
     size_t hlen = QED_HEADER_SIZE + blen;
@@ -124,21 +127,22 @@ int coroutine_fn qed_co_create(const char *filename, const VdOpts *opts_in, VdEr
     if (blen) {
         memcpy(buf + QED_HEADER_SIZE, backing, blen);
     }
-    ret = vd_pwrite_all(fd, buf, hlen, 0);
+    ret = vd_co_pwrite(file, 0, (int64_t)hlen, buf, 0);
     /* the L1 table: zeros written out, as QEMU does (not a hole) */
     memset(buf, 0, VD_MIN(ts * cs, (uint64_t)VD_MiB));
     for (uint64_t off = 0; ret == 0 && off < ts * cs; off += VD_MiB) {
-        ret = vd_pwrite_all(fd, buf, (size_t)VD_MIN(ts * cs - off, (uint64_t)VD_MiB), cs + off);
+        ret = vd_co_pwrite(file, (int64_t)(cs + off), (int64_t)VD_MIN(ts * cs - off, VD_MiB),
+                           buf, 0);
     }
-    if (ret == 0 && fsync(fd) < 0) {
-        ret = -errno;
+    if (ret == 0) {
+        ret = vd_co_flush(file);
     }
     if (ret < 0) {
         vd_error_setg_errno(errp, -ret, "Could not write the QED image '%s'", filename);
     }
 out:
-    if (fd >= 0) {
-        close(fd);
+    if (file) {
+        vd_node_unref(file);
     }
     free(buf);
     free(backing);

@@ -214,13 +214,16 @@ static void rbd_location_name(const RbdLocation *l, char *buf, size_t size)
 typedef struct RbdConnect {
     RbdState *s;
     bool read_only;
+    bool cache;            /* librbd's cache (rbd_cache): off with cache.direct */
     bool create;
     uint64_t create_size;
     char msg[256];
 } RbdConnect;
 
-static int rbd_connect_cluster(const RbdLocation *l, rados_t *cluster, rados_ioctx_t *io,
-                               char *msg, size_t msglen)
+/* cache: librbd's own cache (rbd_cache), set as QEMU's rbd driver does
+ * (on unless cache.direct=on), over what the configuration file says. */
+static int rbd_connect_cluster(const RbdLocation *l, bool cache, rados_t *cluster,
+                               rados_ioctx_t *io, char *msg, size_t msglen)
 {
     int r = rados_create(cluster, l->user);
     if (r < 0) {
@@ -237,6 +240,8 @@ static int rbd_connect_cluster(const RbdLocation *l, rados_t *cluster, rados_ioc
         rados_conf_read_file(*cluster, NULL);   /* default locations; absence is fine */
     }
     rados_conf_parse_env(*cluster, NULL);
+    /* an unknown option is the only possible error: librbd then has no cache */
+    rados_conf_set(*cluster, "rbd_cache", cache ? "true" : "false");
     r = rados_connect(*cluster);
     if (r < 0) {
         snprintf(msg, msglen, "cannot connect to the cluster");
@@ -261,7 +266,7 @@ static int rbd_open_worker(void *opaque)
 {
     RbdConnect *c = opaque;
     RbdState *s = c->s;
-    int r = rbd_connect_cluster(&s->loc, &s->cluster, &s->io, c->msg, sizeof(c->msg));
+    int r = rbd_connect_cluster(&s->loc, c->cache, &s->cluster, &s->io, c->msg, sizeof(c->msg));
     if (r < 0) {
         return r;
     }
@@ -640,7 +645,7 @@ static int coroutine_fn rbd_co_open(VdNode *node, VdOpts *options, int flags, Vd
         rbd_location_free(&s->loc);
         return ret;
     }
-    RbdConnect c = { .s = s, .read_only = !(flags & VD_O_RDWR) };
+    RbdConnect c = { .s = s, .read_only = !(flags & VD_O_RDWR), .cache = !(flags & VD_O_NOCACHE) };
     ret = vd_thread_pool_co_run(rbd_open_worker, &c);
     if (ret < 0) {
         vd_error_setg_errno(errp, -ret, "%s: %s", node->filename, c.msg);
@@ -698,7 +703,7 @@ static int rbd_create_worker(void *opaque)
     RbdCreate *c = opaque;
     rados_t cluster;
     rados_ioctx_t io;
-    int r = rbd_connect_cluster(&c->loc, &cluster, &io, c->msg, sizeof(c->msg));
+    int r = rbd_connect_cluster(&c->loc, false, &cluster, &io, c->msg, sizeof(c->msg));
     if (r < 0) {
         return r;
     }

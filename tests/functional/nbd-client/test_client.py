@@ -8,7 +8,8 @@ qemu-img/qemu-io as oracles:
 - convert from and to NBD, compare over NBD, sparse convert keeps holes;
 - a qcow2 overlay on an NBD base, and a qcow2 image read/written over NBD;
 - vdiskd --blockdev driver=nbd re-exporting a qemu-nbd export;
-- nbdkit error filter: failures reported, no crash; delay filter: depth."""
+- nbdkit error filter: failures reported, no crash; delay filter: depth;
+- vdisk-img create -f raw|qcow2|qed on an NBD export, as qemu-img does."""
 import json
 import os
 import random
@@ -220,6 +221,45 @@ def test_nbdkit(d):
         srv.stop()
 
 
+def test_create_on_nbd(d):
+    """vdisk-img create on an NBD export, as qemu-img's (QEMU's simple create
+    for protocols whose objects already exist): raw zeroes the first sector
+    and refuses to grow the export; qcow2 writes its layout through the NBD
+    node, the same bytes as qemu-img writes on a twin export; QED, which
+    allocates at the end of its file, is refused."""
+    ours, theirs = (nbdkit(d, ["memory", str(SIZE)], name=n) for n in ("c-ours", "c-qemu"))
+    try:
+        uo, uq = uri(ours.sock), uri(theirs.sock)
+        run(["qemu-io", "-f", "raw", "-c", "write -P 0x51 0 64k", uo], check=True)
+        r = run([VDISK_IMG, "create", "-f", "raw", uo, str(SIZE // 2)])
+        F.check(r.rc == 0, f"create -f raw on NBD: {r!r}")
+        r = run(["qemu-io", "-f", "raw", "-c", "read -P 0 0 512", "-c", "read -P 0x51 512 63k", uo])
+        F.check(io_ok(r), f"create -f raw zeroed the first sector only: {r!r}")
+        r = run([VDISK_IMG, "create", "-f", "raw", uo, str(2 * SIZE)])
+        q = run(["qemu-img", "create", "-f", "raw", uq, str(2 * SIZE)])
+        F.check(r.rc == 1 and q.rc == 1 and "Cannot grow NBD nodes" in r.err
+                and "Cannot grow NBD nodes" in q.err, f"create larger than the export: {r!r} {q!r}")
+        for fmt, extra in [("qcow2", []), ("qcow2", ["-o", "cluster_size=4k,lazy_refcounts=on"])]:
+            r = run([VDISK_IMG, "create", "-q", "-f", fmt] + extra + [uo, "1G"])
+            F.check(r.rc == 0, f"create -f {fmt} {extra} on NBD: {r!r}")
+            run(["qemu-img", "create", "-q", "-f", fmt] + extra + [uq, "1G"], check=True)
+            r = run(["qemu-img", "compare", "-f", "raw", "-F", "raw", uo, uq])
+            F.check(r.rc == 0, f"{fmt} {extra} on NBD: the bytes qemu-img writes: {r!r}")
+            qemu_img_check(uo, fmt)
+        r = run([VDISK_IO, "-c", "write -P 0x61 1M 64k", "-c", "read -P 0x61 1M 64k", uo])
+        F.check(io_ok(r), f"I/O on the qcow2 created on NBD: {r!r}")
+        qemu_img_check(uo)
+        # QED allocates at the end of its file, which an export cannot move:
+        # refused by both
+        r = run([VDISK_IMG, "create", "-f", "qed", uo, "1G"])
+        q = run(["qemu-img", "create", "-f", "qed", uq, "1G"])
+        F.check(r.rc == 1 and q.rc == 1 and "Cannot resize NBD nodes" in r.err
+                and "Cannot resize NBD nodes" in q.err, f"create -f qed on NBD: {r!r} {q!r}")
+    finally:
+        ours.stop()
+        theirs.stop()
+
+
 def test_vdiskd(d):
     """vdiskd as the server, and vdiskd consuming an NBD export."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -269,6 +309,7 @@ def main():
         check_uri_errors(d)
         test_qemu_nbd(d)
         test_nbdkit(d)
+        test_create_on_nbd(d)
         test_vdiskd(d)
     F.finish()
 

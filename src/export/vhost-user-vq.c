@@ -441,6 +441,37 @@ static void vhu_vq_process_packed(VhuVq *vq)
     vd_aio_unplug(c->ctx);
 }
 
+/* Kick suppression while the context busy-polls the ring (QEMU's virtqueue
+ * polling does the same): with EVENT_IDX, avail_event is simply no longer
+ * moved forward, so the driver kicks at most once more (when it passes the
+ * last armed index); without it VRING_USED_F_NO_NOTIFY; packed rings set
+ * the device event area to DISABLE. */
+static void vq_set_notification(VhuVq *vq, bool enable)
+{
+    vq->notify_off = !enable;
+    if (!vq->started || vq->broken || !vq->used) {
+        return;             /* vhu_vq_process arms it when the ring runs */
+    }
+    if (vq->packed) {
+        __atomic_store_n(&vq->used[1], enable ? VRING_PACKED_EVENT_ENABLE
+                                              : VRING_PACKED_EVENT_DISABLE, __ATOMIC_RELAXED);
+    } else if (vq_event_idx(vq)) {
+        if (enable && !vq->need_start) {
+            uint16_t *avail_event = (uint16_t *)&vq_used_ring(vq)[vq->num];
+            __atomic_store_n(avail_event, vq->last_avail, __ATOMIC_RELAXED);
+        }
+    } else {
+        uint16_t f = __atomic_load_n(&vq->used[0], __ATOMIC_RELAXED);
+        f = enable ? (f & ~VRING_USED_F_NO_NOTIFY) : (f | VRING_USED_F_NO_NOTIFY);
+        __atomic_store_n(&vq->used[0], f, __ATOMIC_RELAXED);
+    }
+    if (enable) {
+        /* the store before the loop's look at the ring (vhu_vq_poll): a
+         * driver that missed it has published its entry by then */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+}
+
 /* First run of a ring after its kick fd arrived: take the used index from
  * guest memory and resubmit what the inflight region says was in flight. */
 static void vhu_vq_first_run(VhuVq *vq)
@@ -450,6 +481,8 @@ static void vhu_vq_first_run(VhuVq *vq)
 
     vq->need_start = false;
     vq->used_shadow = vq->used_published = used_idx;
+    /* a previous server may have left notifications off in guest memory */
+    vq_set_notification(vq, !vq->notify_off);
     if (!in) {
         return;
     }
@@ -516,7 +549,10 @@ void vhu_vq_process(VhuVq *vq)
         return;
     }
     if (vq->packed) {
-        vq->need_start = false;    /* the used position comes from SET_VRING_BASE */
+        if (vq->need_start) {      /* the used position comes from SET_VRING_BASE */
+            vq->need_start = false;
+            vq_set_notification(vq, !vq->notify_off);
+        }
         vhu_vq_process_packed(vq);
         return;
     }
@@ -592,37 +628,6 @@ static bool vhu_vq_poll(void *opaque)
 static void vhu_vq_poll_ready(void *opaque)
 {
     vhu_vq_process(opaque);
-}
-
-/* Kick suppression while the context busy-polls the ring (QEMU's virtqueue
- * polling does the same): with EVENT_IDX, avail_event is simply no longer
- * moved forward, so the driver kicks at most once more (when it passes the
- * last armed index); without it VRING_USED_F_NO_NOTIFY; packed rings set
- * the device event area to DISABLE. */
-static void vq_set_notification(VhuVq *vq, bool enable)
-{
-    vq->notify_off = !enable;
-    if (!vq->started || vq->broken || !vq->used) {
-        return;             /* vhu_vq_process arms it when the ring runs */
-    }
-    if (vq->packed) {
-        __atomic_store_n(&vq->used[1], enable ? VRING_PACKED_EVENT_ENABLE
-                                              : VRING_PACKED_EVENT_DISABLE, __ATOMIC_RELAXED);
-    } else if (vq_event_idx(vq)) {
-        if (enable && !vq->need_start) {
-            uint16_t *avail_event = (uint16_t *)&vq_used_ring(vq)[vq->num];
-            __atomic_store_n(avail_event, vq->last_avail, __ATOMIC_RELAXED);
-        }
-    } else {
-        uint16_t f = __atomic_load_n(&vq->used[0], __ATOMIC_RELAXED);
-        f = enable ? (f & ~VRING_USED_F_NO_NOTIFY) : (f | VRING_USED_F_NO_NOTIFY);
-        __atomic_store_n(&vq->used[0], f, __ATOMIC_RELAXED);
-    }
-    if (enable) {
-        /* the store before the loop's look at the ring (vhu_vq_poll): a
-         * driver that missed it has published its entry by then */
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    }
 }
 
 static void vhu_vq_poll_begin(void *opaque)

@@ -3,8 +3,8 @@
  * server (vdiskd or qemu-storage-daemon), and the benchmark load.
  *
  *   vhu-client SOCKET TEST [options]
- *   tests: basic, verify, mq, batch, polled, reconnect, inflight, crash, hostile, load,
- *          bench
+ *   tests: basic, verify, mq, batch, polled, stale-notify, reconnect, inflight, crash,
+ *          hostile, load, bench
  *   options: --size BYTES  --ro  --no-event-idx  --indirect  --nq N  --qsize N
  *            --depth N  --seconds S  --bs BYTES  --packed  --ref (the server is the
  *            reference qsd: skip vdiskd-only expectations)
@@ -369,6 +369,41 @@ static void test_polled(void)
     if (!g_ref) {
         CHECK(kicks <= (uint64_t)n / 4, "%llu kicks for %d requests: notifications not "
               "suppressed while the ring is polled", (unsigned long long)kicks, n);
+    }
+    fe_disconnect(&fe);
+}
+
+/* A server that died while it polled the ring left notifications off in
+ * guest memory (VRING_USED_F_NO_NOTIFY, a stale avail_event, a packed
+ * DISABLE): the next server turns them back on when it starts the ring, or
+ * a front-end that honours them would never kick it (run against a server
+ * that does not poll). */
+static void test_stale_notify(void)
+{
+    Fe fe;
+    FeOpts o = default_opts();
+    uint8_t buf[4096];
+    fe_init(&fe);
+    fe_start(&fe, &o);
+    CHECK(fe_request(&fe, 0, VIRTIO_BLK_T_IN, 0, buf, sizeof(buf)) == 0, "first read");
+    fe_stop_queue(&fe, 0);
+    fe_disconnect(&fe);
+    FeQueue *q = &fe.q[0];
+    if (g_packed) {
+        __atomic_store_n(&q->used[1], VRING_PACKED_EVENT_DISABLE, __ATOMIC_RELAXED);
+    } else if (g_event_idx) {
+        uint16_t *avail_event = (uint16_t *)((uint8_t *)q->used + 4 + 8 * q->num);
+        *avail_event = (uint16_t)(q->avail_idx - 100);
+    } else {
+        q->used[0] |= VRING_USED_F_NO_NOTIFY;
+    }
+    fe_start(&fe, &o);
+    for (int i = 0; i < 20; i++) {
+        int st = fe_request(&fe, 0, VIRTIO_BLK_T_IN, (uint64_t)i * 8, buf, sizeof(buf));
+        if (st != 0) {
+            CHECK(false, "read %d after the restart: %d (notifications left off?)", i, st);
+            break;
+        }
     }
     fe_disconnect(&fe);
 }
@@ -1094,6 +1129,8 @@ int main(int argc, char **argv)
         test_load();
     } else if (strcmp(t, "polled") == 0) {
         test_polled();
+    } else if (strcmp(t, "stale-notify") == 0) {
+        test_stale_notify();
     } else if (strcmp(t, "bench") == 0) {
         test_bench();
     } else {

@@ -43,32 +43,50 @@ done
 grep -q "Ceph ready" "$DIR/ceph.out" || { echo "Ceph did not start"; cat "$DIR/ceph.out"; exit 1; }
 CONF=$DIR/ceph/ceph.conf
 IMG="rbd:rbd/bench:conf=$CONF"
+OUT=$DIR/run
 rbd -c "$CONF" create --size 256M rbd/bench
 qemu-img bench -f raw -w -c 256 -d 16 -s 1M "$IMG" >/dev/null   # allocate every object
 
-onerun() {   # onerun <tool> <extra args...>: prints seconds (exits the script on failure)
-    local tool=$1; shift
-    if ! "$tool" bench -f raw -c "$COUNT" -d 16 -s 4k -S 1M "$@" "$IMG" > "$DIR/out" 2>&1; then
-        echo "$tool bench $* failed:" >&2; cat "$DIR/out" >&2; kill -TERM $$
+onerun() {   # onerun <tool> <extra args...>: prints "seconds client-cpu-seconds"
+    local tool=$1; shift        # (exits the script on failure)
+    if ! OUT=$OUT python3 -c 'import os, resource, subprocess, sys
+out = os.environ["OUT"]
+rc = subprocess.call(sys.argv[1:], stdout=open(out + ".out", "w"), stderr=subprocess.STDOUT)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(out + ".cpu", "w").write(f"{r.ru_utime + r.ru_stime:.3f}")
+sys.exit(rc)' "$tool" bench -f raw -c "$COUNT" -d 16 -s 4k -S 1M "$@" "$IMG"; then
+        echo "$tool bench $* failed:" >&2; cat "$OUT.out" >&2; kill -TERM $$
     fi
-    sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' "$DIR/out"
+    echo "$(sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' "$OUT.out") $(cat "$OUT.cpu")"
 }
 
 declare -a vr qr vw qw
 for r in $(seq "$RUNS"); do
-    vr+=("$(onerun "$VDIMG")"); qr+=("$(onerun qemu-img)")
-    vw+=("$(onerun "$VDIMG" -w)"); qw+=("$(onerun qemu-img -w)")
-    echo "run $r: read vdisk ${vr[-1]} s qemu ${qr[-1]} s | write vdisk ${vw[-1]} s qemu ${qw[-1]} s"
+    # who goes first alternates: the memstore OSD slows down as a run goes on
+    if (( r % 2 )); then
+        vr+=("$(onerun "$VDIMG")"); qr+=("$(onerun qemu-img)")
+        vw+=("$(onerun "$VDIMG" -w)"); qw+=("$(onerun qemu-img -w)")
+    else
+        qr+=("$(onerun qemu-img)"); vr+=("$(onerun "$VDIMG")")
+        qw+=("$(onerun qemu-img -w)"); vw+=("$(onerun "$VDIMG" -w)")
+    fi
+    echo "run $r (seconds, client CPU seconds): read vdisk ${vr[-1]} qemu ${qr[-1]} | write vdisk ${vw[-1]} qemu ${qw[-1]}"
 done
 python3 - "${vr[*]}" "${qr[*]}" "${vw[*]}" "${qw[*]}" "$COUNT" <<'PY'
 import statistics, sys
-vr, qr, vw, qw = ([float(x) for x in a.split()] for a in sys.argv[1:5])
+def pairs(a):
+    x = [float(v) for v in a.split()]
+    return x[0::2], x[1::2]
+(vr, vrc), (qr, qrc), (vw, vwc), (qw, qwc) = (pairs(a) for a in sys.argv[1:5])
 n = int(sys.argv[5])
 print(f"\n4k requests, depth 16, step 1M over a 256 MiB RBD image (memstore OSD), {n} per run, "
       f"median of {len(vr)} runs (shared host)")
-for name, v, q in (("read ", vr, qr), ("write", vw, qw)):
+for name, v, q, vc, qc in (("read ", vr, qr, vrc, qrc), ("write", vw, qw, vwc, qwc)):
     mv, mq = statistics.median(v), statistics.median(q)
     r = sorted(b / a for a, b in zip(v, q))
+    cv, cq = statistics.median(vc) / n * 1e6, statistics.median(qc) / n * 1e6
     print(f"  {name}: vdisk-img {n / mv:8.0f} IOPS  qemu-img {n / mq:8.0f} IOPS  "
           f"ratio {mq / mv:.2f} (target >= 1.0; per-run median {statistics.median(r):.2f})")
+    print(f"         client CPU per request: vdisk-img {cv:.1f} us  qemu-img {cq:.1f} us "
+          f"(qemu/vdisk {cq / cv:.2f})")
 PY

@@ -287,7 +287,14 @@ void coroutine_mixed_fn vd_node_unref(VdNode *node)
         return;
     }
     if (vd_in_coroutine()) {
+        /* Close and free from a clean stack: this coroutine may have been
+         * woken from inside a handler of the very node it closes (a
+         * protocol's reply handler waking the request that was its last
+         * use, e.g. a format's create closing its NBD file node); that
+         * handler's frame must return before the node's state goes away. */
+        vd_co_yield_to_loop();
         close_entry(node);
+        vd_co_yield_to_loop();
     } else {
         vd_node_drain_begin(node);
         vd_co_run_sync(node->ctx, close_entry, node);

@@ -490,6 +490,15 @@ static int coroutine_fn nbd_co_request(NbdState *s, NbdReq *r, NbdCmd cmd, void 
             if (s->conn_gen != gen) {
                 continue;
             }
+            if (s->h && (nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h))) {
+                /* The connection is gone but nobody has noticed yet: this
+                 * coroutine runs inside the update that will (woken from
+                 * nbd_wake_done, the nested nbd_conn_update only flagged
+                 * update_again). Let that update finish, then resend after
+                 * the reconnect like any request the loss caught. */
+                vd_co_yield_to_loop();
+                continue;
+            }
             VD_TRACE(VD_LOG_NBD, "nbd %s: %s", s->node->filename, s->last_error);
             return -(submit_errno ? submit_errno : EIO);
         }

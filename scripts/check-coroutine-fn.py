@@ -12,21 +12,36 @@ reports every call that breaks the rules:
   2. a coroutine_fn function calls a no_coroutine_fn one (one that runs a
      nested event loop, such as the synchronous wrappers).
 
+  3. the body of a coroutine_fn definition does not start with
+     VD_CO_ASSERT(); (vdisk/coroutine.h: assert(vd_in_coroutine()) in debug
+     builds, nothing with NDEBUG), so that a caller the call graph cannot
+     see (a plain function pointer) is caught when it runs.
+
 coroutine_mixed_fn marks the few functions that test vd_in_coroutine() and
-take the coroutine path only when it is true; they may call both kinds.
+take the coroutine path only when it is true; they may call both kinds and
+carry no assertion.
 
 usage: check-coroutine-fn.py BUILDDIR [SOURCE-PREFIX...]
        check-coroutine-fn.py --file FILE.c [CLANG-ARG...]   (one file)
+       check-coroutine-fn.py --insert-asserts BUILDDIR [SOURCE-PREFIX...]
+           (one-shot: put VD_CO_ASSERT(); first in every coroutine_fn body
+           that lacks it, then check)
 Exit status 1 if anything is reported. Needs python3-clang-14 (Debian).
 """
 import json
 import os
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import clang.cindex as ci
 
 MARKERS = ('coroutine_fn', 'no_coroutine_fn', 'coroutine_mixed_fn')
+ASSERT = 'VD_CO_ASSERT();'
+ASSERT_B = ASSERT.encode()
+# White space, comments and preprocessor lines that may stand between the
+# opening brace of a body and its first statement.
+_SKIP = re.compile(rb'(?:\s+|/\*.*?\*/|//[^\n]*|#[^\n]*)*', re.S)
 
 
 _LIBCLANG_SET = False
@@ -95,8 +110,32 @@ def decl_markers(decl, table):
     return found
 
 
+def body_of(fn):
+    """The compound statement of a function definition."""
+    for child in fn.get_children():
+        if child.kind == ci.CursorKind.COMPOUND_STMT:
+            return child
+    return None
+
+
+def starts_with_assert(text, brace):
+    """True if the body whose '{' is at text[brace] starts with ASSERT."""
+    i = _SKIP.match(text, brace + 1).end()
+    return text.startswith(ASSERT_B, i)
+
+
+_TEXT = {}
+
+
+def source_text(name):
+    if name not in _TEXT:
+        with open(name, 'rb') as f:      # libclang offsets are in bytes
+            _TEXT[name] = f.read()
+    return _TEXT[name]
+
+
 def check_file(args):
-    path, argv, directory = args
+    path, argv, directory, prefixes = args
     setup_libclang()
     index = ci.Index.create()
     # VD_COROUTINE_ANALYSIS turns the markers into annotations (common.h).
@@ -122,13 +161,31 @@ def check_file(args):
             if m:
                 table.setdefault(c.get_usr(), set()).update(m)
 
-    # Pass 2: every call inside a function defined in this file.
+    # Pass 2: every call inside a function defined in this file (or, for
+    # rule 3, in a header under one of the prefixes: static inline ones).
     for fn in tu.cursor.get_children():
         if fn.kind != ci.CursorKind.FUNCTION_DECL or not fn.is_definition():
             continue
-        if fn.location.file is None or fn.location.file.name != tu.spelling:
+        if fn.location.file is None:
+            continue
+        fname = os.path.abspath(os.path.join(directory, fn.location.file.name))
+        in_main = fn.location.file.name == tu.spelling
+        if not in_main and not (prefixes and any(fname.startswith(p) for p in prefixes)):
             continue
         caller = decl_markers(fn, table)
+        if 'coroutine_fn' in caller and 'coroutine_mixed_fn' not in caller:
+            body = body_of(fn)
+            start = body.extent.start if body is not None else None
+            text = source_text(fname) if start is not None else b''
+            if start is None or start.file is None or text[start.offset:start.offset + 1] != b'{':
+                problems.append('%s:%d: coroutine_fn %s(): cannot find its body'
+                                % (os.path.relpath(fname), fn.location.line, fn.spelling))
+            elif not starts_with_assert(text, start.offset):
+                problems.append('%s:%d: coroutine_fn %s() does not start with %s @%d'
+                                % (os.path.relpath(fname), fn.location.line, fn.spelling,
+                                   ASSERT, start.offset))
+        if not in_main:
+            continue
         for c in fn.walk_preorder():
             if c.kind != ci.CursorKind.CALL_EXPR:
                 continue
@@ -145,17 +202,56 @@ def check_file(args):
     return problems
 
 
+MISSING = re.compile(r'^(.*):\d+: coroutine_fn \S+ does not start with .* @(\d+)$')
+
+
+def strip_offset(problem):
+    """The report without the brace offset used by --insert-asserts."""
+    m = MISSING.match(problem)
+    return problem[:problem.rindex(' @')] if m else problem
+
+
+def insert_asserts(problems):
+    """Put ASSERT first in each body reported missing it. Returns how many."""
+    edits = {}
+    for p in problems:
+        m = MISSING.match(p)
+        if m:
+            edits.setdefault(os.path.abspath(m.group(1)), set()).add(int(m.group(2)))
+    for name, braces in edits.items():
+        with open(name, 'rb') as f:
+            text = f.read()
+        for brace in sorted(braces, reverse=True):
+            assert text[brace:brace + 1] == b'{', (name, brace)
+            line_start = text.rfind(b'\n', 0, brace) + 1
+            indent = re.match(rb'[ \t]*', text[line_start:]).group(0)
+            after = text[brace + 1:]
+            if after.startswith(b'\n'):
+                new = b'\n' + indent + b'    ' + ASSERT_B
+            else:                       # { stmt; } on one line
+                new = b' ' + ASSERT_B
+            text = text[:brace + 1] + new + after
+        with open(name, 'wb') as f:
+            f.write(text)
+    return sum(len(b) for b in edits.values())
+
+
 def main():
     if sys.argv[1] == '--file':
-        problems = check_file((os.path.abspath(sys.argv[2]), sys.argv[3:], os.getcwd()))
+        path = os.path.abspath(sys.argv[2])
+        problems = check_file((path, sys.argv[3:], os.getcwd(), None))
         for p in problems:
-            print(p)
+            print(strip_offset(p))
         return 1 if problems else 0
+    insert = sys.argv[1] == '--insert-asserts'
+    if insert:
+        del sys.argv[1]
     builddir = sys.argv[1]
     prefixes = sys.argv[2:] or ['src/', 'tools/']
     with open(os.path.join(builddir, 'compile_commands.json'), encoding='utf-8') as f:
         commands = json.load(f)
     top = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+    abs_prefixes = [os.path.join(top, p) for p in prefixes]
     jobs = []
     seen = set()
     for cmd in commands:
@@ -177,14 +273,19 @@ def main():
             if a.startswith(('-I', '-D', '-std=', '-isystem')):
                 keep.append(a)
             i += 1
-        jobs.append((src, keep, cmd['directory']))
+        jobs.append((src, keep, cmd['directory'], abs_prefixes))
     problems = []
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         for result in pool.map(check_file, jobs):
             problems += result
-    for p in sorted(set(problems)):
+    problems = set(problems)
+    if insert:
+        print('check-coroutine-fn: inserted %s in %d bodies' % (ASSERT, insert_asserts(problems)))
+        problems = {p for p in problems if not MISSING.match(p)}
+    problems = {strip_offset(p) for p in problems}
+    for p in sorted(problems):
         print(p)
-    print('check-coroutine-fn: %d files, %d problems' % (len(jobs), len(set(problems))))
+    print('check-coroutine-fn: %d files, %d problems' % (len(jobs), len(problems)))
     return 1 if problems else 0
 
 

@@ -10,6 +10,7 @@ pkgs=(
   libcmocka-dev                                      # unit-test framework
   clang libclang-rt-14-dev                           # fuzzers (libFuzzer) and sanitizers
   python3-clang-14                                   # scripts/check-coroutine-fn.py (libclang)
+  universal-ctags                                    # scripts/function-lengths.sh
   qemu-utils qemu-system-common                      # oracles: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon
   libnbd-bin nbdkit fio                              # NBD clients and load for tests/benchmarks
   python3 strace util-linux procps                   # test helpers

@@ -73,6 +73,16 @@ void vd_aio_set_fd_handler(VdAioContext *ctx, int fd,
                            VdIOHandler *io_read, VdIOHandler *io_write,
                            VdPollFunc *io_poll, VdIOHandler *io_poll_ready,
                            void *opaque);
+/* Polling-mode hooks of fd's handler (which must have io_poll), called with
+ * its opaque: io_poll_begin when the loop starts busy-polling, io_poll_end
+ * when it stops and before it may sleep; after io_poll_end the loop calls
+ * io_poll once more and runs io_poll_ready if it has work, so a handler
+ * that suppresses its notifications while polled (a virtqueue) re-enables
+ * them in io_poll_end and loses nothing. Begin and end always pair: a
+ * handler changed or removed while started gets its io_poll_end first.
+ * vd_aio_set_fd_handler clears the hooks; set them again after it. */
+void vd_aio_set_fd_poll(VdAioContext *ctx, int fd, VdIOHandler *io_poll_begin,
+                        VdIOHandler *io_poll_end);
 
 /* ---- bottom halves --------------------------------------------------------- */
 

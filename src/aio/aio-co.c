@@ -24,6 +24,7 @@ int coroutine_fn vd_aio_uring_co_submit(VdAioContext *ctx, VdUringOp op, int fd,
                                         const struct iovec *iov, int niov,
                                         uint64_t offset, uint64_t len, int rw_flags)
 {
+    VD_CO_ASSERT();
     AioUringReq req = { 0 };
     int r = aio_uring_req_init(&req, ctx, op, fd, iov, niov, offset, len, rw_flags);
     if (r < 0) {
@@ -41,6 +42,7 @@ int coroutine_fn vd_aio_uring_co_submit(VdAioContext *ctx, VdUringOp op, int fd,
 
 int coroutine_fn vd_thread_pool_co_run(VdWorkerFunc *fn, void *opaque)
 {
+    VD_CO_ASSERT();
     AioCoWait w = { .co = vd_co_self() };
     assert(w.co);
     VdAioContext *ctx = vd_co_get_context(w.co);

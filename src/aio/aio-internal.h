@@ -54,8 +54,11 @@ typedef struct AioHandler {
     VdIOHandler *io_write;
     VdPollFunc *io_poll;
     VdIOHandler *io_poll_ready;
+    VdIOHandler *io_poll_begin; /* the loop starts busy-polling (may be NULL) */
+    VdIOHandler *io_poll_end;   /* ... and stops, before it may sleep */
     void *opaque;
     uint32_t events;            /* EPOLLIN/EPOLLOUT registered with epoll */
+    bool poll_started;          /* io_poll_begin called, io_poll_end not yet */
     bool deleted;               /* removed; freed when no dispatch can see it */
     bool internal;              /* loop's own fd: not a user fd, not progress */
     struct AioHandler *next;    /* ctx->handlers (live) or ctx->deleted_handlers */
@@ -140,6 +143,7 @@ struct VdAioContext {
     int64_t poll_grow;
     int64_t poll_shrink;
     int64_t poll_ns;            /* current window */
+    bool poll_started;          /* in polling mode: io_poll_begin hooks ran */
 
     /* io_uring */
     bool uring_ok;

@@ -138,6 +138,13 @@ static void aio_set_handler(VdAioContext *ctx, int fd, VdIOHandler *io_read,
         return;
     }
     AioHandler *old = aio_find_handler(ctx, fd);
+    if (old && old->poll_started) {
+        /* begin and end pair: the old handler leaves polling mode first */
+        old->poll_started = false;
+        if (old->io_poll_end) {
+            old->io_poll_end(old->opaque);
+        }
+    }
     if (!io_read && !io_write && !io_poll) {
         if (old) {
             aio_remove_handler(ctx, old);
@@ -173,6 +180,8 @@ static void aio_set_handler(VdAioContext *ctx, int fd, VdIOHandler *io_read,
     h->io_write = io_write;
     h->io_poll = io_poll;
     h->io_poll_ready = io_poll_ready;
+    h->io_poll_begin = NULL;
+    h->io_poll_end = NULL;
     h->opaque = opaque;
     if (!old) {
         h->next = ctx->handlers;
@@ -185,6 +194,25 @@ void vd_aio_set_fd_handler(VdAioContext *ctx, int fd, VdIOHandler *io_read,
                            VdIOHandler *io_poll_ready, void *opaque)
 {
     aio_set_handler(ctx, fd, io_read, io_write, io_poll, io_poll_ready, opaque, false);
+}
+
+void vd_aio_set_fd_poll(VdAioContext *ctx, int fd, VdIOHandler *io_poll_begin,
+                        VdIOHandler *io_poll_end)
+{
+    AioHandler *h = aio_find_handler(ctx, fd);
+    if (!h || !h->io_poll) {
+        vd_warn_report("aio: polling hooks for fd %d without a poll handler ignored", fd);
+        return;
+    }
+    if (h->poll_started) {
+        h->poll_started = false;
+        if (h->io_poll_end) {
+            h->io_poll_end(h->opaque);
+        }
+    }
+    /* the next busy-poll of the loop calls io_poll_begin */
+    h->io_poll_begin = io_poll_begin;
+    h->io_poll_end = io_poll_end;
 }
 
 void aio_set_fd_handler_internal(VdAioContext *ctx, int fd, VdIOHandler *io_read,
@@ -351,6 +379,44 @@ static bool aio_run_poll_handlers_once(VdAioContext *ctx, bool *progress)
     return found;
 }
 
+/* Enter or leave polling mode: io_poll_begin of every poll handler not yet
+ * started, or io_poll_end of every started one and then its io_poll once
+ * (what arrived while its notifications were off); io_poll_ready of those
+ * with work runs. Returns true if leaving found work. */
+static bool aio_poll_set_started(VdAioContext *ctx, bool started, bool *progress)
+{
+    bool found = false;
+    AioHandler *next;
+
+    ctx->poll_started = started;
+    for (AioHandler *h = ctx->handlers; h; h = next) {
+        next = h->next;
+        if (!h->io_poll || h->deleted || h->poll_started == started) {
+            continue;
+        }
+        h->poll_started = started;
+        if (started) {
+            if (h->io_poll_begin) {
+                h->io_poll_begin(h->opaque);
+            }
+            continue;
+        }
+        if (h->io_poll_end) {
+            h->io_poll_end(h->opaque);
+        }
+        if (!h->deleted && h->io_poll(h->opaque)) {
+            found = true;
+            if (h->io_poll_ready) {
+                h->io_poll_ready(h->opaque);
+            }
+            if (!h->internal) {
+                *progress = true;
+            }
+        }
+    }
+    return found;
+}
+
 static int aio_epoll(VdAioContext *ctx, struct epoll_event *ev, int64_t timeout_ns)
 {
     int n;
@@ -493,7 +559,18 @@ bool vd_aio_poll(VdAioContext *ctx, bool blocking)
             }
         } else {
             int64_t start = ctx->poll_max_ns ? vd_clock_ns() : 0;
-            bool found = ctx->poll_ns > 0 && aio_busy_poll(ctx, &progress, ev, &n);
+            bool found = false;
+            if (ctx->poll_ns > 0 && ctx->n_poll_handlers) {
+                aio_poll_set_started(ctx, true, &progress);
+            }
+            if (ctx->poll_ns > 0) {
+                found = aio_busy_poll(ctx, &progress, ev, &n);
+            }
+            if (!found && ctx->poll_started) {
+                /* Leave polling mode before sleeping: handlers re-enable
+                 * their notifications and look once more. */
+                found = aio_poll_set_started(ctx, false, &progress);
+            }
             if (!found) {
                 /* Announce the sleep, then look once more (Dekker with
                  * vd_bh_schedule / vd_aio_notify). */

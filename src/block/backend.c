@@ -79,6 +79,7 @@ struct VdBackend {
  * we were woken in the old thread and must follow it first. */
 static inline bool coroutine_fn backend_enter(VdBackend *blk)
 {
+    VD_CO_ASSERT();
     while (VD_UNLIKELY(blk->quiesce_counter > 0 || __atomic_load_n(&blk->paused, __ATOMIC_ACQUIRE))) {
         if (blk->quiesce_counter > 0) {
             vd_co_queue_wait(&blk->drain_queue, NULL);
@@ -96,6 +97,7 @@ static inline bool coroutine_fn backend_enter(VdBackend *blk)
 /* Move to the root's home context and count the request in flight there. */
 static void coroutine_fn backend_enter_home(VdBackend *blk)
 {
+    VD_CO_ASSERT();
     do {
         if (VD_UNLIKELY(vd_aio_current() != blk->root->ctx)) {
             vd_co_move_to(blk->root->ctx);
@@ -325,6 +327,7 @@ static void wt_gather_timeout(void *opaque)
 
 static int coroutine_fn backend_wt_flush(VdBackend *blk)
 {
+    VD_CO_ASSERT();
     uint64_t my = ++blk->wt_write_gen;
     for (;;) {
         if (blk->wt_flushed_gen >= my) {
@@ -362,6 +365,7 @@ static int coroutine_fn backend_wt_flush(VdBackend *blk)
 static int coroutine_fn backend_issue(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes,
                                       VdIOVector *qiov, int flags)
 {
+    VD_CO_ASSERT();
     VdNode *root = blk->root;
     int ret;
     if (!blk->write_cache) {
@@ -402,6 +406,7 @@ static int coroutine_fn backend_issue(VdBackend *blk, BackendOp op, int64_t offs
 static int coroutine_fn backend_do(VdBackend *blk, BackendOp op, int64_t offset, int64_t bytes,
                                    VdIOVector *qiov, int flags)
 {
+    VD_CO_ASSERT();
     int64_t start = vd_clock_ns();
     int ret;
 
@@ -459,6 +464,7 @@ static int coroutine_fn backend_do(VdBackend *blk, BackendOp op, int64_t offset,
 static int coroutine_fn backend_co_request(VdBackend *blk, BackendOp op, int64_t offset,
                                            int64_t bytes, VdIOVector *qiov, int flags)
 {
+    VD_CO_ASSERT();
     VdAioContext *caller = vd_aio_current();
     backend_enter_home(blk);
     int ret = backend_do(blk, op, offset, bytes, qiov, flags);
@@ -473,28 +479,33 @@ static int coroutine_fn backend_co_request(VdBackend *blk, BackendOp op, int64_t
 int coroutine_fn vd_backend_co_preadv(VdBackend *blk, int64_t offset, int64_t bytes,
                                       VdIOVector *qiov, int flags)
 {
+    VD_CO_ASSERT();
     return backend_co_request(blk, OP_READ, offset, bytes, qiov, flags);
 }
 
 int coroutine_fn vd_backend_co_pwritev(VdBackend *blk, int64_t offset, int64_t bytes,
                                        VdIOVector *qiov, int flags)
 {
+    VD_CO_ASSERT();
     return backend_co_request(blk, OP_WRITE, offset, bytes, qiov, flags);
 }
 
 int coroutine_fn vd_backend_co_pwrite_zeroes(VdBackend *blk, int64_t offset, int64_t bytes,
                                              int flags)
 {
+    VD_CO_ASSERT();
     return backend_co_request(blk, OP_ZEROES, offset, bytes, NULL, flags);
 }
 
 int coroutine_fn vd_backend_co_pdiscard(VdBackend *blk, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     return backend_co_request(blk, OP_DISCARD, offset, bytes, NULL, 0);
 }
 
 int coroutine_fn vd_backend_co_flush(VdBackend *blk)
 {
+    VD_CO_ASSERT();
     return backend_co_request(blk, OP_FLUSH, 0, 0, NULL, 0);
 }
 
@@ -522,6 +533,7 @@ static void delete_bh_in_home(void *opaque)
 
 static void coroutine_fn aio_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     VdAioReq *r = opaque;
     VdBackend *blk = r->blk;
     /* the root may move between submission and entry, or during a drain */
@@ -615,6 +627,7 @@ typedef struct BackendSync {
 
 static void coroutine_fn sync_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     BackendSync *s = opaque;
     s->ret = backend_co_request(s->blk, s->op, s->offset, s->bytes, s->qiov, s->flags);
 }

@@ -118,6 +118,7 @@ void vd_backend_ctx_changed(VdBackend *blk);
  * in the old one and follow the node before touching it. */
 static inline void coroutine_fn vd_node_enter(VdNode *node)
 {
+    VD_CO_ASSERT();
     VdNodeCoreState *c = node->core;
     while (VD_UNLIKELY(c->quiesce_counter > 0)) {
         vd_co_queue_wait(&c->drain_queue, NULL);

@@ -12,6 +12,7 @@
 int coroutine_fn vd_co_block_status(VdNode *node, bool want_zero, int64_t offset, int64_t bytes,
                                     int64_t *pnum, int64_t *map, VdNode **file)
 {
+    VD_CO_ASSERT();
     int64_t local_pnum = 0, local_map = 0;
     VdNode *local_file = NULL;
     int ret;
@@ -126,6 +127,7 @@ int coroutine_fn vd_co_block_status_above(VdNode *top, VdNode *base, bool want_z
                                           int64_t offset, int64_t bytes, int64_t *pnum,
                                           int64_t *map, VdNode **file, int *depth)
 {
+    VD_CO_ASSERT();
     int64_t eof = top->core->total_bytes;
     int d = 0;
     int ret;

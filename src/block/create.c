@@ -33,6 +33,7 @@ typedef struct CreateSync {
 
 static void coroutine_fn create_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     CreateSync *s = opaque;
     s->ret = s->drv->co_create(s->filename, s->opts, s->errp);
 }
@@ -97,6 +98,7 @@ int coroutine_mixed_fn vd_img_create(const char *filename, const char *fmt, cons
 int coroutine_fn vd_co_create_simple(const VdDriver *drv, const char *filename,
                                      const VdOpts *opts, VdError **errp)
 {
+    VD_CO_ASSERT();
     uint64_t size = 0;
     VdJson *v = opts ? vd_opts_lookup(opts, "size") : NULL;
     if (v) {
@@ -137,6 +139,7 @@ int coroutine_fn vd_co_create_simple(const VdDriver *drv, const char *filename,
 int coroutine_fn vd_create_open_file(const char *filename, const VdOpts *opts, VdNode **pnode,
                                      VdError **errp)
 {
+    VD_CO_ASSERT();
     *pnode = NULL;
     const VdDriver *proto = vd_driver_find_protocol(filename);
     if (!proto) {
@@ -182,6 +185,7 @@ int coroutine_fn vd_create_open_file(const char *filename, const VdOpts *opts, V
 int64_t coroutine_fn vd_create_backing_size(const char *image, const char *backing,
                                             const char *fmt, VdError **errp)
 {
+    VD_CO_ASSERT();
     char *path = NULL;
     const char *img = !strncmp(image, "file:", 5) ? image + 5 : image;
     const char *slash = strrchr(img, '/');

@@ -26,6 +26,7 @@ typedef struct InfoSync {
 
 int64_t coroutine_fn vd_co_get_allocated_file_size(VdNode *node)
 {
+    VD_CO_ASSERT();
     if (node->drv->co_get_allocated_file_size) {
         return node->drv->co_get_allocated_file_size(node);
     }
@@ -37,6 +38,7 @@ int64_t coroutine_fn vd_co_get_allocated_file_size(VdNode *node)
 
 static void coroutine_fn info_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     InfoSync *s = opaque;
     s->actual = vd_co_get_allocated_file_size(s->node);
 }
@@ -150,6 +152,7 @@ VdJson *vd_node_info(VdNode *node, bool backing_chain, VdError **errp)
 
 static void coroutine_fn check_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     InfoSync *s = opaque;
     s->ret = s->node->drv->co_check(s->node, s->result, s->fix);
 }

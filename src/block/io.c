@@ -98,6 +98,7 @@ static void track_mark_serialising(VdTrackedReq *req, uint32_t align)
  * are no wait cycles. */
 static void coroutine_fn track_wait_serialising(VdTrackedReq *req)
 {
+    VD_CO_ASSERT();
     VdNodeCoreState *c = req->node->core;
     if (c->serialising_in_flight == 0) {
         return;
@@ -230,6 +231,7 @@ typedef int coroutine_fn DriverRwFunc(VdNode *node, int64_t offset, int64_t byte
 static int coroutine_fn node_driver_rw(VdNode *node, DriverRwFunc *fn, int64_t offset,
                                        int64_t bytes, VdIOVector *qiov, size_t qoff, int flags)
 {
+    VD_CO_ASSERT();
     int64_t mt = node_max_transfer(node, node->bl.request_alignment);
     if (VD_LIKELY(bytes <= mt)) {
         return fn(node, offset, bytes, qiov, qoff, flags);
@@ -250,6 +252,7 @@ static int coroutine_fn node_driver_rw(VdNode *node, DriverRwFunc *fn, int64_t o
 static int coroutine_fn node_aligned_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                             VdIOVector *qiov, size_t qoff, int flags)
 {
+    VD_CO_ASSERT();
     const VdDriver *drv = node->drv;
     VdNodeCoreState *c = node->core;
     uint32_t align = node->bl.request_alignment;
@@ -276,6 +279,7 @@ static int coroutine_fn node_aligned_preadv(VdNode *node, int64_t offset, int64_
 static int coroutine_fn node_driver_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                             VdIOVector *qiov, size_t qoff, int flags)
 {
+    VD_CO_ASSERT();
     if (!node->drv->co_pwritev) {
         return -ENOTSUP;
     }
@@ -296,6 +300,7 @@ static inline void node_write_done(VdNode *node, int64_t end)
 static int coroutine_fn node_aligned_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                              VdIOVector *qiov, size_t qoff, int flags)
 {
+    VD_CO_ASSERT();
     bool emulate_fua = false;
     if ((flags & VD_REQ_FUA) && !(node->supported_write_flags & VD_REQ_FUA)) {
         flags &= ~VD_REQ_FUA;
@@ -314,6 +319,7 @@ static int coroutine_fn node_aligned_pwritev(VdNode *node, int64_t offset, int64
 static int coroutine_fn node_write_zero_buffers(VdNode *node, int64_t offset, int64_t bytes,
                                                 int flags)
 {
+    VD_CO_ASSERT();
     uint32_t align = node->bl.request_alignment;
     int64_t chunk = VD_MIN(node_max_transfer(node, align), VD_MAX(VD_BOUNCE_MAX, (int64_t)align));
     chunk = VD_MIN(chunk, bytes);
@@ -338,6 +344,7 @@ static int coroutine_fn node_write_zero_buffers(VdNode *node, int64_t offset, in
 static int coroutine_fn node_aligned_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                                    int flags)
 {
+    VD_CO_ASSERT();
     const VdDriver *drv = node->drv;
     int64_t end = offset + bytes;
     bool emulate_fua = false;
@@ -412,6 +419,7 @@ static inline bool request_needs_bounce(VdNode *node, int64_t offset, int64_t by
 static int coroutine_fn node_bounce_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                            VdIOVector *qiov, size_t qoff, int flags)
 {
+    VD_CO_ASSERT();
     uint32_t align = node->bl.request_alignment;
     int64_t start = VD_ALIGN_DOWN(offset, (int64_t)align);
     int64_t end = VD_ALIGN_UP(offset + bytes, (int64_t)align);
@@ -447,6 +455,7 @@ static int coroutine_fn node_bounce_pwritev(VdTrackedReq *req, VdNode *node, int
                                             int64_t bytes, VdIOVector *qiov, size_t qoff,
                                             int flags)
 {
+    VD_CO_ASSERT();
     uint32_t align = node->bl.request_alignment;
     int64_t start = VD_ALIGN_DOWN(offset, (int64_t)align);
     int64_t end = VD_ALIGN_UP(offset + bytes, (int64_t)align);
@@ -509,6 +518,7 @@ typedef struct RwOnNewStack {
 
 static void coroutine_fn rw_on_new_stack(void *opaque)
 {
+    VD_CO_ASSERT();
     RwOnNewStack *r = opaque;
     r->ret = r->is_write ? vd_co_pwritev(r->node, r->offset, r->bytes, r->qiov, r->qiov_offset,
                                          r->flags)
@@ -520,6 +530,7 @@ static int coroutine_fn rw_call_on_new_stack(VdNode *node, int64_t offset, int64
                                              VdIOVector *qiov, size_t qiov_offset, int flags,
                                              bool is_write)
 {
+    VD_CO_ASSERT();
     RwOnNewStack r = { node, offset, bytes, qiov, qiov_offset, flags, is_write, 0 };
     vd_co_call_on_new_stack(rw_on_new_stack, &r);
     return r.ret;
@@ -528,6 +539,7 @@ static int coroutine_fn rw_call_on_new_stack(VdNode *node, int64_t offset, int64
 int coroutine_fn vd_co_preadv(VdNode *node, int64_t offset, int64_t bytes, VdIOVector *qiov,
                               size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     if (VD_UNLIKELY(vd_co_stack_low())) {
         return rw_call_on_new_stack(node, offset, bytes, qiov, qiov_offset, flags, false);
     }
@@ -548,6 +560,7 @@ int coroutine_fn vd_co_preadv(VdNode *node, int64_t offset, int64_t bytes, VdIOV
 int coroutine_fn vd_co_pwritev(VdNode *node, int64_t offset, int64_t bytes, VdIOVector *qiov,
                                size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     if (VD_UNLIKELY(vd_co_stack_low())) {
         return rw_call_on_new_stack(node, offset, bytes, qiov, qiov_offset, flags, true);
     }
@@ -585,6 +598,7 @@ int coroutine_fn vd_co_pwritev(VdNode *node, int64_t offset, int64_t bytes, VdIO
 
 int coroutine_fn vd_co_pread(VdNode *node, int64_t offset, int64_t bytes, void *buf, int flags)
 {
+    VD_CO_ASSERT();
     VdIOVector q;
     if (bytes < 0) {
         return -EINVAL;
@@ -596,6 +610,7 @@ int coroutine_fn vd_co_pread(VdNode *node, int64_t offset, int64_t bytes, void *
 int coroutine_fn vd_co_pwrite(VdNode *node, int64_t offset, int64_t bytes, const void *buf,
                               int flags)
 {
+    VD_CO_ASSERT();
     VdIOVector q;
     if (bytes < 0) {
         return -EINVAL;
@@ -606,6 +621,7 @@ int coroutine_fn vd_co_pwrite(VdNode *node, int64_t offset, int64_t bytes, const
 
 int coroutine_fn vd_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags)
 {
+    VD_CO_ASSERT();
     int ret = check_range(node, offset, bytes, true);
     if (ret < 0) {
         return ret;
@@ -654,6 +670,7 @@ int coroutine_fn vd_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes
 
 int coroutine_fn vd_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     int ret = check_range(node, offset, bytes, true);
     if (ret < 0) {
         return ret;
@@ -700,6 +717,7 @@ int coroutine_fn vd_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 
 static int coroutine_fn node_do_flush(VdNode *node)
 {
+    VD_CO_ASSERT();
     VdNodeCoreState *c = node->core;
     const VdDriver *drv = node->drv;
     uint64_t my_gen = c->write_gen;
@@ -747,6 +765,7 @@ static int coroutine_fn node_do_flush(VdNode *node)
 
 int coroutine_fn vd_co_flush(VdNode *node)
 {
+    VD_CO_ASSERT();
     if (!node || !node->drv) {
         return -ENOMEDIUM;
     }
@@ -758,6 +777,7 @@ int coroutine_fn vd_co_flush(VdNode *node)
 
 int coroutine_fn vd_node_co_flush_internal(VdNode *node)
 {
+    VD_CO_ASSERT();
     vd_node_inc_in_flight(node);
     int ret = node_do_flush(node);
     vd_node_dec_in_flight(node);
@@ -783,6 +803,7 @@ void vd_node_count_meta_write(VdNode *node)
 int coroutine_fn vd_co_truncate(VdNode *node, int64_t offset, bool exact, VdPrealloc prealloc,
                                 VdError **errp)
 {
+    VD_CO_ASSERT();
     if (!node->drv) {
         vd_error_setg(errp, ENOMEDIUM, "%s: no medium", node->node_name);
         return -ENOMEDIUM;
@@ -822,6 +843,7 @@ int coroutine_fn vd_co_truncate(VdNode *node, int64_t offset, bool exact, VdPrea
 
 int coroutine_fn vd_node_refresh_total(VdNode *node)
 {
+    VD_CO_ASSERT();
     int64_t len;
     if (node->drv->co_getlength) {
         len = node->drv->co_getlength(node);
@@ -865,30 +887,35 @@ typedef struct SyncRw {
 
 static void coroutine_fn sync_pread_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     SyncRw *s = opaque;
     s->ret = vd_co_pread(s->node, s->offset, s->bytes, s->buf, s->flags);
 }
 
 static void coroutine_fn sync_pwrite_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     SyncRw *s = opaque;
     s->ret = vd_co_pwrite(s->node, s->offset, s->bytes, s->buf, s->flags);
 }
 
 static void coroutine_fn sync_flush_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     SyncRw *s = opaque;
     s->ret = vd_co_flush(s->node);
 }
 
 static void coroutine_fn sync_truncate_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     SyncRw *s = opaque;
     s->ret = vd_co_truncate(s->node, s->offset, s->exact, s->prealloc, s->errp);
 }
 
 static void coroutine_fn sync_status_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     SyncRw *s = opaque;
     s->ret = vd_co_block_status_above(s->node, s->base, s->want_zero, s->offset, s->bytes,
                                       s->pnum, s->map, s->file, s->depth);

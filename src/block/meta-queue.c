@@ -383,6 +383,7 @@ void vd_mq_table_release_now(VdMetaTable *t)
 
 void coroutine_fn vd_mq_table_wait(VdMetaTable *t)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = t->q;
     while (q && t->in_flight) {
         vd_co_queue_wait(&q->flight_waiters, NULL);
@@ -391,6 +392,7 @@ void coroutine_fn vd_mq_table_wait(VdMetaTable *t)
 
 void coroutine_fn vd_mq_table_release(VdMetaTable *t)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = t->q;
     if (!q) {
         return;
@@ -545,6 +547,7 @@ static int table_write_prepare(VdMetaQueue *q, VdMetaTable *t, TableWrite *w)
 /* Before t's write: the format's hook, its event, the counters. */
 static int coroutine_fn table_write_pre(TableWrite *w)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = w->q;
     VdMetaTable *t = w->t;
     int ret = 0;
@@ -595,6 +598,7 @@ static void table_write_post(TableWrite *w, int ret)
 
 static int coroutine_fn table_write_do(TableWrite *w)
 {
+    VD_CO_ASSERT();
     int ret = table_write_pre(w);
     if (ret == 0) {
         ret = vd_co_pwrite(w->q->child, (int64_t)w->offset, (int64_t)w->bytes, w->copy, 0);
@@ -622,6 +626,7 @@ typedef struct WriteGroup {
 
 static int coroutine_fn group_write_do(WriteGroup *g)
 {
+    VD_CO_ASSERT();
     if (g->n == 1) {
         return table_write_do(g->w[0]);
     }
@@ -667,6 +672,7 @@ static int coroutine_fn group_write_do(WriteGroup *g)
 
 static void coroutine_fn group_write_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     WriteGroup *g = opaque;
     VdMetaQueue *q = g->q;
     int ret = group_write_do(g);
@@ -688,6 +694,7 @@ static int cmp_write_offset(const void *a, const void *b)
  * groups concurrently; wait. Returns 0 or the first error. */
 static int coroutine_fn write_level(VdMetaQueue *q, TableWrite *ws, int k)
 {
+    VD_CO_ASSERT();
     if (k == 1) {
         return table_write_do(&ws[0]);
     }
@@ -745,6 +752,7 @@ static int coroutine_fn write_level(VdMetaQueue *q, TableWrite *ws, int k)
  * that succeeded may be lost: dirty it again. */
 static int coroutine_fn mq_flush(VdMetaQueue *q)
 {
+    VD_CO_ASSERT();
     q->stats.flushes++;
     int ret = vd_co_flush(q->child);
     if (ret < 0) {
@@ -804,6 +812,7 @@ static bool any_marked_dirty(VdMetaQueue *q, uint64_t id)
  */
 static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush)
 {
+    VD_CO_ASSERT();
     bool wrote_any = false;
     for (;;) {
         mark_closure(q, id);
@@ -884,6 +893,7 @@ static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush
  * VD_MQ_COMMIT_DEFERRED). Caller holds the run (q->running). */
 static int coroutine_fn run_commit(VdMetaQueue *q, int flags)
 {
+    VD_CO_ASSERT();
     uint64_t id = ++q->run_id;
     bool any = false;
     for (VdMetaTable *t = q->dirty_head; t; t = t->dirty_next) {
@@ -906,6 +916,7 @@ static int coroutine_fn run_commit(VdMetaQueue *q, int flags)
 
 static void coroutine_fn run_acquire(VdMetaQueue *q)
 {
+    VD_CO_ASSERT();
     while (q->running) {
         vd_co_queue_wait(&q->run_waiters, NULL);
     }
@@ -920,6 +931,7 @@ static void run_release(VdMetaQueue *q)
 
 int coroutine_fn vd_mq_commit(VdMetaQueue *q, int flags)
 {
+    VD_CO_ASSERT();
     uint64_t my = ++q->requests;
     while (q->running) {
         vd_co_queue_wait(&q->run_waiters, NULL);
@@ -948,6 +960,7 @@ int coroutine_fn vd_mq_commit(VdMetaQueue *q, int flags)
 
 int coroutine_fn vd_mq_writeback_table(VdMetaTable *t)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = t->q;
     if (!q) {
         return 0;
@@ -977,6 +990,7 @@ int coroutine_fn vd_mq_writeback_table(VdMetaTable *t)
 
 static void coroutine_fn background_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     VdMetaQueue *q = opaque;
     VdNode *owner = q->owner;
     bool quiesced = owner->core->quiesce_counter > 0;
@@ -1035,6 +1049,7 @@ static void mq_timer_cb(void *opaque)
 
 void coroutine_fn vd_mq_drain(VdMetaQueue *q)
 {
+    VD_CO_ASSERT();
     while (q->bg_scheduled) {
         vd_co_queue_wait(&q->drain_waiters, NULL);
     }

@@ -256,6 +256,7 @@ void vd_node_free(VdNode *node)
 
 static void coroutine_fn close_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     VdNode *node = opaque;
     if (!node->read_only) {
         vd_node_co_flush_internal(node);
@@ -267,6 +268,7 @@ static void coroutine_fn close_entry(void *opaque)
 
 static void coroutine_fn unref_on_new_stack(void *opaque)
 {
+    VD_CO_ASSERT();
     vd_node_unref(opaque);
 }
 

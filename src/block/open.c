@@ -44,6 +44,7 @@ static VdChild * coroutine_fn open_child(const char *filename, VdOpts *parent_op
                            VdNode *parent, VdChildRole role, bool allow_none,
                            const VdBackingLink *backing_up, VdError **errp)
 {
+    VD_CO_ASSERT();
     VdJson *ref = parent_options ? vd_opts_lookup(parent_options, child_name) : NULL;
 
     if (ref && vd_json_type(ref) == VD_JSON_STRING) {
@@ -95,11 +96,13 @@ static VdChild * coroutine_fn open_child(const char *filename, VdOpts *parent_op
 VdChild * coroutine_fn vd_open_child(const char *filename, VdOpts *parent_options, const char *child_name,
                        VdNode *parent, VdChildRole role, bool allow_none, VdError **errp)
 {
+    VD_CO_ASSERT();
     return open_child(filename, parent_options, child_name, parent, role, allow_none, NULL, errp);
 }
 
 int coroutine_fn vd_open_format_file(VdNode *node, VdOpts *options, VdError **errp)
 {
+    VD_CO_ASSERT();
     if (node->file) {
         return 0;
     }
@@ -199,6 +202,7 @@ static void backing_loop_error(const VdBackingLink *me, const char *target, VdEr
 
 int coroutine_fn vd_open_backing(VdNode *node, VdOpts *parent_options, VdError **errp)
 {
+    VD_CO_ASSERT();
     if (node->backing) {
         return 0;
     }
@@ -441,6 +445,7 @@ static void print_probed_raw_warning(const char *filename)
 
 static const VdDriver * coroutine_fn probe_node(VdNode *file, const char *filename, VdError **errp)
 {
+    VD_CO_ASSERT();
     uint8_t buf[VD_PROBE_BUF_SIZE];
     int64_t len = vd_node_getlength(file);
     int n = (int)VD_MIN(len < 0 ? 0 : len, (int64_t)sizeof(buf));
@@ -489,6 +494,7 @@ typedef struct OpenOnNewStack {
 
 static void coroutine_fn open_on_new_stack(void *opaque)
 {
+    VD_CO_ASSERT();
     OpenOnNewStack *o = opaque;
     o->node = node_open_co(o->filename, o->options, o->flags, o->backing_up, o->errp);
 }
@@ -496,6 +502,7 @@ static void coroutine_fn open_on_new_stack(void *opaque)
 VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int flags,
                                      VdError **errp)
 {
+    VD_CO_ASSERT();
     return node_open_co(filename, options, flags, NULL, errp);
 }
 
@@ -593,6 +600,7 @@ static int open_choose_driver(OpenState *st, VdError **errp)
  * node named by "file", or file.* options, or the filename itself. */
 static int coroutine_fn open_format_file(OpenState *st, VdError **errp)
 {
+    VD_CO_ASSERT();
     VdJson *ref = vd_opts_lookup(st->options, "file");
     if (ref && vd_json_type(ref) == VD_JSON_STRING) {
         st->pre_file = vd_node_find(vd_json_get_string(ref));
@@ -630,6 +638,7 @@ static int coroutine_fn open_format_file(OpenState *st, VdError **errp)
  * its file child and, without a driver option, is probed from it. */
 static int coroutine_fn open_prepare(OpenState *st, VdError **errp)
 {
+    VD_CO_ASSERT();
     const VdDriver *drv = st->drv;
     if (drv && !drv->is_format) {
         /* protocol node, or a filter named by a URI-like filename */
@@ -693,6 +702,7 @@ static VdNode *open_new_node(OpenState *st)
  * size are settled. On failure the caller closes the node. */
 static int coroutine_fn open_finish(VdNode *node, OpenState *st, VdError **errp)
 {
+    VD_CO_ASSERT();
     const VdDriver *drv = node->drv;
     char key[256];
     if (opts_first_key(st->options, key, sizeof(key))) {
@@ -727,6 +737,7 @@ static int coroutine_fn open_finish(VdNode *node, OpenState *st, VdError **errp)
 static VdNode *coroutine_fn node_open_co(const char *filename, VdOpts *options, int flags,
                                          const VdBackingLink *backing_up, VdError **errp)
 {
+    VD_CO_ASSERT();
     if (vd_co_stack_low()) {
         /* backing chains and nested filters open recursively: go on on a
          * fresh stack rather than run out of this one */
@@ -829,6 +840,7 @@ static int node_lock_for_metadata(VdNode *node, VdError **errp)
 
 static void coroutine_fn open_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     OpenSync *s = opaque;
     s->node = vd_node_open_co(s->filename, s->options, s->flags, s->errp);
     if (s->node && node_lock_for_metadata(s->node, s->errp) < 0) {

@@ -37,30 +37,35 @@ static void node_run(NodeCall *c, VdCoroutineEntry *entry)
 
 static void coroutine_fn snapshot_create_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NodeCall *c = opaque;
     c->ret = c->node->drv->co_snapshot_create(c->node, c->sn, c->errp);
 }
 
 static void coroutine_fn snapshot_goto_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NodeCall *c = opaque;
     c->ret = c->node->drv->co_snapshot_goto(c->node, c->s1, c->errp);
 }
 
 static void coroutine_fn snapshot_delete_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NodeCall *c = opaque;
     c->ret = c->node->drv->co_snapshot_delete(c->node, c->s1, c->s2, c->errp);
 }
 
 static void coroutine_fn amend_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NodeCall *c = opaque;
     c->ret = c->node->drv->co_amend(c->node, c->opts, c->force, c->errp);
 }
 
 static void coroutine_fn change_backing_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NodeCall *c = opaque;
     c->ret = c->node->drv->co_change_backing_file(c->node, c->s1, c->s2);
     if (c->ret == 0) {
@@ -70,6 +75,7 @@ static void coroutine_fn change_backing_entry(void *opaque)
 
 static void coroutine_fn make_empty_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NodeCall *c = opaque;
     c->ret = c->node->drv->co_make_empty(c->node);
     if (c->ret == 0) {
@@ -170,6 +176,7 @@ typedef struct NodeZero {
 
 static void coroutine_fn pwrite_zeroes_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NodeZero *z = opaque;
     z->ret = vd_co_pwrite_zeroes(z->node, z->offset, z->bytes, z->flags);
 }

@@ -266,6 +266,7 @@ static inline void co_switch(VdCoThread *t, VdCoroutine *from, VdCoroutine *to,
  * is reused by entering it again, without setting its stack up again. */
 static void coroutine_fn co_trampoline(VdCoroutine *co)
 {
+    VD_CO_ASSERT();
 #ifdef VD_CO_ASAN
     {
         VdCoThread *t = vd_co_thread();
@@ -493,6 +494,7 @@ void vd_co_enter(VdCoroutine *first)
 
 void coroutine_fn vd_co_yield(void)
 {
+    VD_CO_ASSERT();
     VdCoThread *t = vd_co_thread();
     VdCoroutine *self = t->current;
     VdCoroutine *to = self->caller;
@@ -513,11 +515,16 @@ VdCoroutine *vd_co_self(void)
     return t->current == &t->leader ? NULL : t->current;
 }
 
-bool vd_in_coroutine(void)
+/* Every coroutine_fn asserts this in debug builds (VD_CO_ASSERT), so it is
+ * one TLS read: a thread that never touched coroutines has current == NULL.
+ * Not inlined and the address hidden, for the same reason as vd_co_thread
+ * (coroutine-int.h). */
+CO_NOINLINE bool vd_in_coroutine(void)
 {
-    VdCoThread *t = vd_co_thread();
+    VdCoThread *t = &co_tls;
 
-    return t->current != &t->leader;
+    __asm__ volatile("" : "+r"(t));
+    return t->current != NULL && t->current != &t->leader;
 }
 
 VdAioContext *vd_co_get_context(const VdCoroutine *co)
@@ -552,6 +559,7 @@ typedef struct CoNewStack {
 
 static void coroutine_fn co_new_stack_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     CoNewStack *s = opaque;
 
     s->entry(s->opaque);
@@ -565,6 +573,7 @@ static void coroutine_fn co_new_stack_entry(void *opaque)
 
 void coroutine_fn vd_co_call_on_new_stack(VdCoroutineEntry *entry, void *opaque)
 {
+    VD_CO_ASSERT();
     CoNewStack s = { .entry = entry, .opaque = opaque, .waiter = vd_co_self() };
     VdCoroutine *co;
 

@@ -55,6 +55,7 @@ static VdCoroutine *co_queue_pop(VdCoroutine **head, VdCoroutine **tail)
 
 void coroutine_fn vd_co_queue_wait(VdCoQueue *q, VdCoMutex *mutex)
 {
+    VD_CO_ASSERT();
     VdCoroutine *self = lock_self("vd_co_queue_wait");
 
     co_queue_push(&q->head, &q->tail, self);
@@ -124,6 +125,7 @@ void vd_co_mutex_destroy(VdCoMutex *m)
 
 void coroutine_fn vd_co_mutex_lock(VdCoMutex *m)
 {
+    VD_CO_ASSERT();
     VdCoroutine *self = lock_self("vd_co_mutex_lock");
 
     if (__atomic_fetch_add(&m->locked, 1, __ATOMIC_ACQUIRE) == 0) {
@@ -146,6 +148,7 @@ void coroutine_fn vd_co_mutex_lock(VdCoMutex *m)
 
 void coroutine_fn vd_co_mutex_unlock(VdCoMutex *m)
 {
+    VD_CO_ASSERT();
     VdCoroutine *next;
 
     assert(m->holder == vd_co_self());
@@ -242,6 +245,7 @@ static void rwlock_grant(VdCoRwLock *l)
 static void coroutine_fn rwlock_wait(VdCoRwLock *l, VdCoroutine *self, bool read,
                                      bool at_head)
 {
+    VD_CO_ASSERT();
     VdCoRwTicket t = { .read = read, .co = self };
 
     rwlock_enqueue(l, &t, at_head);
@@ -251,6 +255,7 @@ static void coroutine_fn rwlock_wait(VdCoRwLock *l, VdCoroutine *self, bool read
 
 void coroutine_fn vd_co_rwlock_rdlock(VdCoRwLock *l)
 {
+    VD_CO_ASSERT();
     VdCoroutine *self = lock_self("vd_co_rwlock_rdlock");
 
     vd_co_mutex_lock(&l->mutex);
@@ -264,6 +269,7 @@ void coroutine_fn vd_co_rwlock_rdlock(VdCoRwLock *l)
 
 void coroutine_fn vd_co_rwlock_wrlock(VdCoRwLock *l)
 {
+    VD_CO_ASSERT();
     VdCoroutine *self = lock_self("vd_co_rwlock_wrlock");
 
     vd_co_mutex_lock(&l->mutex);
@@ -277,6 +283,7 @@ void coroutine_fn vd_co_rwlock_wrlock(VdCoRwLock *l)
 
 void coroutine_fn vd_co_rwlock_unlock(VdCoRwLock *l)
 {
+    VD_CO_ASSERT();
     lock_self("vd_co_rwlock_unlock");
     vd_co_mutex_lock(&l->mutex);
     if (l->writer) {
@@ -291,6 +298,7 @@ void coroutine_fn vd_co_rwlock_unlock(VdCoRwLock *l)
 
 void coroutine_fn vd_co_rwlock_upgrade(VdCoRwLock *l)
 {
+    VD_CO_ASSERT();
     VdCoroutine *self = lock_self("vd_co_rwlock_upgrade");
 
     vd_co_mutex_lock(&l->mutex);
@@ -309,6 +317,7 @@ void coroutine_fn vd_co_rwlock_upgrade(VdCoRwLock *l)
 
 void coroutine_fn vd_co_rwlock_downgrade(VdCoRwLock *l)
 {
+    VD_CO_ASSERT();
     lock_self("vd_co_rwlock_downgrade");
     vd_co_mutex_lock(&l->mutex);
     assert(l->writer && l->readers == 0);

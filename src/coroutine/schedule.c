@@ -154,6 +154,7 @@ void vd_aio_co_wake(VdCoroutine *co)
 
 void coroutine_fn vd_co_move_to(VdAioContext *ctx)
 {
+    VD_CO_ASSERT();
     VdCoroutine *self = vd_co_self();
 
     assert(self);
@@ -172,6 +173,7 @@ static void co_sleep_timer_cb(void *opaque)
 
 void coroutine_fn vd_co_sleep_ns(int64_t ns)
 {
+    VD_CO_ASSERT();
     VdCoroutine *self = vd_co_self();
     VdAioContext *ctx = vd_aio_current();
     VdTimer *timer;
@@ -189,6 +191,7 @@ void coroutine_fn vd_co_sleep_ns(int64_t ns)
 
 void coroutine_fn vd_co_yield_to_loop(void)
 {
+    VD_CO_ASSERT();
     VdCoroutine *self = vd_co_self();
 
     assert(self);
@@ -206,6 +209,7 @@ typedef struct CoRunSync {
 
 static void coroutine_fn co_run_sync_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     CoRunSync *s = opaque;
     VdAioContext *waiter = s->waiter;
 

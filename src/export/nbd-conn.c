@@ -59,6 +59,7 @@ bool nbd_conn_quiescing(NbdConn *c)
  */
 int coroutine_fn nbd_co_read(NbdConn *c, void *buf, size_t len, bool at_boundary)
 {
+    VD_CO_ASSERT();
     uint8_t *p = buf;
     size_t done = 0;
 
@@ -116,6 +117,7 @@ int coroutine_fn nbd_co_read(NbdConn *c, void *buf, size_t len, bool at_boundary
 /* Read and drop len bytes (a payload we refuse). */
 int coroutine_fn nbd_co_skip(NbdConn *c, uint64_t len)
 {
+    VD_CO_ASSERT();
     uint8_t scratch[4096];
 
     while (len) {
@@ -132,6 +134,7 @@ int coroutine_fn nbd_co_skip(NbdConn *c, uint64_t len)
 /* Write all of iov (modified). Caller holds send_lock in transmission. */
 int coroutine_fn nbd_co_writev(NbdConn *c, struct iovec *iov, int niov)
 {
+    VD_CO_ASSERT();
     while (niov > 0) {
         if (c->broken) {
             return -EPIPE;
@@ -169,6 +172,7 @@ int coroutine_fn nbd_co_writev(NbdConn *c, struct iovec *iov, int niov)
 
 int coroutine_fn nbd_co_write(NbdConn *c, const void *buf, size_t len)
 {
+    VD_CO_ASSERT();
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
     return nbd_co_writev(c, &iov, 1);
 }

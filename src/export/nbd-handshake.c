@@ -12,6 +12,7 @@
 static int coroutine_fn nbd_opt_reply(NbdConn *c, uint32_t option, uint32_t type,
                                       const void *data, uint32_t len)
 {
+    VD_CO_ASSERT();
     uint8_t hdr[NBD_OPTION_REPLY_SIZE];
     struct iovec iov[2] = { { hdr, sizeof(hdr) }, { (void *)data, len } };
 
@@ -22,6 +23,7 @@ static int coroutine_fn nbd_opt_reply(NbdConn *c, uint32_t option, uint32_t type
 static int coroutine_fn nbd_opt_error(NbdConn *c, uint32_t option, uint32_t type,
                                       const char *msg)
 {
+    VD_CO_ASSERT();
     return nbd_opt_reply(c, option, type, msg, msg ? (uint32_t)strlen(msg) : 0);
 }
 
@@ -43,6 +45,7 @@ static uint16_t nbd_tx_flags(NbdConn *c, VdExport *exp)
 static int coroutine_fn nbd_send_info(NbdConn *c, uint32_t option, uint16_t type,
                                       const void *data, uint32_t len)
 {
+    VD_CO_ASSERT();
     uint8_t buf[2 + 12];
     uint8_t hdr[NBD_OPTION_REPLY_SIZE];
     struct iovec iov[3] = { { hdr, sizeof(hdr) }, { buf, 2 }, { (void *)data, len } };
@@ -56,6 +59,7 @@ static int coroutine_fn nbd_send_info(NbdConn *c, uint32_t option, uint16_t type
 static int coroutine_fn nbd_opt_info(NbdConn *c, uint32_t option, const uint8_t *data,
                                      uint32_t len, VdExport **chosen)
 {
+    VD_CO_ASSERT();
     NbdInfoRequest ir;
     const char *why;
     int ret;
@@ -121,6 +125,7 @@ static int coroutine_fn nbd_opt_info(NbdConn *c, uint32_t option, const uint8_t 
 static int coroutine_fn nbd_opt_meta(NbdConn *c, uint32_t option, const uint8_t *data,
                                      uint32_t len)
 {
+    VD_CO_ASSERT();
     NbdMetaRequest *mr;
     const char *why;
     int ret;
@@ -176,6 +181,7 @@ out:
 
 static int coroutine_fn nbd_opt_list(NbdConn *c, uint32_t option)
 {
+    VD_CO_ASSERT();
     int ret = 0;
     /* The registry is main-thread data, like this coroutine; only the
      * yields in between need care. */
@@ -215,6 +221,7 @@ static void nbd_handshake_timeout(void *opaque)
 /* Returns the chosen export, or NULL to drop the connection. */
 static VdExport *coroutine_fn nbd_handshake(NbdConn *c)
 {
+    VD_CO_ASSERT();
     uint8_t buf[18];
     VdExport *chosen = NULL;
     int ret;
@@ -340,6 +347,7 @@ static VdExport *coroutine_fn nbd_handshake(NbdConn *c)
 
 static void coroutine_fn nbd_conn_handshake_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NbdConn *c = opaque;
     VdExport *exp = nbd_handshake(c);
 

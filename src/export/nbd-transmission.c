@@ -65,6 +65,7 @@ static void nbd_free_buf(NbdConn *c, void *buf, size_t len)
  * reply that fails to go out later breaks the connection instead. */
 static int coroutine_fn nbd_send_locked(NbdConn *c, struct iovec *iov, int niov)
 {
+    VD_CO_ASSERT();
     size_t total = 0;
     int ret;
 
@@ -117,6 +118,7 @@ static int coroutine_fn nbd_send_locked(NbdConn *c, struct iovec *iov, int niov)
 static int coroutine_fn nbd_send_simple(NbdConn *c, uint64_t cookie, uint32_t err,
                                         void *data, size_t len)
 {
+    VD_CO_ASSERT();
     uint8_t hdr[NBD_SIMPLE_REPLY_SIZE];
     struct iovec iov[2] = { { hdr, sizeof(hdr) }, { data, len } };
 
@@ -127,6 +129,7 @@ static int coroutine_fn nbd_send_simple(NbdConn *c, uint64_t cookie, uint32_t er
 static int coroutine_fn nbd_send_error(NbdConn *c, const NbdRequest *r, uint32_t err,
                                        const char *why)
 {
+    VD_CO_ASSERT();
     if (!c->structured) {
         return nbd_send_simple(c, r->cookie, err, NULL, 0);
     }
@@ -143,6 +146,7 @@ static int coroutine_fn nbd_send_error(NbdConn *c, const NbdRequest *r, uint32_t
 
 static int coroutine_fn nbd_send_result(NbdConn *c, const NbdRequest *r, int ret)
 {
+    VD_CO_ASSERT();
     if (ret < 0) {
         return nbd_send_error(c, r, nbd_errno_to_wire(ret), strerror(-ret));
     }
@@ -151,6 +155,7 @@ static int coroutine_fn nbd_send_result(NbdConn *c, const NbdRequest *r, int ret
 
 static int coroutine_fn nbd_do_read(NbdReq *q)
 {
+    VD_CO_ASSERT();
     NbdConn *c = q->c;
     VdBackend *blk = c->exp->blk;
     const NbdRequest *r = &q->r;
@@ -237,6 +242,7 @@ static int coroutine_fn nbd_do_read(NbdReq *q)
 
 static int coroutine_fn nbd_do_cache(NbdReq *q)
 {
+    VD_CO_ASSERT();
     NbdConn *c = q->c;
     const NbdRequest *r = &q->r;
     size_t chunk = VD_MIN(r->length, 1024 * 1024);
@@ -281,6 +287,7 @@ static void nbd_extent_add(NbdExtents *e, uint32_t len, uint32_t flags)
 
 static int coroutine_fn nbd_do_block_status(NbdReq *q)
 {
+    VD_CO_ASSERT();
     NbdConn *c = q->c;
     const NbdRequest *r = &q->r;
     VdNode *node = vd_backend_node(c->exp->blk);
@@ -361,6 +368,7 @@ static int coroutine_fn nbd_do_block_status(NbdReq *q)
 
 static int coroutine_fn nbd_do_write_zeroes(NbdReq *q)
 {
+    VD_CO_ASSERT();
     const NbdRequest *r = &q->r;
     int flags = 0;
 
@@ -379,6 +387,7 @@ static int coroutine_fn nbd_do_write_zeroes(NbdReq *q)
 
 static void coroutine_fn nbd_request_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     NbdReq *q = opaque;
     NbdConn *c = q->c;
     VdBackend *blk = c->exp->blk;
@@ -449,6 +458,7 @@ out:
 /* Receive loop: one per connection, in the connection's context. */
 void coroutine_fn nbd_conn_recv_loop(void *opaque)
 {
+    VD_CO_ASSERT();
     NbdConn *c = opaque;
     uint8_t hdr[NBD_REQUEST_SIZE];
     int ret;

@@ -51,6 +51,7 @@ static void vhu_conn_arm_io(VhuConn *c)
 
 static void coroutine_fn vhu_conn_wait_io(VhuConn *c, bool write)
 {
+    VD_CO_ASSERT();
     c->io_waiter = vd_co_self();
     c->io_wait_write = write;
     c->ctl_parked = true;
@@ -64,6 +65,7 @@ static void coroutine_fn vhu_conn_wait_io(VhuConn *c, bool write)
 /* Receive exactly len bytes; fds that come along are appended to fds. */
 int coroutine_fn vhu_recv(VhuConn *c, void *buf, size_t len, int *fds, int *nfds)
 {
+    VD_CO_ASSERT();
     size_t done = 0;
 
     while (done < len) {
@@ -114,6 +116,7 @@ int coroutine_fn vhu_recv(VhuConn *c, void *buf, size_t len, int *fds, int *nfds
 
 static int coroutine_fn vhu_send(VhuConn *c, const void *buf, size_t len, int fd)
 {
+    VD_CO_ASSERT();
     size_t done = 0;
 
     while (done < len) {
@@ -154,6 +157,7 @@ static int coroutine_fn vhu_send(VhuConn *c, const void *buf, size_t len, int fd
 int coroutine_fn vhu_reply(VhuConn *c, uint32_t request, const void *payload,
                                   uint32_t size, int fd)
 {
+    VD_CO_ASSERT();
     uint8_t buf[VHU_HDR_SIZE + 512];
     uint32_t hdr[3] = { request, VHU_VERSION | VHU_FLAG_REPLY, size };
 
@@ -165,6 +169,7 @@ int coroutine_fn vhu_reply(VhuConn *c, uint32_t request, const void *payload,
 
 int coroutine_fn vhu_reply_u64(VhuConn *c, uint32_t request, uint64_t v)
 {
+    VD_CO_ASSERT();
     return vhu_reply(c, request, &v, 8, -1);
 }
 

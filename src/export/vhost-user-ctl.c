@@ -131,6 +131,7 @@ static int vhu_set_inflight(VhuConn *c, const VhuParsed *p, int fd, char *err, s
 static int coroutine_fn vhu_get_inflight(VhuConn *c, const VhuParsed *p, char *err,
                                          size_t errlen)
 {
+    VD_CO_ASSERT();
     uint64_t size = vhu_inflight_queue_bytes(p->inflight.queue_size) * p->inflight.num_queues;
     uint8_t out[24] = { 0 };
 
@@ -160,6 +161,7 @@ static int coroutine_fn vhu_get_inflight(VhuConn *c, const VhuParsed *p, char *e
 static int coroutine_fn vhu_handle_vring(VhuConn *c, VhuVq *vq, VhuMsg *m, VhuParsed *p,
                                          char *err, size_t errlen)
 {
+    VD_CO_ASSERT();
     int ret;
 
     switch (m->request) {
@@ -283,6 +285,7 @@ static int coroutine_fn vhu_handle_vring(VhuConn *c, VhuVq *vq, VhuMsg *m, VhuPa
  */
 static int coroutine_fn vhu_handle(VhuConn *c, VhuMsg *m, VhuParsed *p, char *err, size_t errlen)
 {
+    VD_CO_ASSERT();
     VdVhuExport *e = c->exp;
     int ret;
 
@@ -385,6 +388,7 @@ static void vhu_conn_free_bh(void *opaque);
 
 void coroutine_fn vhu_conn_loop(void *opaque)
 {
+    VD_CO_ASSERT();
     VhuConn *c = opaque;
     VhuMsg *m = malloc(sizeof(*m));
     char err[256];

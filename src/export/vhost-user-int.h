@@ -68,6 +68,7 @@ struct VhuVq {
     bool broken;               /* avail index jumped: stop until reset */
     bool throttled;            /* at the in-flight cap */
     bool need_start;           /* read used idx / resume inflight at first run */
+    bool notify_off;           /* kicks suppressed: the context busy-polls the ring */
     uint16_t last_avail;
     uint16_t used_shadow;      /* used idx including unpublished completions */
     uint16_t used_published;

@@ -246,6 +246,7 @@ static bool blk_range_ok(VdVhuExport *e, uint64_t sector, uint64_t bytes)
 
 static uint8_t coroutine_fn blk_discard_wz(VhuReq *r, VdVhuExport *e)
 {
+    VD_CO_ASSERT();
     VirtioBlkDiscardWz d;
 
     if (!e->writable) {
@@ -282,6 +283,7 @@ static uint8_t coroutine_fn blk_discard_wz(VhuReq *r, VdVhuExport *e)
 
 static uint8_t coroutine_fn blk_execute(VhuReq *r)
 {
+    VD_CO_ASSERT();
     VdVhuExport *e = r->vq->conn->exp;
     int ret;
 
@@ -324,6 +326,7 @@ static uint8_t coroutine_fn blk_execute(VhuReq *r)
 
 static void coroutine_fn vhu_req_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     VhuReq *r = opaque;
     uint8_t status = blk_execute(r);
 
@@ -441,6 +444,37 @@ static void vhu_vq_process_packed(VhuVq *vq)
     vd_aio_unplug(c->ctx);
 }
 
+/* Kick suppression while the context busy-polls the ring (QEMU's virtqueue
+ * polling does the same): with EVENT_IDX, avail_event is simply no longer
+ * moved forward, so the driver kicks at most once more (when it passes the
+ * last armed index); without it VRING_USED_F_NO_NOTIFY; packed rings set
+ * the device event area to DISABLE. */
+static void vq_set_notification(VhuVq *vq, bool enable)
+{
+    vq->notify_off = !enable;
+    if (!vq->started || vq->broken || !vq->used) {
+        return;             /* vhu_vq_process arms it when the ring runs */
+    }
+    if (vq->packed) {
+        __atomic_store_n(&vq->used[1], enable ? VRING_PACKED_EVENT_ENABLE
+                                              : VRING_PACKED_EVENT_DISABLE, __ATOMIC_RELAXED);
+    } else if (vq_event_idx(vq)) {
+        if (enable && !vq->need_start) {
+            uint16_t *avail_event = (uint16_t *)&vq_used_ring(vq)[vq->num];
+            __atomic_store_n(avail_event, vq->last_avail, __ATOMIC_RELAXED);
+        }
+    } else {
+        uint16_t f = __atomic_load_n(&vq->used[0], __ATOMIC_RELAXED);
+        f = enable ? (f & ~VRING_USED_F_NO_NOTIFY) : (f | VRING_USED_F_NO_NOTIFY);
+        __atomic_store_n(&vq->used[0], f, __ATOMIC_RELAXED);
+    }
+    if (enable) {
+        /* the store before the loop's look at the ring (vhu_vq_poll): a
+         * driver that missed it has published its entry by then */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+}
+
 /* First run of a ring after its kick fd arrived: take the used index from
  * guest memory and resubmit what the inflight region says was in flight. */
 static void vhu_vq_first_run(VhuVq *vq)
@@ -450,6 +484,8 @@ static void vhu_vq_first_run(VhuVq *vq)
 
     vq->need_start = false;
     vq->used_shadow = vq->used_published = used_idx;
+    /* a previous server may have left notifications off in guest memory */
+    vq_set_notification(vq, !vq->notify_off);
     if (!in) {
         return;
     }
@@ -516,7 +552,10 @@ void vhu_vq_process(VhuVq *vq)
         return;
     }
     if (vq->packed) {
-        vq->need_start = false;    /* the used position comes from SET_VRING_BASE */
+        if (vq->need_start) {      /* the used position comes from SET_VRING_BASE */
+            vq->need_start = false;
+            vq_set_notification(vq, !vq->notify_off);
+        }
         vhu_vq_process_packed(vq);
         return;
     }
@@ -527,8 +566,8 @@ void vhu_vq_process(VhuVq *vq)
     for (;;) {
         uint16_t avail_idx = vq_avail_idx(vq);
         if (avail_idx == vq->last_avail) {
-            if (!vq_event_idx(vq)) {
-                break;
+            if (!vq_event_idx(vq) || vq->notify_off) {
+                break;      /* (polled: the loop re-arms when polling ends) */
             }
             /* Ask for a kick at the next entry, then look again (a driver
              * that added one meanwhile did not see our avail_event). */
@@ -594,6 +633,16 @@ static void vhu_vq_poll_ready(void *opaque)
     vhu_vq_process(opaque);
 }
 
+static void vhu_vq_poll_begin(void *opaque)
+{
+    vq_set_notification(opaque, false);
+}
+
+static void vhu_vq_poll_end(void *opaque)
+{
+    vq_set_notification(opaque, true);
+}
+
 void vhu_vq_set_handler(VhuVq *vq, bool on)
 {
     VhuConn *c = vq->conn;
@@ -605,7 +654,9 @@ void vhu_vq_set_handler(VhuVq *vq, bool on)
     if (on) {
         vd_aio_set_fd_handler(c->ctx, vq->kick_fd, vhu_vq_kick, NULL, vhu_vq_poll,
                               vhu_vq_poll_ready, vq);
+        vd_aio_set_fd_poll(c->ctx, vq->kick_fd, vhu_vq_poll_begin, vhu_vq_poll_end);
     } else {
+        /* (polling mode ends first: notifications are back on) */
         vd_aio_set_fd_handler(c->ctx, vq->kick_fd, NULL, NULL, NULL, NULL, NULL);
     }
     vq->handler_on = on;
@@ -622,6 +673,7 @@ void vhu_close_fd(int *fd)
 /* Wait (ctl coroutine) until no request runs on vq (or on any ring). */
 void coroutine_fn vhu_wait_idle(VhuConn *c, VhuVq *vq)
 {
+    VD_CO_ASSERT();
     for (;;) {
         bool busy = vq ? vq->n_inflight > 0 : __atomic_load_n(&c->n_inflight, __ATOMIC_ACQUIRE) > 0;
         if (!busy) {
@@ -692,6 +744,7 @@ void vhu_inflight_unmap(VhuConn *c)
 /* Stop every ring and forget the device state (RESET_OWNER/DEVICE, disconnect). */
 void coroutine_fn vhu_conn_reset(VhuConn *c)
 {
+    VD_CO_ASSERT();
     c->pause++;
     for (unsigned i = 0; i < c->nvq; i++) {
         vhu_vq_set_handler(&c->vq[i], false);

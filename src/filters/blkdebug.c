@@ -352,6 +352,7 @@ extern const VdDriver vd_driver_blkdebug;
 
 static int coroutine_fn blkdebug_open_options(VdNode *node, VdOpts *options, VdError **errp)
 {
+    VD_CO_ASSERT();
     BlkdebugState *s = node->opaque;
 
     s->state = 1;
@@ -385,6 +386,7 @@ static int coroutine_fn blkdebug_open_options(VdNode *node, VdOpts *options, VdE
 
 static void coroutine_fn blkdebug_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     BlkdebugState *s = node->opaque;
     free(s->rules);
     s->rules = NULL;
@@ -394,6 +396,7 @@ static void coroutine_fn blkdebug_co_close(VdNode *node)
 static int coroutine_fn blkdebug_co_open(VdNode *node, VdOpts *options, int flags,
                                          VdError **errp)
 {
+    VD_CO_ASSERT();
     /* the core does not call co_close after a failed open: free the rules here */
     if (blkdebug_open_options(node, options, errp) < 0 ||
         !vd_open_child(NULL, options, "image", node, VD_CHILD_FILE, false, errp)) {
@@ -408,12 +411,8 @@ static int coroutine_fn blkdebug_co_open(VdNode *node, VdOpts *options, int flag
 static void blkdebug_refresh_limits(VdNode *node)
 {
     BlkdebugState *s = node->opaque;
-    const VdBlockLimits *cl = &node->file->node->bl;
-    node->bl.request_alignment = VD_MAX(cl->request_alignment, (uint32_t)s->align);
-    node->bl.pwrite_zeroes_alignment = cl->pwrite_zeroes_alignment;
-    node->bl.max_pwrite_zeroes = cl->max_pwrite_zeroes;
-    node->bl.pdiscard_alignment = cl->pdiscard_alignment;
-    node->bl.max_pdiscard = cl->max_pdiscard;
+    vd_filter_refresh_limits(node);
+    node->bl.request_alignment = VD_MAX(node->bl.request_alignment, (uint32_t)s->align);
     if (s->max_transfer && (node->bl.max_transfer <= 0 ||
                             (int64_t)s->max_transfer < node->bl.max_transfer)) {
         node->bl.max_transfer = (int64_t)s->max_transfer;
@@ -454,6 +453,7 @@ static void blkdebug_debug_event(VdNode *node, VdDebugEvent ev)
 static int coroutine_fn blkdebug_check(VdNode *node, unsigned iotype, int64_t offset,
                                        int64_t bytes)
 {
+    VD_CO_ASSERT();
     BlkdebugState *s = node->opaque;
 
     for (size_t i = 0; i < s->n_rules; i++) {
@@ -488,6 +488,7 @@ static int coroutine_fn blkdebug_check(VdNode *node, unsigned iotype, int64_t of
 static int coroutine_fn blkdebug_event_check(VdNode *node, VdDebugEvent event, unsigned iotype,
                                              int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     blkdebug_debug_event(node, event);
     return blkdebug_check(node, iotype, offset, bytes);
 }
@@ -495,6 +496,7 @@ static int coroutine_fn blkdebug_event_check(VdNode *node, VdDebugEvent event, u
 static int coroutine_fn blkdebug_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                            VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     int ret = blkdebug_event_check(node, VD_DBG_READ_AIO, BLKDEBUG_IO_READ, offset, bytes);
     if (ret < 0) {
         return ret;
@@ -505,6 +507,7 @@ static int coroutine_fn blkdebug_co_preadv(VdNode *node, int64_t offset, int64_t
 static int coroutine_fn blkdebug_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                             VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     int ret = blkdebug_event_check(node, VD_DBG_WRITE_AIO, BLKDEBUG_IO_WRITE, offset, bytes);
     if (ret < 0) {
         return ret;
@@ -515,6 +518,7 @@ static int coroutine_fn blkdebug_co_pwritev(VdNode *node, int64_t offset, int64_
 static int coroutine_fn blkdebug_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                                   int flags)
 {
+    VD_CO_ASSERT();
     int ret = blkdebug_event_check(node, VD_DBG_PWRITEV_ZERO, BLKDEBUG_IO_WRITE_ZEROES, offset, bytes);
     if (ret < 0) {
         return ret;
@@ -524,6 +528,7 @@ static int coroutine_fn blkdebug_co_pwrite_zeroes(VdNode *node, int64_t offset, 
 
 static int coroutine_fn blkdebug_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     int ret = blkdebug_event_check(node, VD_DBG_PDISCARD, BLKDEBUG_IO_DISCARD, offset, bytes);
     if (ret < 0) {
         return ret;
@@ -534,6 +539,7 @@ static int coroutine_fn blkdebug_co_pdiscard(VdNode *node, int64_t offset, int64
 /* The core flushes the child after this returns 0 (and never if it fails). */
 static int coroutine_fn blkdebug_co_flush_to_os(VdNode *node)
 {
+    VD_CO_ASSERT();
     blkdebug_debug_event(node, VD_DBG_FLUSH_TO_OS);
     blkdebug_debug_event(node, VD_DBG_FLUSH_TO_DISK);
     return blkdebug_check(node, BLKDEBUG_IO_FLUSH, 0, 0);
@@ -543,22 +549,12 @@ static int coroutine_fn blkdebug_co_block_status(VdNode *node, bool want_zero, i
                                                  int64_t bytes, int64_t *pnum, int64_t *map,
                                                  VdNode **file)
 {
+    VD_CO_ASSERT();
     int ret = blkdebug_check(node, BLKDEBUG_IO_BLOCK_STATUS, offset, bytes);
     if (ret < 0) {
         return ret;
     }
     return vd_filter_child_block_status(node, want_zero, offset, bytes, pnum, map, file);
-}
-
-static int coroutine_fn blkdebug_co_truncate(VdNode *node, int64_t offset, bool exact,
-                                             VdPrealloc prealloc, VdError **errp)
-{
-    return vd_co_truncate(node->file->node, offset, exact, prealloc, errp);
-}
-
-static int64_t coroutine_fn blkdebug_co_getlength(VdNode *node)
-{
-    return vd_node_getlength(node->file->node);
 }
 
 const VdDriver vd_driver_blkdebug = {
@@ -577,7 +573,7 @@ const VdDriver vd_driver_blkdebug = {
     .co_pdiscard = blkdebug_co_pdiscard,
     .co_flush_to_os = blkdebug_co_flush_to_os,
     .co_block_status = blkdebug_co_block_status,
-    .co_truncate = blkdebug_co_truncate,
-    .co_getlength = blkdebug_co_getlength,
+    .co_truncate = vd_filter_co_truncate,
+    .co_getlength = vd_filter_co_getlength,
     .debug_event = blkdebug_debug_event,
 };

@@ -127,6 +127,7 @@ static int lw_open_side_file(const char *path, VdError **errp)
 static int coroutine_fn log_writes_co_open(VdNode *node, VdOpts *options, int flags,
                                            VdError **errp)
 {
+    VD_CO_ASSERT();
     LogWritesState *s = node->opaque;
     char *path = NULL;
 
@@ -163,6 +164,7 @@ static int coroutine_fn log_writes_co_open(VdNode *node, VdOpts *options, int fl
 
 static void coroutine_fn log_writes_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     LogWritesState *s = node->opaque;
     if (s->log_fd >= 0) {
         close(s->log_fd);
@@ -170,16 +172,6 @@ static void coroutine_fn log_writes_co_close(VdNode *node)
     }
     vd_write_log_free(s->log);
     s->log = NULL;
-}
-
-static void log_writes_refresh_limits(VdNode *node)
-{
-    const VdBlockLimits *cl = &node->file->node->bl;
-    node->bl.request_alignment = cl->request_alignment;
-    node->bl.pwrite_zeroes_alignment = cl->pwrite_zeroes_alignment;
-    node->bl.max_pwrite_zeroes = cl->max_pwrite_zeroes;
-    node->bl.pdiscard_alignment = cl->pdiscard_alignment;
-    node->bl.max_pdiscard = cl->max_pdiscard;
 }
 
 /*
@@ -200,12 +192,14 @@ static int log_writes_record(VdNode *node, const VdWriteLogEntry *e)
 static int coroutine_fn log_writes_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                              VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     return vd_co_preadv(node->file->node, offset, bytes, qiov, qiov_offset, flags);
 }
 
 static int coroutine_fn log_writes_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                               VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     int ret = vd_co_pwritev(node->file->node, offset, bytes, qiov, qiov_offset, flags);
     if (ret < 0) {
         return ret;
@@ -227,6 +221,7 @@ static int coroutine_fn log_writes_co_pwritev(VdNode *node, int64_t offset, int6
 static int coroutine_fn log_writes_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                                     int flags)
 {
+    VD_CO_ASSERT();
     int ret = vd_co_pwrite_zeroes(node->file->node, offset, bytes, flags);
     if (ret < 0) {
         return ret;    /* -ENOTSUP: the core writes zeros through co_pwritev, logged there */
@@ -239,6 +234,7 @@ static int coroutine_fn log_writes_co_pwrite_zeroes(VdNode *node, int64_t offset
 
 static int coroutine_fn log_writes_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     int ret = vd_co_pdiscard(node->file->node, offset, bytes);
     if (ret < 0) {
         return ret;
@@ -250,6 +246,7 @@ static int coroutine_fn log_writes_co_pdiscard(VdNode *node, int64_t offset, int
 /* The core calls this first, then flushes the child, then co_flush_to_disk. */
 static int coroutine_fn log_writes_co_flush_to_os(VdNode *node)
 {
+    VD_CO_ASSERT();
     LogWritesState *s = node->opaque;
     s->flush_start = s->n_entries;
     return 0;
@@ -258,6 +255,7 @@ static int coroutine_fn log_writes_co_flush_to_os(VdNode *node)
 /* The child's flush succeeded: entries completed before the flush began are stable. */
 static int coroutine_fn log_writes_co_flush_to_disk(VdNode *node)
 {
+    VD_CO_ASSERT();
     LogWritesState *s = node->opaque;
     VdWriteLogEntry e = { .kind = VD_WLOG_FLUSH, .covers = s->flush_start };
     return log_writes_record(node, &e);
@@ -267,12 +265,14 @@ static int coroutine_fn log_writes_co_block_status(VdNode *node, bool want_zero,
                                                    int64_t bytes, int64_t *pnum, int64_t *map,
                                                    VdNode **file)
 {
+    VD_CO_ASSERT();
     return vd_filter_child_block_status(node, want_zero, offset, bytes, pnum, map, file);
 }
 
 static int coroutine_fn log_writes_co_truncate(VdNode *node, int64_t offset, bool exact,
                                                VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     int ret = vd_co_truncate(node->file->node, offset, exact, prealloc, errp);
     if (ret < 0) {
         return ret;
@@ -287,17 +287,12 @@ static int coroutine_fn log_writes_co_truncate(VdNode *node, int64_t offset, boo
     return ret;
 }
 
-static int64_t coroutine_fn log_writes_co_getlength(VdNode *node)
-{
-    return vd_node_getlength(node->file->node);
-}
-
 const VdDriver vd_driver_log_writes = {
     .format_name = "log-writes",
     .instance_size = sizeof(LogWritesState),
     .co_open = log_writes_co_open,
     .co_close = log_writes_co_close,
-    .refresh_limits = log_writes_refresh_limits,
+    .refresh_limits = vd_filter_refresh_limits,
     .co_preadv = log_writes_co_preadv,
     .co_pwritev = log_writes_co_pwritev,
     .co_pwrite_zeroes = log_writes_co_pwrite_zeroes,
@@ -306,7 +301,7 @@ const VdDriver vd_driver_log_writes = {
     .co_flush_to_disk = log_writes_co_flush_to_disk,
     .co_block_status = log_writes_co_block_status,
     .co_truncate = log_writes_co_truncate,
-    .co_getlength = log_writes_co_getlength,
+    .co_getlength = vd_filter_co_getlength,
 };
 
 VdWriteLog *vd_log_writes_get_log(VdNode *node)

@@ -497,6 +497,7 @@ void vd_throttle_member_unregister(VdThrottleMember *m)
 void coroutine_fn vd_throttle_member_intercept(VdThrottleMember *m, int64_t bytes,
                                                bool is_write)
 {
+    VD_CO_ASSERT();
     VdThrottleGroup *g = m->group;
     int dir = is_write;
 

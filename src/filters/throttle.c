@@ -28,6 +28,7 @@ typedef struct ThrottleNodeState {
 static int coroutine_fn throttle_co_open(VdNode *node, VdOpts *options, int flags,
                                          VdError **errp)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     char *group = NULL;
 
@@ -57,23 +58,15 @@ static int coroutine_fn throttle_co_open(VdNode *node, VdOpts *options, int flag
 
 static void coroutine_fn throttle_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_unregister(&s->member);
-}
-
-static void throttle_refresh_limits(VdNode *node)
-{
-    const VdBlockLimits *cl = &node->file->node->bl;
-    node->bl.request_alignment = cl->request_alignment;
-    node->bl.pwrite_zeroes_alignment = cl->pwrite_zeroes_alignment;
-    node->bl.max_pwrite_zeroes = cl->max_pwrite_zeroes;
-    node->bl.pdiscard_alignment = cl->pdiscard_alignment;
-    node->bl.max_pdiscard = cl->max_pdiscard;
 }
 
 static int coroutine_fn throttle_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                            VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, false);
     return vd_co_preadv(node->file->node, offset, bytes, qiov, qiov_offset, flags);
@@ -82,6 +75,7 @@ static int coroutine_fn throttle_co_preadv(VdNode *node, int64_t offset, int64_t
 static int coroutine_fn throttle_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                             VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, true);
     return vd_co_pwritev(node->file->node, offset, bytes, qiov, qiov_offset, flags);
@@ -90,6 +84,7 @@ static int coroutine_fn throttle_co_pwritev(VdNode *node, int64_t offset, int64_
 static int coroutine_fn throttle_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                                   int flags)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, true);
     return vd_co_pwrite_zeroes(node->file->node, offset, bytes, flags);
@@ -97,6 +92,7 @@ static int coroutine_fn throttle_co_pwrite_zeroes(VdNode *node, int64_t offset, 
 
 static int coroutine_fn throttle_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, true);
     return vd_co_pdiscard(node->file->node, offset, bytes);
@@ -106,6 +102,7 @@ static int coroutine_fn throttle_co_pwritev_compressed(VdNode *node, int64_t off
                                                        int64_t bytes, VdIOVector *qiov,
                                                        size_t qiov_offset)
 {
+    VD_CO_ASSERT();
     ThrottleNodeState *s = node->opaque;
     vd_throttle_member_intercept(&s->member, bytes, true);
     return vd_co_pwritev(node->file->node, offset, bytes, qiov, qiov_offset,
@@ -116,6 +113,7 @@ static int coroutine_fn throttle_co_block_status(VdNode *node, bool want_zero, i
                                                  int64_t bytes, int64_t *pnum, int64_t *map,
                                                  VdNode **file)
 {
+    VD_CO_ASSERT();
     if (!want_zero) {
         /* a reader looking for holes it need not read: it must read here */
         *pnum = bytes;
@@ -124,17 +122,6 @@ static int coroutine_fn throttle_co_block_status(VdNode *node, bool want_zero, i
         return VD_BLOCK_DATA | VD_BLOCK_OFFSET_VALID;
     }
     return vd_filter_child_block_status(node, want_zero, offset, bytes, pnum, map, file);
-}
-
-static int coroutine_fn throttle_co_truncate(VdNode *node, int64_t offset, bool exact,
-                                             VdPrealloc prealloc, VdError **errp)
-{
-    return vd_co_truncate(node->file->node, offset, exact, prealloc, errp);
-}
-
-static int64_t coroutine_fn throttle_co_getlength(VdNode *node)
-{
-    return vd_node_getlength(node->file->node);
 }
 
 static void throttle_drain_begin(VdNode *node)
@@ -167,15 +154,15 @@ const VdDriver vd_driver_throttle = {
     .is_filter = true,
     .co_open = throttle_co_open,
     .co_close = throttle_co_close,
-    .refresh_limits = throttle_refresh_limits,
+    .refresh_limits = vd_filter_refresh_limits,
     .co_preadv = throttle_co_preadv,
     .co_pwritev = throttle_co_pwritev,
     .co_pwrite_zeroes = throttle_co_pwrite_zeroes,
     .co_pdiscard = throttle_co_pdiscard,
     .co_pwritev_compressed = throttle_co_pwritev_compressed,
     .co_block_status = throttle_co_block_status,
-    .co_truncate = throttle_co_truncate,
-    .co_getlength = throttle_co_getlength,
+    .co_truncate = vd_filter_co_truncate,
+    .co_getlength = vd_filter_co_getlength,
     .drain_begin = throttle_drain_begin,
     .drain_end = throttle_drain_end,
     .detach_aio_context = throttle_detach_aio_context,

@@ -64,6 +64,18 @@ static bool in_mem(const void *p, size_t len)
     return false;
 }
 
+/* The guest memory: the input's bytes in two regions, region 0 at guest
+ * 0x10000 and region 1 right after it (buffers may cross). */
+static void fuzz_mem_fill(VhuMem *mem, const uint8_t *data, size_t size)
+{
+    memset(g_mem, 0, sizeof(g_mem));
+    memcpy(g_mem, data, size < sizeof(g_mem) ? size : sizeof(g_mem));
+    mem->nregions = 2;
+    mem->regions[0] = (VhuMemMap){ 0x10000, FUZZ_MEM, 0x7f0000000000ull, g_mem[0], NULL, 0 };
+    mem->regions[1] = (VhuMemMap){ 0x10000 + FUZZ_MEM, FUZZ_MEM, 0x7f0000100000ull, g_mem[1],
+                                   NULL, 0 };
+}
+
 static void fuzz_chain(const uint8_t *data, size_t size)
 {
     static VhuChain c;
@@ -78,13 +90,7 @@ static void fuzz_chain(const uint8_t *data, size_t size)
     bool indirect = data[3] & 1;
     data += 4;
     size -= 4;
-    memset(g_mem, 0, sizeof(g_mem));
-    memcpy(g_mem, data, size < sizeof(g_mem) ? size : sizeof(g_mem));
-    /* region 0: guest 0x10000, region 1 right after it (buffers may cross) */
-    mem.nregions = 2;
-    mem.regions[0] = (VhuMemMap){ 0x10000, FUZZ_MEM, 0x7f0000000000ull, g_mem[0], NULL, 0 };
-    mem.regions[1] = (VhuMemMap){ 0x10000 + FUZZ_MEM, FUZZ_MEM, 0x7f0000100000ull, g_mem[1],
-                                  NULL, 0 };
+    fuzz_mem_fill(&mem, data, size);
     const VringDesc *table = (const VringDesc *)g_mem[0];
     if (vhu_chain_walk(&mem, table, num, head, indirect, &c, err, sizeof(err)) == 0) {
         uint64_t out = 0, in = 0;
@@ -124,12 +130,7 @@ static void fuzz_packed(const uint8_t *data, size_t size)
     bool indirect = data[3] & 1;
     data += 4;
     size -= 4;
-    memset(g_mem, 0, sizeof(g_mem));
-    memcpy(g_mem, data, size < sizeof(g_mem) ? size : sizeof(g_mem));
-    mem.nregions = 2;
-    mem.regions[0] = (VhuMemMap){ 0x10000, FUZZ_MEM, 0x7f0000000000ull, g_mem[0], NULL, 0 };
-    mem.regions[1] = (VhuMemMap){ 0x10000 + FUZZ_MEM, FUZZ_MEM, 0x7f0000100000ull, g_mem[1],
-                                  NULL, 0 };
+    fuzz_mem_fill(&mem, data, size);
     uint16_t ndescs, id;
     int ret = vhu_packed_walk(&mem, (const VringPackedDesc *)g_mem[0], num, pos, indirect, &c,
                               &ndescs, &id, err, sizeof(err));

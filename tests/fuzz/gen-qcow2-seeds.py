@@ -4,13 +4,8 @@ seed 2000 times) of fuzz-qcow2 (tests/fuzz/corpus/qcow2/*.txt).
 Each seed is "hex:" followed by patches (offset: 2 bytes, length: 1 byte,
 data) applied to the fuzzer's built-in template image (512-byte clusters;
 see fuzz-qcow2.c for its layout)."""
-import os
-import sys
-
-
-def patch(off, data):
-    return '%04x %02x %s' % (off, len(data), data.hex())
-
+from seedgen import patch
+import seedgen
 
 SEEDS = {
     'valid': [],
@@ -24,12 +19,7 @@ SEEDS = {
 
 
 def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), 'corpus', 'qcow2')
-    os.makedirs(out, exist_ok=True)
-    for name, patches in SEEDS.items():
-        with open(os.path.join(out, name + '.txt'), 'w') as f:
-            f.write('hex:' + '\n'.join(patches) + '\n')
+    seedgen.write_corpus('qcow2', SEEDS)
 
 
 if __name__ == '__main__':

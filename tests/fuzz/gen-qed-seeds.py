@@ -3,15 +3,12 @@
 Each seed is "hex:" followed by patches (offset: 2 bytes, length: 1 byte,
 data) applied to the fuzzer's built-in template image (4 KiB clusters,
 table_size 1; see fuzz-qed.c for its layout)."""
-import os
 import struct
-import sys
+
+from seedgen import patch
+import seedgen
 
 CS = 4096
-
-
-def patch(off, data):
-    return '%04x %02x %s' % (off, len(data), data.hex())
 
 
 def le64(v):
@@ -37,12 +34,7 @@ SEEDS = {
 
 
 def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), 'corpus', 'qed')
-    os.makedirs(out, exist_ok=True)
-    for name, patches in SEEDS.items():
-        with open(os.path.join(out, name + '.txt'), 'w') as f:
-            f.write('hex:' + '\n'.join(patches) + '\n')
+    seedgen.write_corpus('qed', SEEDS)
 
 
 if __name__ == '__main__':

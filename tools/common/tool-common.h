@@ -24,6 +24,9 @@ void tool_size_to_str(double value, char *buf, size_t size);
 /* qemu-img's human size in info output: "1 GiB", "196 KiB", "1.5 MiB". */
 void tool_size_to_str_img(uint64_t value, char *buf, size_t size);
 
+/* Put a copy of every top-level entry of src into dst (src's win). */
+void tool_opts_put_all(VdOpts *dst, const VdOpts *src);
+
 /* Print v as pretty JSON in qemu's order followed by a newline. */
 void tool_print_json(FILE *out, const VdJson *v);
 

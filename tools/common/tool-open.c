@@ -33,7 +33,7 @@ void tool_error_err(VdError *err, const char *prefix)
     vd_error_free(err);
 }
 
-static void opts_merge_over(VdOpts *dst, const VdOpts *src)
+void tool_opts_put_all(VdOpts *dst, const VdOpts *src)
 {
     for (size_t i = 0; i < vd_json_object_size(src); i++) {
         VdJson *val;
@@ -102,7 +102,7 @@ int tool_open_prepare(const ToolOpenSpec *spec, ToolOpenPlan *plan, VdError **er
         if (!opts) {
             opts = vd_json_object();
         }
-        opts_merge_over(opts, spec->extra);
+        tool_opts_put_all(opts, spec->extra);
     }
     if (spec->format) {
         if (!opts) {

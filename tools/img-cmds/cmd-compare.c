@@ -97,6 +97,70 @@ static int cmp_check_empty(CmpImage *im, int64_t offset, int64_t end, uint8_t *b
     return 0;
 }
 
+/* Compare n bytes at offset of both images, of which at most one (zero1,
+ * zero2) is known to read as zeros. Returns the first differing sector's
+ * offset, -1 if none, -2 on a read error (printed). */
+static int64_t cmp_chunk(CmpImage im[2], int64_t offset, int64_t n, bool zero1, bool zero2,
+                         uint8_t *buf1, uint8_t *buf2)
+{
+    if (zero1) {
+        return cmp_read(&im[1], offset, n, buf2) < 0 ? -2 : cmp_first_diff(buf2, NULL, offset, n);
+    }
+    if (zero2) {
+        return cmp_read(&im[0], offset, n, buf1) < 0 ? -2 : cmp_first_diff(buf1, NULL, offset, n);
+    }
+    if (cmp_read(&im[0], offset, n, buf1) < 0 || cmp_read(&im[1], offset, n, buf2) < 0) {
+        return -2;
+    }
+    return cmp_first_diff(buf1, buf2, offset, n);
+}
+
+/* Compare [0, common), the range both images have, skipping what block
+ * status says reads as zeros on both sides. Returns 0 identical, 1
+ * different (said unless quiet), 2 error (printed). */
+static int cmp_common(CmpImage im[2], int64_t common, bool strict, bool quiet, uint8_t *buf1,
+                      uint8_t *buf2, ImgProgress *prog, int64_t total)
+{
+    int64_t offset = 0;
+    while (offset < common) {
+        int64_t len = VD_MIN(common - offset, (int64_t)1 << 30), n1, n2;
+        int raw1, raw2;
+        int st1 = cmp_status(&im[0], offset, len, &n1, &raw1);
+        if (st1 < 0) {
+            return 2;
+        }
+        int st2 = cmp_status(&im[1], offset, len, &n2, &raw2);
+        if (st2 < 0) {
+            return 2;
+        }
+        int64_t n = VD_MIN(n1, n2);
+        bool zero1 = (st1 & VD_BLOCK_ZERO) && !(st1 & VD_BLOCK_DATA);
+        bool zero2 = (st2 & VD_BLOCK_ZERO) && !(st2 & VD_BLOCK_DATA);
+        if (strict && raw1 != raw2) {
+            if (!quiet) {
+                printf("Strict mode: Offset %" PRId64 " block status mismatch!\n", offset);
+            }
+            return 1;
+        }
+        if (!(zero1 && zero2)) {
+            n = VD_MIN(n, CMP_CHUNK);
+            int64_t d = cmp_chunk(im, offset, n, zero1, zero2, buf1, buf2);
+            if (d == -2) {
+                return 2;
+            }
+            if (d >= 0) {
+                if (!quiet) {
+                    printf("Content mismatch at offset %" PRId64 "!\n", d);
+                }
+                return 1;
+            }
+        }
+        offset += n;
+        img_progress_update(prog, offset * 100.0 / total);
+    }
+    return 0;
+}
+
 int img_cmd_compare(int argc, char **argv)
 {
     const struct option *longopts = img_std_longopts;
@@ -172,58 +236,9 @@ int img_cmd_compare(int argc, char **argv)
     }
     img_progress_init(&prog, progress, 2.0);
     prog_started = true;
-    int64_t offset = 0;
-    while (offset < common) {
-        int64_t len = VD_MIN(common - offset, (int64_t)1 << 30), n1, n2;
-        int raw1, raw2;
-        int st1 = cmp_status(&im[0], offset, len, &n1, &raw1);
-        if (st1 < 0) {
-            goto out;
-        }
-        int st2 = cmp_status(&im[1], offset, len, &n2, &raw2);
-        if (st2 < 0) {
-            goto out;
-        }
-        int64_t n = VD_MIN(n1, n2);
-        bool zero1 = (st1 & VD_BLOCK_ZERO) && !(st1 & VD_BLOCK_DATA);
-        bool zero2 = (st2 & VD_BLOCK_ZERO) && !(st2 & VD_BLOCK_DATA);
-        if (strict && raw1 != raw2) {
-            if (!quiet) {
-                printf("Strict mode: Offset %" PRId64 " block status mismatch!\n", offset);
-            }
-            ret = 1;
-            goto out;
-        }
-        if (!(zero1 && zero2)) {
-            n = VD_MIN(n, CMP_CHUNK);
-            int64_t d;
-            if (zero1) {
-                if (cmp_read(&im[1], offset, n, buf2) < 0) {
-                    goto out;
-                }
-                d = cmp_first_diff(buf2, NULL, offset, n);
-            } else if (zero2) {
-                if (cmp_read(&im[0], offset, n, buf1) < 0) {
-                    goto out;
-                }
-                d = cmp_first_diff(buf1, NULL, offset, n);
-            } else {
-                if (cmp_read(&im[0], offset, n, buf1) < 0 ||
-                    cmp_read(&im[1], offset, n, buf2) < 0) {
-                    goto out;
-                }
-                d = cmp_first_diff(buf1, buf2, offset, n);
-            }
-            if (d >= 0) {
-                if (!quiet) {
-                    printf("Content mismatch at offset %" PRId64 "!\n", d);
-                }
-                ret = 1;
-                goto out;
-            }
-        }
-        offset += n;
-        img_progress_update(&prog, offset * 100.0 / total);
+    ret = cmp_common(im, common, strict, quiet, buf1, buf2, &prog, total);
+    if (ret != 0) {
+        goto out;
     }
     if (im[0].size != im[1].size) {
         CmpImage *longer = im[0].size > im[1].size ? &im[0] : &im[1];

@@ -77,6 +77,7 @@ static ConvSource *conv_source_at(Convert *s, int64_t off)
  * (within that source) in *pnum, or -errno. Coroutine, under s->lock. */
 static int coroutine_fn conv_status(Convert *s, int64_t off, int64_t *pnum)
 {
+    VD_CO_ASSERT();
     ConvSource *src = conv_source_at(s, off);
     int64_t soff = off - src->start;
     int64_t len = VD_MIN(src->size - soff, CONV_MAX_SKIP);
@@ -110,6 +111,7 @@ static int coroutine_fn conv_status(Convert *s, int64_t off, int64_t *pnum)
 /* Hand out the next chunk [*off, *off + *n). Returns CONV_* or -errno. */
 static int coroutine_fn conv_next_chunk(Convert *s, int64_t *off, int64_t *n)
 {
+    VD_CO_ASSERT();
     int64_t pnum;
     int kind;
     *off = s->next;
@@ -155,6 +157,7 @@ static int64_t conv_now_ns(void)
 static int coroutine_fn conv_read_salvage(ConvSource *src, int64_t soff, int64_t len,
                                           uint8_t *buf)
 {
+    VD_CO_ASSERT();
     for (int64_t pos = 0; pos < len; pos += 512) {
         int64_t n = VD_MIN(512, len - pos);
         VdIOVector qiov;
@@ -171,6 +174,7 @@ static int coroutine_fn conv_read_salvage(ConvSource *src, int64_t soff, int64_t
 
 static int coroutine_fn conv_read(Convert *s, int64_t off, int64_t n, uint8_t *buf)
 {
+    VD_CO_ASSERT();
     while (n > 0) {
         ConvSource *src = conv_source_at(s, off);
         int64_t soff = off - src->start;
@@ -193,6 +197,7 @@ static int coroutine_fn conv_read(Convert *s, int64_t off, int64_t n, uint8_t *b
 
 static int coroutine_fn conv_write_zeroes(Convert *s, int64_t off, int64_t n)
 {
+    VD_CO_ASSERT();
     if (s->has_zero_init && !s->target_has_backing) {
         return 0;
     }
@@ -202,6 +207,7 @@ static int coroutine_fn conv_write_zeroes(Convert *s, int64_t off, int64_t n)
 static int coroutine_fn conv_write_data(Convert *s, int64_t off, int64_t n, uint8_t *buf,
                                         int flags)
 {
+    VD_CO_ASSERT();
     VdIOVector qiov;
     vd_iov_init_buf(&qiov, buf, n);
     return vd_backend_co_pwritev(s->dst, off, n, &qiov, flags);
@@ -211,6 +217,7 @@ static int coroutine_fn conv_write_data(Convert *s, int64_t off, int64_t n, uint
  * offsets) become holes or zero writes, the rest is written. */
 static int coroutine_fn conv_write_sparse(Convert *s, int64_t off, int64_t n, uint8_t *buf)
 {
+    VD_CO_ASSERT();
     if (s->compressed) {
         if (vd_buffer_is_zero(buf, n)) {
             return conv_write_zeroes(s, off, n);
@@ -269,6 +276,7 @@ static void conv_fail(Convert *s, int ret)
 
 static void coroutine_fn conv_worker(void *opaque)
 {
+    VD_CO_ASSERT();
     ConvWorker *w = opaque;
     Convert *s = w->s;
 
@@ -339,6 +347,7 @@ static void coroutine_fn conv_worker(void *opaque)
 
 static void coroutine_fn conv_main(void *opaque)
 {
+    VD_CO_ASSERT();
     Convert *s = opaque;
     s->main_co = vd_co_self();
     s->running = s->nworkers;

@@ -25,6 +25,7 @@ typedef struct MapStatus {
  * or zeros; depth counts the layers passed. Coroutine in top's context. */
 static void coroutine_fn map_status_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     MapStatus *s = opaque;
     VdNode *node = s->top, *file = NULL;
     int64_t pnum = 0, map = 0, bytes = s->bytes;

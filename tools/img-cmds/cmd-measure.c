@@ -45,6 +45,36 @@ static int measure_raw_like(const VdOpts *opts, uint64_t *size)
     return 0;
 }
 
+/* The filename and --size combinations qemu-img measure accepts (said if not). */
+static bool measure_args_ok(int argc, const char *filename, int64_t img_size)
+{
+    if (optind < argc - 1) {
+        img_error("At most one filename argument is allowed.");
+        return false;
+    }
+    if (filename && img_size != -1) {
+        img_error("--size N cannot be used together with a filename.");
+        return false;
+    }
+    if (!filename && img_size == -1) {
+        img_error("Either --size N or one filename must be specified.");
+        return false;
+    }
+    return true;
+}
+
+/* A qcow2 v3 target of a qcow2 source carries the source's persistent
+ * bitmaps (none here: vdisk has no dirty bitmaps), reported as qemu-img
+ * does. */
+static bool measure_has_bitmaps(const VdDriverInfo *drv, VdOpts *opts, VdNode *in)
+{
+    VdJson *compat = vd_opts_lookup(opts, "compat");
+    const char *cv = compat ? vd_json_get_string(compat) : NULL;
+    return in && !strcmp(drv->name, "qcow2") &&
+           !strcmp(vd_node_format_name(vd_node_format_node(in)), "qcow2") &&
+           !(cv && (!strcmp(cv, "0.10") || !strcmp(cv, "v2")));
+}
+
 int img_cmd_measure(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -104,18 +134,7 @@ int img_cmd_measure(int argc, char **argv)
         }
     }
     const char *filename = optind < argc ? argv[optind] : NULL;
-    if (optind < argc - 1) {
-        img_error("At most one filename argument is allowed.");
-        free(options);
-        return 1;
-    }
-    if (filename && img_size != -1) {
-        img_error("--size N cannot be used together with a filename.");
-        free(options);
-        return 1;
-    }
-    if (!filename && img_size == -1) {
-        img_error("Either --size N or one filename must be specified.");
+    if (!measure_args_ok(argc, filename, img_size)) {
         free(options);
         return 1;
     }
@@ -169,13 +188,7 @@ int img_cmd_measure(int argc, char **argv)
         goto out;
     }
     if (mret == 0) {
-        /* A qcow2 v3 target carries the source's persistent bitmaps (none
-         * here: vdisk has no dirty bitmaps), reported as qemu-img does. */
-        VdJson *compat = vd_opts_lookup(opts, "compat");
-        const char *cv = compat ? vd_json_get_string(compat) : NULL;
-        has_bitmaps = in && !strcmp(drv.name, "qcow2") &&
-                      !strcmp(vd_node_format_name(vd_node_format_node(in)), "qcow2") &&
-                      !(cv && (!strcmp(cv, "0.10") || !strcmp(cv, "v2")));
+        has_bitmaps = measure_has_bitmaps(&drv, opts, in);
     } else if (drv.is_format || !strcmp(drv.name, "file")) {
         uint64_t size;
         if (measure_raw_like(opts, &size) < 0) {

@@ -282,11 +282,23 @@ static void io_open_help(void)
            "\n");
 }
 
+/* The option string of open's and reopen's -o as an option tree, or NULL
+ * (the error said). */
+static VdOpts *io_parse_extra(const char *arg)
+{
+    VdError *err = NULL;
+    VdOpts *parsed = vd_opts_parse(arg, NULL, &err);
+    if (!parsed) {
+        vd_error_report_err(vd_error_get_progname(), err);
+        vd_error_free(err);
+    }
+    return parsed;
+}
+
 static int io_open_f(int argc, char **argv)
 {
     IoOpenOpts o = { .cache = "writethrough" };
     VdOpts *extra = NULL;
-    VdError *err = NULL;
     int c, ret;
 
     while ((c = getopt(argc, argv, "rsnUkt:d:i:o:")) != -1) {
@@ -300,21 +312,15 @@ static int io_open_f(int argc, char **argv)
         case 't': o.cache = optarg; break;
         case 'd': o.discard = optarg; break;
         case 'o': {
-            VdOpts *parsed = vd_opts_parse(optarg, NULL, &err);
+            VdOpts *parsed = io_parse_extra(optarg);
             if (!parsed) {
-                vd_error_report_err(vd_error_get_progname(), err);
-                vd_error_free(err);
                 vd_json_unref(extra);
                 return -EINVAL;
             }
             if (!extra) {
                 extra = parsed;
             } else {
-                for (size_t i = 0; i < vd_json_object_size(parsed); i++) {
-                    VdJson *val;
-                    const char *k = vd_json_object_entry(parsed, i, &val);
-                    vd_json_object_put(extra, k, vd_json_ref(val));
-                }
+                tool_opts_put_all(extra, parsed);
                 vd_json_unref(parsed);
             }
             break;
@@ -349,6 +355,7 @@ typedef struct IoSleep {
 
 static void coroutine_fn io_sleep_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     IoSleep *s = opaque;
     vd_co_sleep_ns(s->ns);
 }
@@ -396,7 +403,6 @@ static int io_reopen_f(int argc, char **argv)
 {
     IoOpenOpts o = g_last_open.o;
     VdOpts *extra = NULL;
-    VdError *err = NULL;
     int c, ret, f;
     bool wt, rflag = false, wflag = false;
     const char *cache = NULL;
@@ -407,10 +413,8 @@ static int io_reopen_f(int argc, char **argv)
         case 'r': rflag = true; break;
         case 'w': wflag = true; break;
         case 'o': {
-            VdOpts *parsed = vd_opts_parse(optarg, NULL, &err);
+            VdOpts *parsed = io_parse_extra(optarg);
             if (!parsed) {
-                vd_error_report_err(vd_error_get_progname(), err);
-                vd_error_free(err);
                 vd_json_unref(extra);
                 return -EINVAL;
             }
@@ -451,11 +455,7 @@ static int io_reopen_f(int argc, char **argv)
             merged = extra;
             extra = NULL;
         } else {
-            for (size_t i = 0; i < vd_json_object_size(extra); i++) {
-                VdJson *val;
-                const char *k = vd_json_object_entry(extra, i, &val);
-                vd_json_object_put(merged, k, vd_json_ref(val));
-            }
+            tool_opts_put_all(merged, extra);
         }
     }
     vd_json_unref(extra);

@@ -239,6 +239,7 @@ typedef struct IoSync {
 
 static void coroutine_fn io_sync_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     IoSync *s = opaque;
 
     switch (s->op) {

@@ -150,6 +150,7 @@ static void cache_unlink(Qcow2Cache *c, int i)
  * another victim is tried). Returns the index or -errno. */
 static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
 {
+    VD_CO_ASSERT();
     int err = 0;
     uint64_t epoch = ++c->evict_epoch;   /* victims that failed in this call are skipped */
     for (;;) {
@@ -220,6 +221,7 @@ static int coroutine_fn cache_get_slot(Qcow2State *s, Qcow2Cache *c)
 static int coroutine_fn cache_load_pages(Qcow2State *s, Qcow2Cache *c, Qcow2CacheEntry *e,
                                          uint64_t mask)
 {
+    VD_CO_ASSERT();
     uint64_t missing = mask & ~e->valid;
     if (!missing) {
         return 0;
@@ -254,6 +256,7 @@ static uint64_t cache_page_mask(Qcow2Cache *c, size_t lo, size_t len)
 static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                      void **table, bool read, uint64_t mask)
 {
+    VD_CO_ASSERT();
     if (offset == 0 || offset % c->table_size) {
         return -EIO;   /* the header cluster or unaligned: never a table (offset 0 = free slot) */
     }
@@ -318,12 +321,14 @@ static int coroutine_fn cache_do_get(Qcow2State *s, Qcow2Cache *c, uint64_t offs
 
 int coroutine_fn qcow2_cache_get(Qcow2State *s, Qcow2Cache *c, uint64_t offset, void **table)
 {
+    VD_CO_ASSERT();
     return cache_do_get(s, c, offset, table, true, c->full_mask);
 }
 
 static int coroutine_fn cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                          void **table, uint64_t mask)
 {
+    VD_CO_ASSERT();
     c->slot_failed = false;
     int ret = cache_do_get(s, c, offset, table, true, mask);
     if (ret >= 0 || !c->slot_failed) {
@@ -348,18 +353,21 @@ static int coroutine_fn cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t 
 int coroutine_fn qcow2_cache_get_lookup(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                         void **table)
 {
+    VD_CO_ASSERT();
     return cache_get_lookup(s, c, offset, table, c->full_mask);
 }
 
 int coroutine_fn qcow2_cache_get_part(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                       size_t lo, size_t len, void **table)
 {
+    VD_CO_ASSERT();
     return cache_get_lookup(s, c, offset, table, cache_page_mask(c, lo, len));
 }
 
 int coroutine_fn qcow2_cache_get_empty(Qcow2State *s, Qcow2Cache *c, uint64_t offset,
                                        void **table)
 {
+    VD_CO_ASSERT();
     return cache_do_get(s, c, offset, table, false, c->full_mask);
 }
 
@@ -463,6 +471,7 @@ static void mark_dirty(Qcow2Cache *c, void *table, size_t off, size_t len, bool 
 
 int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c)
 {
+    VD_CO_ASSERT();
     if (c->is_l2) {
         /* every dirty table in dependency order, deferred refcount blocks
          * included: callers need them on disk before their next step */
@@ -488,6 +497,7 @@ int coroutine_fn qcow2_cache_write(Qcow2State *s, Qcow2Cache *c)
 
 void coroutine_fn qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
 {
+    VD_CO_ASSERT();
     int i = cache_find(c, offset);
     if (i >= 0 && c->e[i].ref == 0) {
         /* a write of it in flight must end before the cluster is reused */

@@ -44,6 +44,7 @@ static void add_ref(CheckState *c, uint64_t offset, uint64_t bytes, const char *
 /* Walk one L2 table; active: check OFLAG_COPIED against stored refcounts later. */
 static int coroutine_fn check_l2(CheckState *c, uint64_t l2_off, bool active, uint64_t l1i)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = c->s;
     uint64_t *l2;
     int ret = qcow2_cache_get(s, s->l2_cache, l2_off, (void **)&l2);
@@ -54,7 +55,7 @@ static int coroutine_fn check_l2(CheckState *c, uint64_t l2_off, bool active, ui
         return 0;
     }
     for (uint64_t i = 0; i < s->l2_entries; i++) {
-        uint64_t e = qcow2_be64((uint8_t *)&l2[i]);
+        uint64_t e = qcow2_l2_get(l2, i);
         Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
         uint64_t guest = ((l1i << s->l2_bits) + i) << s->cluster_bits;
         switch (t) {
@@ -109,6 +110,7 @@ static int coroutine_fn check_l2(CheckState *c, uint64_t l2_off, bool active, ui
 static int coroutine_fn check_l1(CheckState *c, uint64_t l1_off, uint32_t l1_size,
                                  const uint64_t *table, bool active)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = c->s;
     add_ref(c, l1_off, (uint64_t)l1_size * 8, "L1 table");
     uint64_t *own = NULL;
@@ -165,6 +167,7 @@ static int coroutine_fn check_l1(CheckState *c, uint64_t l1_off, uint32_t l1_siz
 /* Set the stored refcount of cluster i to value (creating blocks as needed). */
 static int coroutine_fn set_refcount(Qcow2State *s, uint64_t i, uint64_t stored, uint64_t value)
 {
+    VD_CO_ASSERT();
     if (value == stored) {
         return 0;
     }
@@ -175,6 +178,7 @@ static int coroutine_fn set_refcount(Qcow2State *s, uint64_t i, uint64_t stored,
 /* Check and fix OFLAG_COPIED in the active L1 and its L2 tables. */
 static int coroutine_fn check_copied(CheckState *c)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = c->s;
     bool l1_changed = false;
     for (uint32_t i = 0; i < s->l1_size; i++) {
@@ -206,7 +210,7 @@ static int coroutine_fn check_copied(CheckState *c)
         }
         bool dirty = false;
         for (uint64_t k = 0; k < s->l2_entries; k++) {
-            uint64_t e = qcow2_be64((uint8_t *)&l2[k]);
+            uint64_t e = qcow2_l2_get(l2, k);
             Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
             if (t != QCOW2_CLUSTER_NORMAL && t != QCOW2_CLUSTER_ZERO_ALLOC) {
                 continue;
@@ -225,8 +229,8 @@ static int coroutine_fn check_copied(CheckState *c)
                         "refcount=%llu\n", (unsigned long long)e, (unsigned long long)r);
                 c->res->corruptions++;
                 if (c->fix & VD_FIX_ERRORS) {
-                    qcow2_st64((uint8_t *)&l2[k], w ? (e | QCOW2_OFLAG_COPIED)
-                                                    : (e & ~QCOW2_OFLAG_COPIED));
+                    qcow2_l2_set(l2, k, w ? (e | QCOW2_OFLAG_COPIED)
+                                          : (e & ~QCOW2_OFLAG_COPIED));
                     dirty = true;
                     c->res->corruptions_fixed++;
                 }
@@ -245,6 +249,7 @@ static int coroutine_fn check_copied(CheckState *c)
 
 int coroutine_fn qcow2_co_check_impl(Qcow2State *s, VdCheckResult *res, int fix)
 {
+    VD_CO_ASSERT();
     int64_t file_size = vd_node_getlength(s->file);
     if (file_size < 0) {
         return (int)file_size;

@@ -93,7 +93,8 @@ static int qcow2_codec_worker(void *opaque)
     return j->compress ? qcow2_deflate(j) : qcow2_inflate(j);
 }
 
-int coroutine_fn qcow2_codec_co_run(Qcow2CodecJob *j)
+/* Mixed: outside a coroutine (the codec's unit test) the job runs inline. */
+int coroutine_mixed_fn qcow2_codec_co_run(Qcow2CodecJob *j)
 {
     /* the caller owns j and its buffers and stays suspended until the
      * worker has finished, so they outlive the job */

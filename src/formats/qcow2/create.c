@@ -251,6 +251,7 @@ static int create_layout(const Qcow2CreateParams *p, Qcow2Layout *l)
 static int coroutine_fn create_write_header(VdNode *file, uint8_t *buf, const Qcow2CreateParams *p,
                                const Qcow2Layout *l, const char *filename, VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2Header h;
     memset(&h, 0, sizeof(h));
     h.version = (uint32_t)p->version;
@@ -293,6 +294,7 @@ static int coroutine_fn create_write_header(VdNode *file, uint8_t *buf, const Qc
 static int coroutine_fn create_write_tables(VdNode *file, uint8_t *buf, const Qcow2CreateParams *p,
                                const Qcow2Layout *l)
 {
+    VD_CO_ASSERT();
     uint64_t cs = l->cs;
     int ret;
     for (uint64_t c = 0; c < l->reftable_clusters; c++) {
@@ -356,6 +358,7 @@ static int coroutine_fn create_write_tables(VdNode *file, uint8_t *buf, const Qc
 static int coroutine_fn create_prealloc_data(VdNode *file, const Qcow2CreateParams *p,
                                              const Qcow2Layout *l, VdError **errp)
 {
+    VD_CO_ASSERT();
     if (!l->data_clusters) {
         return 0;
     }
@@ -366,6 +369,7 @@ static int coroutine_fn create_prealloc_data(VdNode *file, const Qcow2CreatePara
 
 int coroutine_fn qcow2_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2CreateParams p;
     Qcow2Layout l;
     bool has_backing = opts && vd_opts_lookup(opts, "backing_file");

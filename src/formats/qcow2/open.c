@@ -136,6 +136,7 @@ static int qcow2_open_take_opts(Qcow2State *s, VdOpts *options, int flags, Qcow2
 static int coroutine_fn qcow2_open_header(Qcow2State *s, VdNode *node, int64_t file_size,
                                           const Qcow2OpenOpts *o, VdError **errp)
 {
+    VD_CO_ASSERT();
     uint8_t first[4096];
     memset(first, 0, sizeof(first));
     size_t flen = (size_t)VD_MIN(file_size, (int64_t)sizeof(first));
@@ -240,6 +241,7 @@ out:
 static int coroutine_fn qcow2_load_be64_table(Qcow2State *s, uint64_t offset, uint64_t count,
                                               uint64_t **out, const char *what, VdError **errp)
 {
+    VD_CO_ASSERT();
     uint64_t *t = calloc(VD_MAX(count, 1), 8);
     uint8_t *b = count ? malloc(count * 8) : NULL;
     if (!t || (count && !b)) {
@@ -267,6 +269,7 @@ static int coroutine_fn qcow2_load_be64_table(Qcow2State *s, uint64_t offset, ui
 /* The L1 table and the refcount table, the latter's entries validated. */
 static int coroutine_fn qcow2_open_tables(Qcow2State *s, VdError **errp)
 {
+    VD_CO_ASSERT();
     const Qcow2Header *h = &s->header;
     s->l1_size = h->l1_size;
     s->l1_table_offset = h->l1_table_offset;
@@ -302,6 +305,7 @@ static int coroutine_fn qcow2_open_tables(Qcow2State *s, VdError **errp)
 static int coroutine_fn qcow2_open_caches(Qcow2State *s, VdNode *node, Qcow2OpenOpts *o,
                                           VdError **errp)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     if (o->l2_entry_size && (o->l2_entry_size < 512 || o->l2_entry_size > cs ||
                              (o->l2_entry_size & (o->l2_entry_size - 1)))) {
@@ -356,6 +360,7 @@ static int coroutine_fn qcow2_open_caches(Qcow2State *s, VdNode *node, Qcow2Open
 static int coroutine_fn qcow2_open_writable(Qcow2State *s, const Qcow2OpenOpts *o,
                                             VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2Header *h = &s->header;
     bool rewrite = false;
     int ret = 0;
@@ -400,6 +405,7 @@ static int coroutine_fn qcow2_open_writable(Qcow2State *s, const Qcow2OpenOpts *
 
 int coroutine_fn qcow2_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     Qcow2OpenOpts o = { 0 };
     memset(s, 0, sizeof(*s));
@@ -471,6 +477,7 @@ fail:
 
 void coroutine_fn qcow2_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     if (!s->l2_cache) {
         return;

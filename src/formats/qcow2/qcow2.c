@@ -67,12 +67,14 @@ void coroutine_mixed_fn qcow2_signal_corruption(Qcow2State *s, const char *fmt, 
 
 int coroutine_fn qcow2_flush_file(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     /* the file's flush generations skip the sync when nothing was written */
     return vd_co_flush(s->file);
 }
 
 int coroutine_fn qcow2_flush_file_now(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     return qcow2_flush_file(s);
 }
 
@@ -81,6 +83,7 @@ int coroutine_fn qcow2_flush_file_now(Qcow2State *s)
  * clean (as on disk): at open and after the table moved. */
 int coroutine_fn qcow2_l1_shadow_init(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     size_t bytes = VD_ALIGN_UP((size_t)VD_MAX(s->l1_size, 1) * 8, 512);
     uint8_t *b = calloc(1, bytes);
     if (!b) {
@@ -132,6 +135,7 @@ static void l1_sync_shadow(Qcow2State *s)
  */
 static int coroutine_fn flush_metadata(Qcow2State *s, bool deferred)
 {
+    VD_CO_ASSERT();
     int flags = deferred ? VD_MQ_COMMIT_DEFERRED : 0;
     for (int round = 0; round < 4; round++) {
         l1_sync_shadow(s);
@@ -154,11 +158,13 @@ static int coroutine_fn flush_metadata(Qcow2State *s, bool deferred)
 
 int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     return flush_metadata(s, false);
 }
 
 int coroutine_fn qcow2_flush_metadata_all(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     int ret = flush_metadata(s, true);
     if (ret == 0) {
         ret = qcow2_flush_file(s);
@@ -177,6 +183,7 @@ int coroutine_fn qcow2_flush_metadata_all(Qcow2State *s)
 
 int coroutine_fn qcow2_update_header(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     uint8_t *buf = calloc(1, cs);
     if (!buf) {
@@ -238,6 +245,7 @@ out:
 
 static int coroutine_fn write_incompat(Qcow2State *s, uint64_t bits)
 {
+    VD_CO_ASSERT();
     uint8_t b[8];
     qcow2_st64(b, bits);
     int ret = qcow2_write_meta(s, QCOW2_OL_HEADER, QCOW2_HDR_INCOMPATIBLE_FEATURES, b, 8);
@@ -250,6 +258,7 @@ static int coroutine_fn write_incompat(Qcow2State *s, uint64_t bits)
 /* Invariant 3: the dirty bit is stable before the first change relying on it. */
 int coroutine_fn qcow2_mark_dirty(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     if (s->dirty_bit_set || s->version < 3) {
         return 0;
     }
@@ -278,6 +287,7 @@ void qcow2_note_activity(Qcow2State *s)
 
 static void coroutine_fn qcow2_clean_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = opaque;
     vd_co_mutex_lock(&s->lock);
     if (s->dirty_bit_set && !s->allocs && !s->corrupt) {
@@ -321,6 +331,7 @@ int qcow2_parse_overlap_check(const char *v)
  * the previous round (under the lock, in a coroutine). */
 static void coroutine_fn qcow2_cache_clean_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = opaque;
     vd_co_mutex_lock(&s->lock);
     int n = qcow2_cache_clean(s->l2_cache) + qcow2_cache_clean(s->refcount_cache);
@@ -379,6 +390,7 @@ void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx)
 /* Invariant 3: cleared only after everything before it is stable. */
 int coroutine_fn qcow2_mark_clean(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     int ret = qcow2_flush_metadata_all(s);
     if (ret == 0 && (s->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = write_incompat(s, s->header.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
@@ -394,6 +406,7 @@ int coroutine_fn qcow2_mark_clean(Qcow2State *s)
 
 int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min, bool exact)
 {
+    VD_CO_ASSERT();
     if (min <= s->l1_size) {
         return 0;
     }
@@ -489,6 +502,7 @@ static void qcow2_refresh_limits(VdNode *node)
 static int coroutine_fn qcow2_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                         VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     return qcow2_co_preadv_impl(node->opaque, (uint64_t)offset, (uint64_t)bytes, qiov,
                                 qiov_offset);
 }
@@ -496,6 +510,7 @@ static int coroutine_fn qcow2_co_preadv(VdNode *node, int64_t offset, int64_t by
 static int coroutine_fn qcow2_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                          VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     if (flags & VD_REQ_WRITE_COMPRESSED) {
         return qcow2_co_pwritev_compressed_impl(node->opaque, (uint64_t)offset,
                                                 (uint64_t)bytes, qiov, qiov_offset);
@@ -507,6 +522,7 @@ static int coroutine_fn qcow2_co_pwritev(VdNode *node, int64_t offset, int64_t b
 static int coroutine_fn qcow2_co_pwritev_compressed(VdNode *node, int64_t offset, int64_t bytes,
                                                     VdIOVector *qiov, size_t qiov_offset)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     int ret = 0;
     /* whole clusters, one at a time (the last may be partial at the end of the image) */
@@ -524,6 +540,7 @@ static int coroutine_fn qcow2_co_pwritev_compressed(VdNode *node, int64_t offset
 static int coroutine_fn qcow2_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                                int flags)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     if (s->version < 3 && (flags & VD_REQ_NO_FALLBACK)) {
         return -ENOTSUP;
@@ -534,6 +551,7 @@ static int coroutine_fn qcow2_co_pwrite_zeroes(VdNode *node, int64_t offset, int
 
 static int coroutine_fn qcow2_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     int ret = qcow2_co_zero_or_discard(s, (uint64_t)offset, (uint64_t)bytes, true, true);
     if (ret == 0 && s->nb_pending_free > 4096) {
@@ -546,6 +564,7 @@ static int coroutine_fn qcow2_co_pdiscard(VdNode *node, int64_t offset, int64_t 
 
 static int coroutine_fn qcow2_co_flush_to_os(VdNode *node)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     /* The queue writes copies of the tables: its commit needs no lock, so
      * writes go on allocating while it flushes (writethrough group commit).
@@ -563,6 +582,7 @@ static int coroutine_fn qcow2_co_block_status(VdNode *node, bool want_zero, int6
                                               int64_t bytes, int64_t *pnum, int64_t *map,
                                               VdNode **file)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     int64_t m = 0;
     int ret = qcow2_co_block_status_impl(s, (uint64_t)offset, (uint64_t)bytes, pnum, &m);
@@ -579,6 +599,7 @@ static int coroutine_fn qcow2_co_block_status(VdNode *node, bool want_zero, int6
 
 static int64_t coroutine_fn qcow2_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     return (int64_t)s->header.size;
 }
@@ -586,6 +607,7 @@ static int64_t coroutine_fn qcow2_co_getlength(VdNode *node)
 static int coroutine_fn qcow2_co_truncate(VdNode *node, int64_t offset, bool exact,
                                           VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     if (offset < 0) {
         vd_error_setg(errp, EINVAL, "%s: invalid size %lld", s->name, (long long)offset);
@@ -699,6 +721,7 @@ static VdJson *qcow2_get_specific_info(VdNode *node, VdError **errp)
 
 static int coroutine_fn qcow2_co_check(VdNode *node, VdCheckResult *result, int fix)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     vd_co_mutex_lock(&s->lock);
     /* reserved clusters would show as leaks (and a repair would free them
@@ -717,6 +740,7 @@ static int coroutine_fn qcow2_co_check(VdNode *node, VdCheckResult *result, int 
 static int coroutine_fn qcow2_co_change_backing_file(VdNode *node, const char *file,
                                                      const char *fmt)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     if (file && strlen(file) > QCOW2_MAX_BACKING_NAME) {
         return -EINVAL;
@@ -745,6 +769,7 @@ static int coroutine_fn qcow2_co_change_backing_file(VdNode *node, const char *f
 
 static int coroutine_fn qcow2_co_make_empty(VdNode *node)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     if (s->nb_snapshots) {
         return -ENOTSUP;
@@ -762,11 +787,11 @@ static int coroutine_fn qcow2_co_make_empty(VdNode *node)
             ret = qcow2_get_l2_for_write(s, l1i, &l2);
             if (ret == 0) {
                 for (uint64_t i = 0; i < s->l2_entries; i++) {
-                    uint64_t e = qcow2_be64((uint8_t *)&l2[i]);
+                    uint64_t e = qcow2_l2_get(l2, i);
                     if (!e) {
                         continue;
                     }
-                    qcow2_st64((uint8_t *)&l2[i], 0);
+                    qcow2_l2_set(l2, i, 0);
                     Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
                     if (t == QCOW2_CLUSTER_NORMAL || t == QCOW2_CLUSTER_ZERO_ALLOC) {
                         qcow2_free_clusters_deferred(s, e & QCOW2_L2E_OFFSET_MASK,
@@ -796,6 +821,7 @@ static int coroutine_fn qcow2_co_make_empty(VdNode *node)
 static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool force,
                                        VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     VdOpts *opts = vd_json_deep_copy(opts_in);
     char *compat = NULL;
@@ -884,11 +910,11 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
                 ret = qcow2_get_l2_for_write(s, qcow2_l1_index(cstart, s->cluster_bits), &l2);
                 if (ret == 0) {
                     uint64_t i = qcow2_l2_index(cstart, s->cluster_bits);
-                    uint64_t e = qcow2_be64((uint8_t *)&l2[i]);
+                    uint64_t e = qcow2_l2_get(l2, i);
                     if (t == QCOW2_CLUSTER_ZERO_ALLOC && (e & QCOW2_OFLAG_COPIED)) {
-                        qcow2_st64((uint8_t *)&l2[i], e & ~QCOW2_OFLAG_ZERO);
+                        qcow2_l2_set(l2, i, e & ~QCOW2_OFLAG_ZERO);
                     } else {
-                        qcow2_st64((uint8_t *)&l2[i], 0);
+                        qcow2_l2_set(l2, i, 0);
                         if (t == QCOW2_CLUSTER_ZERO_ALLOC) {
                             qcow2_free_clusters_deferred(s, e & QCOW2_L2E_OFFSET_MASK,
                                                          s->cluster_size);

@@ -488,16 +488,45 @@ void qcow2_attach_aio_context(VdNode *node, VdAioContext *ctx);
 int coroutine_fn qcow2_mark_clean(Qcow2State *s);
 void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...) VD_PRINTF(2, 3);
 
-/* ---- cluster.c ------------------------------------------------------------------- */
+/* ---- cluster.c: lookups and reads ------------------------------------------------ */
 
+/* Entry i of an L2 table (cache memory, big-endian on disk). */
+static inline uint64_t qcow2_l2_get(const uint64_t *l2, uint64_t i)
+{
+    return qcow2_be64((const uint8_t *)&l2[i]);
+}
+static inline void qcow2_l2_set(uint64_t *l2, uint64_t i, uint64_t v)
+{
+    qcow2_st64((uint8_t *)&l2[i], v);
+}
+/* Check an L2 entry of type t for guest offset guest: a host offset inside
+ * the file, past the header, aligned. Signals corruption and returns -EIO if
+ * not. */
+int qcow2_check_l2_entry(Qcow2State *s, uint64_t entry, Qcow2ClusterType t, uint64_t guest);
+/* The L2 table of L1 entry l1i from the cache (*l2 NULL: none). */
+int coroutine_fn qcow2_get_l2_table(Qcow2State *s, uint64_t l1i, uint64_t **l2);
+/* For a look-up of entries [first, first+nb) only (qcow2_cache_get_part):
+ * only those may be read from *l2, nothing changed. */
+int coroutine_fn qcow2_get_l2_entries(Qcow2State *s, uint64_t l1i, uint64_t first, uint64_t nb,
+                                      uint64_t **l2);
 /* Look up guest offset: *entry is the L2 entry (0 if no L2 table), *n the
  * bytes from offset that map the same way (contiguous). Under s->lock. */
 int coroutine_fn qcow2_get_mapping(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                    uint64_t *entry, uint64_t *n);
-/* Get (allocating or COW-ing as needed) the L2 table for l1 index i. */
-int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1_index, uint64_t **l2);
+/* Read guest bytes [offset, offset+bytes) of an unallocated range: from the
+ * backing file where it has data, zeros elsewhere. */
+int coroutine_fn qcow2_read_backing(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                   VdIOVector *qiov, size_t qoff);
 int coroutine_fn qcow2_co_preadv_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                       VdIOVector *qiov, size_t qiov_offset);
+int coroutine_fn qcow2_read_compressed(Qcow2State *s, uint64_t entry, uint8_t *out);
+int coroutine_fn qcow2_co_block_status_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
+                                            int64_t *pnum, int64_t *map);
+
+/* ---- write.c: changes of a mapping ------------------------------------------------- */
+
+/* Get (allocating or COW-ing as needed) the L2 table for l1 index i. */
+int coroutine_fn qcow2_get_l2_for_write(Qcow2State *s, uint64_t l1_index, uint64_t **l2);
 int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                        VdIOVector *qiov, size_t qiov_offset);
 int coroutine_fn qcow2_co_zero_or_discard(Qcow2State *s, uint64_t offset, uint64_t bytes,
@@ -505,9 +534,6 @@ int coroutine_fn qcow2_co_zero_or_discard(Qcow2State *s, uint64_t offset, uint64
 int coroutine_fn qcow2_co_pwritev_compressed_impl(Qcow2State *s, uint64_t offset,
                                                   uint64_t bytes, VdIOVector *qiov,
                                                   size_t qiov_offset);
-int coroutine_fn qcow2_read_compressed(Qcow2State *s, uint64_t entry, uint8_t *out);
-int coroutine_fn qcow2_co_block_status_impl(Qcow2State *s, uint64_t offset, uint64_t bytes,
-                                            int64_t *pnum, int64_t *map);
 /* Preallocate the metadata (and with FALLOC/FULL the data) for [start, end). */
 int coroutine_fn qcow2_preallocate(Qcow2State *s, uint64_t start, uint64_t end,
                                    VdPrealloc mode);
@@ -540,7 +566,7 @@ typedef struct Qcow2CodecJob {
 /* Run the job (on a worker when called from a coroutine and the cluster -
  * in_len to compress, out_cap to inflate - is >= QCOW2_CODEC_OFFLOAD_MIN). Inflate: 0 or -EIO for a bad stream. Deflate: 0 (out_len
  * 0 when it did not fit) or -ENOMEM. Touches nothing but the job's buffers. */
-int coroutine_fn qcow2_codec_co_run(Qcow2CodecJob *job);
+int coroutine_mixed_fn qcow2_codec_co_run(Qcow2CodecJob *job);
 /* Test hook: jobs sent to the thread pool since the process started. */
 uint64_t qcow2_codec_offload_count(void);
 

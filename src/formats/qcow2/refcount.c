@@ -34,6 +34,7 @@ static int check_refblock(Qcow2State *s, uint64_t idx, uint64_t block_off)
 
 int coroutine_fn qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint64_t *refcount)
 {
+    VD_CO_ASSERT();
     uint64_t idx = cluster_index >> s->refcount_block_bits;
     *refcount = 0;
     if (idx >= s->refcount_table_size) {
@@ -83,6 +84,7 @@ void qcow2_queue_file_discard(Qcow2State *s, uint64_t offset, uint64_t bytes)
 
 int coroutine_fn qcow2_process_file_discards(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     while (s->nb_file_discards) {
         Qcow2FileDiscard d = s->file_discards[--s->nb_file_discards];
         /* errors ignored: the space is just not given back */
@@ -94,6 +96,7 @@ int coroutine_fn qcow2_process_file_discards(Qcow2State *s)
 int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes,
                                        int64_t addend)
 {
+    VD_CO_ASSERT();
     if (bytes == 0) {
         return 0;
     }
@@ -166,16 +169,25 @@ int coroutine_fn qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t 
     return addend < 0 ? qcow2_process_file_discards(s) : 0;
 }
 
+/* Refcount of cluster index c as a candidate for allocation: -EFBIG when
+ * the cluster would end past the largest host offset qcow2 addresses. */
+static int coroutine_fn refcount_of_candidate(Qcow2State *s, uint64_t c, uint64_t *r)
+{
+    VD_CO_ASSERT();
+    if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
+        return -EFBIG;
+    }
+    return qcow2_get_refcount(s, c, r);
+}
+
 /* First cluster index >= from with refcount 0 (never the header cluster,
  * whatever a corrupted refcount says). */
 static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
 {
+    VD_CO_ASSERT();
     for (uint64_t c = VD_MAX(from, 1);; c++) {
         uint64_t r;
-        if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
-            return -EFBIG;
-        }
-        int ret = qcow2_get_refcount(s, c, &r);
+        int ret = refcount_of_candidate(s, c, &r);
         if (ret < 0) {
             return ret;
         }
@@ -190,6 +202,7 @@ static int64_t coroutine_fn refcount_find_free(Qcow2State *s, uint64_t from)
 static int coroutine_fn refcount_write_stable(Qcow2State *s, int kind, uint64_t offset,
                                               const void *buf, uint64_t size)
 {
+    VD_CO_ASSERT();
     int ret = qcow2_write_meta(s, kind, offset, buf, size);
 
     if (ret < 0) {
@@ -206,6 +219,7 @@ static int coroutine_fn refcount_write_stable(Qcow2State *s, int kind, uint64_t 
  */
 static int coroutine_fn refcount_grow_table(Qcow2State *s, uint64_t min_entries)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     uint64_t per_cluster = cs / 8;
     uint64_t old_size = s->refcount_table_size;
@@ -331,6 +345,7 @@ out:
  * before the refcount table entry pointing at it is written. */
 static int coroutine_fn refcount_ensure_block(Qcow2State *s, uint64_t idx, int depth)
 {
+    VD_CO_ASSERT();
     if (depth > 8) {
         return -EIO;
     }
@@ -424,6 +439,7 @@ static bool has_refblock(Qcow2State *s, uint64_t c)
  */
 static int64_t coroutine_fn alloc_run(Qcow2State *s, uint64_t n, uint64_t want, uint64_t *got)
 {
+    VD_CO_ASSERT();
     if (n == 0) {
         return -EINVAL;
     }
@@ -433,10 +449,7 @@ static int64_t coroutine_fn alloc_run(Qcow2State *s, uint64_t n, uint64_t want, 
         int64_t first_free = -1;
         while (run < n) {
             uint64_t r;
-            if ((c + 1) << s->cluster_bits > QCOW2_MAX_HOST_OFFSET) {
-                return -EFBIG;
-            }
-            int ret = qcow2_get_refcount(s, c, &r);
+            int ret = refcount_of_candidate(s, c, &r);
             if (ret < 0) {
                 return ret;
             }
@@ -502,6 +515,7 @@ static int64_t coroutine_fn alloc_run(Qcow2State *s, uint64_t n, uint64_t want, 
 
 int64_t coroutine_fn qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
 {
+    VD_CO_ASSERT();
     uint64_t got;
     return alloc_run(s, n, n, &got);
 }
@@ -533,6 +547,7 @@ static uint64_t resv_max(Qcow2State *s)
 
 int64_t coroutine_fn qcow2_alloc_data_clusters(Qcow2State *s, uint64_t n)
 {
+    VD_CO_ASSERT();
     if (s->lazy_refcounts || n == 0) {
         /* lazy refcounts: refcount blocks cost no flush per commit anyway */
         return qcow2_alloc_clusters(s, n);
@@ -566,6 +581,7 @@ int64_t coroutine_fn qcow2_alloc_data_clusters(Qcow2State *s, uint64_t n)
 
 int coroutine_fn qcow2_release_reservation(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     if (!s->resv_len) {
         return 0;
     }
@@ -615,6 +631,7 @@ void qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes
 
 int coroutine_fn qcow2_apply_pending_frees(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     int result = 0;
     while (s->nb_pending_free) {
         Qcow2PendingFree f = s->pending_free[--s->nb_pending_free];
@@ -724,6 +741,7 @@ static VdDebugEvent meta_event(int kind)
 int coroutine_fn qcow2_write_meta_ev(Qcow2State *s, int kind, VdDebugEvent ev, uint64_t offset,
                                      const void *buf, uint64_t size)
 {
+    VD_CO_ASSERT();
     int ret = qcow2_meta_write_check(s, kind, offset, size);
     if (ret < 0) {
         return ret;
@@ -736,6 +754,7 @@ int coroutine_fn qcow2_write_meta_ev(Qcow2State *s, int kind, VdDebugEvent ev, u
 int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, const void *buf,
                                   uint64_t size)
 {
+    VD_CO_ASSERT();
     return qcow2_write_meta_ev(s, kind, meta_event(kind), offset, buf, size);
 }
 
@@ -745,6 +764,7 @@ int coroutine_fn qcow2_write_meta(Qcow2State *s, int kind, uint64_t offset, cons
 
 int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end)
 {
+    VD_CO_ASSERT();
     if (s->prealloc_failed || s->node->read_only || end <= s->prealloc_end) {
         return 0;
     }
@@ -773,6 +793,7 @@ int coroutine_fn qcow2_prealloc_file(Qcow2State *s, uint64_t end)
  */
 int coroutine_fn qcow2_change_refcount_order(Qcow2State *s, int new_order, VdError **errp)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     uint64_t new_max = new_order == 6 ? UINT64_MAX : (1ULL << (1 << new_order)) - 1;
     int ret = qcow2_flush_metadata(s);

@@ -27,6 +27,7 @@ void qcow2_free_snapshots(Qcow2State *s)
 
 int coroutine_fn qcow2_read_snapshots(Qcow2State *s, VdError **errp)
 {
+    VD_CO_ASSERT();
     uint32_t nb = s->header.nb_snapshots;
     s->snapshots_offset = s->header.snapshots_offset;
     s->snapshots_size = 0;
@@ -166,6 +167,7 @@ int qcow2_snapshot_list(VdNode *node, VdSnapshotInfo **list)
 /* Write the snapshot table to new clusters, point the header at it, free the old. */
 static int coroutine_fn write_snapshot_table(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     uint64_t size = 0;
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         Qcow2Snapshot *sn = &s->snapshots[i];
@@ -263,6 +265,7 @@ static int coroutine_fn write_snapshot_table(Qcow2State *s)
 static int coroutine_fn update_tree_refcount(Qcow2State *s, const uint64_t *l1, uint32_t n,
                                              int addend)
 {
+    VD_CO_ASSERT();
     for (uint32_t i = 0; i < n; i++) {
         uint64_t l2off = l1[i] & QCOW2_L1E_OFFSET_MASK;
         if (!l2off) {
@@ -316,6 +319,7 @@ static int coroutine_fn update_tree_refcount(Qcow2State *s, const uint64_t *l1, 
 /* Recompute OFLAG_COPIED in the active L1 and its L2 tables from refcounts. */
 static int coroutine_fn refresh_copied_flags(Qcow2State *s)
 {
+    VD_CO_ASSERT();
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t l1e = s->l1_table[i];
         uint64_t l2off = l1e & QCOW2_L1E_OFFSET_MASK;
@@ -343,7 +347,7 @@ static int coroutine_fn refresh_copied_flags(Qcow2State *s)
         }
         bool dirty = false;
         for (uint64_t k = 0; k < s->l2_entries; k++) {
-            uint64_t e = qcow2_be64((uint8_t *)&l2[k]);
+            uint64_t e = qcow2_l2_get(l2, k);
             Qcow2ClusterType t = qcow2_l2_entry_type(e, s->version);
             if (t != QCOW2_CLUSTER_NORMAL && t != QCOW2_CLUSTER_ZERO_ALLOC) {
                 continue;
@@ -354,7 +358,7 @@ static int coroutine_fn refresh_copied_flags(Qcow2State *s)
             }
             uint64_t ne = r == 1 ? (e | QCOW2_OFLAG_COPIED) : (e & ~QCOW2_OFLAG_COPIED);
             if (ne != e) {
-                qcow2_st64((uint8_t *)&l2[k], ne);
+                qcow2_l2_set(l2, k, ne);
                 dirty = true;
             }
         }
@@ -383,6 +387,7 @@ static int find_snapshot(Qcow2State *s, const char *id, const char *name)
 
 int coroutine_fn qcow2_co_snapshot_create(VdNode *node, VdSnapshotInfo *info, VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     if (s->nb_snapshots >= QCOW2_MAX_SNAPSHOTS) {
         vd_error_setg(errp, EFBIG, "%s: too many snapshots", s->name);
@@ -486,6 +491,7 @@ int coroutine_fn qcow2_co_snapshot_create(VdNode *node, VdSnapshotInfo *info, Vd
 
 static int coroutine_fn read_l1(Qcow2State *s, uint64_t off, uint32_t n, uint64_t **out)
 {
+    VD_CO_ASSERT();
     uint64_t *t = calloc(VD_MAX(n, 1), 8);
     uint8_t *b = malloc(VD_MAX((size_t)n * 8, 1));
     if (!t || !b) {
@@ -508,6 +514,7 @@ static int coroutine_fn read_l1(Qcow2State *s, uint64_t off, uint32_t n, uint64_
 
 int coroutine_fn qcow2_co_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     vd_co_mutex_lock(&s->lock);
     int idx = find_snapshot(s, id_or_name, NULL);
@@ -582,6 +589,7 @@ int coroutine_fn qcow2_co_snapshot_goto(VdNode *node, const char *id_or_name, Vd
 int coroutine_fn qcow2_co_snapshot_delete(VdNode *node, const char *id, const char *name,
                                           VdError **errp)
 {
+    VD_CO_ASSERT();
     Qcow2State *s = node->opaque;
     vd_co_mutex_lock(&s->lock);
     int idx = find_snapshot(s, id, name);

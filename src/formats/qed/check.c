@@ -56,6 +56,7 @@ static void bad_entry(QedCheck *c, uint8_t *entry, uint64_t *invalid)
 
 static int coroutine_fn check_l2(QedCheck *c, uint64_t l2_off, uint8_t *table)
 {
+    VD_CO_ASSERT();
     QedState *s = c->s;
     int ret = qed_read_table(s, l2_off, table);
     if (ret < 0) {
@@ -92,6 +93,7 @@ static int coroutine_fn check_l2(QedCheck *c, uint64_t l2_off, uint8_t *table)
 
 int coroutine_fn qed_co_check_impl(QedState *s, VdCheckResult *res, int fix)
 {
+    VD_CO_ASSERT();
     QedCheck c = { .s = s, .res = res, .fix = s->node->read_only ? 0 : fix };
     c.nclusters = s->alloc_end >> s->cluster_bits;
     c.used = calloc(1, c.nclusters / 8 + 1);

@@ -19,6 +19,7 @@ const VdCreateOption qed_create_opts[] = {
 
 int coroutine_fn qed_co_create(const char *filename, const VdOpts *opts_in, VdError **errp)
 {
+    VD_CO_ASSERT();
     VdOpts *opts = opts_in ? vd_json_deep_copy(opts_in) : vd_json_object();
     char *backing = NULL, *backing_fmt = NULL, *prealloc = NULL;
     uint64_t size = 0, cs = 0, ts = 0, hint = 0;

@@ -14,6 +14,7 @@
 static int coroutine_fn read_backing(QedState *s, uint64_t offset, uint64_t bytes,
                                      VdIOVector *qiov, size_t qoff)
 {
+    VD_CO_ASSERT();
     uint64_t from_backing = 0;
     if (s->node->backing) {
         int64_t blen = vd_node_getlength(s->node->backing->node);
@@ -39,6 +40,7 @@ static int coroutine_fn read_backing(QedState *s, uint64_t offset, uint64_t byte
 int coroutine_fn qed_co_preadv_impl(QedState *s, uint64_t offset, uint64_t bytes,
                                     VdIOVector *qiov, size_t qoff)
 {
+    VD_CO_ASSERT();
     while (bytes) {
         QedClusterKind kind;
         uint64_t host, n;
@@ -116,6 +118,7 @@ static void note_alloc_tables(QedState *s)
 static int coroutine_fn write_alloc(QedState *s, uint64_t offset, uint64_t n, VdIOVector *qiov,
                                     size_t qoff, QedClusterKind kind, bool zero)
 {
+    VD_CO_ASSERT();
     uint64_t cs = s->cluster_size;
     uint64_t start = VD_ALIGN_DOWN(offset, cs);
     uint64_t end = VD_ALIGN_UP(offset + n, cs);
@@ -189,6 +192,7 @@ out:
 int coroutine_fn qed_co_pwritev_impl(QedState *s, uint64_t offset, uint64_t bytes,
                                      VdIOVector *qiov, size_t qoff, bool zero)
 {
+    VD_CO_ASSERT();
     while (bytes) {
         QedClusterKind kind;
         uint64_t host, n;
@@ -248,6 +252,7 @@ int coroutine_fn qed_co_pwritev_impl(QedState *s, uint64_t offset, uint64_t byte
 int coroutine_fn qed_co_block_status_impl(QedState *s, uint64_t offset, uint64_t bytes,
                                           int64_t *pnum, int64_t *map)
 {
+    VD_CO_ASSERT();
     QedClusterKind kind;
     uint64_t host, n;
     int ret = qed_find_cluster(s, offset, bytes, &kind, &host, &n);

@@ -45,6 +45,7 @@ static void header_update(QedState *s)
 
 int coroutine_fn qed_write_header(QedState *s)
 {
+    VD_CO_ASSERT();
     header_update(s);
     return vd_mq_commit(s->mq, 0);
 }
@@ -53,6 +54,7 @@ int coroutine_fn qed_write_header(QedState *s)
 
 void coroutine_fn qed_need_check_begin(QedState *s)
 {
+    VD_CO_ASSERT();
     while (s->nc_clearing) {
         vd_co_queue_wait(&s->nc_waiters, NULL);
     }
@@ -82,6 +84,7 @@ void qed_nc_timer_cancel(QedState *s)
  * meanwhile. */
 static int coroutine_fn qed_clear_need_check(QedState *s)
 {
+    VD_CO_ASSERT();
     if (!(s->header.features & QED_F_NEED_CHECK) || s->allocating || s->nc_clearing ||
         s->corrupt) {
         return 0;
@@ -105,6 +108,7 @@ static int coroutine_fn qed_clear_need_check(QedState *s)
 
 static void coroutine_fn qed_nc_entry(void *opaque)
 {
+    VD_CO_ASSERT();
     QedState *s = opaque;
     qed_clear_need_check(s);
     s->nc_running = false;
@@ -184,6 +188,7 @@ static void qed_free_state(QedState *s)
 static int coroutine_fn qed_open_header(QedState *s, VdNode *node, int64_t file_size,
                                         VdError **errp)
 {
+    VD_CO_ASSERT();
     uint8_t first[QED_HEADER_SIZE];
     if (file_size < QED_HEADER_SIZE) {
         vd_error_setg(errp, EINVAL, "%s: image is too short for a QED header (%lld bytes)",
@@ -247,6 +252,7 @@ static int coroutine_fn qed_open_header(QedState *s, VdNode *node, int64_t file_
  * needs a check (invariant 4). */
 static int coroutine_fn qed_open_writable(QedState *s, VdError **errp)
 {
+    VD_CO_ASSERT();
     QedHeader *h = &s->header;
     bool rewrite = false;
     int ret;
@@ -284,6 +290,7 @@ static int coroutine_fn qed_open_writable(QedState *s, VdError **errp)
 
 static int coroutine_fn qed_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     memset(s, 0, sizeof(*s));
     s->node = node;
@@ -358,6 +365,7 @@ fail:
 
 static void coroutine_fn qed_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     if (!s->l1_buf) {
         return;
@@ -392,6 +400,7 @@ static void qed_refresh_limits(VdNode *node)
 static int coroutine_fn qed_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                       VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     return qed_co_preadv_impl(node->opaque, (uint64_t)offset, (uint64_t)bytes, qiov,
                               qiov_offset);
 }
@@ -399,6 +408,7 @@ static int coroutine_fn qed_co_preadv(VdNode *node, int64_t offset, int64_t byte
 static int coroutine_fn qed_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                        VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     return qed_co_pwritev_impl(node->opaque, (uint64_t)offset, (uint64_t)bytes, qiov,
                                qiov_offset, false);
 }
@@ -406,6 +416,7 @@ static int coroutine_fn qed_co_pwritev(VdNode *node, int64_t offset, int64_t byt
 static int coroutine_fn qed_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                              int flags)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     /* zero clusters are whole clusters; the core writes zeros for the rest */
     if (qed_in_cluster(s, (uint64_t)offset) || qed_in_cluster(s, (uint64_t)bytes)) {
@@ -417,6 +428,7 @@ static int coroutine_fn qed_co_pwrite_zeroes(VdNode *node, int64_t offset, int64
 /* Write the dirty tables in dependency order; the core flushes the file after. */
 static int coroutine_fn qed_co_flush_to_os(VdNode *node)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     return vd_mq_commit(s->mq, VD_MQ_COMMIT_NO_FLUSH);
 }
@@ -425,6 +437,7 @@ static int coroutine_fn qed_co_block_status(VdNode *node, bool want_zero, int64_
                                             int64_t bytes, int64_t *pnum, int64_t *map,
                                             VdNode **file)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     int64_t m = 0;
     int ret = qed_co_block_status_impl(s, (uint64_t)offset, (uint64_t)bytes, pnum, &m);
@@ -441,6 +454,7 @@ static int coroutine_fn qed_co_block_status(VdNode *node, bool want_zero, int64_
 
 static int64_t coroutine_fn qed_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     return (int64_t)s->header.image_size;
 }
@@ -448,6 +462,7 @@ static int64_t coroutine_fn qed_co_getlength(VdNode *node)
 static int coroutine_fn qed_co_truncate(VdNode *node, int64_t offset, bool exact,
                                         VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     if (prealloc != VD_PREALLOC_OFF) {
         vd_error_setg(errp, ENOTSUP, "Unsupported preallocation mode '%s'",
@@ -484,6 +499,7 @@ static int qed_get_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
 
 static int coroutine_fn qed_co_check(VdNode *node, VdCheckResult *result, int fix)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     int ret = qed_co_check_impl(s, result, fix);
     /* repaired without corruptions left: the image no longer needs a check */
@@ -498,6 +514,7 @@ static int coroutine_fn qed_co_check(VdNode *node, VdCheckResult *result, int fi
 static int coroutine_fn qed_co_change_backing_file(VdNode *node, const char *file,
                                                    const char *fmt)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     size_t len = file ? strlen(file) : 0;
     if (len > QED_MAX_BACKING_NAME || QED_HEADER_SIZE + len > s->header_bytes) {
@@ -553,6 +570,7 @@ static int coroutine_fn qed_co_change_backing_file(VdNode *node, const char *fil
 static int coroutine_fn qed_co_amend(VdNode *node, const VdOpts *opts_in, bool force,
                                      VdError **errp)
 {
+    VD_CO_ASSERT();
     QedState *s = node->opaque;
     VdOpts *opts = vd_json_deep_copy(opts_in);
     char *file = NULL, *fmt = NULL;

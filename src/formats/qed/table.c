@@ -23,6 +23,7 @@ bool qed_check_table_offset(const QedState *s, uint64_t off)
 
 int coroutine_fn qed_read_table(QedState *s, uint64_t off, uint8_t *buf)
 {
+    VD_CO_ASSERT();
     return vd_co_pread(s->file, (int64_t)off, (int64_t)s->table_bytes, buf, 0);
 }
 
@@ -83,6 +84,7 @@ static QedL2Table *l2_victim(QedState *s, bool evictable_only)
 /* Make room for one more table. May yield to write a dirty victim back. */
 static void coroutine_fn l2_make_room(QedState *s)
 {
+    VD_CO_ASSERT();
     while (s->l2_cached >= s->l2_cache_max) {
         QedL2Table *v = l2_victim(s, true);
         if (!v) {
@@ -125,6 +127,7 @@ static QedL2Table *l2_insert(QedState *s, uint64_t off)
 
 int coroutine_fn qed_l2_get(QedState *s, uint64_t off, QedL2Table **out)
 {
+    VD_CO_ASSERT();
     QedL2Table *t = l2_lookup(s, off);
     if (t) {
         t->refcnt++;
@@ -202,6 +205,7 @@ static void report_corrupt(QedState *s, const char *what, uint64_t index, uint64
 int coroutine_fn qed_find_cluster(QedState *s, uint64_t offset, uint64_t bytes,
                                   QedClusterKind *kind, uint64_t *host, uint64_t *n)
 {
+    VD_CO_ASSERT();
     uint64_t l1i = qed_l1_index(s, offset);
     uint64_t in = qed_in_cluster(s, offset);
     /* stay within one L2 table */
@@ -269,6 +273,7 @@ static void set_range(QedState *s, QedL2Table *t, uint64_t first, uint64_t count
 int coroutine_fn qed_set_entries(QedState *s, uint64_t offset, uint64_t count, uint64_t value,
                                  bool data_dep)
 {
+    VD_CO_ASSERT();
     uint64_t l1i = qed_l1_index(s, offset);
     uint64_t first = qed_l2_index(s, offset);
     QedL2Table *t = NULL;

@@ -31,6 +31,7 @@ static void raw_set_json_filename(VdNode *node, VdJson *offset_given, VdJson *si
 
 static int coroutine_fn raw_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
 
     s->has_size = vd_opts_lookup(options, "size") != NULL;
@@ -79,6 +80,7 @@ static void raw_set_json_filename(VdNode *node, VdJson *offset_given, VdJson *si
 static int coroutine_fn raw_open_window(VdNode *node, VdOpts *options, VdJson *offset_given,
                                         VdJson *size_given, VdError **errp)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
     uint64_t offset, size;
 
@@ -130,6 +132,7 @@ static void raw_refresh_limits(VdNode *node)
 static int coroutine_fn raw_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                       VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
     return vd_co_preadv(node->file->node, offset + s->offset, bytes, qiov, qiov_offset, flags);
 }
@@ -137,6 +140,7 @@ static int coroutine_fn raw_co_preadv(VdNode *node, int64_t offset, int64_t byte
 static int coroutine_fn raw_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                        VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
     if (VD_UNLIKELY(node->probed_raw && offset < RAW_PROBE_CHECK_BYTES)) {
         /* the core aligned us to 512: offset is 0 and bytes >= 512 */
@@ -171,12 +175,14 @@ static int coroutine_fn raw_co_pwritev(VdNode *node, int64_t offset, int64_t byt
 static int coroutine_fn raw_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                              int flags)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
     return vd_co_pwrite_zeroes(node->file->node, offset + s->offset, bytes, flags);
 }
 
 static int coroutine_fn raw_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
     return vd_co_pdiscard(node->file->node, offset + s->offset, bytes);
 }
@@ -185,6 +191,7 @@ static int coroutine_fn raw_co_block_status(VdNode *node, bool want_zero, int64_
                                             int64_t bytes, int64_t *pnum, int64_t *map,
                                             VdNode **file)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
     int ret = vd_co_block_status(node->file->node, want_zero, offset + s->offset, bytes, pnum,
                                  map, file);
@@ -208,6 +215,7 @@ static int coroutine_fn raw_co_block_status(VdNode *node, bool want_zero, int64_
 static int coroutine_fn raw_co_truncate(VdNode *node, int64_t offset, bool exact,
                                         VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
     if (s->has_size) {
         vd_error_setg(errp, ENOTSUP, "%s: cannot resize a raw image with a fixed size option",
@@ -219,6 +227,7 @@ static int coroutine_fn raw_co_truncate(VdNode *node, int64_t offset, bool exact
 
 static int64_t coroutine_fn raw_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     RawState *s = node->opaque;
     if (s->has_size) {
         return s->size;
@@ -238,6 +247,7 @@ static int raw_get_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
 
 static int coroutine_fn raw_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
+    VD_CO_ASSERT();
     const VdDriver *proto = vd_driver_find_protocol(filename);
     if (!proto) {
         proto = vd_driver_find("file");

@@ -168,6 +168,7 @@ static int file_truncate_worker(void *opaque)
 int coroutine_fn file_co_truncate(VdNode *node, int64_t offset, bool exact,
                                   VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     /* A regular file is always set to exactly offset (as QEMU does): "exact"
      * only matters for devices whose size cannot change. */
@@ -311,6 +312,7 @@ out:
 
 int coroutine_fn file_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
+    VD_CO_ASSERT();
     FileCreateReq req = { .filename = file_strip_protocol(filename) };
     int ret;
 

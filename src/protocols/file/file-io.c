@@ -111,6 +111,7 @@ static void file_iov_destroy(FileIov *v)
 
 int coroutine_fn file_co_run_blocking(VdWorkerFunc *fn, void *opaque)
 {
+    VD_CO_ASSERT();
     return vd_thread_pool_co_run(fn, opaque);
 }
 
@@ -154,6 +155,7 @@ static int coroutine_fn file_co_submit_rw(VdNode *node, FileState *s, bool write
                                           int64_t offset, const struct iovec *iov, int niov,
                                           int rw_flags)
 {
+    VD_CO_ASSERT();
     if (niov > IOV_MAX) {
         niov = IOV_MAX;            /* the rest goes as a "short" transfer */
     }
@@ -173,6 +175,7 @@ static int coroutine_fn file_co_submit_rw(VdNode *node, FileState *s, bool write
 
 static int coroutine_fn file_co_fdatasync(VdNode *node, FileState *s)
 {
+    VD_CO_ASSERT();
     if (s->use_uring && vd_aio_uring_available(node->ctx)) {
         int ret = vd_aio_uring_co_submit(node->ctx, VD_URING_FDATASYNC, s->fd, NULL, 0, 0, 0, 0);
         if (ret != -ENOSYS) {
@@ -188,6 +191,7 @@ static int coroutine_fn file_co_fdatasync(VdNode *node, FileState *s)
 static int coroutine_fn file_co_rw_full(VdNode *node, bool write, int64_t offset, int64_t bytes,
                                         VdIOVector *qiov, size_t qiov_offset, int rw_flags)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     FileIov v;
     int64_t done = 0;
@@ -225,12 +229,14 @@ static int coroutine_fn file_co_rw_full(VdNode *node, bool write, int64_t offset
 int coroutine_fn file_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                 VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     return file_co_rw_full(node, false, offset, bytes, qiov, qiov_offset, 0);
 }
 
 int coroutine_fn file_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                  VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     bool fua = (flags & VD_REQ_FUA) && !s->no_flush;
     int ret;
@@ -251,6 +257,7 @@ int coroutine_fn file_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
 
 int coroutine_fn file_co_flush_to_disk(VdNode *node)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     int ret;
 
@@ -348,6 +355,7 @@ static int file_zero_worker(void *opaque)
 
 int coroutine_fn file_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes, int flags)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     FileZeroReq req = {
         .fd = s->fd,
@@ -378,6 +386,7 @@ static int file_discard_worker(void *opaque)
 
 int coroutine_fn file_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     FileZeroReq req = { .fd = s->fd, .offset = offset, .bytes = bytes };
 
@@ -398,6 +407,7 @@ int coroutine_fn file_co_block_status(VdNode *node, bool want_zero, int64_t offs
                                       int64_t bytes, int64_t *pnum, int64_t *map,
                                       VdNode **file)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     int64_t align = s->request_alignment ? s->request_alignment : 1;
     int ret;

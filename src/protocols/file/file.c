@@ -133,6 +133,7 @@ static void file_refresh_limits(VdNode *node)
 
 static int coroutine_fn file_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     char *filename = NULL;
     int aio, locking;
@@ -271,6 +272,7 @@ fail:
 
 static void coroutine_fn file_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     if (s->fd >= 0) {
         file_lock_release(s);
@@ -281,6 +283,7 @@ static void coroutine_fn file_co_close(VdNode *node)
 
 static int64_t coroutine_fn file_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     struct stat st;
     if (fstat(s->fd, &st) < 0) {
@@ -291,6 +294,7 @@ static int64_t coroutine_fn file_co_getlength(VdNode *node)
 
 static int64_t coroutine_fn file_co_get_allocated_file_size(VdNode *node)
 {
+    VD_CO_ASSERT();
     FileState *s = node->opaque;
     struct stat st;
     if (fstat(s->fd, &st) < 0) {

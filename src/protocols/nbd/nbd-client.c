@@ -468,6 +468,7 @@ static int64_t nbd_submit(NbdState *s, NbdReq *r, NbdCmd cmd, void *buf, uint64_
 static int coroutine_fn nbd_co_request(NbdState *s, NbdReq *r, NbdCmd cmd, void *buf,
                                        uint64_t offset, uint64_t bytes, uint32_t flags)
 {
+    VD_CO_ASSERT();
     for (;;) {
         while (s->state == NBD_WAIT) {
             vd_co_queue_wait(&s->reconnect_waiters, NULL);
@@ -521,6 +522,7 @@ static int coroutine_fn nbd_co_request(NbdState *s, NbdReq *r, NbdCmd cmd, void 
 static int coroutine_fn nbd_co_rw(VdNode *node, NbdCmd cmd, int64_t offset, int64_t bytes,
                                   VdIOVector *qiov, size_t qiov_offset, uint32_t flags)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     void *buf = NULL, *bounce = NULL;
@@ -557,6 +559,7 @@ static int coroutine_fn nbd_co_rw(VdNode *node, NbdCmd cmd, int64_t offset, int6
 static int coroutine_fn nbd_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                       VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     if (offset >= s->size) {
         vd_iov_memset(qiov, qiov_offset, 0, (size_t)bytes);
@@ -579,6 +582,7 @@ static int nbd_check_range(NbdState *s, int64_t offset, int64_t bytes)
 static int coroutine_fn nbd_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                        VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     if (nbd_check_range(s, offset, bytes) < 0) {
         return -EINVAL;
@@ -590,6 +594,7 @@ static int coroutine_fn nbd_co_pwritev(VdNode *node, int64_t offset, int64_t byt
 static int coroutine_fn nbd_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                              int flags)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     if (!s->can_zero) {
@@ -618,6 +623,7 @@ static int coroutine_fn nbd_co_pwrite_zeroes(VdNode *node, int64_t offset, int64
 
 static int coroutine_fn nbd_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     if (!s->can_trim) {
@@ -631,6 +637,7 @@ static int coroutine_fn nbd_co_pdiscard(VdNode *node, int64_t offset, int64_t by
 
 static int coroutine_fn nbd_co_flush_to_disk(VdNode *node)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     if (!s->can_flush) {
@@ -643,6 +650,7 @@ static int coroutine_fn nbd_co_block_status(VdNode *node, bool want_zero, int64_
                                             int64_t bytes, int64_t *pnum, int64_t *map,
                                             VdNode **file)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     NbdReq r = { 0 };
     *map = offset;
@@ -687,6 +695,7 @@ static int coroutine_fn nbd_co_block_status(VdNode *node, bool want_zero, int64_
 static int coroutine_fn nbd_co_truncate(VdNode *node, int64_t offset, bool exact,
                                         VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     if (offset != s->size && exact) {
         vd_error_setg(errp, ENOTSUP, "Cannot resize NBD nodes");
@@ -701,6 +710,7 @@ static int coroutine_fn nbd_co_truncate(VdNode *node, int64_t offset, bool exact
 
 static int64_t coroutine_fn nbd_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     return ((NbdState *)node->opaque)->size;
 }
 
@@ -738,6 +748,7 @@ static void nbd_teardown(NbdState *s)
 
 static int coroutine_fn nbd_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     uint64_t delay = 0, open_timeout = 0;
     char *tls = NULL;
@@ -810,6 +821,7 @@ static int coroutine_fn nbd_co_open(VdNode *node, VdOpts *options, int flags, Vd
 
 static void coroutine_fn nbd_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     NbdState *s = node->opaque;
     nbd_teardown(s);
     vd_co_queue_restart_all(&s->reconnect_waiters);
@@ -854,6 +866,7 @@ static int nbd_driver_parse_filename(const char *filename, VdOpts *options, VdEr
 
 static int coroutine_fn nbd_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
+    VD_CO_ASSERT();
     return vd_co_create_simple(&vd_driver_nbd, filename, opts, errp);
 }
 

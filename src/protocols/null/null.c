@@ -30,6 +30,7 @@ extern const VdDriver vd_driver_null_co;
 
 static int coroutine_fn null_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
+    VD_CO_ASSERT();
     NullState *s = node->opaque;
     uint64_t size, latency;
 
@@ -79,6 +80,7 @@ static int coroutine_fn null_co_open(VdNode *node, VdOpts *options, int flags, V
 
 static inline void coroutine_fn null_delay(NullState *s)
 {
+    VD_CO_ASSERT();
     if (VD_UNLIKELY(s->latency_ns)) {
         vd_co_sleep_ns(s->latency_ns);
     }
@@ -87,6 +89,7 @@ static inline void coroutine_fn null_delay(NullState *s)
 static int coroutine_fn null_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                        VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     NullState *s = node->opaque;
     null_delay(s);
     if (s->read_zeroes) {
@@ -98,6 +101,7 @@ static int coroutine_fn null_co_preadv(VdNode *node, int64_t offset, int64_t byt
 static int coroutine_fn null_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                         VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     null_delay(node->opaque);
     return 0;
 }
@@ -105,18 +109,21 @@ static int coroutine_fn null_co_pwritev(VdNode *node, int64_t offset, int64_t by
 static int coroutine_fn null_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                               int flags)
 {
+    VD_CO_ASSERT();
     null_delay(node->opaque);
     return 0;
 }
 
 static int coroutine_fn null_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     null_delay(node->opaque);
     return 0;
 }
 
 static int coroutine_fn null_co_flush_to_disk(VdNode *node)
 {
+    VD_CO_ASSERT();
     null_delay(node->opaque);
     return 0;
 }
@@ -125,6 +132,7 @@ static int coroutine_fn null_co_block_status(VdNode *node, bool want_zero, int64
                                              int64_t bytes, int64_t *pnum, int64_t *map,
                                              VdNode **file)
 {
+    VD_CO_ASSERT();
     NullState *s = node->opaque;
     *pnum = bytes;
     *map = offset;
@@ -134,11 +142,13 @@ static int coroutine_fn null_co_block_status(VdNode *node, bool want_zero, int64
 
 static int64_t coroutine_fn null_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     return ((NullState *)node->opaque)->size;
 }
 
 static int64_t coroutine_fn null_co_get_allocated_file_size(VdNode *node)
 {
+    VD_CO_ASSERT();
     return 0;
 }
 

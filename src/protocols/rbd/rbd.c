@@ -366,6 +366,7 @@ typedef enum RbdOp { RBD_READ, RBD_WRITE, RBD_DISCARD, RBD_ZERO, RBD_FLUSH } Rbd
 static int coroutine_fn rbd_co_aio_flags(RbdState *s, RbdOp op, int64_t offset, int64_t bytes,
                                          VdIOVector *qiov, size_t qiov_offset, int zflags)
 {
+    VD_CO_ASSERT();
     RbdReq req = { .co = vd_co_self() };
     rbd_completion_t c;
     struct iovec small[16];
@@ -429,17 +430,20 @@ static int coroutine_fn rbd_co_aio_flags(RbdState *s, RbdOp op, int64_t offset, 
 static int coroutine_fn rbd_co_aio(RbdState *s, RbdOp op, int64_t offset, int64_t bytes,
                                    VdIOVector *qiov, size_t qiov_offset)
 {
+    VD_CO_ASSERT();
     return rbd_co_aio_flags(s, op, offset, bytes, qiov, qiov_offset, 0);
 }
 
 static int coroutine_fn rbd_co_aio_zero(RbdState *s, int64_t offset, int64_t bytes, int zflags)
 {
+    VD_CO_ASSERT();
     return rbd_co_aio_flags(s, RBD_ZERO, offset, bytes, NULL, 0, zflags);
 }
 
 static int coroutine_fn rbd_co_preadv(VdNode *node, int64_t offset, int64_t bytes,
                                       VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     return rbd_co_aio(node->opaque, RBD_READ, offset, bytes, qiov, qiov_offset);
 }
 
@@ -462,6 +466,7 @@ static int rbd_resize_worker(void *opaque)
  * format such as qcow2 on RBD allocates at the end). Node's context; yields. */
 static int coroutine_fn rbd_co_grow_for(RbdState *s, int64_t end)
 {
+    VD_CO_ASSERT();
     int ret = 0;
     if ((uint64_t)end <= s->size) {
         return 0;
@@ -478,6 +483,7 @@ static int coroutine_fn rbd_co_grow_for(RbdState *s, int64_t end)
 static int coroutine_fn rbd_co_pwritev(VdNode *node, int64_t offset, int64_t bytes,
                                        VdIOVector *qiov, size_t qiov_offset, int flags)
 {
+    VD_CO_ASSERT();
     RbdState *s = node->opaque;
     int g = rbd_co_grow_for(s, offset + bytes);
     if (g < 0) {
@@ -493,6 +499,7 @@ static int coroutine_fn rbd_co_pwritev(VdNode *node, int64_t offset, int64_t byt
 static int coroutine_fn rbd_co_pwrite_zeroes(VdNode *node, int64_t offset, int64_t bytes,
                                              int flags)
 {
+    VD_CO_ASSERT();
     RbdState *s = node->opaque;
     int g = rbd_co_grow_for(s, offset + bytes);
     if (g < 0) {
@@ -509,11 +516,13 @@ static int coroutine_fn rbd_co_pwrite_zeroes(VdNode *node, int64_t offset, int64
 
 static int coroutine_fn rbd_co_pdiscard(VdNode *node, int64_t offset, int64_t bytes)
 {
+    VD_CO_ASSERT();
     return rbd_co_aio(node->opaque, RBD_DISCARD, offset, bytes, NULL, 0);
 }
 
 static int coroutine_fn rbd_co_flush_to_disk(VdNode *node)
 {
+    VD_CO_ASSERT();
     return rbd_co_aio(node->opaque, RBD_FLUSH, 0, 0, NULL, 0);
 }
 
@@ -555,6 +564,7 @@ static int coroutine_fn rbd_co_block_status(VdNode *node, bool want_zero, int64_
                                             int64_t bytes, int64_t *pnum, int64_t *map,
                                             VdNode **file)
 {
+    VD_CO_ASSERT();
     RbdState *s = node->opaque;
     *map = offset;
     *file = node;
@@ -583,6 +593,7 @@ static int coroutine_fn rbd_co_block_status(VdNode *node, bool want_zero, int64_
 static int coroutine_fn rbd_co_truncate(VdNode *node, int64_t offset, bool exact,
                                         VdPrealloc prealloc, VdError **errp)
 {
+    VD_CO_ASSERT();
     RbdState *s = node->opaque;
     if (prealloc != VD_PREALLOC_OFF) {
         vd_error_setg(errp, ENOTSUP, "Unsupported preallocation mode '%s'",
@@ -604,6 +615,7 @@ static int coroutine_fn rbd_co_truncate(VdNode *node, int64_t offset, bool exact
 
 static int64_t coroutine_fn rbd_co_getlength(VdNode *node)
 {
+    VD_CO_ASSERT();
     return (int64_t)((RbdState *)node->opaque)->size;
 }
 
@@ -619,6 +631,7 @@ static void rbd_refresh_limits(VdNode *node)
 
 static int coroutine_fn rbd_co_open(VdNode *node, VdOpts *options, int flags, VdError **errp)
 {
+    VD_CO_ASSERT();
     RbdState *s = node->opaque;
     s->node = node;
     s->ctx = node->ctx;
@@ -660,6 +673,7 @@ static int coroutine_fn rbd_co_open(VdNode *node, VdOpts *options, int flags, Vd
 
 static void coroutine_fn rbd_co_close(VdNode *node)
 {
+    VD_CO_ASSERT();
     RbdState *s = node->opaque;
     if (s->efd >= 0) {
         rbd_detach_efd(s);
@@ -724,6 +738,7 @@ static const VdCreateOption rbd_create_opts[] = {
 
 static int coroutine_fn rbd_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
+    VD_CO_ASSERT();
     RbdCreate c = { 0 };
     VdOpts *o = vd_json_object();
     uint64_t size = 0;

@@ -8,7 +8,6 @@ what fio wrote is in the file behind qemu-nbd."""
 import os
 import subprocess
 import sys
-import time
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,18 +47,13 @@ def main():
             log("+", " ".join(cmd))
             fio = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
-            targets = ["io1", None, "io0", "io1", "io0"]
-            moves = 0
-            deadline = time.time() + 180
-            while fio.poll() is None and time.time() < deadline:
-                t = targets[moves % len(targets)]
-                dmn.qmp.ok("x-blockdev-set-iothread", **{"node-name": "disk0", "iothread": t})
-                moves += 1
-                nodes = dmn.qmp.ok("query-named-block-nodes")
+
+            def each(t, moves, nodes):
                 where = {n["node-name"]: n.get("iothread") for n in nodes}
                 F.check(where.get("nbd0") == (t or "main-loop"),
                         f"the nbd node moved with its parent to {t}: {where}")
-                time.sleep(0.05)
+
+            moves = dmn.move_under_load(fio, "disk0", each)
             out = fio.communicate(timeout=60)[0]
             log(out)
             F.check(fio.returncode == 0, "fio failed during IOThread moves")

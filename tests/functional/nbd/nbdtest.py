@@ -68,6 +68,16 @@ class QMP:
             if "event" not in r:
                 return r
 
+    def wait_event(self, name, timeout=30):
+        """The next event called name (other messages dropped), within timeout seconds."""
+        self.sock.settimeout(timeout)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = self._recv()
+            if r.get("event") == name:
+                return r
+        raise AssertionError(f"no {name} event")
+
     def ok(self, execute, **args):
         r = self.cmd(execute, **args)
         if "return" not in r:
@@ -110,6 +120,22 @@ class Vdiskd:
         self.logf.flush()
         self.logf.seek(0)
         return self.logf.read()
+
+    def move_under_load(self, proc, node, each, seconds=180):
+        """While proc runs (at most seconds), move node round the IOThreads
+        io1, the main loop, io0 (x-blockdev-set-iothread); after each move
+        call each(target, moves, nodes) with query-named-block-nodes' answer.
+        Returns the number of moves."""
+        targets = ["io1", None, "io0", "io1", "io0"]
+        moves = 0
+        deadline = time.time() + seconds
+        while proc.poll() is None and time.time() < deadline:
+            t = targets[moves % len(targets)]
+            self.qmp.ok("x-blockdev-set-iothread", **{"node-name": node, "iothread": t})
+            moves += 1
+            each(t, moves, self.qmp.ok("query-named-block-nodes"))
+            time.sleep(0.05)
+        return moves
 
     def alive(self):
         return self.proc.poll() is None

@@ -6,7 +6,6 @@ IOThread keeps working meanwhile."""
 import os
 import subprocess
 import sys
-import time
 
 sys.dont_write_bytecode = True   # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,14 +38,8 @@ def test(vdiskd):
             log("+", " ".join(cmd))
             fio = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
-            targets = ["io1", None, "io0", "io1", "io0"]
-            moves = 0
-            deadline = time.time() + 180
-            while fio.poll() is None and time.time() < deadline:
-                t = targets[moves % len(targets)]
-                dmn.qmp.ok("x-blockdev-set-iothread", **{"node-name": "disk0", "iothread": t})
-                moves += 1
-                nodes = dmn.qmp.ok("query-named-block-nodes")
+
+            def each(t, moves, nodes):
                 where = [n["iothread"] for n in nodes if n["node-name"] == "disk0"][0]
                 assert where == (t or "main-loop"), (where, t)
                 if moves % 3 == 0:
@@ -54,7 +47,8 @@ def test(vdiskd):
                     run(["qemu-io", "-f", "raw", "-c", f"write -P {moves % 250} 0 64k",
                          "-c", f"read -P {moves % 250} 0 64k",
                          f"nbd+unix:///other?socket={sock}"])
-                time.sleep(0.05)
+
+            moves = dmn.move_under_load(fio, "disk0", each)
             out = fio.communicate(timeout=60)[0]
             log(out)
             assert fio.returncode == 0, "fio failed during IOThread moves"

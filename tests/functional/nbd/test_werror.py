@@ -9,16 +9,6 @@ import time
 from nbdtest import (QMP, TempDir, Vdiskd, log, main, need, run)
 
 
-def wait_event(qmp, name, timeout=20):
-    qmp.sock.settimeout(timeout)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        r = qmp._recv()
-        if r.get("event") == name:
-            return r
-    raise AssertionError(f"no {name} event")
-
-
 def start(binary, d, werror):
     img = os.path.join(d, "disk.raw")
     run(["qemu-img", "create", "-f", "raw", img, "64M"])
@@ -41,7 +31,7 @@ def test(binary):
         try:
             w = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 4096 64k", uri],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            ev = wait_event(v.qmp, "BLOCK_IO_ERROR")
+            ev = v.qmp.wait_event("BLOCK_IO_ERROR", 20)
             log("event:", ev)
             data = ev["data"]
             assert data["node-name"] == "disk0" and data["operation"] == "write", data

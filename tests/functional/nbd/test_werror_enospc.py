@@ -19,16 +19,6 @@ from nbdtest import (QMP, SKIP, TempDir, Vdiskd, log, main, need, qemu_img_check
 FS_SIZE = 64 << 20
 
 
-def wait_event(qmp, name, timeout=30):
-    qmp.sock.settimeout(timeout)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        r = qmp._recv()
-        if r.get("event") == name:
-            return r
-    raise AssertionError(f"no {name} event")
-
-
 class Tmpfs:
     def __init__(self, path):
         self.path = path
@@ -74,7 +64,7 @@ def start_paused(binary, d, fs, extra=()):
     filler = fill(fs, 512 << 10)
     held = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "write -P 0x22 32M 8M", uri],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ev = wait_event(v.qmp, "BLOCK_IO_ERROR")
+    ev = v.qmp.wait_event("BLOCK_IO_ERROR", 30)
     log("event:", ev)
     assert ev["data"]["nospace"] is True and ev["data"]["action"] == "stop", ev
     time.sleep(0.3)
@@ -137,7 +127,7 @@ def test(binary):
                 held = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "write -P 0x22 64M 8M",
                                          uri2], stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
-                wait_event(q, "BLOCK_IO_ERROR")
+                q.wait_event("BLOCK_IO_ERROR", 30)
                 r = timed("nbd-server-stop", lambda: q.cmd("nbd-server-stop"))
                 assert r == {"return": {}}, r
                 held_failed(held)
@@ -151,7 +141,7 @@ def test(binary):
                 held = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "write -P 0x22 96M 8M",
                                          uri3], stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
-                wait_event(q, "BLOCK_IO_ERROR")
+                q.wait_event("BLOCK_IO_ERROR", 30)
                 timed("SIGTERM", lambda: v.stop(signal.SIGTERM, timeout=30), limit=8)
                 held_failed(held)
             finally:

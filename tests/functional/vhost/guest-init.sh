@@ -23,8 +23,8 @@ while [ ! -b /dev/vda ]; do
   sleep 0.1
 done
 # vdtest.crash=2: the disk is a slow null-co (reads return zeros after
-# 300 ms): only O_DIRECT reads for 6 s, so one is always in flight when
-# the host kills the server.
+# 2 s): only O_DIRECT reads for 6 s, so one is always in flight when the
+# host kills the server.
 if [ "$crash" = 2 ]; then
   dd if=/dev/zero of=/z bs=4096 count=1 2>/dev/null
   echo "VDTEST-LOOP"

@@ -81,6 +81,35 @@ def test(vdiskd):
                       "--no-event-idx")
         finally:
             v.stop()
+    # kick suppression while the IOThread busy-polls the ring
+    with vt.TempDir() as d:
+        sock = os.path.join(d, "vhost.sock")
+        v = vt.Vdiskd(vdiskd, d, [
+            "--object", "iothread,id=io0,poll-max-ns=100000000",
+            "--blockdev", "driver=null-co,node-name=n0,size=64M,read-zeroes=on",
+            "--export", vt.vhost_export(sock, node="n0", extra="iothread=io0")],
+            wait_for=[sock])
+        try:
+            vt.client(client, sock, "polled")
+            vt.client(client, sock, "polled", "--no-event-idx")
+            vt.client(client, sock, "polled", "--packed")
+        finally:
+            v.stop()
+    # notifications left off in guest memory by a server that polled: the
+    # next server (here one that does not poll) turns them back on
+    with vt.TempDir() as d:
+        sock = os.path.join(d, "vhost.sock")
+        v = vt.Vdiskd(vdiskd, d, [
+            "--object", "iothread,id=io0,poll-max-ns=0",
+            "--blockdev", "driver=null-co,node-name=n0,size=64M,read-zeroes=on",
+            "--export", vt.vhost_export(sock, node="n0", extra="iothread=io0")],
+            wait_for=[sock])
+        try:
+            vt.client(client, sock, "stale-notify")
+            vt.client(client, sock, "stale-notify", "--no-event-idx")
+            vt.client(client, sock, "stale-notify", "--packed")
+        finally:
+            v.stop()
 
 
 if __name__ == "__main__":

@@ -183,8 +183,11 @@ def test(vdiskd):
         # (chardev reconnect=1) reconnects with its inflight region and the
         # new vdiskd resubmits what was in flight; the guest never notices.
         # crash=1: write+verify rounds on a raw file (data survives);
-        # crash=2: reads from a null-co that takes 300 ms each, so a read is
-        # in flight at the kill and must be resubmitted.
+        # crash=2: reads from a null-co that takes 2 s each; the kill comes
+        # 1 s after the guest starts its first read (a few hundred ms under
+        # TCG), so that read is in flight at the kill and must be
+        # resubmitted (with 300 ms reads the guest's own loop, slow under
+        # TCG on a loaded host, sometimes had none in flight).
         for crash in [1, 2]:
             sock = os.path.join(d, f"vhost-crash{crash}.sock")
             if crash == 1:
@@ -193,7 +196,7 @@ def test(vdiskd):
                 node = vt.blockdev(img, "raw")
             else:
                 node = (f"driver=null-co,node-name=disk0,size={SIZE},read-zeroes=on,"
-                        "latency-ns=300000000")
+                        "latency-ns=2000000000")
             args = ["--object", "iothread,id=io0", "--blockdev", node,
                     "--export", vt.vhost_export(sock, extra="iothread=io0")]
             os.environ["VDISK_TRACE"] = "export"
@@ -201,7 +204,7 @@ def test(vdiskd):
 
             def restart():
                 if crash == 2:
-                    time.sleep(0.5)    # the guest's reads take 300 ms each at the server
+                    time.sleep(1.0)    # inside the guest's first 2 s read
                 servers[0].proc.send_signal(signal.SIGKILL)
                 servers[0].proc.wait()
                 for f in [sock, servers[0].qmp_path]:

@@ -3,10 +3,13 @@
  * server (vdiskd or qemu-storage-daemon), and the benchmark load.
  *
  *   vhu-client SOCKET TEST [options]
- *   tests: basic, verify, mq, batch, reconnect, inflight, crash, hostile, load, bench
+ *   tests: basic, verify, mq, batch, polled, stale-notify, reconnect, inflight, crash,
+ *          hostile, load, bench
  *   options: --size BYTES  --ro  --no-event-idx  --indirect  --nq N  --qsize N
  *            --depth N  --seconds S  --bs BYTES  --packed  --ref (the server is the
  *            reference qsd: skip vdiskd-only expectations)
+ *            --spin-us N (bench: busy-poll the used ring up to N us before
+ *            asking for a call and sleeping)
  * Exit 0 when every check passed; each failed check prints "FAIL: ...".
  */
 #include <errno.h>
@@ -25,6 +28,7 @@ static uint64_t g_size;
 static bool g_ro, g_event_idx = true, g_indirect, g_ref, g_packed;
 static int g_nq = 1, g_qsize = 256, g_depth = 8, g_bs = 4096;
 static double g_seconds = 5;
+static int64_t g_spin_ns;
 static int g_failures;
 
 #define CHECK(cond, ...)                                                      \
@@ -331,6 +335,75 @@ static void test_batch(void)
     if (!g_ref) {
         CHECK(calls <= (uint64_t)total / 4, "%llu calls for %d requests: completions not batched",
               (unsigned long long)calls, total);
+    }
+    fe_disconnect(&fe);
+}
+
+/* One request at a time against a server whose IOThread busy-polls
+ * (poll-max-ns large): while it polls the ring it suppresses notifications
+ * (avail_event left behind, VRING_USED_F_NO_NOTIFY, or the packed device
+ * event area), so once the polling window has grown the front-end, which
+ * honours them, hardly kicks; every request still completes. */
+static void test_polled(void)
+{
+    Fe fe;
+    FeOpts o = default_opts();
+    fe_init(&fe);
+    fe_start(&fe, &o);
+    uint8_t buf[4096];
+    const int warm = 1000, n = 2000;
+    uint64_t kicks0 = 0;
+    for (int i = 0; i < warm + n; i++) {
+        if (i == warm) {
+            kicks0 = fe.q[0].kicks;
+        }
+        int st = fe_request(&fe, 0, VIRTIO_BLK_T_IN, (uint64_t)(i % 256) * 8, buf, sizeof(buf));
+        if (st != 0) {
+            CHECK(false, "request %d: status %d", i, st);
+            break;
+        }
+    }
+    uint64_t kicks = fe.q[0].kicks - kicks0;
+    printf("polled: %d requests, %llu kicks (event_idx %d, packed %d)\n", n,
+           (unsigned long long)kicks, g_event_idx, g_packed);
+    if (!g_ref) {
+        CHECK(kicks <= (uint64_t)n / 4, "%llu kicks for %d requests: notifications not "
+              "suppressed while the ring is polled", (unsigned long long)kicks, n);
+    }
+    fe_disconnect(&fe);
+}
+
+/* A server that died while it polled the ring left notifications off in
+ * guest memory (VRING_USED_F_NO_NOTIFY, a stale avail_event, a packed
+ * DISABLE): the next server turns them back on when it starts the ring, or
+ * a front-end that honours them would never kick it (run against a server
+ * that does not poll). */
+static void test_stale_notify(void)
+{
+    Fe fe;
+    FeOpts o = default_opts();
+    uint8_t buf[4096];
+    fe_init(&fe);
+    fe_start(&fe, &o);
+    CHECK(fe_request(&fe, 0, VIRTIO_BLK_T_IN, 0, buf, sizeof(buf)) == 0, "first read");
+    fe_stop_queue(&fe, 0);
+    fe_disconnect(&fe);
+    FeQueue *q = &fe.q[0];
+    if (g_packed) {
+        __atomic_store_n(&q->used[1], VRING_PACKED_EVENT_DISABLE, __ATOMIC_RELAXED);
+    } else if (g_event_idx) {
+        uint16_t *avail_event = (uint16_t *)((uint8_t *)q->used + 4 + 8 * q->num);
+        *avail_event = (uint16_t)(q->avail_idx - 100);
+    } else {
+        q->used[0] |= VRING_USED_F_NO_NOTIFY;
+    }
+    fe_start(&fe, &o);
+    for (int i = 0; i < 20; i++) {
+        int st = fe_request(&fe, 0, VIRTIO_BLK_T_IN, (uint64_t)i * 8, buf, sizeof(buf));
+        if (st != 0) {
+            CHECK(false, "read %d after the restart: %d (notifications left off?)", i, st);
+            break;
+        }
     }
     fe_disconnect(&fe);
 }
@@ -711,12 +784,7 @@ static void hostile_order(void)
     VhuVringAddr a = { 0, 0, (uintptr_t)fe.q[0].desc, (uintptr_t)fe.q[0].used,
                        (uintptr_t)fe.q[0].avail, 0 };
     uint8_t ab[40];
-    memcpy(ab, &a.index, 4);
-    memcpy(ab + 4, &a.flags, 4);
-    memcpy(ab + 8, &a.desc_user_addr, 8);
-    memcpy(ab + 16, &a.used_user_addr, 8);
-    memcpy(ab + 24, &a.avail_user_addr, 8);
-    memcpy(ab + 32, &a.log_guest_addr, 8);
+    fe_vring_addr_encode(&a, ab);
     CHECK(fe_msg(&fe, VHU_SET_VRING_ADDR, 0, ab, 40, NULL, 0, NULL, NULL) == 0, "addr");
     fe.q[0].kick = eventfd(0, EFD_NONBLOCK);
     fe.q[0].call = eventfd(0, EFD_NONBLOCK);
@@ -948,6 +1016,7 @@ static void test_bench(void)
     Fe fe;
     FeOpts o = default_opts();
     fe_init(&fe);
+    fe.reap_spin_ns = g_spin_ns;
     fe_start(&fe, &o);
     uint64_t nblocks = g_size / g_bs;
     uint64_t rnd = 88172645463325252ull;
@@ -993,8 +1062,8 @@ static void test_bench(void)
         done += n;
     }
     double el = now_s() - t0;
-    printf("bench: %llu requests in %.3f s: %.0f IOPS\n", (unsigned long long)done, el,
-           done / el);
+    printf("bench: %llu requests in %.3f s: %.0f IOPS, %llu kicks\n", (unsigned long long)done,
+           el, done / el, (unsigned long long)fe.q[0].kicks);
     fe_disconnect(&fe);
 }
 
@@ -1007,6 +1076,7 @@ int main(int argc, char **argv)
         { "depth", required_argument, NULL, 'd' }, { "seconds", required_argument, NULL, 't' },
         { "bs", required_argument, NULL, 'b' }, { "ref", no_argument, NULL, 'R' },
         { "allow-disconnect", no_argument, NULL, 'D' }, { "packed", no_argument, NULL, 'P' },
+        { "spin-us", required_argument, NULL, 'S' },
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -1024,6 +1094,7 @@ int main(int argc, char **argv)
         case 'R': g_ref = true; break;
         case 'D': g_allow_disconnect = true; break;
         case 'P': g_packed = true; break;
+        case 'S': g_spin_ns = (int64_t)(atof(optarg) * 1000); break;
         default: return 2;
         }
     }
@@ -1051,6 +1122,10 @@ int main(int argc, char **argv)
         test_crash();
     } else if (strcmp(t, "load") == 0) {
         test_load();
+    } else if (strcmp(t, "polled") == 0) {
+        test_polled();
+    } else if (strcmp(t, "stale-notify") == 0) {
+        test_stale_notify();
     } else if (strcmp(t, "bench") == 0) {
         test_bench();
     } else {

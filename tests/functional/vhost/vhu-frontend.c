@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,6 +244,17 @@ static uint16_t fe_vring_base(Fe *fe, int i, const FeOpts *o)
     return q->last_used;
 }
 
+/* SET_VRING_ADDR's payload: the struct's fields in order, host byte order. */
+void fe_vring_addr_encode(const VhuVringAddr *a, uint8_t out[40])
+{
+    memcpy(out, &a->index, 4);
+    memcpy(out + 4, &a->flags, 4);
+    memcpy(out + 8, &a->desc_user_addr, 8);
+    memcpy(out + 16, &a->used_user_addr, 8);
+    memcpy(out + 24, &a->avail_user_addr, 8);
+    memcpy(out + 32, &a->log_guest_addr, 8);
+}
+
 int fe_setup(Fe *fe, const FeOpts *o)
 {
     int ret;
@@ -368,17 +380,13 @@ int fe_setup(Fe *fe, const FeOpts *o)
             q->avail_idx = q->last_used = 0;
             q->avail_wrap = q->used_wrap = true;
         }
+        q->kick_idx = q->avail_idx;
         q->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         q->call = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         VhuVringAddr a = { (uint32_t)i, 0, fe_uva(fe, q->desc), fe_uva(fe, q->used),
                            fe_uva(fe, q->avail), 0 };
         uint8_t ab[40];
-        memcpy(ab, &a.index, 4);
-        memcpy(ab + 4, &a.flags, 4);
-        memcpy(ab + 8, &a.desc_user_addr, 8);
-        memcpy(ab + 16, &a.used_user_addr, 8);
-        memcpy(ab + 24, &a.avail_user_addr, 8);
-        memcpy(ab + 32, &a.log_guest_addr, 8);
+        fe_vring_addr_encode(&a, ab);
         if ((ret = fe_vring_state(fe, VHU_SET_VRING_NUM, i, q->num)) < 0 ||
             (ret = fe_vring_state(fe, VHU_SET_VRING_BASE, i, fe_vring_base(fe, i, o))) < 0 ||
             (ret = fe_send_ack(fe, VHU_SET_VRING_ADDR, ab, 40, NULL, 0, true)) < 0 ||
@@ -525,10 +533,16 @@ void fe_kick(Fe *fe, int qi)
             return;
         }
     } else if (fe->event_idx) {
-        /* kick unless the device asked for a later index (avail_event) */
-        uint16_t ev = *(uint16_t *)((uint8_t *)q->used + 4 + 8 * q->num);
-        (void)ev;   /* the test kicks every batch; EVENT_IDX still governs calls */
-    } else if (q->used[0] & VRING_USED_F_NO_NOTIFY) {
+        /* kick only if the entries posted since the last kick decision
+         * passed avail_event (vring_need_event, as a Linux driver does) */
+        uint16_t ev = __atomic_load_n((uint16_t *)((uint8_t *)q->used + 4 + 8 * q->num),
+                                      __ATOMIC_RELAXED);
+        uint16_t new_idx = q->avail_idx, old_idx = q->kick_idx;
+        q->kick_idx = new_idx;
+        if ((uint16_t)(new_idx - ev - 1) >= (uint16_t)(new_idx - old_idx)) {
+            return;
+        }
+    } else if (__atomic_load_n(&q->used[0], __ATOMIC_RELAXED) & VRING_USED_F_NO_NOTIFY) {
         return;
     }
     q->kicks++;
@@ -544,6 +558,43 @@ uint64_t fe_call_count(Fe *fe, int qi)
         return 0;
     }
     return v;
+}
+
+static bool fe_used_ready(Fe *fe, FeQueue *q)
+{
+    if (fe->packed) {
+        VringPackedDesc *d = &((VringPackedDesc *)q->desc)[q->last_used];
+        uint16_t flags = __atomic_load_n(&d->flags, __ATOMIC_ACQUIRE);
+        return (bool)(flags & VRING_PACKED_DESC_F_AVAIL) == q->used_wrap &&
+               (bool)(flags & VRING_PACKED_DESC_F_USED) == q->used_wrap;
+    }
+    return __atomic_load_n(&q->used[1], __ATOMIC_ACQUIRE) != q->last_used;
+}
+
+/* Busy-poll the used ring for up to fe->reap_spin_ns: true once it has an
+ * entry. It yields the CPU between looks: on a machine with fewer free
+ * cores than spinning threads the server runs instead of waiting for our
+ * time slice to end. */
+static bool fe_spin(Fe *fe, FeQueue *q)
+{
+    struct timespec ts;
+    int64_t end = 0;
+
+    for (unsigned i = 0;; i++) {
+        if (fe_used_ready(fe, q)) {
+            return true;
+        }
+        if (i % 8 == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t now = ts.tv_sec * 1000000000LL + ts.tv_nsec;
+            if (i == 0) {
+                end = now + fe->reap_spin_ns;
+            } else if (now >= end) {
+                return false;
+            }
+        }
+        sched_yield();
+    }
 }
 
 int fe_reap(Fe *fe, int qi, int *slots, uint32_t *lens, int max, int timeout_ms)
@@ -572,6 +623,9 @@ int fe_reap(Fe *fe, int qi, int *slots, uint32_t *lens, int max, int timeout_ms)
         if (n > 0 || timeout_ms == 0) {
             return n;
         }
+        if (fe->reap_spin_ns > 0 && fe_spin(fe, q)) {
+            continue;
+        }
         struct pollfd pfd[2] = { { q->call, POLLIN, 0 }, { fe->sock, POLLIN, 0 } };
         if (poll(pfd, fe->sock >= 0 ? 2 : 1, timeout_ms) == 0) {
             return -ETIMEDOUT;
@@ -593,6 +647,12 @@ int fe_reap(Fe *fe, int qi, int *slots, uint32_t *lens, int max, int timeout_ms)
             lens[n] = e.len;
             n++;
             q->last_used++;
+        }
+        if (n > 0 && fe->reap_spin_ns > 0) {
+            return n;               /* polling: no call wanted yet */
+        }
+        if (fe->reap_spin_ns > 0 && timeout_ms != 0 && fe_spin(fe, q)) {
+            continue;
         }
         if (fe->event_idx) {
             /* used_event: interrupt us at the next completion */

@@ -30,6 +30,7 @@ typedef struct FeQueue {
                                  * data at +4096 */
     uint64_t slots_gpa;
     uint64_t kicks;
+    uint16_t kick_idx;          /* split: avail index at the last kick decision */
     /* packed ring: desc is the descriptor ring, avail the driver event
      * area, used the device event area */
     bool avail_wrap;
@@ -50,6 +51,8 @@ typedef struct Fe {
     bool indirect;              /* post requests through indirect tables */
     bool event_idx;
     bool packed;
+    int64_t reap_spin_ns;       /* fe_reap: busy-poll the used ring this long before
+                                 * asking for a call and sleeping (0: sleep at once) */
     int inflight_fd;
     uint8_t *inflight;
     uint64_t inflight_size;
@@ -76,6 +79,8 @@ int fe_setup(Fe *fe, const FeOpts *o);
  * reply of that request into reply (up to *reply_len bytes). */
 int fe_msg(Fe *fe, uint32_t request, uint32_t flags, const void *payload, uint32_t size,
            const int *fds, int nfds, void *reply, uint32_t *reply_len);
+/* SET_VRING_ADDR's 40-byte payload from a. */
+void fe_vring_addr_encode(const VhuVringAddr *a, uint8_t out[40]);
 int fe_get_u64(Fe *fe, uint32_t request, uint64_t *v);
 int fe_set_u64(Fe *fe, uint32_t request, uint64_t v, bool ack);
 
@@ -90,9 +95,14 @@ void fe_post(Fe *fe, int q, int slot, uint32_t type, uint64_t sector, uint32_t l
 void fe_post_packed(Fe *fe, int q, int slot, VringDesc *d, int n);
 /* Put a raw head into the avail ring (hostile tests). */
 void fe_post_head(Fe *fe, int q, uint16_t head);
+/* Notify the device of what was posted since the last kick, unless it
+ * suppressed notifications (EVENT_IDX avail_event as a Linux driver
+ * honours it, VRING_USED_F_NO_NOTIFY, the packed device event area). */
 void fe_kick(Fe *fe, int q);
 /* Collect completions: slot numbers (head / 3, or the head with indirect)
  * and used lengths. Waits up to timeout_ms for the first one (0: none).
+ * With fe->reap_spin_ns it first busy-polls the used ring and asks for a
+ * call (used_event) only before it sleeps.
  * Returns the number collected or -ETIMEDOUT. */
 int fe_reap(Fe *fe, int q, int *slots, uint32_t *lens, int max, int timeout_ms);
 uint8_t fe_slot_status(Fe *fe, int q, int slot);

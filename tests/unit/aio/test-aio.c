@@ -741,6 +741,92 @@ static void test_fd_poll_callback(void **state)
     free_ctx(ctx);
 }
 
+typedef struct PollHooks {
+    PollFlag p;
+    int begins, ends;
+    bool work_on_end;           /* io_poll_end finds work (arrived while "off") */
+    int timer_fired;
+} PollHooks;
+
+static void hooks_begin(void *opaque)
+{
+    ((PollHooks *)opaque)->begins++;
+}
+
+static void hooks_end(void *opaque)
+{
+    PollHooks *h = opaque;
+    h->ends++;
+    if (h->work_on_end) {
+        atomic_store(&h->p.flag, 1);
+    }
+}
+
+static bool hooks_poll(void *opaque)
+{
+    return flag_poll(&((PollHooks *)opaque)->p);
+}
+
+static void hooks_ready(void *opaque)
+{
+    flag_ready(&((PollHooks *)opaque)->p);
+}
+
+static void hooks_timer(void *opaque)
+{
+    ((PollHooks *)opaque)->timer_fired++;
+}
+
+/* io_poll_begin/io_poll_end: begin when busy-polling starts, end before the
+ * loop sleeps and then one more look (what arrived while a handler had its
+ * notifications off is served without sleeping); a handler removed while
+ * polled gets its end. */
+static void test_fd_poll_begin_end(void **state)
+{
+    VdAioContext *ctx = new_ctx();
+    PollHooks h = { 0 };
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    vd_aio_context_set_poll_params(ctx, 1000000, 0, 0);
+    ctx->poll_ns = 20000;
+    vd_aio_set_fd_handler(ctx, fds[0], NULL, NULL, hooks_poll, hooks_ready, &h);
+    vd_aio_set_fd_poll(ctx, fds[0], hooks_begin, hooks_end);
+    /* a safety net: without the look after io_poll_end the loop would sleep
+     * until this timer */
+    VdTimer *t = vd_timer_new(ctx, hooks_timer, &h);
+    vd_timer_mod(t, vd_timer_clock_ns() + 1000000000LL);
+
+    atomic_store(&h.p.flag, 1);
+    assert_true(vd_aio_poll(ctx, true));        /* found by busy-polling */
+    assert_int_equal(h.begins, 1);
+    assert_int_equal(h.ends, 0);                /* still in polling mode */
+    assert_int_equal(h.p.ready_calls, 1);
+
+    uint64_t sleeps = ctx->stats.sleeps;
+    h.work_on_end = true;
+    ctx->poll_ns = 20000;
+    assert_true(vd_aio_poll(ctx, true));        /* window ends, end finds work */
+    assert_int_equal(h.begins, 1);
+    assert_int_equal(h.ends, 1);
+    assert_int_equal(h.p.ready_calls, 2);
+    assert_int_equal(h.timer_fired, 0);
+    assert_int_equal(ctx->stats.sleeps, sleeps);
+
+    h.work_on_end = false;
+    atomic_store(&h.p.flag, 1);
+    ctx->poll_ns = 20000;
+    assert_true(vd_aio_poll(ctx, true));
+    assert_int_equal(h.begins, 2);
+    assert_int_equal(h.ends, 1);
+    vd_aio_set_fd_handler(ctx, fds[0], NULL, NULL, NULL, NULL, NULL);
+    assert_int_equal(h.ends, 2);                /* removed while polled */
+
+    vd_timer_free(t);
+    close(fds[0]);
+    close(fds[1]);
+    free_ctx(ctx);
+}
+
 /* The polling window grows while waits are short, shrinks when long. */
 static void test_adaptive_polling(void **state)
 {
@@ -1035,6 +1121,7 @@ int main(void)
         TEST("/aio/fd/pipe-write", test_fd_pipe_write),
         TEST("/aio/fd/remove-in-callback", test_fd_remove_in_callback),
         TEST("/aio/fd/poll-callback", test_fd_poll_callback),
+        TEST("/aio/fd/poll-begin-end", test_fd_poll_begin_end),
         TEST("/aio/pool/results-in-submitting-thread", test_pool_results_in_submitting_thread),
         TEST("/aio/iothread/invalid", test_iothread_invalid),
         TEST("/aio/iothread/start-stop", test_iothread_start_stop),

@@ -425,7 +425,7 @@ def eviction_error_not_reported_to_reads():
 @test
 def small_cache_rewrites_in_place():
     """Rewrites in place with a two-table L2 cache over 32 tables: the entries
-    of a table not cached are read without s->lock (cluster.c
+    of a table not cached are read without s->lock (write.c
     write_in_place_uncached), concurrently with each other, with cached
     look-ups and with allocating writes; everything reads back."""
     if not VDISK_IO:

@@ -14,59 +14,10 @@
 #include <string.h>
 #include "block/block-int.h"
 #include "block/meta-queue.h"
+#include "block/meta-queue-int.h"
 #include "vdisk/log.h"
 
-struct VdMetaQueue {
-    VdNode *owner;
-    VdNode *child;
-    VdMetaQueueOps ops;
-    void *opaque;
-    VdMetaQueueOpts opts;
-    VdAioContext *ctx;
-
-    VdMetaTable *dirty_head, *dirty_tail;
-    int dirty_count;
-    uint64_t dirty_bytes;
-    int trig_count;             /* dirty tables that are not deferred (triggers) */
-    uint64_t trig_bytes;
-    uint64_t dirty_clock;
-    VdMetaTable *unst_head;
-
-    /* write-back runs */
-    bool running;
-    uint64_t run_id;
-    uint64_t requests;          /* commit calls so far */
-    uint64_t done_requests;     /* every call numbered <= this was served ... */
-    int done_flags;             /* ... by a run with these flags */
-    int done_ret;               /* ... with this result */
-    VdCoQueue run_waiters;
-
-    /* a level in flight */
-    int level_pending;
-    int level_ret;
-    VdCoQueue level_waiters;
-    VdCoQueue flight_waiters;   /* vd_mq_table_release of a table in flight */
-
-    int err;                    /* retained error of a background write-back */
-    VdTimer *timer;
-    bool bg_scheduled;          /* a background coroutine is created or running */
-    int paused;
-    VdCoQueue drain_waiters;
-
-    VdMetaQueueStats stats;
-};
-
 /* ---- helpers ------------------------------------------------------------------ */
-
-static inline uint64_t child_write_gen(VdMetaQueue *q)
-{
-    return q->child->core->write_gen;
-}
-
-static inline uint64_t child_flushed_gen(VdMetaQueue *q)
-{
-    return q->child->core->flushed_gen;
-}
 
 static void apply_opts(VdMetaQueue *q, const VdMetaQueueOpts *o)
 {
@@ -79,7 +30,7 @@ static void apply_opts(VdMetaQueue *q, const VdMetaQueueOpts *o)
     q->opts.max_age_ns = d.max_age_ns ? d.max_age_ns : VD_MQ_DEFAULT_MAX_AGE_NS;
 }
 
-static void dirty_unlink(VdMetaQueue *q, VdMetaTable *t)
+void mq_dirty_unlink(VdMetaQueue *q, VdMetaTable *t)
 {
     if (!t->on_dirty) {
         return;
@@ -104,7 +55,7 @@ static void dirty_unlink(VdMetaQueue *q, VdMetaTable *t)
     }
 }
 
-static void unst_unlink(VdMetaQueue *q, VdMetaTable *t)
+void mq_unst_unlink(VdMetaQueue *q, VdMetaTable *t)
 {
     if (!t->on_unstable) {
         return;
@@ -121,7 +72,7 @@ static void unst_unlink(VdMetaQueue *q, VdMetaTable *t)
     t->on_unstable = false;
 }
 
-static void unst_link(VdMetaQueue *q, VdMetaTable *t)
+void mq_unst_link(VdMetaQueue *q, VdMetaTable *t)
 {
     if (t->on_unstable) {
         return;
@@ -136,14 +87,14 @@ static void unst_link(VdMetaQueue *q, VdMetaTable *t)
 }
 
 /* Forget unstable entries that a flush (ours or anyone's) made stable. */
-static void unst_prune(VdMetaQueue *q)
+void mq_unst_prune(VdMetaQueue *q)
 {
     uint64_t fg = child_flushed_gen(q);
     VdMetaTable *t = q->unst_head;
     while (t) {
         VdMetaTable *next = t->unst_next;
         if (t->written_gen <= fg) {
-            unst_unlink(q, t);
+            mq_unst_unlink(q, t);
         }
         t = next;
     }
@@ -176,7 +127,7 @@ static void arm_timer(VdMetaQueue *q)
     }
 }
 
-static void dirty_link(VdMetaQueue *q, VdMetaTable *t)
+void mq_dirty_link(VdMetaQueue *q, VdMetaTable *t)
 {
     if (t->on_dirty) {
         return;
@@ -372,8 +323,8 @@ void vd_mq_table_release_now(VdMetaTable *t)
     if (!q) {
         return;
     }
-    dirty_unlink(q, t);
-    unst_unlink(q, t);
+    mq_dirty_unlink(q, t);
+    mq_unst_unlink(q, t);
     detach_dependents(q, t);
     free(t->deps);
     t->deps = NULL;
@@ -419,7 +370,7 @@ void vd_mq_mark_dirty(VdMetaTable *t, size_t off, size_t len)
     if (!t->on_dirty) {
         t->dirty_lo = off;
         t->dirty_hi = off + len;
-        dirty_link(q, t);
+        mq_dirty_link(q, t);
     } else {
         if (off < t->dirty_lo) {
             t->dirty_lo = off;
@@ -496,281 +447,6 @@ int vd_mq_take_error(VdMetaQueue *q)
 void vd_mq_get_stats(const VdMetaQueue *q, VdMetaQueueStats *out)
 {
     *out = q->stats;
-}
-
-/* ---- writing a table --------------------------------------------------------------- */
-
-typedef struct TableWrite {
-    VdMetaQueue *q;
-    VdMetaTable *t;
-    void *copy;
-    uint64_t offset, bytes;
-    uint64_t change;
-    size_t lo, hi;
-    bool spawned;
-} TableWrite;
-
-/* Snapshot t's pending contents (no yield): takes it off the dirty list.
- * Returns 0 or -ENOMEM (t untouched). */
-static int table_write_prepare(VdMetaQueue *q, VdMetaTable *t, TableWrite *w)
-{
-    /* whole pages at least (no partial-page writes in the page cache; small
-     * tables are then written whole, and adjacent ones merge: write_level) */
-    uint64_t align = VD_MAX(q->child->bl.request_alignment, VD_MIN(4096, t->size));
-    if (align < 512) {
-        align = 512;   /* sector-sized writes at least, as QEMU writes its tables */
-    }
-    uint64_t lo = VD_ALIGN_DOWN((uint64_t)t->dirty_lo, align);
-    uint64_t hi = VD_ALIGN_UP((uint64_t)t->dirty_hi, align);
-    if (hi > t->size) {
-        hi = t->size;
-    }
-    if (lo >= hi) {
-        lo = 0;
-        hi = t->size;
-    }
-    size_t memalign = q->child->bl.min_mem_alignment > 4096 ? q->child->bl.min_mem_alignment
-                                                            : 4096;
-    void *copy = NULL;
-    if (posix_memalign(&copy, memalign, hi - lo ? hi - lo : 1)) {
-        return -ENOMEM;
-    }
-    memcpy(copy, (uint8_t *)t->buf + lo, hi - lo);
-    *w = (TableWrite){ .q = q, .t = t, .copy = copy, .offset = t->offset + lo, .bytes = hi - lo,
-                       .change = t->change, .lo = t->dirty_lo, .hi = t->dirty_hi };
-    dirty_unlink(q, t);
-    t->nb_deps = 0;       /* all stable: nothing left to wait for */
-    t->in_flight = true;
-    return 0;
-}
-
-/* Before t's write: the format's hook, its event, the counters. */
-static int coroutine_fn table_write_pre(TableWrite *w)
-{
-    VD_CO_ASSERT();
-    VdMetaQueue *q = w->q;
-    VdMetaTable *t = w->t;
-    int ret = 0;
-    if (q->ops.pre_write) {
-        ret = q->ops.pre_write(q->opaque, t, w->offset, w->bytes);
-    }
-    if (ret == 0) {
-        if (t->event != VD_DBG_NONE) {
-            vd_debug_event(q->child, t->event);
-        }
-        q->stats.table_writes++;
-        q->stats.table_writes_kind[t->kind]++;
-        VD_RELAXED_ADD(q->owner->core->meta_writes, 1);
-    }
-    return ret;
-}
-
-/* After t's write (ret: its result). */
-static void table_write_post(TableWrite *w, int ret)
-{
-    VdMetaQueue *q = w->q;
-    VdMetaTable *t = w->t;
-    free(w->copy);
-    w->copy = NULL;
-    t->in_flight = false;
-    if (ret < 0) {
-        q->stats.write_errors++;
-        /* keep the table dirty (with the range we failed to write) */
-        if (!t->on_dirty) {
-            t->dirty_lo = w->lo;
-            t->dirty_hi = w->hi;
-            dirty_link(q, t);
-        } else {
-            if (w->lo < t->dirty_lo) {
-                t->dirty_lo = w->lo;
-            }
-            if (w->hi > t->dirty_hi) {
-                t->dirty_hi = w->hi;
-            }
-        }
-    } else {
-        t->written = w->change;
-        t->written_gen = child_write_gen(q);
-        unst_link(q, t);
-    }
-    vd_co_queue_restart_all(&q->flight_waiters);
-}
-
-static int coroutine_fn table_write_do(TableWrite *w)
-{
-    VD_CO_ASSERT();
-    int ret = table_write_pre(w);
-    if (ret == 0) {
-        ret = vd_co_pwrite(w->q->child, (int64_t)w->offset, (int64_t)w->bytes, w->copy, 0);
-    }
-    table_write_post(w, ret);
-    return ret;
-}
-
-/*
- * Tables adjacent in the child (one write's range ends where the next
- * begins: L2 tables allocated one after the other, written whole) go out
- * as one vectored write: a level over many small tables costs a few
- * requests instead of one per table. Each table still gets its hook, event
- * and counters; when a hook refuses, the group's other tables are written
- * one by one; a failed merged write fails (keeps dirty) each of its tables.
- */
-#define MQ_MERGE_MAX_BYTES (1024 * 1024)
-#define MQ_MERGE_MAX_IOV   64
-
-typedef struct WriteGroup {
-    VdMetaQueue *q;
-    TableWrite **w;
-    int n;
-} WriteGroup;
-
-static int coroutine_fn group_write_do(WriteGroup *g)
-{
-    VD_CO_ASSERT();
-    if (g->n == 1) {
-        return table_write_do(g->w[0]);
-    }
-    VdMetaQueue *q = g->q;
-    int pre[MQ_MERGE_MAX_IOV];
-    bool all = true;
-    for (int i = 0; i < g->n; i++) {
-        pre[i] = table_write_pre(g->w[i]);
-        if (pre[i] < 0) {
-            all = false;
-        }
-    }
-    if (all) {
-        VdIOVector qv;
-        vd_iov_init(&qv, g->n);
-        uint64_t bytes = 0;
-        for (int i = 0; i < g->n; i++) {
-            vd_iov_add(&qv, g->w[i]->copy, g->w[i]->bytes);
-            bytes += g->w[i]->bytes;
-        }
-        int ret = vd_co_pwritev(q->child, (int64_t)g->w[0]->offset, (int64_t)bytes, &qv, 0, 0);
-        vd_iov_destroy(&qv);
-        for (int i = 0; i < g->n; i++) {
-            table_write_post(g->w[i], ret);
-        }
-        return ret;
-    }
-    /* some hook refused: the others alone */
-    int first_err = 0;
-    for (int i = 0; i < g->n; i++) {
-        int r = pre[i];
-        if (r == 0) {
-            r = vd_co_pwrite(q->child, (int64_t)g->w[i]->offset, (int64_t)g->w[i]->bytes,
-                             g->w[i]->copy, 0);
-        }
-        table_write_post(g->w[i], r);
-        if (r < 0 && first_err == 0) {
-            first_err = r;
-        }
-    }
-    return first_err;
-}
-
-static void coroutine_fn group_write_entry(void *opaque)
-{
-    VD_CO_ASSERT();
-    WriteGroup *g = opaque;
-    VdMetaQueue *q = g->q;
-    int ret = group_write_do(g);
-    if (ret < 0 && q->level_ret == 0) {
-        q->level_ret = ret;
-    }
-    if (--q->level_pending == 0) {
-        vd_co_queue_restart_all(&q->level_waiters);
-    }
-}
-
-static int cmp_write_offset(const void *a, const void *b)
-{
-    const TableWrite *x = *(TableWrite *const *)a, *y = *(TableWrite *const *)b;
-    return x->offset < y->offset ? -1 : x->offset > y->offset;
-}
-
-/* Write the k prepared tables of a level (merged where adjacent), the
- * groups concurrently; wait. Returns 0 or the first error. */
-static int coroutine_fn write_level(VdMetaQueue *q, TableWrite *ws, int k)
-{
-    VD_CO_ASSERT();
-    if (k == 1) {
-        return table_write_do(&ws[0]);
-    }
-    TableWrite **order = malloc((size_t)k * sizeof(*order));
-    WriteGroup *groups = malloc((size_t)k * sizeof(*groups));
-    if (!order || !groups) {
-        free(order);
-        free(groups);
-        int ret = 0;    /* no memory for the grouping: one at a time */
-        for (int i = 0; i < k; i++) {
-            int r = table_write_do(&ws[i]);
-            if (r < 0 && ret == 0) {
-                ret = r;
-            }
-        }
-        return ret;
-    }
-    for (int i = 0; i < k; i++) {
-        order[i] = &ws[i];
-    }
-    qsort(order, (size_t)k, sizeof(*order), cmp_write_offset);
-    int ng = 0;
-    for (int i = 0; i < k;) {
-        int j = i + 1;
-        uint64_t bytes = order[i]->bytes;
-        while (j < k && j - i < MQ_MERGE_MAX_IOV &&
-               order[j]->offset == order[j - 1]->offset + order[j - 1]->bytes &&
-               bytes + order[j]->bytes <= MQ_MERGE_MAX_BYTES) {
-            bytes += order[j]->bytes;
-            j++;
-        }
-        groups[ng++] = (WriteGroup){ .q = q, .w = &order[i], .n = j - i };
-        i = j;
-    }
-    int ret;
-    if (ng == 1) {
-        ret = group_write_do(&groups[0]);
-    } else {
-        q->level_pending = ng;
-        q->level_ret = 0;
-        for (int i = 0; i < ng; i++) {
-            vd_co_enter(vd_co_create(group_write_entry, &groups[i]));
-        }
-        while (q->level_pending > 0) {
-            vd_co_queue_wait(&q->level_waiters, NULL);
-        }
-        ret = q->level_ret;
-    }
-    free(order);
-    free(groups);
-    return ret;
-}
-
-/* Flush the child; on failure, everything written since the last flush
- * that succeeded may be lost: dirty it again. */
-static int coroutine_fn mq_flush(VdMetaQueue *q)
-{
-    VD_CO_ASSERT();
-    q->stats.flushes++;
-    int ret = vd_co_flush(q->child);
-    if (ret < 0) {
-        uint64_t fg = child_flushed_gen(q);
-        VdMetaTable *t = q->unst_head;
-        while (t) {
-            VdMetaTable *next = t->unst_next;
-            if (t->written_gen > fg) {
-                unst_unlink(q, t);
-                t->written = 0;
-                vd_mq_mark_dirty(t, 0, 0);
-            }
-            t = next;
-        }
-        return ret;
-    }
-    unst_prune(q);
-    return 0;
 }
 
 /* ---- write-back runs ------------------------------------------------------------------ */
@@ -858,7 +534,7 @@ static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush
         while (t && k < n) {
             VdMetaTable *next = t->dirty_next;
             if ((t->req_run == id || !t->deferred) && deps_stable(q, t)) {
-                if (table_write_prepare(q, t, &ws[k]) < 0) {
+                if (mq_table_write_prepare(q, t, &ws[k]) < 0) {
                     break;
                 }
                 k++;
@@ -870,7 +546,7 @@ static int coroutine_fn run_levels(VdMetaQueue *q, uint64_t id, bool final_flush
             return -ENOMEM;
         }
         q->stats.levels++;
-        int ret = write_level(q, ws, k);
+        int ret = mq_write_level(q, ws, k);
         free(ws);
         if (ret < 0) {
             return ret;
@@ -906,7 +582,7 @@ static int coroutine_fn run_commit(VdMetaQueue *q, int flags)
     int ret = run_levels(q, id, !(flags & VD_MQ_COMMIT_NO_FLUSH));
     if (ret == 0 && !any && !(flags & VD_MQ_COMMIT_NO_FLUSH)) {
         /* nothing to write: still make earlier table writes stable */
-        unst_prune(q);
+        mq_unst_prune(q);
         if (q->unst_head) {
             ret = mq_flush(q);
         }

@@ -881,9 +881,7 @@ static int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool
         goto out;
     }
     vd_co_mutex_lock(&s->lock);
-    /* refcount rewrites and the lazy-refcounts switch start without reserved
-     * clusters (a v2 expansion below may reserve again; close gives those back) */
-    ret = qcow2_release_reservation(s);
+    ret = qcow2_release_reservation(s);   /* amend starts without reserved clusters */
     if (ret == 0 && version == 2 && s->version >= 3) {
         /* zero clusters have no v2 representation: expand them */
         ret = qcow2_flush_metadata(s);

@@ -544,6 +544,12 @@ int coroutine_fn qcow2_co_check_impl(Qcow2State *s, VdCheckResult *res, int fix)
 /* ---- snapshot.c --------------------------------------------------------------- */
 int coroutine_fn qcow2_read_snapshots(Qcow2State *s, VdError **errp);
 void qcow2_free_snapshots(Qcow2State *s);
+/* qcow2.c: the driver's truncate (amend resizes with it) */
+int coroutine_fn qcow2_co_truncate(VdNode *node, int64_t offset, bool exact,
+                                   VdPrealloc prealloc, VdError **errp);
+/* amend.c */
+int coroutine_fn qcow2_co_amend(VdNode *node, const VdOpts *opts_in, bool force,
+                                VdError **errp);
 int coroutine_fn qcow2_co_snapshot_create(VdNode *node, VdSnapshotInfo *sn, VdError **errp);
 int coroutine_fn qcow2_co_snapshot_goto(VdNode *node, const char *id_or_name, VdError **errp);
 int coroutine_fn qcow2_co_snapshot_delete(VdNode *node, const char *id, const char *name,

@@ -505,25 +505,20 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
         w.nb = (w.oic + w.cur + cs - 1) >> cb;
         uint64_t *l2;
         int ret;
+        int64_t n;   /* bytes this step wrote (the lock is dropped), or -errno */
         if (w.l1i < s->l1_size && (s->l1_table[w.l1i] & QCOW2_OFLAG_COPIED)) {
             /* a rewrite in place changes no table: it needs only its
              * entries, without the lock when the table is not cached */
             uint64_t l2off = s->l1_table[w.l1i] & QCOW2_L1E_OFFSET_MASK;
             if (!uncached_tried && l2off && !qcow2_cache_has(s->l2_cache, l2off)) {
-                int64_t n = write_in_place_uncached(s, &w, l2off);
+                n = write_in_place_uncached(s, &w, l2off);
                 if (n == -ESTALE) {
                     /* the lock was dropped: everything is looked up again */
                     uncached_tried = true;
                     goto again;
                 }
                 if (n != -EAGAIN) {
-                    if (n < 0) {
-                        return (int)n;
-                    }
-                    offset += (uint64_t)n;
-                    bytes -= (uint64_t)n;
-                    qoff += (size_t)n;
-                    continue;
+                    goto step_done;
                 }
             }
             ret = qcow2_get_l2_entries(s, w.l1i, w.l2i, w.nb, &l2);
@@ -539,14 +534,8 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
                     vd_co_mutex_unlock(&s->lock);
                     return ret;
                 }
-                int64_t n = write_in_place(s, &w, l2);
-                if (n < 0) {
-                    return (int)n;
-                }
-                offset += (uint64_t)n;
-                bytes -= (uint64_t)n;
-                qoff += (size_t)n;
-                continue;
+                n = write_in_place(s, &w, l2);
+                goto step_done;
             }
             qcow2_cache_put(s->l2_cache, (void **)&l2);
         }
@@ -562,8 +551,9 @@ int coroutine_fn qcow2_co_pwritev_impl(Qcow2State *s, uint64_t offset, uint64_t 
             vd_co_mutex_unlock(&s->lock);
             return ret;
         }
-        int64_t n = entry_is_copied_normal(s, w.e0) ? write_in_place(s, &w, l2)
-                                                    : write_allocating(s, &w, l2);
+        n = entry_is_copied_normal(s, w.e0) ? write_in_place(s, &w, l2)
+                                            : write_allocating(s, &w, l2);
+    step_done:
         if (n < 0) {
             return (int)n;
         }

@@ -82,35 +82,27 @@ def test(vdiskd):
         finally:
             v.stop()
     # kick suppression while the IOThread busy-polls the ring
-    with vt.TempDir() as d:
-        sock = os.path.join(d, "vhost.sock")
-        v = vt.Vdiskd(vdiskd, d, [
-            "--object", "iothread,id=io0,poll-max-ns=100000000",
-            "--blockdev", "driver=null-co,node-name=n0,size=64M,read-zeroes=on",
-            "--export", vt.vhost_export(sock, node="n0", extra="iothread=io0")],
-            wait_for=[sock])
-        try:
-            vt.client(client, sock, "polled")
-            vt.client(client, sock, "polled", "--no-event-idx")
-            vt.client(client, sock, "polled", "--packed")
-        finally:
-            v.stop()
+    null_export_tests(vdiskd, client, 100000000, "polled")
     # notifications left off in guest memory by a server that polled: the
     # next server (here one that does not poll) turns them back on
+    null_export_tests(vdiskd, client, 0, "stale-notify")
+
+
+def null_export_tests(vdiskd, client, poll_max_ns, test):
+    """test with and without EVENT_IDX and on packed rings, against a null-co
+    export served from an IOThread with poll-max-ns."""
     with vt.TempDir() as d:
         sock = os.path.join(d, "vhost.sock")
         v = vt.Vdiskd(vdiskd, d, [
-            "--object", "iothread,id=io0,poll-max-ns=0",
+            "--object", f"iothread,id=io0,poll-max-ns={poll_max_ns}",
             "--blockdev", "driver=null-co,node-name=n0,size=64M,read-zeroes=on",
             "--export", vt.vhost_export(sock, node="n0", extra="iothread=io0")],
             wait_for=[sock])
         try:
-            vt.client(client, sock, "stale-notify")
-            vt.client(client, sock, "stale-notify", "--no-event-idx")
-            vt.client(client, sock, "stale-notify", "--packed")
+            for opts in ([], ["--no-event-idx"], ["--packed"]):
+                vt.client(client, sock, test, *opts)
         finally:
             v.stop()
-
 
 if __name__ == "__main__":
     from nbdtest import main

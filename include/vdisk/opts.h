@@ -44,6 +44,10 @@ int vd_opts_take_bool(VdOpts *opts, const char *key, bool def, bool *out, VdErro
 int vd_opts_take_uint(VdOpts *opts, const char *key, uint64_t def, uint64_t *out, VdError **errp);
 int vd_opts_take_int(VdOpts *opts, const char *key, int64_t def, int64_t *out, VdError **errp);
 int vd_opts_take_size(VdOpts *opts, const char *key, uint64_t def, uint64_t *out, VdError **errp); /* 512, 64k, 1M, 1G, 1T, 1.5G */
+/* As vd_opts_take_size, but the key stays in opts (which may be NULL): for
+ * an option more than one layer reads (a create's size). */
+int vd_opts_get_size(const VdOpts *opts, const char *key, uint64_t def, uint64_t *out,
+                     VdError **errp);
 /* Choose from a NULL-terminated list of names; *out is the index. */
 int vd_opts_take_enum(VdOpts *opts, const char *key, const char *const *names, int def, int *out, VdError **errp);
 

@@ -458,16 +458,13 @@ static bool aio_busy_poll(VdAioContext *ctx, bool *progress, struct epoll_event 
             return true;
         }
         now = vd_clock_ns();
-        if (now >= next_slice) {
-            if (ctx->n_user_fds) {
-                *n = aio_epoll(ctx, ev, 0);
-                ctx->rounds_without_epoll = 0;
-                if (*n > 0) {
-                    return true;
-                }
-                *n = 0;
+        if (ctx->n_user_fds && now >= next_slice) {
+            *n = aio_epoll(ctx, ev, 0);
+            ctx->rounds_without_epoll = 0;
+            if (*n > 0) {
+                return true;
             }
-            now = vd_clock_ns();
+            *n = 0;
             next_slice = now + AIO_BUSY_POLL_SLICE_NS;
         }
     } while (now < end);

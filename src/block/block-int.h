@@ -102,6 +102,12 @@ void vd_node_drain_hooks(VdNode *node, bool begin);
 
 /* ---- node.c ---- */
 /* Open a node (coroutine, main context). options taken (may be NULL). */
+/* open.c, for create.c: whether a name stands on its own (absolute path,
+ * json:, protocol URI), and a backing name resolved against the directory
+ * of the image base names (as is when it stands on its own or base is not a
+ * local path). */
+bool vd_filename_is_absolute_or_uri(const char *name);
+void vd_backing_filename_resolve(const char *base, const char *backing, char *buf, size_t size);
 VdNode *coroutine_fn vd_node_open_co(const char *filename, VdOpts *options, int flags,
                                      VdError **errp);
 /* Calls fn(node, opaque) for node and every node below it (parents first). */

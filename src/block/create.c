@@ -70,13 +70,7 @@ int coroutine_mixed_fn vd_img_create(const char *filename, const char *fmt, cons
         return -EINVAL;
     }
     if (opts && drv->create_opts) {
-        const VdDriver *proto = NULL;
-        if (drv->is_format) {
-            proto = vd_driver_find_protocol(filename);
-            if (!proto) {
-                proto = vd_driver_find("file");
-            }
-        }
+        const VdDriver *proto = drv->is_format ? vd_driver_for_filename(filename) : NULL;
         for (size_t i = 0; i < vd_json_object_size(opts); i++) {
             VdJson *v;
             const char *k = vd_json_object_entry(opts, i, &v);
@@ -95,36 +89,43 @@ int coroutine_mixed_fn vd_img_create(const char *filename, const char *fmt, cons
     return s.ret;
 }
 
+/* Open filename writable as a node of protocol drv: 0, or -errno with errp set. */
+static int coroutine_fn create_open_protocol(const VdDriver *drv, const char *filename,
+                                             VdNode **pnode, VdError **errp)
+{
+    VD_CO_ASSERT();
+    VdOpts *o = vd_json_object();
+    vd_opts_set(o, "driver", drv->format_name);
+    VdError *err = NULL;
+    *pnode = vd_node_open_co(filename, o, VD_O_RDWR | VD_O_PROTOCOL, &err);
+    if (!*pnode) {
+        int ret = err ? -err->code : -EIO;
+        vd_error_propagate(errp, err);
+        return ret;
+    }
+    return 0;
+}
+
 int coroutine_fn vd_co_create_simple(const VdDriver *drv, const char *filename,
                                      const VdOpts *opts, VdError **errp)
 {
     VD_CO_ASSERT();
-    uint64_t size = 0;
-    VdJson *v = opts ? vd_opts_lookup(opts, "size") : NULL;
-    if (v) {
-        VdOpts *tmp = vd_json_object();
-        vd_opts_set_json(tmp, "size", vd_json_deep_copy(v));
-        int ret = vd_opts_take_size(tmp, "size", 0, &size, errp);
-        vd_json_unref(tmp);
-        if (ret < 0) {
-            return ret;
-        }
+    uint64_t size;
+    int ret = vd_opts_get_size(opts, "size", 0, &size, errp);
+    if (ret < 0) {
+        return ret;
     }
     if (size > (uint64_t)INT64_MAX) {
         vd_error_setg(errp, EFBIG, "%s: size %" PRIu64 " is too large", filename, size);
         return -EFBIG;
     }
-    VdOpts *o = vd_json_object();
-    vd_opts_set(o, "driver", drv->format_name);
-    VdError *err = NULL;
-    VdNode *node = vd_node_open_co(filename, o, VD_O_RDWR | VD_O_PROTOCOL, &err);
-    if (!node) {
-        int ret = err ? -err->code : -EIO;
-        vd_error_propagate(errp, err);
+    VdNode *node;
+    ret = create_open_protocol(drv, filename, &node, errp);
+    if (ret < 0) {
         return ret;
     }
     /* not exact: a larger object is fine (only growing is refused) */
-    int ret = vd_co_truncate(node, (int64_t)size, false, VD_PREALLOC_OFF, errp);
+    ret = vd_co_truncate(node, (int64_t)size, false, VD_PREALLOC_OFF, errp);
     if (ret == 0) {
         /* what was there before must not be probed as a format */
         ret = vd_co_pwrite_zeroes(node, 0, (int64_t)VD_MIN(size, 512), 0);
@@ -141,10 +142,7 @@ int coroutine_fn vd_create_open_file(const char *filename, const VdOpts *opts, V
 {
     VD_CO_ASSERT();
     *pnode = NULL;
-    const VdDriver *proto = vd_driver_find_protocol(filename);
-    if (!proto) {
-        proto = vd_driver_find("file");
-    }
+    const VdDriver *proto = vd_driver_for_filename(filename);
     if (!proto || !proto->co_create) {
         vd_error_setg(errp, ENOTSUP, "%s: protocol driver '%s' does not support image creation",
                       filename, proto ? proto->format_name : "file");
@@ -170,56 +168,35 @@ int coroutine_fn vd_create_open_file(const char *filename, const VdOpts *opts, V
         }
         return ret;
     }
-    VdOpts *o = vd_json_object();
-    vd_opts_set(o, "driver", proto->format_name);
-    VdError *err = NULL;
-    *pnode = vd_node_open_co(filename, o, VD_O_RDWR | VD_O_PROTOCOL, &err);
-    if (!*pnode) {
-        ret = err ? -err->code : -EIO;
-        vd_error_propagate(errp, err);
-        return ret;
-    }
-    return 0;
+    return create_open_protocol(proto, filename, pnode, errp);
 }
 
 int64_t coroutine_fn vd_create_backing_size(const char *image, const char *backing,
                                             const char *fmt, VdError **errp)
 {
     VD_CO_ASSERT();
-    char *path = NULL;
     const char *img = !strncmp(image, "file:", 5) ? image + 5 : image;
-    const char *slash = strrchr(img, '/');
-    if (backing[0] == '/' || !strncmp(backing, "json:", 5) || strstr(backing, "://") ||
-        vd_filename_is_network(backing) || vd_driver_find_protocol(backing)) {
-        path = strdup(backing);
-    } else if (vd_filename_is_network(img)) {
+    if (!vd_filename_is_absolute_or_uri(backing) && vd_filename_is_network(img)) {
         vd_error_setg(errp, EINVAL, "Cannot use relative backing file names for '%s'", image);
         return -EINVAL;
-    } else if (!slash) {
-        path = strdup(backing);
-    } else if (asprintf(&path, "%.*s/%s", (int)(slash - img), img, backing) < 0) {
-        path = NULL;
     }
-    if (!path) {
-        vd_error_setg(errp, ENOMEM, "out of memory");
-        return -ENOMEM;
-    }
+    char path[8192];
+    vd_backing_filename_resolve(img, backing, path, sizeof(path));
     VdOpts *o = vd_json_object();
     if (fmt) {
         vd_opts_set(o, "driver", fmt);
     }
     VdNode *n = vd_node_open_co(path, o, VD_O_NO_BACKING | VD_O_FORCE_SHARE | VD_O_NO_IO, errp);
-    int64_t size = n ? vd_node_getlength(n) : -EIO;
     if (!n) {
         vd_error_prepend(errp, "Could not open backing file '%s': ", backing);
-    } else if (size < 0) {
+        return -EIO;
+    }
+    int64_t size = vd_node_getlength(n);
+    if (size < 0) {
         vd_error_setg_errno(errp, (int)-size, "Could not get the size of backing file '%s'",
                             backing);
     }
-    if (n) {
-        vd_node_unref(n);
-    }
-    free(path);
+    vd_node_unref(n);
     return size;
 }
 

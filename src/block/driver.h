@@ -241,6 +241,8 @@ struct VdNode {
 /* The driver table (src/block/drivers.c). */
 const VdDriver *vd_driver_find(const char *name);
 const VdDriver *vd_driver_find_protocol(const char *filename);   /* by URI scheme */
+/* The protocol a filename is opened or created with: its URI scheme's, else file. */
+const VdDriver *vd_driver_for_filename(const char *filename);
 const VdDriver *vd_driver_next(const VdDriver *prev);
 /* Add a driver at run time (tests' fault-injection drivers). Main thread,
  * before use. Returns 0, -EEXIST if the name is taken, -ENOSPC if full. */

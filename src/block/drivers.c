@@ -107,6 +107,12 @@ const VdDriver *vd_driver_find_protocol(const char *filename)
     return NULL;
 }
 
+const VdDriver *vd_driver_for_filename(const char *filename)
+{
+    const VdDriver *d = vd_driver_find_protocol(filename);
+    return d ? d : vd_driver_find("file");
+}
+
 bool vd_filename_is_network(const char *filename)
 {
     const VdDriver *d = vd_driver_find_protocol(filename);
@@ -178,8 +184,7 @@ bool vd_driver_get_info_at(int i, VdDriverInfo *info)
 
 void vd_protocol_get_info(const char *filename, VdDriverInfo *info)
 {
-    const VdDriver *d = filename ? vd_driver_find_protocol(filename) : NULL;
-    driver_info_fill(d ? d : vd_driver_find("file"), info);
+    driver_info_fill(filename ? vd_driver_for_filename(filename) : vd_driver_find("file"), info);
 }
 
 void vd_node_get_driver_info(VdNode *node, VdDriverInfo *info)

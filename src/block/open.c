@@ -117,21 +117,25 @@ int coroutine_fn vd_open_format_file(VdNode *node, VdOpts *options, VdError **er
     return 0;
 }
 
-static bool filename_is_absolute_or_uri(const char *name)
+bool vd_filename_is_absolute_or_uri(const char *name)
 {
     return name[0] == '/' || !strncmp(name, "json:", 5) || vd_driver_find_protocol(name);
 }
 
-void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size)
+void vd_backing_filename_resolve(const char *base, const char *backing, char *buf, size_t size)
 {
-    const char *base = node->filename;
     const char *slash = strrchr(base, '/');
-    if (filename_is_absolute_or_uri(backing) || !slash || !strncmp(base, "json:", 5) ||
+    if (vd_filename_is_absolute_or_uri(backing) || !slash || !strncmp(base, "json:", 5) ||
         vd_driver_find_protocol(base)) {
         snprintf(buf, size, "%s", backing);
         return;
     }
     snprintf(buf, size, "%.*s%s", (int)(slash - base + 1), base, backing);
+}
+
+void vd_get_full_backing_filename(const VdNode *node, const char *backing, char *buf, size_t size)
+{
+    vd_backing_filename_resolve(node->filename, backing, buf, size);
 }
 
 /*
@@ -585,10 +589,7 @@ static int open_choose_driver(OpenState *st, VdError **errp)
             vd_error_setg(errp, EINVAL, "a protocol node needs a filename or a driver");
             return -EINVAL;
         }
-        st->drv = vd_driver_find_protocol(st->filename);
-        if (!st->drv) {
-            st->drv = vd_driver_find("file");
-        }
+        st->drv = vd_driver_for_filename(st->filename);
     }
     snprintf(st->what, sizeof(st->what), "%s",
              st->filename ? st->filename : (st->drv ? st->drv->format_name : "node"));

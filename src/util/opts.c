@@ -817,6 +817,17 @@ int vd_opts_take_size(VdOpts *opts, const char *key, uint64_t def, uint64_t *out
     return opts_take(opts, key, opts_conv_size, out, &def, sizeof(def), NULL, errp);
 }
 
+int vd_opts_get_size(const VdOpts *opts, const char *key, uint64_t def, uint64_t *out,
+                     VdError **errp)
+{
+    VdJson *v = opts ? vd_opts_lookup(opts, key) : NULL;
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    return opts_conv_size(v, key, out, NULL, errp);
+}
+
 static int opts_conv_enum(VdJson *v, const char *key, void *pout, const void *arg,
                           VdError **errp)
 {

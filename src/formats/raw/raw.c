@@ -248,10 +248,7 @@ static int raw_get_info(VdNode *node, int64_t *cluster_size, bool *is_dirty)
 static int coroutine_fn raw_co_create(const char *filename, const VdOpts *opts, VdError **errp)
 {
     VD_CO_ASSERT();
-    const VdDriver *proto = vd_driver_find_protocol(filename);
-    if (!proto) {
-        proto = vd_driver_find("file");
-    }
+    const VdDriver *proto = vd_driver_for_filename(filename);
     if (!proto || !proto->co_create) {
         vd_error_setg(errp, ENOTSUP, "%s: the protocol cannot create images", filename);
         return -ENOTSUP;

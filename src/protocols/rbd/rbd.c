@@ -746,17 +746,8 @@ static int coroutine_fn rbd_co_create(const char *filename, const VdOpts *opts, 
     if (ret < 0) {
         goto out;
     }
-    if (opts) {
-        VdJson *v = vd_opts_lookup(opts, "size");
-        if (v) {
-            VdOpts *tmp = vd_json_object();
-            vd_opts_set_json(tmp, "size", vd_json_deep_copy(v));
-            ret = vd_opts_take_size(tmp, "size", 0, &size, errp);
-            vd_json_unref(tmp);
-            if (ret < 0) {
-                goto out;
-            }
-        }
+    if ((ret = vd_opts_get_size(opts, "size", 0, &size, errp)) < 0) {
+        goto out;
     }
     if ((ret = rbd_take_location(o, &c.loc, errp)) < 0) {
         goto out;
